@@ -1,0 +1,28 @@
+"""The only code in imdsweb that talks to AWS (and the only importer of boto3).
+
+One function per API call, every call rate-limited through the shared buckets, every failure
+translated into :class:`RetryableAwsError` or :class:`PermanentAwsError`.
+"""
+
+from .cloudwatch import get_metadata_usage
+from .ec2 import (
+    describe_instance_pages,
+    describe_instances_by_ids,
+    get_instance_metadata_defaults,
+    modify_instance_metadata_defaults,
+    modify_instance_metadata_options,
+)
+from .errors import AwsError, DryRunSucceeded, PermanentAwsError, RetryableAwsError
+
+__all__ = [
+    "AwsError",
+    "DryRunSucceeded",
+    "PermanentAwsError",
+    "RetryableAwsError",
+    "describe_instance_pages",
+    "describe_instances_by_ids",
+    "get_instance_metadata_defaults",
+    "get_metadata_usage",
+    "modify_instance_metadata_defaults",
+    "modify_instance_metadata_options",
+]

@@ -1,0 +1,91 @@
+"""Sessions and clients per account: ambient credentials, or STS AssumeRole with an ExternalId.
+
+Assumed-role credentials are botocore ``RefreshableCredentials``, so they are refreshed before
+they expire without any code of ours. Clients are cached per process (they are thread-safe and
+expensive to build). The endpoint comes from boto3's own ``AWS_ENDPOINT_URL`` handling.
+"""
+
+import os
+import threading
+
+import boto3
+import botocore.session
+from botocore.config import Config
+from botocore.credentials import RefreshableCredentials
+from django.conf import settings
+
+_lock = threading.Lock()
+_sessions = {}
+_clients = {}
+
+ROLE_SESSION_NAME = "imdsweb"
+ASSUME_ROLE_SECONDS = 3600
+
+
+def _config(max_attempts):
+    return Config(
+        retries={"mode": "standard", "max_attempts": max_attempts},
+        connect_timeout=settings.IMDSWEB_AWS_CONNECT_TIMEOUT,
+        read_timeout=settings.IMDSWEB_AWS_READ_TIMEOUT,
+        max_pool_connections=20,
+    )
+
+
+def _sts_region():
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
+def _assumed_session(role_arn, external_id):
+    base = boto3.Session()
+    sts = base.client("sts", region_name=_sts_region(), config=_config(settings.IMDSWEB_AWS_MAX_ATTEMPTS))
+
+    def fetch():
+        kwargs = {"RoleArn": role_arn, "RoleSessionName": ROLE_SESSION_NAME, "DurationSeconds": ASSUME_ROLE_SECONDS}
+        if external_id:
+            kwargs["ExternalId"] = external_id
+        creds = sts.assume_role(**kwargs)["Credentials"]
+        return {
+            "access_key": creds["AccessKeyId"],
+            "secret_key": creds["SecretAccessKey"],
+            "token": creds["SessionToken"],
+            "expiry_time": creds["Expiration"].isoformat(),
+        }
+
+    credentials = RefreshableCredentials.create_from_metadata(
+        metadata=fetch(), refresh_using=fetch, method="sts-assume-role"
+    )
+    core = botocore.session.get_session()
+    core._credentials = credentials  # the documented way to hand a session refreshable creds
+    return boto3.Session(botocore_session=core)
+
+
+def session_for(account):
+    key = (account.role_arn, account.external_id)
+    with _lock:
+        session = _sessions.get(key)
+    if session is None:
+        session = _assumed_session(*key) if account.role_arn else boto3.Session()
+        with _lock:
+            _sessions[key] = session
+    return session
+
+
+def client(account, region, service, max_attempts=None):
+    """A cached client for ``service`` in ``region`` of ``account``."""
+    attempts = max_attempts or settings.IMDSWEB_AWS_MAX_ATTEMPTS
+    key = (account.account_id, account.role_arn, account.external_id, region, service, attempts)
+    with _lock:
+        cached = _clients.get(key)
+    if cached is not None:
+        return cached
+    new = session_for(account).client(service, region_name=region, config=_config(attempts))
+    with _lock:
+        _clients[key] = new
+    return new
+
+
+def reset_caches():
+    """Forget sessions and clients (tests, and after an account's role changes)."""
+    with _lock:
+        _sessions.clear()
+        _clients.clear()

@@ -1,0 +1,96 @@
+"""Every enumeration imdsweb stores, as ``TextChoices`` whose values are AWS's own words."""
+
+from django.db import models
+
+
+class HttpTokens(models.TextChoices):
+    OPTIONAL = "optional", "optional (IMDSv1 allowed)"
+    REQUIRED = "required", "required (IMDSv2 only)"
+
+
+class Toggle(models.TextChoices):
+    """HttpEndpoint, HttpProtocolIpv6 and InstanceMetadataTags all take these two values."""
+
+    ENABLED = "enabled", "enabled"
+    DISABLED = "disabled", "disabled"
+
+
+class MetadataState(models.TextChoices):
+    PENDING = "pending", "pending"
+    APPLIED = "applied", "applied"
+
+
+class InstanceState(models.TextChoices):
+    PENDING = "pending", "pending"
+    RUNNING = "running", "running"
+    SHUTTING_DOWN = "shutting-down", "shutting-down"
+    TERMINATED = "terminated", "terminated"
+    STOPPING = "stopping", "stopping"
+    STOPPED = "stopped", "stopped"
+
+
+class DefaultsHttpTokens(models.TextChoices):
+    """Account-level HttpTokens; ``no-preference`` is what an absent setting means."""
+
+    NO_PREFERENCE = "no-preference", "no preference"
+    OPTIONAL = "optional", "optional"
+    REQUIRED = "required", "required"
+
+
+class DefaultsToggle(models.TextChoices):
+    NO_PREFERENCE = "no-preference", "no preference"
+    ENABLED = "enabled", "enabled"
+    DISABLED = "disabled", "disabled"
+
+
+class ManagedBy(models.TextChoices):
+    ACCOUNT = "account", "account"
+    DECLARATIVE_POLICY = "declarative-policy", "declarative policy"
+
+
+class DefaultsStatus(models.TextChoices):
+    KNOWN = "known", "known"
+    UNKNOWN = "unknown", "unknown (endpoint did not answer)"
+
+
+class SyncStatus(models.TextChoices):
+    RUNNING = "running", "running"
+    SUCCEEDED = "succeeded", "succeeded"
+    FAILED = "failed", "failed"
+
+
+class ChangeKind(models.TextChoices):
+    INSTANCE_OPTIONS = "instance_options", "instance metadata options"
+    ACCOUNT_DEFAULTS = "account_defaults", "account defaults"
+
+
+class ItemState(models.TextChoices):
+    QUEUED = "queued", "queued"
+    SUBMITTING = "submitting", "submitting"
+    PENDING = "pending", "pending"
+    APPLIED = "applied", "applied"
+    FAILED = "failed", "failed"
+    SKIPPED = "skipped", "skipped"
+    HELD = "held", "held (IMDSv1 in use)"
+    CANCELLED = "cancelled", "cancelled"
+    STUCK = "stuck", "stuck"
+
+    @classmethod
+    def active(cls):
+        """States in which an item still has work ahead of it."""
+        return [cls.QUEUED, cls.SUBMITTING, cls.PENDING]
+
+    @classmethod
+    def final(cls):
+        return [cls.APPLIED, cls.FAILED, cls.SKIPPED, cls.HELD, cls.CANCELLED, cls.STUCK]
+
+
+class BatchStatus(models.TextChoices):
+    """Derived from a batch's items, never stored on its own."""
+
+    QUEUED = "queued", "queued"
+    RUNNING = "running", "running"
+    PENDING = "pending", "waiting for AWS"
+    DONE = "done", "done"
+    DONE_WITH_ERRORS = "done_with_errors", "done with errors"
+    CANCELLED = "cancelled", "cancelled"

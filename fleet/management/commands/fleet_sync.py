@@ -1,0 +1,40 @@
+"""Sync the fleet cache now, in this process, through the same service the workers use."""
+
+from django.core.management.base import BaseCommand, CommandError
+
+from fleet import sync
+from fleet.choices import SyncStatus
+from fleet.models import Account
+
+
+class Command(BaseCommand):
+    help = "Sync instances and account defaults from AWS for every enabled account/region (or one)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--account", help="12-digit account id")
+        parser.add_argument("--region")
+
+    def handle(self, *args, account=None, region=None, **options):
+        if account and not Account.objects.filter(account_id=account).exists():
+            raise CommandError(f"error: account {account} is not registered", returncode=2)
+        pairs = list(sync.targets(account, region))
+        if not pairs:
+            raise CommandError("error: nothing to sync (no enabled account/region matches)", returncode=2)
+        failed = 0
+        for target, target_region in pairs:
+            try:
+                run = sync.sync_region(target, target_region)
+            except sync.SyncAlreadyRunning as exc:
+                failed += 1
+                self.stdout.write(f"{target.account_id} {target_region}: skipped, {exc}")
+                continue
+            line = (
+                f"{target.account_id} {target_region}: {run.status} seen={run.seen} new={run.new} "
+                f"changed={run.changed} gone={run.gone} in {run.duration.total_seconds():.1f}s"
+            )
+            if run.status != SyncStatus.SUCCEEDED:
+                failed += 1
+                line += f" error={run.error}"
+            self.stdout.write(line)
+        if failed:
+            raise CommandError(f"{failed} of {len(pairs)} account/regions failed to sync", returncode=1)

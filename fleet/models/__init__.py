@@ -1,0 +1,6 @@
+"""imdsweb's models: the fleet inventory cache and the change audit trail."""
+
+from .changes import ChangeBatch, ChangeItem
+from .inventory import Account, Instance, MetadataDefaults, SyncRun
+
+__all__ = ["Account", "ChangeBatch", "ChangeItem", "Instance", "MetadataDefaults", "SyncRun"]

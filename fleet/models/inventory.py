@@ -1,0 +1,199 @@
+"""The cached fleet: accounts, instances with their metadata options, account defaults, sync runs."""
+
+from django.db import models
+from django.db.models import Q
+from django.urls import reverse
+
+from ..choices import (
+    DefaultsHttpTokens,
+    DefaultsStatus,
+    DefaultsToggle,
+    HttpTokens,
+    InstanceState,
+    ManagedBy,
+    MetadataState,
+    SyncStatus,
+    Toggle,
+)
+from ..validators import (
+    account_id_validator,
+    external_id_validator,
+    instance_id_validator,
+    role_arn_validator,
+    validate_regions,
+)
+
+
+class Account(models.Model):
+    account_id = models.CharField(max_length=12, unique=True, validators=[account_id_validator])
+    name = models.CharField(max_length=100)
+    role_arn = models.CharField(
+        max_length=2048, blank=True, validators=[role_arn_validator],
+        help_text="Role to assume in this account; empty uses the ambient credentials.",
+    )
+    # Never rendered nor logged: it is a shared secret between us and the account owner.
+    external_id = models.CharField(max_length=1224, blank=True, validators=[external_id_validator])
+    regions = models.JSONField(default=list, validators=[validate_regions])
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name", "account_id"]
+
+    def __str__(self):
+        return f"{self.name} ({self.account_id})"
+
+
+# Prowler's ec2_instance_imdsv2_enabled: tokens required, or the endpoint switched off.
+ENFORCED = Q(http_tokens=HttpTokens.REQUIRED) | Q(http_endpoint=Toggle.DISABLED)
+ENFORCED_AND_APPLIED = ENFORCED & Q(metadata_state=MetadataState.APPLIED)
+
+
+class InstanceQuerySet(models.QuerySet):
+    def present(self):
+        return self.filter(gone_at__isnull=True)
+
+    def enforced(self):
+        return self.filter(ENFORCED)
+
+    def not_enforced(self):
+        return self.exclude(ENFORCED)
+
+
+class Instance(models.Model):
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="instances")
+    region = models.CharField(max_length=32)
+    instance_id = models.CharField(max_length=19, validators=[instance_id_validator])
+    name = models.CharField(max_length=256, blank=True)
+    tags = models.JSONField(default=dict, blank=True)
+    instance_state = models.CharField(max_length=16, choices=InstanceState.choices)
+    instance_type = models.CharField(max_length=32, blank=True)
+    image_id = models.CharField(max_length=32, blank=True)
+    launch_time = models.DateTimeField(null=True, blank=True)
+
+    http_tokens = models.CharField(max_length=8, choices=HttpTokens.choices)
+    hop_limit = models.PositiveSmallIntegerField(null=True)
+    http_endpoint = models.CharField(max_length=8, choices=Toggle.choices)
+    http_protocol_ipv6 = models.CharField(max_length=8, choices=Toggle.choices, default=Toggle.DISABLED)
+    instance_metadata_tags = models.CharField(max_length=8, choices=Toggle.choices, default=Toggle.DISABLED)
+    metadata_state = models.CharField(max_length=8, choices=MetadataState.choices)
+
+    # IMDSv1 evidence from CloudWatch over the configured window; null = never measured.
+    v1_calls = models.BigIntegerField(null=True, blank=True)
+    v1_rejected = models.BigIntegerField(null=True, blank=True)
+    v1_last_seen = models.DateTimeField(null=True, blank=True)
+    usage_synced_at = models.DateTimeField(null=True, blank=True)
+
+    first_seen = models.DateTimeField()
+    last_seen = models.DateTimeField()
+    gone_at = models.DateTimeField(null=True, blank=True)
+
+    objects = InstanceQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["account__name", "region", "instance_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["account", "region", "instance_id"], name="uniq_instance"),
+        ]
+        indexes = [
+            models.Index(fields=["instance_id"]),
+            models.Index(fields=["account", "region", "last_seen"]),
+            models.Index(fields=["http_tokens", "http_endpoint"]),
+            models.Index(fields=["metadata_state"]),
+            models.Index(fields=["instance_state"]),
+            models.Index(fields=["hop_limit"]),
+            models.Index(fields=["name"]),
+            models.Index(fields=["gone_at"]),
+        ]
+
+    def __str__(self):
+        return self.instance_id
+
+    def get_absolute_url(self):
+        return reverse("fleet:instance_detail", args=[self.instance_id])
+
+    @property
+    def enforced(self):
+        return self.http_tokens == HttpTokens.REQUIRED or self.http_endpoint == Toggle.DISABLED
+
+    @property
+    def options(self):
+        """The five metadata options under the names a change uses."""
+        return {field: getattr(self, field) for field in INSTANCE_OPTION_FIELDS}
+
+
+INSTANCE_OPTION_FIELDS = ("http_tokens", "hop_limit", "http_endpoint", "http_protocol_ipv6", "instance_metadata_tags")
+DEFAULTS_FIELDS = ("http_tokens", "hop_limit", "http_endpoint", "instance_metadata_tags")
+
+
+class MetadataDefaults(models.Model):
+    """Account-level IMDS defaults for one region. Blank / null means "no preference"."""
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="defaults")
+    region = models.CharField(max_length=32)
+    status = models.CharField(max_length=8, choices=DefaultsStatus.choices, default=DefaultsStatus.UNKNOWN)
+    http_tokens = models.CharField(max_length=16, choices=DefaultsHttpTokens.choices, blank=True)
+    hop_limit = models.PositiveSmallIntegerField(null=True, blank=True)
+    http_endpoint = models.CharField(max_length=16, choices=DefaultsToggle.choices, blank=True)
+    instance_metadata_tags = models.CharField(max_length=16, choices=DefaultsToggle.choices, blank=True)
+    managed_by = models.CharField(max_length=24, choices=ManagedBy.choices, blank=True)
+    managed_exception_message = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    synced_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["account__name", "region"]
+        verbose_name_plural = "metadata defaults"
+        constraints = [models.UniqueConstraint(fields=["account", "region"], name="uniq_defaults")]
+
+    def __str__(self):
+        return f"{self.account.account_id}/{self.region} defaults"
+
+    @property
+    def policy_managed(self):
+        return self.managed_by == ManagedBy.DECLARATIVE_POLICY
+
+    @property
+    def values(self):
+        """The four settings, with AWS's words for "no preference"."""
+        return {
+            "http_tokens": self.http_tokens or DefaultsHttpTokens.NO_PREFERENCE,
+            "hop_limit": self.hop_limit if self.hop_limit is not None else -1,
+            "http_endpoint": self.http_endpoint or DefaultsToggle.NO_PREFERENCE,
+            "instance_metadata_tags": self.instance_metadata_tags or DefaultsToggle.NO_PREFERENCE,
+        }
+
+
+class SyncRun(models.Model):
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="sync_runs")
+    region = models.CharField(max_length=32)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(max_length=10, choices=SyncStatus.choices, default=SyncStatus.RUNNING)
+    seen = models.PositiveIntegerField(default=0)
+    new = models.PositiveIntegerField(default=0)
+    changed = models.PositiveIntegerField(default=0)
+    gone = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+        constraints = [
+            # The guard against two syncs of one account/region at once lives in the database,
+            # so it holds across workers, hosts and the management command.
+            models.UniqueConstraint(
+                fields=["account", "region"],
+                condition=Q(status="running"),
+                name="one_running_sync_per_region",
+            ),
+        ]
+        indexes = [models.Index(fields=["account", "region", "-started_at"])]
+
+    def __str__(self):
+        return f"sync {self.account.account_id}/{self.region} {self.started_at:%Y-%m-%d %H:%M} {self.status}"
+
+    @property
+    def duration(self):
+        if self.finished_at:
+            return self.finished_at - self.started_at
+        return None

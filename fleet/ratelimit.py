@@ -1,0 +1,97 @@
+"""Token buckets per account/region/action, shared by every worker through Redis.
+
+AWS throttles EC2 per account, per region and per action with token buckets (AWS-FACTS.md).
+Taking our own token before each call keeps a whole worker fleet under AWS's refill rate, so
+calls are paced instead of being refused with ``RequestLimitExceeded``. No maintained library
+offers a Redis token bucket with a burst size and a fractional refill rate, hence this small
+Lua script: one atomic round trip per token.
+
+When Redis cannot be reached (the embedded demo without Redis) the buckets live in the
+process, which is exact for the single worker that setup runs.
+"""
+
+import logging
+import threading
+import time
+
+import redis
+from django.conf import settings
+
+log = logging.getLogger(__name__)
+
+# KEYS[1] bucket; ARGV: capacity, refill per second, now (s), tokens wanted.
+# Returns the seconds to wait before the token is ours (0 = taken now). A caller that must wait
+# has reserved its token already, so waiting callers are served in order, never starved.
+_TAKE = """
+local capacity = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local now = tonumber(ARGV[3])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1]) or capacity
+local ts = tonumber(state[2]) or now
+tokens = math.min(capacity, tokens + math.max(0, now - ts) * rate)
+tokens = tokens - tonumber(ARGV[4])
+redis.call('HSET', KEYS[1], 'tokens', tokens, 'ts', now)
+redis.call('EXPIRE', KEYS[1], math.ceil(capacity / rate) + 60)
+if tokens >= 0 then return '0' end
+return tostring(-tokens / rate)
+"""
+
+
+class _LocalBuckets:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._state = {}
+
+    def take(self, key, capacity, rate, now):
+        with self._lock:
+            tokens, ts = self._state.get(key, (capacity, now))
+            tokens = min(capacity, tokens + max(0.0, now - ts) * rate) - 1
+            self._state[key] = (tokens, now)
+        return 0.0 if tokens >= 0 else -tokens / rate
+
+
+_local = _LocalBuckets()
+_redis = None
+_redis_failed_at = 0.0
+
+
+def _client():
+    global _redis, _redis_failed_at
+    if _redis is None and time.monotonic() - _redis_failed_at > 30:
+        try:
+            conn = redis.Redis.from_url(settings.IMDSWEB_REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+            conn.ping()
+            _redis = conn
+        except redis.RedisError as exc:
+            _redis_failed_at = time.monotonic()
+            log.warning("rate limiter: Redis unreachable (%s); using in-process buckets", exc)
+    return _redis
+
+
+def limits_for(action):
+    capacity, rate = settings.IMDSWEB_RATE_LIMITS.get(action, (50, 5.0))
+    return capacity, rate * settings.IMDSWEB_RATE_TIME_SCALE
+
+
+def reserve(account_id, region, action):
+    """Take one token; return how many seconds the caller must wait before using it."""
+    global _redis
+    capacity, rate = limits_for(action)
+    key = f"imdsweb:bucket:{account_id}:{region}:{action}"
+    conn = _client()
+    if conn is not None:
+        try:
+            return float(conn.eval(_TAKE, 1, key, capacity, rate, time.time(), 1))
+        except redis.RedisError as exc:
+            log.warning("rate limiter: Redis error (%s); using in-process buckets", exc)
+            _redis = None
+    return _local.take(key, capacity, rate, time.time())
+
+
+def acquire(account_id, region, action):
+    """Block until a token for this account/region/action is ours."""
+    wait = reserve(account_id, region, action)
+    if wait > 0:
+        time.sleep(wait)
+    return wait

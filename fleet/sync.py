@@ -1,0 +1,173 @@
+"""Sync one account/region: stream DescribeInstances pages into the cache, detect gone
+instances, read the account defaults, and record the run.
+
+Each page is written with one bulk upsert (plus one read of the rows it touches to count
+new and changed ones), never one query per instance.
+"""
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from . import aws
+from .choices import DefaultsStatus, SyncStatus
+from .models import Instance, MetadataDefaults, SyncRun
+from .models.inventory import INSTANCE_OPTION_FIELDS
+
+log = logging.getLogger(__name__)
+
+# Fields a sync overwrites; first_seen is kept from the row's first insert.
+SYNCED_FIELDS = (
+    "name",
+    "tags",
+    "instance_state",
+    "instance_type",
+    "image_id",
+    "launch_time",
+    *INSTANCE_OPTION_FIELDS,
+    "metadata_state",
+    "last_seen",
+    "gone_at",
+)
+# Fields whose change makes an instance count as "changed" in a run.
+COMPARED_FIELDS = ("name", "tags", "instance_state", "instance_type", *INSTANCE_OPTION_FIELDS, "metadata_state")
+
+
+class SyncAlreadyRunning(Exception):
+    pass
+
+
+def instance_fields(data):
+    """DescribeInstances' instance dict -> Instance field values."""
+    tags = {tag["Key"]: tag["Value"] for tag in data.get("Tags", [])}
+    options = aws.ec2.options_from_aws(data.get("MetadataOptions", {}))
+    return {
+        "instance_id": data["InstanceId"],
+        "name": tags.get("Name", "")[:256],
+        "tags": tags,
+        "instance_state": data.get("State", {}).get("Name", ""),
+        "instance_type": data.get("InstanceType", ""),
+        "image_id": data.get("ImageId", ""),
+        "launch_time": data.get("LaunchTime"),
+        **{field: options[field] or "" for field in INSTANCE_OPTION_FIELDS if field != "hop_limit"},
+        "hop_limit": options["hop_limit"],
+        "metadata_state": options["metadata_state"] or "",
+    }
+
+
+def upsert_instances(account, region, instances, now):
+    """Write one page of instance dicts. Returns (new, changed) counts."""
+    rows = [instance_fields(data) for data in instances]
+    if not rows:
+        return 0, 0
+    existing = {
+        values[0]: values[1:]
+        for values in Instance.objects.filter(
+            account=account, region=region, instance_id__in=[row["instance_id"] for row in rows]
+        ).values_list("instance_id", *COMPARED_FIELDS)
+    }
+    new = changed = 0
+    objs = []
+    for row in rows:
+        before = existing.get(row["instance_id"])
+        if before is None:
+            new += 1
+        elif before != tuple(row[field] for field in COMPARED_FIELDS):
+            changed += 1
+        objs.append(Instance(account=account, region=region, first_seen=now, last_seen=now, gone_at=None, **row))
+    Instance.objects.bulk_create(
+        objs,
+        update_conflicts=True,
+        unique_fields=["account", "region", "instance_id"],
+        update_fields=list(SYNCED_FIELDS),
+    )
+    return new, changed
+
+
+def _start_run(account, region):
+    stale = timezone.now() - timedelta(minutes=settings.IMDSWEB_STALE_SYNC_MINUTES)
+    SyncRun.objects.filter(account=account, region=region, status=SyncStatus.RUNNING, started_at__lt=stale).update(
+        status=SyncStatus.FAILED, finished_at=timezone.now(), error="abandoned: the worker running it stopped"
+    )
+    try:
+        with transaction.atomic():
+            return SyncRun.objects.create(account=account, region=region, started_at=timezone.now())
+    except IntegrityError as exc:
+        raise SyncAlreadyRunning(f"{account.account_id}/{region} is already being synced") from exc
+
+
+def sync_defaults(account, region):
+    """Read GetInstanceMetadataDefaults into MetadataDefaults; an endpoint that cannot answer
+    leaves the values as they were and records why."""
+    try:
+        values = aws.get_instance_metadata_defaults(account, region)
+    except aws.AwsError as exc:
+        log.warning("defaults for %s/%s unknown: %s", account.account_id, region, exc)
+        defaults, _ = MetadataDefaults.objects.get_or_create(account=account, region=region)
+        defaults.error = f"{exc.code}: {exc.message}"[:2000]
+        defaults.save(update_fields=["error"])
+        return defaults
+    defaults, _ = MetadataDefaults.objects.update_or_create(
+        account=account,
+        region=region,
+        defaults={
+            "status": DefaultsStatus.KNOWN,
+            "http_tokens": values["http_tokens"] or "",
+            "hop_limit": values["hop_limit"] if values["hop_limit"] not in (None, -1) else None,
+            "http_endpoint": values["http_endpoint"] or "",
+            "instance_metadata_tags": values["instance_metadata_tags"] or "",
+            "managed_by": values["managed_by"],
+            "managed_exception_message": values["managed_exception_message"],
+            "error": "",
+            "synced_at": timezone.now(),
+        },
+    )
+    return defaults
+
+
+def sync_region(account, region):
+    """Full sync of one account/region. Returns the finished SyncRun (succeeded or failed).
+
+    Raises SyncAlreadyRunning when another sync of the same account/region is under way.
+    """
+    run = _start_run(account, region)
+    try:
+        for page in aws.describe_instance_pages(account, region):
+            new, changed = upsert_instances(account, region, page, timezone.now())
+            run.seen += len(page)
+            run.new += new
+            run.changed += changed
+        run.gone = (
+            Instance.objects.filter(account=account, region=region, gone_at__isnull=True, last_seen__lt=run.started_at)
+            .update(gone_at=timezone.now())
+        )
+        sync_defaults(account, region)
+        run.status = SyncStatus.SUCCEEDED
+    except aws.AwsError as exc:
+        log.warning("sync %s/%s failed: %s", account.account_id, region, exc)
+        run.status = SyncStatus.FAILED
+        run.error = f"{exc.code}: {exc.message}"[:4000]
+    except Exception as exc:
+        run.status = SyncStatus.FAILED
+        run.error = f"{type(exc).__name__}: {exc}"[:4000]
+        raise
+    finally:
+        run.finished_at = timezone.now()
+        run.save()
+    return run
+
+
+def targets(account_id=None, region=None):
+    """The enabled (account, region) pairs, optionally narrowed."""
+    from .models import Account
+
+    accounts = Account.objects.filter(enabled=True)
+    if account_id:
+        accounts = accounts.filter(account_id=account_id)
+    for account in accounts:
+        for account_region in account.regions:
+            if region is None or account_region == region:
+                yield account, account_region

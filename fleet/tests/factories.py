@@ -1,0 +1,88 @@
+"""factory-boy factories for the fleet models."""
+
+import itertools
+
+import factory
+from django.contrib.auth.models import Group, User
+from django.utils import timezone
+
+from fleet.choices import HttpTokens, InstanceState, MetadataState, Toggle
+from fleet.models import Account, ChangeBatch, ChangeItem, Instance, MetadataDefaults
+
+_ids = itertools.count(1)
+
+
+class AccountFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Account
+
+    account_id = factory.Sequence(lambda n: f"{100000000000 + n:012d}")
+    name = factory.Sequence(lambda n: f"account-{n}")
+    regions = factory.LazyFunction(lambda: ["us-east-1", "eu-west-1"])
+
+
+class InstanceFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Instance
+
+    account = factory.SubFactory(AccountFactory)
+    region = "us-east-1"
+    instance_id = factory.LazyFunction(lambda: f"i-{next(_ids):017x}")
+    name = factory.Sequence(lambda n: f"web-{n:03d}")
+    tags = factory.LazyAttribute(lambda o: {"Name": o.name})
+    instance_state = InstanceState.RUNNING
+    instance_type = "t3.micro"
+    image_id = "ami-12345678"
+    http_tokens = HttpTokens.OPTIONAL
+    hop_limit = 1
+    http_endpoint = Toggle.ENABLED
+    http_protocol_ipv6 = Toggle.DISABLED
+    instance_metadata_tags = Toggle.DISABLED
+    metadata_state = MetadataState.APPLIED
+    first_seen = factory.LazyFunction(timezone.now)
+    last_seen = factory.LazyFunction(timezone.now)
+
+
+class MetadataDefaultsFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = MetadataDefaults
+
+    account = factory.SubFactory(AccountFactory)
+    region = "us-east-1"
+    status = "known"
+
+
+class UserFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = User
+        skip_postgeneration_save = True
+
+    username = factory.Sequence(lambda n: f"user{n}")
+    password = factory.PostGenerationMethodCall("set_password", "pw-imdsweb-test")
+
+    @factory.post_generation
+    def role(self, create, extracted, **kwargs):
+        """UserFactory(role="operator") puts the user in that group (created by migration)."""
+        if create and extracted:
+            if extracted == "admin":
+                self.is_staff = True
+            self.groups.add(Group.objects.get(name=extracted))
+        if create:
+            self.save()
+
+
+class ChangeBatchFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = ChangeBatch
+
+    desired = factory.LazyFunction(lambda: {"http_tokens": "required"})
+
+
+class ChangeItemFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = ChangeItem
+
+    batch = factory.SubFactory(ChangeBatchFactory)
+    instance = factory.SubFactory(InstanceFactory)
+    account = factory.LazyAttribute(lambda o: o.instance.account)
+    region = factory.LazyAttribute(lambda o: o.instance.region)

@@ -1,0 +1,4 @@
+"""URLs of the dashboard (namespace ``fleet``)."""
+
+app_name = "fleet"
+urlpatterns = []

@@ -1,0 +1,10 @@
+"""Top-level URLs: the dashboard, Django's login views and the admin site."""
+
+from django.contrib import admin
+from django.urls import include, path
+
+urlpatterns = [
+    path("accounts/", include("django.contrib.auth.urls")),
+    path("admin/", admin.site.urls),
+    path("", include("fleet.urls")),
+]
