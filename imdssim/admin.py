@@ -1,0 +1,105 @@
+"""The simulator's own HTTP endpoint under ``/_imdssim/``.
+
+Lets tests, benchmarks and demo operators read and change the knobs at runtime, mark an
+account/region as managed by a declarative policy, read and reset call statistics, wait for
+readiness and discover the seeded demo accounts. JSON in, JSON out; nothing here is AWS-shaped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING
+
+from werkzeug.exceptions import BadRequest, HTTPException, MethodNotAllowed, NotFound
+from werkzeug.routing import Map, Rule
+from werkzeug.wrappers import Request, Response
+
+if TYPE_CHECKING:
+    from .server import SimulatorApp
+
+log = logging.getLogger(__name__)
+PREFIX = "/_imdssim"
+
+_routes = Map(
+    [
+        Rule(f"{PREFIX}/health", endpoint="health", methods=["GET"]),
+        Rule(f"{PREFIX}/config", endpoint="get_config", methods=["GET"]),
+        Rule(f"{PREFIX}/config", endpoint="set_config", methods=["POST"]),
+        Rule(f"{PREFIX}/policy", endpoint="set_policy", methods=["POST"]),
+        Rule(f"{PREFIX}/stats", endpoint="stats", methods=["GET"]),
+        Rule(f"{PREFIX}/stats/reset", endpoint="reset_stats", methods=["POST"]),
+        Rule(f"{PREFIX}/demo", endpoint="demo", methods=["GET"]),
+    ]
+)
+
+
+def _json(data: object, status: int = 200) -> Response:
+    return Response(json.dumps(data, indent=2, sort_keys=True), status=status, mimetype="application/json")
+
+
+def _json_body(request: Request) -> dict:
+    try:
+        body = json.loads(request.get_data(as_text=True) or "{}")
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    return body
+
+
+class AdminEndpoint:
+    def __init__(self, sim: SimulatorApp):
+        self.sim = sim
+
+    def __call__(self, environ, start_response):
+        request = Request(environ)
+        try:
+            endpoint, _ = _routes.bind_to_environ(environ).match()
+            response = getattr(self, endpoint)(request)
+        except (NotFound, MethodNotAllowed, BadRequest) as exc:
+            response = _json({"error": exc.description}, exc.code)
+        except HTTPException as exc:  # pragma: no cover - other werkzeug errors keep their own page
+            response = exc.get_response(environ)
+        return response(environ, start_response)
+
+    def health(self, request: Request) -> Response:
+        return _json({"status": "ok"})
+
+    def get_config(self, request: Request) -> Response:
+        return _json(self.sim.knobs.as_dict())
+
+    def set_config(self, request: Request) -> Response:
+        changes = _json_body(request)
+        try:
+            self.sim.knobs.update(changes)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        log.info("knobs changed: %s", changes)
+        return _json(self.sim.knobs.as_dict())
+
+    def set_policy(self, request: Request) -> Response:
+        body = _json_body(request)
+        account_id, region = body.get("account_id"), body.get("region")
+        if not isinstance(account_id, str) or not isinstance(region, str):
+            raise BadRequest("account_id and region are required strings")
+        managed = body.get("managed", True)
+        if not isinstance(managed, bool):
+            raise BadRequest("managed must be true or false")
+        self.sim.imds.set_policy(account_id, region, managed, body.get("message"))
+        entry = self.sim.imds.defaults(account_id, region)
+        return _json(
+            {"account_id": account_id, "region": region, "managed": managed, "message": entry.policy_message}
+        )
+
+    def stats(self, request: Request) -> Response:
+        return _json(self.sim.stats.snapshot())
+
+    def reset_stats(self, request: Request) -> Response:
+        # Buckets are refilled too, so each measurement starts from the same throttling state.
+        self.sim.stats.reset()
+        self.sim.throttler.reset()
+        return _json(self.sim.stats.snapshot())
+
+    def demo(self, request: Request) -> Response:
+        return _json(self.sim.demo_accounts)

@@ -1,0 +1,197 @@
+"""The deterministic demo fleet behind ``--seed-demo``.
+
+Three accounts reachable through ``sts:AssumeRole``, three regions each, about 1,500 instances in a
+realistic mix of IMDS postures, IMDSv1 usage in CloudWatch, account defaults in some regions and
+one region managed by a declarative policy. Instances are created with one RunInstances-sized call
+per group straight on moto's backend and then adjusted in place: one API call per instance would
+make start-up take minutes.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+from moto.cloudwatch.models import cloudwatch_backends
+from moto.core.utils import utcnow
+from moto.ec2.models import ec2_backends
+
+from .ec2_imds import ImdsModel, sim_options
+
+log = logging.getLogger(__name__)
+
+SEED = 20240917
+REGIONS = ("us-east-1", "eu-west-1", "ap-southeast-2")
+DEMO_AMI = "ami-0a1b2c3d4e5f60718"
+ROLE_NAME = "imdsweb-reader"
+INSTANCE_TYPES = ("t3.medium", "m5.large", "c6i.xlarge", "r6g.large")
+XSS_NAME = "web-<script>alert(1)</script>"
+
+
+@dataclass(frozen=True)
+class DemoAccount:
+    account_id: str
+    name: str
+    instances_per_region: dict[str, int]
+    external_id: str | None = None
+
+    @property
+    def role_arn(self) -> str:
+        return f"arn:aws:iam::{self.account_id}:role/{ROLE_NAME}"
+
+    def as_dict(self) -> dict:
+        return {
+            "account_id": self.account_id,
+            "name": self.name,
+            "role_arn": self.role_arn,
+            "external_id": self.external_id,
+            "regions": list(self.instances_per_region),
+            "instances_per_region": dict(self.instances_per_region),
+        }
+
+
+DEMO_ACCOUNTS = (
+    DemoAccount(
+        "111111111111",
+        "prod",
+        {"us-east-1": 300, "eu-west-1": 220, "ap-southeast-2": 110},
+        external_id="imdsweb-demo",
+    ),
+    DemoAccount("222222222222", "staging", {"us-east-1": 250, "eu-west-1": 180, "ap-southeast-2": 120}),
+    DemoAccount("333333333333", "sandbox", {"us-east-1": 150, "eu-west-1": 100, "ap-southeast-2": 70}),
+)
+
+# Account defaults (as ModifyInstanceMetadataDefaults would store them) and policy-managed regions.
+DEMO_DEFAULTS = {
+    ("111111111111", "us-east-1"): {"HttpTokens": "required", "HttpPutResponseHopLimit": 2},
+    ("222222222222", "eu-west-1"): {"HttpTokens": "required"},
+    ("333333333333", "ap-southeast-2"): {"HttpTokens": "required", "HttpPutResponseHopLimit": 2},
+}
+DEMO_POLICIES = {
+    ("333333333333", "ap-southeast-2"): (
+        "IMDS defaults for this region are enforced by the organization's declarative policy "
+        "'imdsv2-only'. Ask the cloud platform team to change them."
+    ),
+}
+
+# (weight, Name pattern, Team, runs containers): containers need hop limit >= 2.
+WORKLOADS = (
+    (30, "web-{env}-{n:03d}", "web", False),
+    (15, "api-{env}-{n:02d}", "payments", False),
+    (20, "eks-node-{hex}", "platform", True),
+    (8, "batch-etl-{n:02d}", "data", True),
+    (6, "jenkins-agent-{n:02d}", "platform", True),
+    (6, "kafka-broker-{n}", "data", False),
+    (5, "db-proxy-{n:02d}", "payments", False),
+    (3, "bastion-{env}-{n}", "security", False),
+)
+
+
+def _name(rng: random.Random, pattern: str, env: str, counters: dict[str, int]) -> str:
+    counters[pattern] = counters.get(pattern, 0) + 1
+    return pattern.format(env=env, n=counters[pattern], hex=f"{rng.randrange(256):02x}")
+
+
+def _posture(rng: random.Random, containers: bool, env: str) -> dict[str, object]:
+    required_share = {"prod": 0.4, "staging": 0.25, "sandbox": 0.1}[env]
+    hop = rng.choices((1, 2, 3), weights=(2, 6, 2))[0] if containers else rng.choices((1, 2), (9, 1))[0]
+    return {
+        "HttpTokens": "required" if rng.random() < required_share else "optional",
+        "HttpPutResponseHopLimit": hop,
+        "HttpEndpoint": "disabled" if rng.random() < 0.04 else "enabled",
+        "InstanceMetadataTags": "enabled" if rng.random() < 0.06 else "disabled",
+    }
+
+
+def _seed_region(imds: ImdsModel, account: DemoAccount, region: str, count: int, rng: random.Random) -> None:
+    backend = ec2_backends[account.account_id][region]
+    instances = []
+    # Several small reservations, like auto scaling groups and hand launches make, so that
+    # DescribeInstances pagination (moto pages by reservation) has many pages to walk.
+    while len(instances) < count:
+        group = min(count - len(instances), rng.randint(1, 12))
+        # Keyword arguments as moto's RunInstances handler passes them (moto 5.x).
+        reservation = backend.run_instances(
+            DEMO_AMI,
+            group,
+            None,
+            [],
+            instance_type=rng.choice(INSTANCE_TYPES),
+            is_instance_type_default=True,
+            region_name=region,
+            placement=None,
+            nics=[],
+            tags={},
+        )
+        instances.extend(reservation.instances)
+    counters: dict[str, int] = {}
+    metrics: list[dict] = []
+    now = utcnow()
+    for index, instance in enumerate(instances):
+        _, pattern, team, containers = rng.choices(WORKLOADS, weights=[w[0] for w in WORKLOADS])[0]
+        name = _name(rng, pattern, account.name, counters)
+        if account.name == "prod" and region == "us-east-1" and index == 7:
+            name = XSS_NAME  # hostile tag value: the UI must escape it
+        backend.create_tags([instance.id], {"Name": name, "Team": team, "Env": account.name})
+        imds.set_instance_options(instance, _posture(rng, containers, account.name), pending=False)
+
+        roll = rng.random()
+        if roll < 0.10:
+            instance.stop()
+            if rng.random() < 0.25:
+                # Modified while stopped: stays pending until someone starts it.
+                sim_options(instance).awaiting_start = True
+        elif roll < 0.115:
+            # A change in flight, applied a few minutes after start-up.
+            sim_options(instance).apply_at = time.monotonic() + rng.uniform(60, 600)
+        elif roll < 0.12:
+            backend.terminate_instances([instance.id])
+            continue
+        if instance.state == "running":
+            metrics.extend(_imdsv1_usage(rng, instance.id, sim_options(instance).http_tokens, now))
+    if metrics:
+        cloudwatch_backends[account.account_id][region].put_metric_data("AWS/EC2", metrics)
+
+
+def _imdsv1_usage(rng: random.Random, instance_id: str, http_tokens: str, now) -> list[dict]:
+    """Daily IMDSv1 call counts for the last 14 days, for the instances that still make such calls.
+
+    Some instances stopped making v1 calls a few days ago, so "zero over the last N days" rules
+    have something to tell apart. Instances without IMDSv1 traffic get no data points.
+    """
+    metric = "MetadataNoToken" if http_tokens == "optional" else "MetadataNoTokenRejected"
+    if rng.random() > (0.25 if http_tokens == "optional" else 0.08):
+        return []
+    quiet_days = rng.choice((0, 0, 0, 3, 10))
+    points = []
+    for days_ago in range(14, 0, -1):
+        value = 0.0 if days_ago <= quiet_days else float(rng.randint(1, 400))
+        points.append(
+            {
+                "MetricName": metric,
+                "Dimensions": [{"Name": "InstanceId", "Value": instance_id}],
+                "Timestamp": now - timedelta(days=days_ago, hours=rng.randint(0, 6)),
+                "Value": value,
+                "Unit": "Count",
+            }
+        )
+    return points
+
+
+def seed_demo_fleet(imds: ImdsModel) -> list[dict]:
+    """Create the demo fleet in moto's backends; returns the accounts as ``/_imdssim/demo`` shows them."""
+    started = time.monotonic()
+    rng = random.Random(SEED)
+    for account in DEMO_ACCOUNTS:
+        for region, count in account.instances_per_region.items():
+            _seed_region(imds, account, region, count, rng)
+    for (account_id, region), settings in DEMO_DEFAULTS.items():
+        imds.set_defaults(account_id, region, settings)
+    for (account_id, region), message in DEMO_POLICIES.items():
+        imds.set_policy(account_id, region, True, message)
+    total = sum(sum(a.instances_per_region.values()) for a in DEMO_ACCOUNTS)
+    log.info("seeded %d demo instances in %.1f s", total, time.monotonic() - started)
+    return [account.as_dict() for account in DEMO_ACCOUNTS]

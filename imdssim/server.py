@@ -1,0 +1,152 @@
+"""The WSGI application and HTTP server: moto wrapped in the IMDS fidelity layer.
+
+``SimulatorApp`` sits in front of moto's own dispatcher. For EC2 calls it adds latency and random
+faults, enforces the throttling buckets, answers the IMDS actions moto gets wrong (``ec2_imds``)
+and lets moto answer everything else, hooking RunInstances and StartInstances so account
+defaults and stopped-instance changes take effect. STS AssumeRole is checked against the demo
+roles' ExternalIds; CloudWatch and other services pass straight through.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import time
+from xml.sax.saxutils import escape
+
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from .admin import PREFIX, AdminEndpoint
+from .awsquery import Ec2Error, QueryRequest, new_request_id, read_query_request
+from .ec2_imds import ImdsModel
+from .throttle import Knobs, Stats, Throttler
+
+log = logging.getLogger(__name__)
+
+_INSTANCE_ID_ELEMENT = re.compile(rb"<instanceId>(i-[0-9a-f]+)</instanceId>")
+
+
+def _status_code(status: str) -> int:
+    return int(status.split(" ", 1)[0])
+
+
+class SimulatorApp:
+    """WSGI app: admin endpoint, STS ExternalId check, EC2 fidelity layer, then moto."""
+
+    def __init__(self, knobs: Knobs | None = None, rng: random.Random | None = None):
+        self.knobs = knobs or Knobs()
+        self.stats = Stats()
+        self.throttler = Throttler(self.knobs)
+        self.imds = ImdsModel(self.knobs, on_modify=self.stats.record_modify)
+        self.moto = DomainDispatcherApplication(create_backend_app)
+        self.admin = AdminEndpoint(self)
+        self.rng = rng or random.Random()
+        self.demo_accounts: list[dict] = []
+        self.role_external_ids: dict[str, str] = {}  # role ARN -> ExternalId its trust policy requires
+
+    def __call__(self, environ, start_response):
+        if environ.get("PATH_INFO", "").startswith(PREFIX + "/"):
+            return self.admin(environ, start_response)
+        request = read_query_request(environ)
+        if request.service == "sts" and request.action == "AssumeRole":
+            denied = self._check_external_id(request)
+            if denied is not None:
+                start_response("403 Forbidden", _xml_headers(denied))
+                return [denied]
+        if not request.is_ec2:
+            return self.moto(environ, start_response)
+        status, headers, body = self._ec2(request, environ)
+        start_response(status, headers)
+        return [body]
+
+    # --- EC2 --------------------------------------------------------------------------------
+    def _ec2(self, request: QueryRequest, environ) -> tuple[str, list, bytes]:
+        action = request.action
+        if self.knobs.latency_ms:
+            time.sleep(self.knobs.latency_ms / 1000)
+        try:
+            self._inject_faults(request)
+            if action in ImdsModel.HANDLED:
+                body = self.imds.handle(request)
+                result = ("200 OK", _xml_headers(body), body)
+            else:
+                result = self._call_moto(request, environ)
+        except Ec2Error as exc:
+            self.stats.record(action, "throttled" if exc.code == "RequestLimitExceeded" else "error")
+            if exc.code not in ("DryRunOperation", "RequestLimitExceeded"):
+                log.info("%s in %s/%s failed: %s", action, request.account_id, request.region, exc)
+            body = exc.body()
+            return f"{exc.status} {_reason(exc.status)}", _xml_headers(body), body
+        except Exception:
+            log.exception("simulator failed on %s", action)
+            self.stats.record(action, "error")
+            body = Ec2Error("InternalError", "An internal error has occurred.", 500).body()
+            return "500 Internal Server Error", _xml_headers(body), body
+        self.stats.record(action, "ok" if _status_code(result[0]) < 400 else "error")
+        return result
+
+    def _inject_faults(self, request: QueryRequest) -> None:
+        if self.knobs.throttle_rate and self.rng.random() < self.knobs.throttle_rate:
+            raise Ec2Error("RequestLimitExceeded", "Request limit exceeded.", 503)
+        if self.knobs.error_rate and self.rng.random() < self.knobs.error_rate:
+            raise Ec2Error("InternalError", "An internal error has occurred.", 500)
+        if not self.throttler.allow(request.account_id, request.region, request.action):
+            raise Ec2Error("RequestLimitExceeded", "Request limit exceeded.", 503)
+
+    def _call_moto(self, request: QueryRequest, environ) -> tuple[str, list, bytes]:
+        captured: dict = {}
+
+        def capture(status, headers, exc_info=None):
+            captured.update(status=status, headers=headers)
+
+        chunks = self.moto(environ, capture)
+        try:
+            body = b"".join(chunks)
+        finally:
+            if hasattr(chunks, "close"):
+                chunks.close()
+        if _status_code(captured["status"]) == 200 and not request.dry_run:
+            if request.action == "RunInstances":
+                ids = [m.decode() for m in _INSTANCE_ID_ELEMENT.findall(body)]
+                self.imds.on_launched(request, ids)
+            elif request.action == "StartInstances":
+                self.imds.on_started(request.account_id, request.region, request.indexed("InstanceId"))
+        # The body is complete now; drop a Content-Length moto may have computed differently.
+        headers = [(k, v) for k, v in captured["headers"] if k.lower() != "content-length"]
+        return captured["status"], headers + [("Content-Length", str(len(body)))], body
+
+    # --- STS --------------------------------------------------------------------------------
+    def _check_external_id(self, request: QueryRequest) -> bytes | None:
+        """moto ignores ExternalId; the demo role that requires one refuses calls without it."""
+        role_arn = request.params.get("RoleArn", "")
+        required = self.role_external_ids.get(role_arn)
+        if required is None or request.params.get("ExternalId") == required:
+            return None
+        log.info("AssumeRole of %s refused: wrong or missing ExternalId", role_arn)
+        message = escape(f"User is not authorized to perform: sts:AssumeRole on resource: {role_arn}")
+        return (
+            '<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type>'
+            f"<Code>AccessDenied</Code><Message>{message}</Message></Error>"
+            f"<RequestId>{new_request_id()}</RequestId></ErrorResponse>"
+        ).encode()
+
+
+def _xml_headers(body: bytes) -> list[tuple[str, str]]:
+    return [("Content-Type", "text/xml"), ("Content-Length", str(len(body)))]
+
+
+def _reason(status: int) -> str:
+    return {
+        400: "Bad Request",
+        403: "Forbidden",
+        412: "Precondition Failed",
+        500: "Internal Server Error",
+        503: "Service Unavailable",
+    }.get(status, "Error")
+
+
+def make_simulator_server(app: SimulatorApp, host: str, port: int) -> BaseWSGIServer:
+    """A threaded werkzeug server, with moto's request handler (it keeps underscored headers)."""
+    return make_server(host, port, app, threaded=True, request_handler=MotoRequestHandler)
