@@ -98,3 +98,10 @@ def error_of(excinfo) -> tuple[str, int, str]:
         response["ResponseMetadata"]["HTTPStatusCode"],
         response["Error"]["Message"],
     )
+
+
+@pytest.fixture
+def unthrottled(sim):
+    """For functional tests that call ModifyInstanceMetadataDefaults (bucket of 2) more often."""
+    sim.configure(throttle=False)
+    return sim
