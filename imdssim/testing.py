@@ -82,7 +82,8 @@ class SimulatorProcess:
                 return self
             except _ExitedEarly:
                 self._process = None
-        self.stop()
+                if "Address already in use" not in self.output():
+                    break
         raise RuntimeError(f"the simulator did not start:\n{self.output()}")
 
     def _wait_until_healthy(self) -> None:
