@@ -1,4 +1,22 @@
 """URLs of the dashboard (namespace ``fleet``)."""
 
+from django.urls import path
+
+from .views import changes, defaults, instances, overview
+
 app_name = "fleet"
-urlpatterns = []
+urlpatterns = [
+    path("", overview.OverviewView.as_view(), name="overview"),
+    path("instances/", instances.InstanceListView.as_view(), name="instance_list"),
+    path("instances/export.csv", instances.instance_export, name="instance_export"),
+    path("instances/<str:instance_id>/", instances.InstanceDetailView.as_view(), name="instance_detail"),
+    path("defaults/", defaults.DefaultsView.as_view(), name="defaults"),
+    path("defaults/change/", defaults.DefaultsChangeView.as_view(), name="defaults_change"),
+    path("changes/", changes.ChangeListView.as_view(), name="change_list"),
+    path("changes/new/", changes.ChangeNewView.as_view(), name="change_new"),
+    path("changes/<int:pk>/", changes.ChangeDetailView.as_view(), name="change_detail"),
+    path("changes/<int:pk>/progress/", changes.change_progress, name="change_progress"),
+    path("changes/<int:pk>/cancel/", changes.BatchActionView.as_view(action="cancel"), name="change_cancel"),
+    path("changes/<int:pk>/retry/", changes.BatchActionView.as_view(action="retry"), name="change_retry"),
+    path("changes/<int:pk>/rollback/", changes.BatchActionView.as_view(action="rollback"), name="change_rollback"),
+]

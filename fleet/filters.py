@@ -1,0 +1,112 @@
+"""django-filter filtersets: the instance list (and its CSV export and bulk selection), change items."""
+
+import django_filters
+from django import forms
+from django.db.models import Q
+from django.http import QueryDict
+
+from .choices import ChangeKind, HttpTokens, InstanceState, ItemState, MetadataState, Toggle
+from .models import Account, ChangeBatch, ChangeItem, Instance
+
+
+class IntegerFilter(django_filters.NumberFilter):
+    # NumberFilter takes decimals; a hop limit of 1.5 must be a form error, not a rounded match.
+    field_class = forms.IntegerField
+
+
+def region_choices():
+    regions = Instance.objects.order_by().values_list("region", flat=True).distinct()
+    return [(region, region) for region in sorted(regions)]
+
+
+class InstanceFilterSet(django_filters.FilterSet):
+    """Every field lives in the query string, so a filter is a URL: the list, the CSV export and
+    "all N matching this filter" all read the same parameters."""
+
+    GONE_CHOICES = [("present", "present"), ("gone", "gone"), ("all", "all")]
+    V1_CHOICES = [("yes", "IMDSv1 calls seen"), ("no", "no IMDSv1 calls"), ("unknown", "not measured")]
+
+    q = django_filters.CharFilter(
+        method="filter_q", label="Search", max_length=200,
+        widget=forms.TextInput(attrs={"placeholder": "instance id or Name", "type": "search"}),
+    )
+    account = django_filters.ModelChoiceFilter(
+        queryset=Account.objects.all(), to_field_name="account_id", empty_label="any account"
+    )
+    region = django_filters.ChoiceFilter(choices=region_choices, empty_label="any region")
+    http_tokens = django_filters.ChoiceFilter(choices=HttpTokens.choices, label="HttpTokens", empty_label="any")
+    http_endpoint = django_filters.ChoiceFilter(choices=Toggle.choices, label="HttpEndpoint", empty_label="any")
+    hop_limit = IntegerFilter(label="Hop limit", min_value=1, max_value=64)
+    metadata_state = django_filters.ChoiceFilter(choices=MetadataState.choices, label="Options state", empty_label="any")
+    instance_state = django_filters.ChoiceFilter(choices=InstanceState.choices, empty_label="any")
+    instance_metadata_tags = django_filters.ChoiceFilter(choices=Toggle.choices, label="Tags in IMDS", empty_label="any")
+    v1_usage = django_filters.ChoiceFilter(
+        choices=V1_CHOICES, method="filter_v1_usage", label="IMDSv1 in use", empty_label="any"
+    )
+    gone = django_filters.ChoiceFilter(choices=GONE_CHOICES, method="filter_gone", label="Present", empty_label=None)
+
+    class Meta:
+        model = Instance
+        fields = []
+
+    def __init__(self, data=None, *args, **kwargs):
+        # django-filter's documented way to have a default: gone=present unless asked otherwise.
+        # Always bound, so the default is both applied and shown in the form.
+        if isinstance(data, QueryDict):
+            data = data.copy()
+        else:
+            data, given = QueryDict(mutable=True), data or {}
+            data.update(given)
+        if not data.get("gone"):
+            data["gone"] = "present"
+        super().__init__(data, *args, **kwargs)
+
+    def filter_q(self, queryset, name, value):
+        value = value.strip()
+        return queryset.filter(Q(name__icontains=value) | Q(instance_id__istartswith=value)) if value else queryset
+
+    def filter_v1_usage(self, queryset, name, value):
+        return {
+            "yes": queryset.filter(v1_calls__gt=0),
+            "no": queryset.filter(v1_calls=0),
+            "unknown": queryset.filter(v1_calls__isnull=True),
+        }[value]
+
+    def filter_gone(self, queryset, name, value):
+        if value == "present":
+            return queryset.filter(gone_at__isnull=True)
+        if value == "gone":
+            return queryset.filter(gone_at__isnull=False)
+        return queryset
+
+    @property
+    def active_querystring(self):
+        """The filter as a query string, without pagination or sorting (for CSV and bulk links)."""
+        data = QueryDict(mutable=True)
+        for key in self.filters:
+            values = [value for value in self.data.getlist(key) if value]
+            if values:
+                data.setlist(key, values)
+        return data.urlencode()
+
+
+class ChangeItemFilterSet(django_filters.FilterSet):
+    state = django_filters.ChoiceFilter(choices=ItemState.choices, empty_label="any state")
+    q = django_filters.CharFilter(method="filter_q", label="Instance", max_length=200)
+
+    class Meta:
+        model = ChangeItem
+        fields = []
+
+    def filter_q(self, queryset, name, value):
+        value = value.strip()
+        return queryset.filter(instance__instance_id__istartswith=value) if value else queryset
+
+
+class ChangeBatchFilterSet(django_filters.FilterSet):
+    kind = django_filters.ChoiceFilter(choices=ChangeKind.choices, empty_label="any kind")
+    dry_run = django_filters.BooleanFilter(label="Dry run")
+
+    class Meta:
+        model = ChangeBatch
+        fields = []

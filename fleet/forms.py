@@ -1,0 +1,249 @@
+"""Forms: what a user may ask for, validated before anything reaches the change engine.
+
+Selections arrive as instance ids or as an instance filter query string; option values are
+checked here for shape and then by ``changes.clean_*_desired`` for the domain rules.
+"""
+
+from django import forms
+from django.core.exceptions import ValidationError
+from django.http import QueryDict
+
+from . import changes
+from .choices import DefaultsHttpTokens, DefaultsToggle, HttpTokens, Toggle
+from .filters import InstanceFilterSet
+from .models import Account, Instance, MetadataDefaults
+from .models.inventory import DEFAULTS_FIELDS, INSTANCE_OPTION_FIELDS
+from .validators import account_id_validator, instance_id_validator, region_validator
+
+MAX_SELECTED_IDS = 5000
+UNCHANGED = [("", "(unchanged)")]
+
+
+class MultipleValueField(forms.Field):
+    """A list of strings from repeated parameters (``?ids=a&ids=b``), each checked by ``validator``."""
+
+    widget = forms.MultipleHiddenInput
+
+    def __init__(self, *, validator, max_values, **kwargs):
+        self.item_validator = validator
+        self.max_values = max_values
+        super().__init__(**kwargs)
+
+    def to_python(self, value):
+        if not value:
+            return []
+        if isinstance(value, str):
+            value = [value]
+        values = [item.strip() for item in value if item and item.strip()]
+        if len(values) > self.max_values:
+            raise ValidationError(f"At most {self.max_values:,} values at once; use a filter instead.")
+        bad = []
+        for item in values:
+            try:
+                self.item_validator(item)
+            except ValidationError:
+                bad.append(item)
+        if bad:
+            shown = ", ".join(item[:40] for item in bad[:5])
+            raise ValidationError(f"{len(bad)} invalid value(s): {shown}")
+        return list(dict.fromkeys(values))
+
+
+def option_fields(hidden=False):
+    """The five instance metadata options, blank meaning "leave as is"."""
+    select = forms.HiddenInput if hidden else forms.Select
+    return {
+        "http_tokens": forms.ChoiceField(
+            label="HttpTokens", required=False, choices=UNCHANGED + HttpTokens.choices, widget=select
+        ),
+        "hop_limit": forms.IntegerField(
+            label="Hop limit", required=False, min_value=1, max_value=64,
+            widget=forms.HiddenInput if hidden else forms.NumberInput,
+        ),
+        "http_endpoint": forms.ChoiceField(
+            label="HttpEndpoint", required=False, choices=UNCHANGED + Toggle.choices, widget=select
+        ),
+        "http_protocol_ipv6": forms.ChoiceField(
+            label="HttpProtocolIpv6", required=False, choices=UNCHANGED + Toggle.choices, widget=select
+        ),
+        "instance_metadata_tags": forms.ChoiceField(
+            label="InstanceMetadataTags", required=False, choices=UNCHANGED + Toggle.choices, widget=select
+        ),
+    }
+
+
+class InstanceChangeForm(forms.Form):
+    """The confirmation step: a selection, the options to set, and how to run the change."""
+
+    ids = MultipleValueField(validator=instance_id_validator, max_values=MAX_SELECTED_IDS, required=False)
+    filter = forms.CharField(required=False, max_length=4000, widget=forms.HiddenInput)
+    comment = forms.CharField(
+        required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="Why: ends up in the audit trail.",
+    )
+    dry_run = forms.BooleanField(
+        required=False, label="Dry run first", help_text="Preflight every account/region with DryRun; change nothing."
+    )
+    override_usage = forms.BooleanField(
+        required=False, label="Apply even where IMDSv1 calls were seen",
+        help_text="Otherwise such instances are held back.",
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields.update(option_fields(hidden=True))
+        self.instances = Instance.objects.none()
+        self.desired = {}
+        self.selection = ""
+
+    def clean(self):
+        data = super().clean()
+        if self.errors:
+            return data
+        self.desired = self._clean_desired(data)
+        self.instances, self.selection = self._clean_targets(data)
+        return data
+
+    def _clean_desired(self, data):
+        desired = {name: data[name] for name in INSTANCE_OPTION_FIELDS if data.get(name) not in ("", None)}
+        if not desired:
+            raise ValidationError("Choose at least one metadata option to change.")
+        return changes.clean_instance_desired(desired)
+
+    def _clean_targets(self, data):
+        ids, query = data["ids"], data["filter"]
+        if bool(ids) == bool(query):
+            raise ValidationError("Select some instances, or a filter, first.")
+        present = Instance.objects.present().select_related("account")
+        if ids:
+            found = set(present.filter(instance_id__in=ids).values_list("instance_id", flat=True))
+            missing = [instance_id for instance_id in ids if instance_id not in found]
+            if missing:
+                shown = ", ".join(missing[:5]) + (" …" if len(missing) > 5 else "")
+                raise ValidationError(f"{len(missing)} selected instance(s) are unknown or gone: {shown}")
+            return present.filter(instance_id__in=ids), f"instances: {', '.join(ids[:20])}" + (
+                f" … ({len(ids)} in all)" if len(ids) > 20 else ""
+            )
+        filterset = InstanceFilterSet(QueryDict(query), queryset=present)
+        if not filterset.is_valid():
+            errors = "; ".join(f"{name}: {' '.join(msgs)}" for name, msgs in filterset.errors.items())
+            raise ValidationError(f"The filter is not valid ({errors}).")
+        return filterset.qs.filter(gone_at__isnull=True), f"filter: {filterset.active_querystring}"
+
+    def plan_querystring(self):
+        """The selection and options as a query string, to come back to this page."""
+        query = QueryDict(mutable=True)
+        if self.cleaned_data.get("ids"):
+            query.setlist("ids", self.cleaned_data["ids"])
+        if self.cleaned_data.get("filter"):
+            query["filter"] = self.cleaned_data["filter"]
+        for name, value in self.desired.items():
+            query[name] = value
+        return query.urlencode()
+
+
+class InstanceOptionsForm(forms.Form):
+    """The five options of one instance, prefilled; only what differs becomes the change."""
+
+    def __init__(self, *args, instance, **kwargs):
+        kwargs["initial"] = instance.options | kwargs.get("initial", {})
+        super().__init__(*args, **kwargs)
+        self.instance = instance
+        self.fields.update(option_fields())
+        for field in self.fields.values():
+            if isinstance(field, forms.ChoiceField):
+                field.choices = field.choices[1:]
+            field.required = True
+
+    def clean(self):
+        data = super().clean()
+        if self.errors:
+            return data
+        self.changed_options = {
+            name: data[name] for name in INSTANCE_OPTION_FIELDS if data[name] != getattr(self.instance, name)
+        }
+        if not self.changed_options:
+            raise ValidationError("Nothing to change: every option already has that value.")
+        return data
+
+
+def parse_target(value):
+    """``"123456789012/us-east-1"`` -> (account_id, region); raises ValidationError."""
+    account_id, _, region = value.partition("/")
+    account_id_validator(account_id)
+    region_validator(region)
+    return account_id, region
+
+
+def target_validator(value):
+    parse_target(value)
+
+
+class DefaultsChangeForm(forms.Form):
+    """Account-level defaults for one or more account/regions. ``no-preference`` / -1 clear a setting."""
+
+    targets = MultipleValueField(validator=target_validator, max_values=2000)
+    http_tokens = forms.ChoiceField(
+        label="HttpTokens", required=False, choices=UNCHANGED + DefaultsHttpTokens.choices
+    )
+    hop_limit = forms.IntegerField(
+        label="Hop limit", required=False, min_value=-1, max_value=64, help_text="1–64, or -1 for no preference."
+    )
+    http_endpoint = forms.ChoiceField(
+        label="HttpEndpoint", required=False, choices=UNCHANGED + DefaultsToggle.choices
+    )
+    instance_metadata_tags = forms.ChoiceField(
+        label="InstanceMetadataTags", required=False, choices=UNCHANGED + DefaultsToggle.choices
+    )
+    comment = forms.CharField(required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 2}))
+    dry_run = forms.BooleanField(required=False, label="Dry run first")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.resolved = []
+        self.desired = {}
+
+    def clean_hop_limit(self):
+        value = self.cleaned_data["hop_limit"]
+        if value == 0:
+            raise ValidationError("The hop limit is 1–64, or -1 for no preference.")
+        return value
+
+    def clean_targets(self):
+        """-> [(Account, region, MetadataDefaults or None)], refusing policy-managed ones."""
+        pairs = [parse_target(value) for value in self.cleaned_data["targets"]]
+        accounts = Account.objects.in_bulk({account_id for account_id, _ in pairs}, field_name="account_id")
+        rows = {
+            (row.account_id, row.region): row
+            for row in MetadataDefaults.objects.filter(account__in=accounts.values())
+        }
+        resolved, unknown, managed = [], [], []
+        for account_id, region in pairs:
+            account = accounts.get(account_id)
+            row = rows.get((account.pk, region)) if account else None
+            if account is None or (region not in account.regions and row is None):
+                unknown.append(f"{account_id}/{region}")
+            elif row is not None and row.policy_managed:
+                managed.append(f"{account_id}/{region}: {row.managed_exception_message or 'declarative policy'}")
+            else:
+                resolved.append((account, region, row))
+        if unknown:
+            raise ValidationError(f"Unknown account/region: {', '.join(unknown[:5])}")
+        if managed:
+            raise ValidationError(f"Managed by a declarative policy, cannot be changed here — {'; '.join(managed[:5])}")
+        self.resolved = resolved
+        return self.cleaned_data["targets"]
+
+    def clean(self):
+        data = super().clean()
+        if self.errors:
+            return data
+        desired = {name: data[name] for name in DEFAULTS_FIELDS if data.get(name) not in ("", None)}
+        if not desired:
+            raise ValidationError("Choose at least one default to change.")
+        self.desired = changes.clean_defaults_desired(desired)
+        return data
+
+
+class RollbackForm(forms.Form):
+    comment = forms.CharField(required=False, max_length=2000)

@@ -1,0 +1,231 @@
+"""Read-side aggregates for the overview: the fleet's IMDS posture in a handful of group-by queries.
+
+Nothing here loops over accounts with a query each: every figure comes from one aggregate, one
+``values().annotate()`` group-by, or one query over the latest rows.
+"""
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db.models import Count, Max, OuterRef, Q, Subquery
+from django.utils import timezone
+
+from .choices import DefaultsHttpTokens, DefaultsStatus, InstanceState, ManagedBy, MetadataState, SyncStatus, Toggle
+from .models import Account, ChangeBatch, Instance, MetadataDefaults, SyncRun
+from .models.inventory import ENFORCED, ENFORCED_AND_APPLIED
+
+
+def percent(part, whole):
+    """Percentage as a float, or None when there is nothing to measure."""
+    return round(100.0 * part / whole, 1) if whole else None
+
+
+def posture_level(pct):
+    """green / amber / red, used for every posture colour on the site."""
+    if pct is None:
+        return "none"
+    if pct >= 95:
+        return "good"
+    if pct >= 70:
+        return "warn"
+    return "bad"
+
+
+def fleet_totals():
+    """Counts over present instances (``gone_at`` null), in one query."""
+    not_enforced = ~ENFORCED
+    totals = Instance.objects.present().aggregate(
+        total=Count("id"),
+        enforced=Count("id", filter=ENFORCED),
+        enforced_applied=Count("id", filter=ENFORCED_AND_APPLIED),
+        pending=Count("id", filter=Q(metadata_state=MetadataState.PENDING)),
+        endpoint_disabled=Count("id", filter=Q(http_endpoint=Toggle.DISABLED)),
+        hop_limit_over_1=Count("id", filter=Q(hop_limit__gt=1)),
+        tags_enabled=Count("id", filter=Q(instance_metadata_tags=Toggle.ENABLED)),
+        stopped=Count("id", filter=Q(instance_state=InstanceState.STOPPED)),
+        v1_in_use=Count("id", filter=Q(v1_calls__gt=0)),
+        v1_measured=Count("id", filter=Q(v1_calls__isnull=False)),
+        safe_to_enforce=Count("id", filter=not_enforced & Q(v1_calls=0)),
+        not_enforced_unmeasured=Count("id", filter=not_enforced & Q(v1_calls__isnull=True)),
+        not_enforced_in_use=Count("id", filter=not_enforced & Q(v1_calls__gt=0)),
+    )
+    totals["not_enforced"] = totals["total"] - totals["enforced"]
+    totals["enforced_pct"] = percent(totals["enforced"], totals["total"])
+    totals["enforced_applied_pct"] = percent(totals["enforced_applied"], totals["total"])
+    totals["enforced_level"] = posture_level(totals["enforced_pct"])
+    totals["enforced_applied_level"] = posture_level(totals["enforced_applied_pct"])
+    return totals
+
+
+@dataclass
+class HeatMap:
+    regions: list[str]
+    # One row per account: {"account_id", "name", "cells": [cell or None per region], "total", ...}
+    rows: list[dict] = field(default_factory=list)
+
+
+def compliance_by_region():
+    """Account x region counts of present instances, in one group-by query."""
+    rows = (
+        Instance.objects.present()
+        .values("account__account_id", "account__name", "region")
+        .annotate(
+            total=Count("id"),
+            enforced=Count("id", filter=ENFORCED),
+            enforced_applied=Count("id", filter=ENFORCED_AND_APPLIED),
+        )
+        .order_by("account__name", "account__account_id", "region")
+    )
+    return [
+        {
+            "account_id": row["account__account_id"],
+            "account_name": row["account__name"],
+            "region": row["region"],
+            "total": row["total"],
+            "enforced": row["enforced"],
+            "enforced_applied": row["enforced_applied"],
+            "enforced_pct": percent(row["enforced"], row["total"]),
+            "level": posture_level(percent(row["enforced"], row["total"])),
+        }
+        for row in rows
+    ]
+
+
+def heat_map(region_rows):
+    """Pivot the account/region rows into a matrix (no query)."""
+    regions = sorted({row["region"] for row in region_rows})
+    accounts = {}
+    for row in region_rows:
+        account = accounts.setdefault(
+            row["account_id"],
+            {"account_id": row["account_id"], "name": row["account_name"], "by_region": {}, "total": 0,
+             "enforced": 0, "enforced_applied": 0},
+        )
+        account["by_region"][row["region"]] = row
+        for key in ("total", "enforced", "enforced_applied"):
+            account[key] += row[key]
+    result = HeatMap(regions=regions)
+    for account in accounts.values():
+        account["cells"] = [account["by_region"].get(region) for region in regions]
+        account["enforced_pct"] = percent(account["enforced"], account["total"])
+        account["enforced_applied_pct"] = percent(account["enforced_applied"], account["total"])
+        account["level"] = posture_level(account["enforced_pct"])
+        result.rows.append(account)
+    return result
+
+
+def hop_limit_distribution():
+    """[(hop_limit or None, count)] over present instances, one group-by query."""
+    rows = Instance.objects.present().values("hop_limit").annotate(n=Count("id")).order_by("hop_limit")
+    return [(row["hop_limit"], row["n"]) for row in rows]
+
+
+def defaults_summary():
+    """Account-level defaults: Prowler's account rule is HttpTokens = required."""
+    return MetadataDefaults.objects.aggregate(
+        total=Count("id"),
+        tokens_required=Count("id", filter=Q(http_tokens=DefaultsHttpTokens.REQUIRED)),
+        policy_managed=Count("id", filter=Q(managed_by=ManagedBy.DECLARATIVE_POLICY)),
+        unknown=Count("id", filter=Q(status=DefaultsStatus.UNKNOWN)),
+    )
+
+
+@dataclass
+class SyncState:
+    account: Account
+    region: str
+    last_run: SyncRun | None
+    last_success: datetime | None
+    stale: bool
+    reason: str
+
+
+def sync_states(now=None):
+    """The latest sync of every configured account/region, with a staleness verdict. Two queries."""
+    now = now or timezone.now()
+    max_age = timedelta(minutes=2 * settings.IMDSWEB_SYNC_INTERVAL_MINUTES)
+    latest_ids = SyncRun.objects.values("account_id", "region").annotate(last=Max("id")).values("last")
+    last_success = SyncRun.objects.filter(
+        account=OuterRef("account"), region=OuterRef("region"), status=SyncStatus.SUCCEEDED
+    ).order_by("-finished_at")
+    runs = {
+        (run.account_id, run.region): run
+        for run in SyncRun.objects.filter(id__in=Subquery(latest_ids)).annotate(
+            last_success=Subquery(last_success.values("finished_at")[:1])
+        )
+    }
+    states = []
+    for account in Account.objects.filter(enabled=True):
+        for region in account.regions:
+            run = runs.get((account.pk, region))
+            success = run.last_success if run else None
+            if run is None:
+                stale, reason = True, "never synced"
+            elif run.status == SyncStatus.FAILED:
+                stale, reason = True, "last sync failed"
+            elif success is None:
+                stale, reason = run.status != SyncStatus.RUNNING, "no successful sync yet"
+            elif now - success > max_age:
+                stale, reason = True, f"no successful sync for over {2 * settings.IMDSWEB_SYNC_INTERVAL_MINUTES} minutes"
+            else:
+                stale, reason = False, ""
+            states.append(SyncState(account, region, run, success, stale, reason))
+    return states
+
+
+def recent_batches(limit=5):
+    return list(ChangeBatch.objects.with_counts().select_related("created_by")[:limit])
+
+
+def overview():
+    """Everything the overview page shows."""
+    region_rows = compliance_by_region()
+    syncs = sync_states()
+    return {
+        "totals": fleet_totals(),
+        "heat_map": heat_map(region_rows),
+        "hop_limits": hop_limit_distribution(),
+        "defaults": defaults_summary(),
+        "syncs": syncs,
+        "stale_syncs": sum(1 for state in syncs if state.stale),
+        "recent_batches": recent_batches(),
+    }
+
+
+@dataclass
+class DefaultsCell:
+    account: Account
+    region: str
+    defaults: MetadataDefaults | None
+
+    @property
+    def key(self):
+        return f"{self.account.account_id}/{self.region}"
+
+    @property
+    def prowler_pass(self):
+        """Prowler's ec2_instance_account_imdsv2_enabled."""
+        return bool(self.defaults) and self.defaults.http_tokens == DefaultsHttpTokens.REQUIRED
+
+    @property
+    def editable(self):
+        return not (self.defaults and self.defaults.policy_managed)
+
+
+def defaults_matrix(keys=None):
+    """Every configured account/region with its defaults row (or None if never read). Two queries.
+
+    ``keys`` ("account_id/region" strings) narrows it to those cells.
+    """
+    by_account = {}
+    for row in MetadataDefaults.objects.order_by("region"):
+        by_account.setdefault(row.account_id, {})[row.region] = row
+    cells = []
+    for account in Account.objects.all():
+        rows = by_account.get(account.pk, {})
+        for region in dict.fromkeys([*account.regions, *rows]):
+            cell = DefaultsCell(account, region, rows.get(region))
+            if keys is None or cell.key in keys:
+                cells.append(cell)
+    return cells

@@ -1,0 +1,71 @@
+"""Template helpers: posture colours, percentages and the server-rendered SVG charts."""
+
+from django import template
+
+from ..posture import posture_level
+
+register = template.Library()
+
+
+@register.filter
+def level(pct):
+    """good / warn / bad / none, for CSS classes."""
+    return posture_level(pct)
+
+
+@register.filter
+def pct(value):
+    return "—" if value is None else f"{value:g}%"
+
+
+@register.filter
+def options(value):
+    """A desired/previous dict as ``key=value, …``."""
+    if not value:
+        return "—"
+    return ", ".join(f"{key}={val}" for key, val in value.items())
+
+
+ROW_HEIGHT = 24
+LABEL_WIDTH = 160
+BAR_WIDTH = 300
+
+
+@register.inclusion_tag("fleet/charts/hbars.html")
+def compliance_bars(accounts):
+    """One horizontal bar per account: share of present instances with IMDSv2 enforced."""
+    bars = [
+        {
+            "label": account["name"],
+            "title": f"{account['name']} ({account['account_id']}): {account['enforced']} of {account['total']} enforced",
+            "y": index * ROW_HEIGHT,
+            "width": round(BAR_WIDTH * (account["enforced_pct"] or 0) / 100, 1),
+            "pct": account["enforced_pct"],
+            "level": posture_level(account["enforced_pct"]),
+        }
+        for index, account in enumerate(accounts)
+    ]
+    return {
+        "bars": bars, "height": max(len(bars), 1) * ROW_HEIGHT, "label_width": LABEL_WIDTH, "bar_width": BAR_WIDTH,
+        "total_width": LABEL_WIDTH + BAR_WIDTH + 60,
+    }
+
+
+@register.inclusion_tag("fleet/charts/vbars.html")
+def hop_limit_bars(distribution):
+    """Vertical bars: instances per hop limit (1 is the safe default; > 1 needs a reason)."""
+    width, height, gap = 44, 120, 10
+    peak = max((n for _, n in distribution), default=0) or 1
+    bars = []
+    for index, (hops, n) in enumerate(distribution):
+        bar_height = round(height * n / peak, 1)
+        bars.append({
+            "label": "?" if hops is None else hops,
+            "n": n,
+            "x": index * (width + gap),
+            "y": height - bar_height,
+            "height": bar_height,
+            "width": width,
+            "level": "neutral" if hops == 1 else "warn",
+        })
+    return {"bars": bars, "height": height, "total_width": max(len(bars), 1) * (width + gap), "width": width}

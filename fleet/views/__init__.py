@@ -1,0 +1,1 @@
+"""The dashboard views, one module per page family; see ``base`` for the two patterns."""

@@ -1,0 +1,80 @@
+"""The two view patterns every page is built from: a filtered table, and a confirm-then-act form.
+
+Access: login is required everywhere by ``LoginRequiredMiddleware``; acting on the fleet needs
+the ``fleet.queue_change`` permission (operator and admin groups). A refusal raises
+PermissionDenied, which renders ``403.html``.
+"""
+
+from django.contrib import messages
+from django.contrib.auth.mixins import PermissionRequiredMixin
+from django.shortcuts import redirect
+from django.views.generic import FormView
+from django_filters.views import FilterView
+from django_tables2 import SingleTableMixin
+
+from .. import changes
+
+QUEUE_CHANGE = "fleet.queue_change"
+
+
+class OperatorRequiredMixin(PermissionRequiredMixin):
+    """Only users who may queue changes; everyone else gets the friendly 403 page."""
+
+    permission_required = QUEUE_CHANGE
+    raise_exception = True
+    permission_denied_message = "Your role can look at the fleet but not change it. Ask an admin for the operator role."
+
+
+class FilteredTableView(SingleTableMixin, FilterView):
+    """A list page is configuration: ``queryset``, ``filterset_class``, ``table_class``, templates.
+
+    An htmx request (the filter form, the pager, sorting) gets only ``partial_template_name``.
+    An invalid filter shows its form errors and an empty table (django-filter's strict mode).
+    """
+
+    partial_template_name = None
+    table_pagination = {"per_page": 50}
+
+    def get_template_names(self):
+        if self.request.htmx and self.partial_template_name and not self.request.htmx.boosted:
+            return [self.partial_template_name]
+        return [self.template_name]
+
+
+class ConfirmActionView(OperatorRequiredMixin, FormView):
+    """GET shows what would happen (``form.is_valid()`` on the query string, then ``preview()``);
+    POST performs ``perform(form)`` and redirects to its result. The service's ChangeRefused
+    becomes a message on the same page, never a 500."""
+
+    def get_form_kwargs(self):
+        kwargs = super().get_form_kwargs()
+        if self.request.method == "GET" and self.request.GET:
+            kwargs["data"] = self.request.GET
+        return kwargs
+
+    def get(self, request, *args, **kwargs):
+        form = self.get_form()
+        if form.is_bound and form.is_valid():
+            return self.render_to_response(self.get_context_data(form=form, preview=self.preview(form)))
+        return self.render_to_response(self.get_context_data(form=form), status=400 if form.is_bound else 200)
+
+    def form_valid(self, form):
+        try:
+            result = self.perform(form)
+        except changes.ChangeRefused as exc:
+            form.add_error(None, str(exc))
+            return self.render_to_response(self.get_context_data(form=form), status=409)
+        messages.success(self.request, self.success_message(result))
+        return redirect(result)
+
+    def form_invalid(self, form):
+        return self.render_to_response(self.get_context_data(form=form), status=400)
+
+    def preview(self, form):
+        return None
+
+    def perform(self, form):
+        raise NotImplementedError
+
+    def success_message(self, result):
+        return f"Queued {result}."
