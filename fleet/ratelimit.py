@@ -38,15 +38,37 @@ return tostring(-tokens / rate)
 """
 
 
+# Same bucket, but take the token only if it is there now: returns 0 when taken, else the
+# seconds until one will be. Lets a worker do other work instead of sleeping on one bucket.
+_TRY_TAKE = """
+local capacity = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local now = tonumber(ARGV[3])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1]) or capacity
+local ts = tonumber(state[2]) or now
+tokens = math.min(capacity, tokens + math.max(0, now - ts) * rate)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+redis.call('HSET', KEYS[1], 'tokens', tokens, 'ts', now)
+redis.call('EXPIRE', KEYS[1], math.ceil(capacity / rate) + 60)
+return tostring(wait)
+"""
+
+
 class _LocalBuckets:
     def __init__(self):
         self._lock = threading.Lock()
         self._state = {}
 
-    def take(self, key, capacity, rate, now):
+    def take(self, key, capacity, rate, now, only_if_available=False):
         with self._lock:
             tokens, ts = self._state.get(key, (capacity, now))
-            tokens = min(capacity, tokens + max(0.0, now - ts) * rate) - 1
+            tokens = min(capacity, tokens + max(0.0, now - ts) * rate)
+            if only_if_available and tokens < 1:
+                self._state[key] = (tokens, now)
+                return (1 - tokens) / rate
+            tokens -= 1
             self._state[key] = (tokens, now)
         return 0.0 if tokens >= 0 else -tokens / rate
 
@@ -58,6 +80,8 @@ _redis_failed_at = 0.0
 
 def _client():
     global _redis, _redis_failed_at
+    if not settings.IMDSWEB_REDIS_URL:
+        return None
     if _redis is None and time.monotonic() - _redis_failed_at > 30:
         try:
             conn = redis.Redis.from_url(settings.IMDSWEB_REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
@@ -74,23 +98,37 @@ def limits_for(action):
     return capacity, rate * settings.IMDSWEB_RATE_TIME_SCALE
 
 
-def reserve(account_id, region, action):
-    """Take one token; return how many seconds the caller must wait before using it."""
+def _run(script, account_id, region, action):
     global _redis
     capacity, rate = limits_for(action)
     key = f"imdsweb:bucket:{account_id}:{region}:{action}"
     conn = _client()
     if conn is not None:
         try:
-            return float(conn.eval(_TAKE, 1, key, capacity, rate, time.time(), 1))
+            return float(conn.eval(script, 1, key, capacity, rate, time.time(), 1))
         except redis.RedisError as exc:
             log.warning("rate limiter: Redis error (%s); using in-process buckets", exc)
             _redis = None
-    return _local.take(key, capacity, rate, time.time())
+    return _local.take(key, capacity, rate, time.time(), only_if_available=script is _TRY_TAKE)
 
 
-def acquire(account_id, region, action):
-    """Block until a token for this account/region/action is ours."""
+def reserve(account_id, region, action):
+    """Take one token; return how many seconds the caller must wait before using it."""
+    return _run(_TAKE, account_id, region, action)
+
+
+def try_take(account_id, region, action):
+    """Take one token if one is there now (returns 0), else return the seconds until one is."""
+    return _run(_TRY_TAKE, account_id, region, action)
+
+
+def acquire(account_id, region, action, already_taken=False):
+    """Block until a token for this account/region/action is ours.
+
+    ``already_taken``: the caller took it with :func:`try_take` (the change engine does).
+    """
+    if already_taken:
+        return 0.0
     wait = reserve(account_id, region, action)
     if wait > 0:
         time.sleep(wait)

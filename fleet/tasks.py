@@ -4,7 +4,7 @@ import logging
 
 from celery import shared_task
 
-from . import sync
+from . import apply, sync
 from .models import Account
 
 log = logging.getLogger(__name__)
@@ -27,3 +27,38 @@ def sync_all():
     """Beat fan-out: one task per enabled account/region, so they run in parallel."""
     for account, region in sync.targets():
         sync_account_region.delay(account.pk, region)
+
+
+@shared_task(ignore_result=True)
+def dispatch_batch(batch_pk):
+    """Start a runner for every account/region a new batch touches."""
+    for account_pk, region in apply.regions_of_batch(batch_pk):
+        apply_region.delay(account_pk, region)
+
+
+@shared_task(ignore_result=True)
+def apply_region(account_pk, region):
+    again = apply.run_region(account_pk, region)
+    if again is not None:
+        apply_region.apply_async((account_pk, region), countdown=again)
+
+
+@shared_task(ignore_result=True)
+def track_pending():
+    for account_pk, region in apply.pending_regions():
+        track_pending_region.delay(account_pk, region)
+
+
+@shared_task(ignore_result=True)
+def track_pending_region(account_pk, region):
+    account = Account.objects.get(pk=account_pk)
+    try:
+        apply.track_region(account, region)
+    except apply.aws.AwsError as exc:
+        log.warning("tracking %s/%s failed, will retry next round: %s", account.account_id, region, exc)
+
+
+@shared_task(ignore_result=True)
+def sweep():
+    for account_pk, region in apply.sweep():
+        apply_region.delay(account_pk, region)

@@ -145,6 +145,16 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "inte
 # --- imdsweb ---
 # Redis used for the shared AWS rate-limit buckets and the sync locks.
 IMDSWEB_REDIS_URL = env.str("IMDSWEB_REDIS_URL", default="redis://127.0.0.1:6379/1")
+# Shared state between workers: the runner lock per account/region. Redis when configured,
+# else a file cache (the embedded demo runs a single worker).
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": IMDSWEB_REDIS_URL}
+    if IMDSWEB_REDIS_URL
+    else {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache", "LOCATION": str(VAR_DIR / "cache")}
+}
+IMDSWEB_SUBMIT_TIMEOUT_SECONDS = env.int("IMDSWEB_SUBMIT_TIMEOUT_SECONDS", default=120)
+IMDSWEB_RUNNER_BUDGET_SECONDS = env.float("IMDSWEB_RUNNER_BUDGET_SECONDS", default=20.0)
+IMDSWEB_MAX_ERROR_ATTEMPTS = env.int("IMDSWEB_MAX_ERROR_ATTEMPTS", default=25)
 IMDSWEB_SYNC_INTERVAL_MINUTES = env.int("IMDSWEB_SYNC_INTERVAL_MINUTES", default=15)
 IMDSWEB_USAGE_SYNC_INTERVAL_MINUTES = env.int("IMDSWEB_USAGE_SYNC_INTERVAL_MINUTES", default=360)
 IMDSWEB_USAGE_WINDOW_DAYS = env.int("IMDSWEB_USAGE_WINDOW_DAYS", default=14)

@@ -46,7 +46,7 @@ def get_metadata_usage(account, region, instance_ids, days):
         chunk = queries[offset : offset + QUERIES_PER_CALL]
         ratelimit.acquire(account.account_id, region, "GetMetricData")
         paginator = cw.get_paginator("get_metric_data")
-        pages = call(lambda: list(paginator.paginate(MetricDataQueries=chunk, StartTime=start, EndTime=end)))
+        pages = call(list, paginator.paginate(MetricDataQueries=chunk, StartTime=start, EndTime=end))
         for page in pages:
             for result in page.get("MetricDataResults", []):
                 instance_id, metric = by_query_id[result["Id"]]

@@ -52,13 +52,13 @@ def describe_instances_by_ids(account, region, instance_ids):
             yield from page
 
 
-def modify_instance_metadata_options(account, region, instance_id, changes, dry_run=False):
+def modify_instance_metadata_options(account, region, instance_id, changes, dry_run=False, token_taken=False):
     """Send only ``changes`` (our field names). Returns the response's options and request id.
 
     Raises DryRunSucceeded for an accepted dry run, else Retryable/PermanentAwsError.
     """
     params = {OPTION_PARAMS[field]: value for field, value in changes.items()}
-    ratelimit.acquire(account.account_id, region, "ModifyInstanceMetadataOptions")
+    ratelimit.acquire(account.account_id, region, "ModifyInstanceMetadataOptions", already_taken=token_taken)
     # One attempt only: throttling is paced by our buckets and retried by the change engine,
     # which records attempts on the item.
     ec2 = call(client, account, region, "ec2", max_attempts=1)
@@ -79,10 +79,10 @@ def get_instance_metadata_defaults(account, region):
     return values
 
 
-def modify_instance_metadata_defaults(account, region, changes, dry_run=False):
+def modify_instance_metadata_defaults(account, region, changes, dry_run=False, token_taken=False):
     """Send only ``changes``; ``no-preference`` / hop ``-1`` clear a setting. Returns the request id."""
     params = {DEFAULTS_PARAMS[field]: value for field, value in changes.items()}
-    ratelimit.acquire(account.account_id, region, "ModifyInstanceMetadataDefaults")
+    ratelimit.acquire(account.account_id, region, "ModifyInstanceMetadataDefaults", already_taken=token_taken)
     ec2 = call(client, account, region, "ec2", max_attempts=1)
     response = call(ec2.modify_instance_metadata_defaults, DryRun=dry_run, **params)
     return response.get("ResponseMetadata", {}).get("RequestId", "")

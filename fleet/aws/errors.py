@@ -1,6 +1,7 @@
 """AWS failures in the project's own terms: retry later, or record the reason and move on."""
 
 import botocore.exceptions
+import botocore.parsers
 
 # Codes that say "try again later" rather than "this request is wrong".
 RETRYABLE_CODES = frozenset(
@@ -68,6 +69,9 @@ def translate(exc):
         ),
     ):
         return RetryableAwsError(type(exc).__name__, str(exc))
+    if isinstance(exc, botocore.parsers.ResponseParserError):
+        # An HTML error page or a truncated body: the endpoint failed, not our request.
+        return RetryableAwsError("InvalidResponse", str(exc).splitlines()[0])
     if isinstance(exc, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError):
         return PermanentAwsError("NoCredentials", str(exc))
     return None

@@ -93,6 +93,9 @@ class ChangeItem(models.Model):
     instance = models.ForeignKey(
         Instance, null=True, blank=True, on_delete=models.PROTECT, related_name="change_items"
     )
+    # Values this item sets when they differ per item (a rollback); empty = the batch's desired.
+    desired = models.JSONField(default=dict, blank=True)
+    # The values of the changed parameters before the change, for rollback and audit.
     previous = models.JSONField(default=dict, blank=True)
     state = models.CharField(max_length=10, choices=ItemState.choices, default=ItemState.QUEUED)
     reason = models.TextField(blank=True, help_text="Why the item was skipped, held or cancelled.")
@@ -131,3 +134,7 @@ class ChangeItem(models.Model):
     def __str__(self):
         target = self.instance.instance_id if self.instance else f"{self.account.account_id}/{self.region} defaults"
         return f"{target}: {self.state}"
+
+    @property
+    def target_values(self):
+        return self.desired or self.batch.desired

@@ -1,0 +1,74 @@
+"""Fixtures for the fleet tests: a moto server over HTTP, AWS environment, users per role."""
+
+import socket
+
+import boto3
+import pytest
+import requests
+
+AMBIENT_ACCOUNT = "123456789012"  # moto's default account: what ambient credentials reach
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """moto's own server in a thread: plain moto, without the simulator's IMDS fidelity."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws_env(monkeypatch):
+    """Dummy credentials so nothing can reach a real AWS account."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+@pytest.fixture
+def moto_endpoint(moto_server, aws_env, monkeypatch):
+    requests.post(f"{moto_server}/moto-api/reset", timeout=10)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    return moto_server
+
+
+def ec2_in(endpoint, account_id, region):
+    """An EC2 client inside ``account_id`` on a moto endpoint (through AssumeRole unless ambient)."""
+    if account_id == AMBIENT_ACCOUNT:
+        return boto3.client("ec2", region_name=region, endpoint_url=endpoint)
+    sts = boto3.client("sts", region_name="us-east-1", endpoint_url=endpoint)
+    creds = sts.assume_role(RoleArn=f"arn:aws:iam::{account_id}:role/seed", RoleSessionName="seed")["Credentials"]
+    return boto3.client(
+        "ec2",
+        region_name=region,
+        endpoint_url=endpoint,
+        aws_access_key_id=creds["AccessKeyId"],
+        aws_secret_access_key=creds["SecretAccessKey"],
+        aws_session_token=creds["SessionToken"],
+    )
+
+
+def launch(ec2, count, **metadata_options):
+    """Launch ``count`` instances (in chunks, as moto is slow per call) and return their ids."""
+    image = ec2.describe_images()["Images"][0]["ImageId"]
+    ids = []
+    while count > 0:
+        n = min(count, 500)
+        kwargs = {"ImageId": image, "MinCount": n, "MaxCount": n, "InstanceType": "t3.micro"}
+        if metadata_options:
+            kwargs["MetadataOptions"] = metadata_options
+        ids += [i["InstanceId"] for i in ec2.run_instances(**kwargs)["Instances"]]
+        count -= n
+    return ids
