@@ -8,10 +8,6 @@ import random
 import signal
 import sys
 
-from .seed import DEMO_ACCOUNTS, seed_demo_fleet
-from .server import SimulatorApp, make_simulator_server
-from .throttle import Knobs
-
 log = logging.getLogger("imdssim")
 
 
@@ -91,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Imported after parsing: moto takes seconds to import, and --help or a bad flag should not wait.
+    from .seed import DEMO_ACCOUNTS, seed_demo_fleet
+    from .server import SimulatorApp, make_simulator_server
+    from .throttle import Knobs
+
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # One access-log line per AWS call drowns everything else during benchmarks.
     logging.getLogger("werkzeug").setLevel(logging.DEBUG if args.log_level == "DEBUG" else logging.WARNING)

@@ -74,7 +74,7 @@ class SimulatorApp:
             else:
                 result = self._call_moto(request, environ)
         except Ec2Error as exc:
-            self.stats.record(action, "throttled" if exc.code == "RequestLimitExceeded" else "error")
+            self.stats.record(action, _outcome(exc.code))
             if exc.code not in ("DryRunOperation", "RequestLimitExceeded"):
                 log.info("%s in %s/%s failed: %s", action, request.account_id, request.region, exc)
             body = exc.body()
@@ -84,7 +84,9 @@ class SimulatorApp:
             self.stats.record(action, "error")
             body = Ec2Error("InternalError", "An internal error has occurred.", 500).body()
             return "500 Internal Server Error", _xml_headers(body), body
-        self.stats.record(action, "ok" if _status_code(result[0]) < 400 else "error")
+        # moto answers DryRun of the actions it handles with HTTP 412 DryRunOperation.
+        status = _status_code(result[0])
+        self.stats.record(action, "ok" if status < 400 or status == 412 else "error")
         return result
 
     def _inject_faults(self, request: QueryRequest) -> None:
@@ -131,6 +133,11 @@ class SimulatorApp:
             f"<Code>AccessDenied</Code><Message>{message}</Message></Error>"
             f"<RequestId>{new_request_id()}</RequestId></ErrorResponse>"
         ).encode()
+
+
+def _outcome(error_code: str) -> str:
+    """How an error counts in the stats; a DryRunOperation answer is a successful dry run."""
+    return {"RequestLimitExceeded": "throttled", "DryRunOperation": "ok"}.get(error_code, "error")
 
 
 def _xml_headers(body: bytes) -> list[tuple[str, str]]:

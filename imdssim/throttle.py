@@ -125,7 +125,7 @@ class Stats:
             self._modifies: dict[str, int] = defaultdict(int)
 
     def record(self, action: str, outcome: str) -> None:
-        """``outcome`` is ``ok``, ``throttled`` or ``error`` (any other error response)."""
+        """``outcome`` is ``ok`` (dry runs included), ``throttled``, or ``error`` (any other error)."""
         with self._lock:
             counters = self._actions[action]
             counters["calls"] += 1
