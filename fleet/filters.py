@@ -15,7 +15,8 @@ class IntegerFilter(django_filters.NumberFilter):
 
 
 def region_choices():
-    regions = Instance.objects.order_by().values_list("region", flat=True).distinct()
+    # From the accounts' configured regions: a small table, where DISTINCT over instances is a scan.
+    regions = {region for regions in Account.objects.values_list("regions", flat=True) for region in regions or []}
     return [(region, region) for region in sorted(regions)]
 
 
