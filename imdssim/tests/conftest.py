@@ -48,34 +48,35 @@ def demo_sim():
         yield process
 
 
-def base_session(region: str = "us-east-1") -> boto3.Session:
-    return boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=region)
+# One boto3 session for every client: it caches the parsed service models, which makes creating a
+# client cheap. Credentials are passed per client instead of per session.
+_BOTO = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1")
 
 
-def assumed_session(endpoint_url: str, role_arn: str, region: str = "us-east-1", external_id=None):
+def assume_role(endpoint_url: str, role_arn: str, external_id: str | None = None) -> dict:
     """What the product does: dummy base credentials, then sts:AssumeRole into the account."""
     kwargs = {"ExternalId": external_id} if external_id else {}
-    sts = base_session(region).client("sts", endpoint_url=endpoint_url)
+    sts = _BOTO.client("sts", endpoint_url=endpoint_url)
     creds = sts.assume_role(RoleArn=role_arn, RoleSessionName="imdssim-tests", **kwargs)["Credentials"]
-    return boto3.Session(
-        aws_access_key_id=creds["AccessKeyId"],
-        aws_secret_access_key=creds["SecretAccessKey"],
-        aws_session_token=creds["SessionToken"],
-        region_name=region,
-    )
+    return {
+        "aws_access_key_id": creds["AccessKeyId"],
+        "aws_secret_access_key": creds["SecretAccessKey"],
+        "aws_session_token": creds["SessionToken"],
+    }
+
+
+def client_for(endpoint_url: str, credentials: dict, service: str, region: str, config: Config = NO_RETRIES):
+    return _BOTO.client(service, region_name=region, endpoint_url=endpoint_url, config=config, **credentials)
 
 
 @pytest.fixture
 def account(sim):
     """A fresh account of this test's own: ``(account_id, client_factory(service, region))``."""
     account_id = next(_account_ids)
-    role_arn = f"arn:aws:iam::{account_id}:role/imdsweb-reader"
-    sessions: dict[str, boto3.Session] = {}
+    credentials = assume_role(sim.endpoint_url, f"arn:aws:iam::{account_id}:role/imdsweb-reader")
 
     def client(service: str, region: str = "us-east-1", config: Config = NO_RETRIES):
-        if region not in sessions:
-            sessions[region] = assumed_session(sim.endpoint_url, role_arn, region)
-        return sessions[region].client(service, endpoint_url=sim.endpoint_url, config=config)
+        return client_for(sim.endpoint_url, credentials, service, region, config)
 
     return account_id, client
 

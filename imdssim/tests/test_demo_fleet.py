@@ -11,7 +11,7 @@ from botocore.exceptions import ClientError
 
 from imdssim.seed import DEMO_ACCOUNTS
 
-from .conftest import NO_RETRIES, error_of
+from .conftest import NO_RETRIES, assume_role, client_for, error_of
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +56,7 @@ def test_demo_accounts_are_listed(demo_sim):
 
 
 def test_external_id_is_required_for_prod(demo_sim):
-    sts = boto3.client(
-        "sts",
-        region_name="us-east-1",
-        endpoint_url=demo_sim.endpoint_url,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    sts = client_for(demo_sim.endpoint_url, {}, "sts", "us-east-1")
     with pytest.raises(ClientError) as excinfo:
         sts.assume_role(RoleArn=DEMO_ACCOUNTS[0].role_arn, RoleSessionName="imdsweb")
     assert error_of(excinfo)[:2] == ("AccessDenied", 403)
@@ -99,19 +93,8 @@ def test_defaults_and_declarative_policy_are_seeded(demo_sim):
     sandbox = DEMO_ACCOUNTS[2]
 
     def ec2(account, region):
-        session = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing")
-        creds = session.client("sts", region_name=region, endpoint_url=demo_sim.endpoint_url).assume_role(
-            RoleArn=account.role_arn, RoleSessionName="imdsweb", ExternalId=account.external_id or "unused"
-        )["Credentials"]
-        return boto3.client(
-            "ec2",
-            region_name=region,
-            endpoint_url=demo_sim.endpoint_url,
-            aws_access_key_id=creds["AccessKeyId"],
-            aws_secret_access_key=creds["SecretAccessKey"],
-            aws_session_token=creds["SessionToken"],
-            config=NO_RETRIES,
-        )
+        credentials = assume_role(demo_sim.endpoint_url, account.role_arn, account.external_id)
+        return client_for(demo_sim.endpoint_url, credentials, "ec2", region)
 
     prod_defaults = ec2(DEMO_ACCOUNTS[0], "us-east-1").get_instance_metadata_defaults()["AccountLevel"]
     assert prod_defaults == {"HttpTokens": "required", "HttpPutResponseHopLimit": 2, "ManagedBy": "account"}
