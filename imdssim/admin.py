@@ -86,7 +86,10 @@ class AdminEndpoint:
         managed = body.get("managed", True)
         if not isinstance(managed, bool):
             raise BadRequest("managed must be true or false")
-        self.sim.imds.set_policy(account_id, region, managed, body.get("message"))
+        message = body.get("message")
+        if message is not None and not isinstance(message, str):
+            raise BadRequest("message must be a string")
+        self.sim.imds.set_policy(account_id, region, managed, message)
         entry = self.sim.imds.defaults(account_id, region)
         return _json(
             {"account_id": account_id, "region": region, "managed": managed, "message": entry.policy_message}

@@ -120,8 +120,12 @@ def _invalid(name: str, value: str, allowed: str) -> Ec2Error:
     )
 
 
-def _validated(params: dict[str, str], allowed_values: dict[str, tuple[str, ...]], hop_range: str) -> dict:
-    """Sent IMDS settings from ``params``, checked; unsent settings are simply absent."""
+def _validated(params: dict[str, str], allowed_values: dict[str, tuple[str, ...]], hop_clears: bool) -> dict:
+    """Sent IMDS settings from ``params``, checked; unsent settings are simply absent.
+
+    ``hop_clears``: the account defaults also accept hop limit -1, meaning "no preference".
+    """
+    hop_range = "1 through 64, or -1 for no preference" if hop_clears else "1 through 64"
     changes: dict[str, object] = {}
     for name, allowed in allowed_values.items():
         if name in params:
@@ -134,7 +138,7 @@ def _validated(params: dict[str, str], allowed_values: dict[str, tuple[str, ...]
             hop_limit = int(raw)
         except ValueError:
             raise _invalid(HOP_LIMIT, raw, hop_range) from None
-        if not (1 <= hop_limit <= 64 or (hop_limit == -1 and "-1" in hop_range)):
+        if not (1 <= hop_limit <= 64 or (hop_clears and hop_limit == -1)):
             raise _invalid(HOP_LIMIT, raw, hop_range)
         changes[HOP_LIMIT] = hop_limit
     return changes
@@ -237,7 +241,7 @@ class ImdsModel:
         instance_id = request.params.get("InstanceId", "")
         if not instance_id:
             raise Ec2Error("MissingParameter", "The request must contain the parameter InstanceId")
-        changes = _validated(request.params, OPTION_VALUES, "1 through 64")
+        changes = _validated(request.params, OPTION_VALUES, hop_clears=False)
         backend = ec2_backends[request.account_id][request.region]
         instance = backend.get_instance_by_id(instance_id)
         if instance is None:
@@ -271,7 +275,7 @@ class ImdsModel:
         return ec2_response(request.action, f"<accountLevel>{xml_elements(account_level)}</accountLevel>")
 
     def _modify_instance_metadata_defaults(self, request: QueryRequest) -> bytes:
-        changes = _validated(request.params, DEFAULT_VALUES, "1 through 64, or -1 for no preference")
+        changes = _validated(request.params, DEFAULT_VALUES, hop_clears=True)
         entry = self.defaults(request.account_id, request.region)
         if entry.policy_message:
             raise Ec2Error(
