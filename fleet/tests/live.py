@@ -1,0 +1,205 @@
+"""A whole imdsweb stack in real processes for end-to-end tests: a private Redis, the simulator,
+Celery workers and beat, all on loopback, all stopped when the test ends.
+
+The test process and the workers share the pytest test database (tests using this must be
+``transactional_db`` so the rows are committed where the workers can see them).
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import boto3
+import redis
+from django.db import connection
+
+from imdssim.testing import SimulatorProcess
+
+from .conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class RedisServer:
+    """A throwaway redis-server on a free port: stoppable without touching anyone else's Redis."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.process = None
+
+    @property
+    def url(self):
+        return f"redis://127.0.0.1:{self.port}"
+
+    def start(self):
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port)
+        for _ in range(100):
+            try:
+                client.ping()
+                return self
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None
+
+
+def database_url():
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    user = db.get("USER") or "postgres"
+    return f"postgres://{user}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
+
+
+class LiveStack:
+    def __init__(self, settings, time_scale=1.0, apply_delay=0.5, throttle=True, sim_args=(), seed_demo=False):
+        self.settings = settings
+        self.redis = RedisServer()
+        self.time_scale = time_scale
+        self.sim = SimulatorProcess(
+            apply_delay=apply_delay, throttle=throttle, time_scale=time_scale, extra_args=sim_args,
+            seed_demo=seed_demo,
+        )
+        self.workers = []
+        self.beat = None
+        self.tmp = Path(tempfile.mkdtemp(prefix="imdsweb-live-"))
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self, workers=1, beat=True):
+        self.redis.start()
+        self.sim.start()
+        self._configure_this_process()
+        for _ in range(workers):
+            self.start_worker()
+        if beat:
+            self.start_beat()
+        return self
+
+    def env(self):
+        return {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "imdsweb.settings",
+            "DATABASE_URL": database_url(),
+            "CELERY_BROKER_URL": f"{self.redis.url}/0",
+            "IMDSWEB_REDIS_URL": f"{self.redis.url}/1",
+            "AWS_ENDPOINT_URL": self.sim.endpoint_url,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "IMDSWEB_RATE_TIME_SCALE": str(self.time_scale),
+            "IMDSWEB_TRACK_PENDING_SECONDS": "1",
+            "IMDSWEB_SWEEP_SECONDS": "2",
+            "IMDSWEB_SUBMIT_TIMEOUT_SECONDS": "5",
+            "IMDSWEB_RUNNER_BUDGET_SECONDS": "5",
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def _configure_this_process(self):
+        from django.conf import settings as django_settings
+
+        from fleet import ratelimit
+        from fleet.aws.session import reset_caches
+        from imdsweb.celery import app
+
+        env = self.env()
+        for name in ("CELERY_BROKER_URL", "IMDSWEB_REDIS_URL", "IMDSWEB_RATE_TIME_SCALE"):
+            setattr(self.settings, name, env[name] if name != "IMDSWEB_RATE_TIME_SCALE" else self.time_scale)
+        self.settings.CACHES = {
+            "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": env["IMDSWEB_REDIS_URL"],
+                        "KEY_PREFIX": "imdsweb"}
+        }
+        app.conf.broker_url = django_settings.CELERY_BROKER_URL
+        app.close()  # drop pooled connections to the previous broker
+        ratelimit._redis = None
+        for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+            os.environ[name] = env[name]
+        os.environ.pop("AWS_SESSION_TOKEN", None)
+        reset_caches()
+
+    def _spawn(self, args, name):
+        log = open(self.tmp / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+        return subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "imdsweb", *args],
+            cwd=ROOT, env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def start_worker(self, concurrency=2):
+        name = f"worker{len(self.workers)}"
+        process = self._spawn(
+            ["worker", "-l", "info", "-c", str(concurrency), "-n", f"{name}@%h", "--without-gossip",
+             "--without-mingle", "--without-heartbeat"],
+            name,
+        )
+        self.workers.append(process)
+        return process
+
+    def start_beat(self):
+        self.beat = self._spawn(["beat", "-l", "info", "-s", str(self.tmp / "beat-schedule")], "beat")
+
+    def kill_worker(self, process, sig=signal.SIGKILL):
+        """Kill a worker and its pool children at once, like an OOM kill or a lost host."""
+        os.killpg(process.pid, sig)
+        process.wait(10)
+        self.workers.remove(process)
+
+    def stop(self):
+        for process in [*self.workers, self.beat]:
+            if process and process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in [*self.workers, self.beat]:
+            if process:
+                try:
+                    process.wait(15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+        self.workers, self.beat = [], None
+        self.sim.stop()
+        self.redis.stop()
+
+    def logs(self):
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-4000:]}" for p in sorted(self.tmp.glob("*.log")))
+
+    # ------------------------------------------------------------ the simulated AWS side
+
+    def ec2(self, account_id, region):
+        sts = boto3.client("sts", region_name="us-east-1", endpoint_url=self.sim.endpoint_url)
+        creds = sts.assume_role(RoleArn=f"arn:aws:iam::{account_id}:role/imdsweb-reader",
+                                RoleSessionName="live-test")["Credentials"]
+        return boto3.client(
+            "ec2", region_name=region, endpoint_url=self.sim.endpoint_url,
+            aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
+            aws_session_token=creds["SessionToken"],
+        )
+
+    def aws_options(self, account_id, region):
+        """{instance_id: MetadataOptions} as the simulated AWS holds them now."""
+        pages = self.ec2(account_id, region).get_paginator("describe_instances").paginate()
+        return {
+            i["InstanceId"]: i["MetadataOptions"]
+            for page in pages for r in page["Reservations"] for i in r["Instances"]
+        }
+
+
+def wait_for(predicate, timeout=60, interval=0.25, message="condition", stack=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}" + (f"\n{stack.logs()}" if stack else ""))
