@@ -64,7 +64,7 @@ def read_query_request(environ: dict) -> QueryRequest:
         if length:
             body = environ["wsgi.input"].read(length)
             environ["wsgi.input"] = io.BytesIO(body)
-    params = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
+    params = dict(parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True))
     if environ.get("QUERY_STRING"):
         params.update(parse_qsl(environ["QUERY_STRING"], keep_blank_values=True))
 
