@@ -11,7 +11,15 @@ from django.conf import settings
 from django.db.models import Count, Max, OuterRef, Q, Subquery
 from django.utils import timezone
 
-from .choices import DefaultsHttpTokens, DefaultsStatus, InstanceState, ManagedBy, MetadataState, SyncStatus, Toggle
+from .choices import (
+    DefaultsHttpTokens,
+    DefaultsStatus,
+    InstanceState,
+    ManagedBy,
+    MetadataState,
+    SyncStatus,
+    Toggle,
+)
 from .models import Account, ChangeBatch, Instance, MetadataDefaults, SyncRun
 from .models.inventory import ENFORCED, ENFORCED_AND_APPLIED
 

@@ -138,6 +138,7 @@ class ChangeItemTable(BaseTable):
     account = tables.Column(accessor="account__name", order_by=("account__name",))
     region = tables.Column()
     state = tables.Column()
+    sets = tables.Column(empty_values=(), orderable=False, verbose_name="Sets")
     previous = tables.Column(orderable=False, verbose_name="Before")
     reason = tables.Column(default="")
     attempts = tables.Column()
@@ -149,7 +150,7 @@ class ChangeItemTable(BaseTable):
         model = ChangeItem
         fields = ()
         sequence = (
-            "batch", "target", "account", "region", "state", "previous", "reason", "attempts", "error", "request_id",
+            "batch", "target", "account", "region", "state", "sets", "previous", "reason", "attempts", "error", "request_id",
             "updated_at",
         )
         row_attrs = {"class": lambda record: f"item-{record.state}"}
@@ -164,6 +165,11 @@ class ChangeItemTable(BaseTable):
         label = ItemState(value).label if value in ItemState.values else value
         suffix = format_html(' <span class="badge badge-bad">breakage?</span>') if record.breakage_suspected else ""
         return format_html("{}{}", badge(label, ITEM_STATE_LEVEL.get(value, "neutral")), suffix)
+
+    def render_sets(self, record):
+        # An item carries its own values only when they differ per item (a rollback).
+        values = getattr(record, "desired", None) or record.batch.desired
+        return ", ".join(f"{key}={val}" for key, val in values.items()) if values else "—"
 
     def render_previous(self, value):
         return ", ".join(f"{key}={val}" for key, val in value.items()) if value else "—"

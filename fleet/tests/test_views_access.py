@@ -6,7 +6,6 @@ from django.urls import reverse
 
 from fleet.tests.factories import (
     AccountFactory,
-    ChangeBatchFactory,
     ChangeItemFactory,
     InstanceFactory,
     MetadataDefaultsFactory,

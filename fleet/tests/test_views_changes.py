@@ -269,3 +269,23 @@ def test_viewer_sees_but_cannot_act(viewer):
     assert viewer.post(reverse("fleet:change_cancel", args=[batch.pk])).status_code == 403
     queued.refresh_from_db()
     assert queued.state == "queued"
+
+
+def test_detail_query_count_does_not_grow_with_items(operator):
+    batch = ChangeBatchFactory()
+
+    def queries(n):
+        ChangeItemFactory.create_batch(n, batch=batch, state="applied")
+        with CaptureQueriesContext(connection) as ctx:
+            assert operator.get(batch.get_absolute_url()).status_code == 200
+        return len(ctx.captured_queries)
+
+    assert queries(5) == queries(45)
+
+
+def test_rollback_items_show_their_own_values(operator):
+    batch = ChangeBatchFactory()
+    ChangeItemFactory(batch=batch, state="applied", previous={"http_tokens": "optional"})
+    operator.post(reverse("fleet:change_rollback", args=[batch.pk]))
+    rollback = ChangeBatch.objects.get(rollback_of=batch)
+    assert "http_tokens=optional" in operator.get(rollback.get_absolute_url()).content.decode()

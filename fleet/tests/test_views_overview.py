@@ -118,7 +118,7 @@ def test_page_renders_everything(viewer, fleet):
 
 
 def overview_queries(client, accounts):
-    for n in range(accounts):
+    for _n in range(accounts):
         account = AccountFactory(regions=["us-east-1", "eu-west-1"])
         InstanceFactory.create_batch(3, account=account)
         InstanceFactory(account=account, region="eu-west-1")
