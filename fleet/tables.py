@@ -35,10 +35,12 @@ class InstanceTable(BaseTable):
         attrs={"th__input": {"data-select-all": "ids", "aria-label": "select all on this page"},
                "td__input": {"aria-label": "select"}},
     )
-    instance_id = tables.Column(linkify=True, verbose_name="Instance")
+    instance_id = tables.Column(linkify=True, verbose_name="Instance", attrs={"td": {"class": "nowrap mono"}})
     name = tables.Column(verbose_name="Name")
-    account = tables.Column(accessor="account__name", order_by=("account__name", "account__account_id"))
-    region = tables.Column()
+    account = tables.Column(
+        accessor="account__name", verbose_name="Account", order_by=("account__name", "account__account_id")
+    )
+    region = tables.Column(attrs={"td": {"class": "nowrap"}})
     instance_state = tables.Column(verbose_name="State")
     http_tokens = tables.Column(verbose_name="HttpTokens")
     http_endpoint = tables.Column(verbose_name="Endpoint")
@@ -46,7 +48,7 @@ class InstanceTable(BaseTable):
     metadata_state = tables.Column(verbose_name="Options")
     instance_metadata_tags = tables.Column(verbose_name="Tags")
     v1_calls = tables.Column(verbose_name="IMDSv1 calls", default="not measured")
-    last_seen = tables.DateTimeColumn(verbose_name="Last seen", format="Y-m-d H:i")
+    last_seen = tables.DateTimeColumn(verbose_name="Last seen", format="Y-m-d H:i", attrs={"td": {"class": "nowrap"}})
 
     class Meta(BaseTable.Meta):
         model = Instance
@@ -134,9 +136,11 @@ ITEM_STATE_LEVEL = {
 
 class ChangeItemTable(BaseTable):
     batch = tables.Column(linkify=True, verbose_name="Batch")
-    target = tables.Column(empty_values=(), order_by=("instance__instance_id", "account__name", "region"))
-    account = tables.Column(accessor="account__name", order_by=("account__name",))
-    region = tables.Column()
+    target = tables.Column(
+        empty_values=(), order_by=("instance__instance_id", "account__name", "region"), attrs={"td": {"class": "nowrap mono"}}
+    )
+    account = tables.Column(accessor="account__name", verbose_name="Account", order_by=("account__name",))
+    region = tables.Column(attrs={"td": {"class": "nowrap"}})
     state = tables.Column()
     sets = tables.Column(empty_values=(), orderable=False, verbose_name="Sets")
     previous = tables.Column(orderable=False, verbose_name="Before")

@@ -128,6 +128,9 @@ def test_htmx_request_gets_the_partial(viewer, mixed):
     assert "<html" not in html
     assert mixed["v1"].instance_id in html
     assert mixed["v2"].instance_id not in html
+    assert "HX-Request" in response["Vary"]
+    restore = viewer.get(f"{LIST}?http_tokens=optional", HTTP_HX_REQUEST="true", HTTP_HX_HISTORY_RESTORE_REQUEST="true")
+    assert "<html" in restore.content.decode()
 
 
 def test_bulk_buttons_carry_the_filter(operator, mixed):

@@ -8,6 +8,7 @@ PermissionDenied, which renders ``403.html``.
 from django.contrib import messages
 from django.contrib.auth.mixins import PermissionRequiredMixin
 from django.shortcuts import redirect
+from django.utils.cache import patch_vary_headers
 from django.views.generic import FormView
 from django_filters.views import FilterView
 from django_tables2 import SingleTableMixin
@@ -36,9 +37,17 @@ class FilteredTableView(SingleTableMixin, FilterView):
     table_pagination = {"per_page": 50}
 
     def get_template_names(self):
-        if self.request.htmx and self.partial_template_name and not self.request.htmx.boosted:
+        htmx = self.request.htmx
+        # A history restore (back button after hx-push-url) needs the whole page again.
+        if htmx and self.partial_template_name and not htmx.boosted and not htmx.history_restore_request:
             return [self.partial_template_name]
         return [self.template_name]
+
+    def render_to_response(self, context, **kwargs):
+        response = super().render_to_response(context, **kwargs)
+        # One URL, two bodies: caches must keep the partial and the page apart.
+        patch_vary_headers(response, ["HX-Request"])
+        return response
 
 
 class ConfirmActionView(OperatorRequiredMixin, FormView):
