@@ -149,3 +149,17 @@ def test_custom_404(fleet):
     assert b"Not found" in response.content
     assert client.get(reverse("fleet:change_detail", args=[999999])).status_code == 404
     assert client.get(reverse("fleet:change_progress", args=[999999])).status_code == 404
+
+
+def test_500_page_renders_without_a_request_context():
+    from django.template import loader
+
+    html = loader.get_template("500.html").render()
+    assert "Something went wrong" in html
+    assert "/static/imdsweb/imdsweb.css" in html
+
+
+def test_no_cdn_links(fleet):
+    html = client_for("operator").get(reverse("fleet:overview")).content.decode()
+    assert "https://" not in html and "http://" not in html.replace("http://www.w3.org", "")
+    assert "/static/django_htmx/htmx-2.min.js" in html

@@ -80,7 +80,7 @@ def test_filters(viewer, mixed, query, expected):
 @pytest.mark.parametrize(
     "query",
     ["hop_limit=0", "hop_limit=65", "hop_limit=abc", "hop_limit=1.5", "http_tokens=bogus", "account=999",
-     "account=abc", "region=mars-1", "gone=maybe", "v1_usage=perhaps", "q=" + "x" * 5000, "instance_state=%00",
+     "account=abc", "region=mars-1", "gone=maybe", "v1_usage=perhaps", "q=" + "x" * 5000, "instance_state=%00", "q=%00",
      "page=abc", "page=999999", "per_page=-5", "per_page=100000000", "sort=nonsense", "hop_limit=99999999999999999999"],
 )
 def test_bad_filter_values_are_form_errors_not_500(viewer, mixed, query):
