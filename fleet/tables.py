@@ -99,6 +99,8 @@ class ChangeBatchTable(BaseTable):
 
     def render_desired(self, value, record):
         text = ", ".join(f"{key}={val}" for key, val in value.items())
+        if record.rollback_of_id:
+            text = f"rollback of #{record.rollback_of_id}" + (f": {text}" if text else "")
         if record.dry_run:
             return format_html('{} <span class="badge badge-neutral">dry run</span>', text)
         return text

@@ -289,3 +289,15 @@ def test_rollback_items_show_their_own_values(operator):
     operator.post(reverse("fleet:change_rollback", args=[batch.pk]))
     rollback = ChangeBatch.objects.get(rollback_of=batch)
     assert "http_tokens=optional" in operator.get(rollback.get_absolute_url()).content.decode()
+
+
+def test_rollback_is_labelled_in_the_list(operator):
+    batch = ChangeBatchFactory()
+    ChangeBatchFactory(desired={}, rollback_of=batch)
+    assert f"rollback of #{batch.pk}" in operator.get(reverse("fleet:change_list")).content.decode()
+
+
+def test_confirm_page_without_a_selection(operator):
+    response = operator.get(NEW)
+    assert response.status_code == 200
+    assert b"Nothing selected yet" in response.content
