@@ -34,6 +34,7 @@ PERMISSION_CODES = frozenset(
 )
 THROTTLE_CODES = frozenset({"RequestLimitExceeded", "Throttling", "ThrottlingException"})
 RUNNER_TTL = 60
+STOPPED_REASON = "instance is stopped: AWS applies the change when it next starts"
 # Yield the worker instead of sleeping when the next token is further away than this.
 MAX_SLEEP = 0.05
 
@@ -278,6 +279,7 @@ def track_region(account, region):
     timeout = now - timezone.timedelta(minutes=settings.IMDSWEB_PENDING_TIMEOUT_MINUTES)
     outcome = {ItemState.APPLIED: [], ItemState.STUCK: []}
     failed = {}
+    waiting_for_start = []
     for item in items:
         data = seen.get(item.instance.instance_id)
         if data is None:
@@ -291,7 +293,9 @@ def track_region(account, region):
                 failed[item.pk] = ("Overwritten", f"AWS reports applied but with {wrong}: changed elsewhere")
             else:
                 outcome[ItemState.APPLIED].append(item.pk)
-        elif not stopped and item.submitted_at and item.submitted_at < timeout:
+        elif stopped:
+            waiting_for_start.append(item.pk)  # by design: AWS applies it at the next start
+        elif item.submitted_at and item.submitted_at < timeout:
             outcome[ItemState.STUCK].append(item.pk)
     for state, pks in outcome.items():
         if pks:
@@ -299,6 +303,8 @@ def track_region(account, region):
                 f"still pending after {settings.IMDSWEB_PENDING_TIMEOUT_MINUTES} minutes")
             ChangeItem.objects.filter(pk__in=pks, state=ItemState.PENDING).update(
                 state=state, finished_at=now, reason=reason)
+    ChangeItem.objects.filter(pk__in=waiting_for_start, state=ItemState.PENDING).exclude(
+        reason=STOPPED_REASON).update(reason=STOPPED_REASON)
     for pk, (code, message) in failed.items():
         ChangeItem.objects.filter(pk=pk, state=ItemState.PENDING).update(
             state=ItemState.FAILED, error_code=code, error_message=message, finished_at=now)

@@ -4,7 +4,7 @@ import logging
 
 from celery import shared_task
 
-from . import apply, sync
+from . import apply, sync, usage
 from .models import Account
 
 log = logging.getLogger(__name__)
@@ -62,3 +62,21 @@ def track_pending_region(account_pk, region):
 def sweep():
     for account_pk, region in apply.sweep():
         apply_region.delay(account_pk, region)
+
+
+@shared_task(ignore_result=True)
+def sync_usage_all():
+    """Beat fan-out of the IMDSv1 usage stage (a slower schedule than the inventory)."""
+    for account, region in sync.targets():
+        sync_usage_region.delay(account.pk, region)
+
+
+@shared_task(ignore_result=True)
+def sync_usage_region(account_pk, region):
+    account = Account.objects.filter(pk=account_pk, enabled=True).first()
+    if account is None:
+        return
+    try:
+        usage.sync_usage(account, region)
+    except apply.aws.AwsError as exc:
+        log.warning("usage %s/%s failed, will retry next round: %s", account.account_id, region, exc)

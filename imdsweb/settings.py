@@ -141,6 +141,15 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # source of truth and the sweeper re-dispatches what was never published.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2}
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2}
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    # kombu's filesystem transport: the embedded demo's broker when no Redis is around.
+    BROKER_DIR = VAR_DIR / "broker"
+    (BROKER_DIR / "queue").mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(BROKER_DIR / "queue"),
+        "data_folder_out": str(BROKER_DIR / "queue"),
+        "store_processed": False,
+    }
 
 # --- imdsweb ---
 # Redis used for the shared AWS rate-limit buckets and the sync locks.
@@ -183,6 +192,10 @@ CELERY_BEAT_SCHEDULE = {
     "sync-fleet": {
         "task": "fleet.tasks.sync_all",
         "schedule": timedelta(minutes=IMDSWEB_SYNC_INTERVAL_MINUTES),
+    },
+    "sync-imdsv1-usage": {
+        "task": "fleet.tasks.sync_usage_all",
+        "schedule": timedelta(minutes=IMDSWEB_USAGE_SYNC_INTERVAL_MINUTES),
     },
     "track-pending": {
         "task": "fleet.tasks.track_pending",

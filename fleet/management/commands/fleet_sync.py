@@ -2,7 +2,8 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
-from fleet import sync
+from fleet import aws, sync
+from fleet import usage as usage_stage
 from fleet.choices import SyncStatus
 from fleet.models import Account
 
@@ -13,8 +14,10 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--account", help="12-digit account id")
         parser.add_argument("--region")
+        parser.add_argument("--usage", action="store_true",
+                            help="also read IMDSv1 usage (CloudWatch MetadataNoToken) for the window")
 
-    def handle(self, *args, account=None, region=None, **options):
+    def handle(self, *args, account=None, region=None, usage=False, **options):
         if account and not Account.objects.filter(account_id=account).exists():
             raise CommandError(f"error: account {account} is not registered", returncode=2)
         pairs = list(sync.targets(account, region))
@@ -35,6 +38,15 @@ class Command(BaseCommand):
             if run.status != SyncStatus.SUCCEEDED:
                 failed += 1
                 line += f" error={run.error}"
+            elif usage:
+                line += self._usage(target, target_region)
             self.stdout.write(line)
         if failed:
             raise CommandError(f"{failed} of {len(pairs)} account/regions failed to sync", returncode=1)
+
+    def _usage(self, account, region):
+        try:
+            measured, calling, flagged = usage_stage.sync_usage(account, region)
+        except aws.AwsError as exc:
+            return f" usage=failed ({exc.code})"
+        return f" usage: {calling} of {measured} calling IMDSv1" + (f", {flagged} breakages" if flagged else "")

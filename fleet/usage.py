@@ -1,0 +1,81 @@
+"""IMDSv1 usage evidence: CloudWatch ``MetadataNoToken`` / ``MetadataNoTokenRejected`` per instance.
+
+AWS's advice is to require IMDSv2 only once ``MetadataNoToken`` has stayed at zero for a while.
+This stage, on its own slower schedule, records each instance's IMDSv1 calls over the window so
+the change engine can hold back instances that would break. After enforcement,
+``MetadataNoTokenRejected`` > 0 means a caller is being refused: the change is flagged as a
+likely breakage on its item and batch, with rollback one click away.
+"""
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+
+from . import aws
+from .choices import HttpTokens, ItemState
+from .models import ChangeBatch, ChangeItem, Instance
+
+log = logging.getLogger(__name__)
+
+# Two queries per instance and at most 500 per GetMetricData call.
+INSTANCES_PER_CALL = aws.cloudwatch.QUERIES_PER_CALL // len(aws.cloudwatch.METRICS)
+
+
+def sync_usage(account, region, days=None):
+    """Refresh the IMDSv1 figures of this account/region's present instances.
+
+    Returns (instances measured, instances with IMDSv1 calls, newly flagged breakages).
+    """
+    days = days or settings.IMDSWEB_USAGE_WINDOW_DAYS
+    instances = list(Instance.objects.present().filter(account=account, region=region).only("pk", "instance_id"))
+    now = timezone.now()
+    calling = 0
+    rejected_since = {}
+    for start in range(0, len(instances), INSTANCES_PER_CALL):
+        chunk = instances[start : start + INSTANCES_PER_CALL]
+        usage = aws.get_metadata_usage(account, region, [i.instance_id for i in chunk], days)
+        for instance in chunk:
+            calls, last_call = usage[instance.instance_id]["MetadataNoToken"]
+            rejected, last_rejected = usage[instance.instance_id]["MetadataNoTokenRejected"]
+            instance.v1_calls = int(calls)
+            instance.v1_rejected = int(rejected)
+            instance.v1_last_seen = last_call
+            instance.usage_synced_at = now
+            calling += calls > 0
+            if rejected > 0 and last_rejected:
+                rejected_since[instance.pk] = last_rejected
+        Instance.objects.bulk_update(chunk, ["v1_calls", "v1_rejected", "v1_last_seen", "usage_synced_at"])
+    flagged = flag_breakages(rejected_since)
+    log.info("usage %s/%s: %d measured, %d calling IMDSv1, %d breakages flagged",
+             account.account_id, region, len(instances), calling, flagged)
+    return len(instances), calling, flagged
+
+
+def flag_breakages(rejected_since):
+    """Flag applied enforcement items whose instance has had IMDSv1 calls refused since.
+
+    ``rejected_since``: {instance pk: time of the latest refused call}. CloudWatch sums by day,
+    so a refusal on the day of the change counts.
+    """
+    if not rejected_since:
+        return 0
+    enforcing = Q(desired__http_tokens=HttpTokens.REQUIRED) | Q(
+        desired={}, batch__desired__http_tokens=HttpTokens.REQUIRED
+    )
+    candidates = ChangeItem.objects.filter(
+        enforcing, state=ItemState.APPLIED, breakage_suspected=False, instance_id__in=list(rejected_since)
+    ).only("pk", "instance_id", "batch_id", "submitted_at", "finished_at")
+    flagged_items, batches = [], set()
+    for item in candidates:
+        changed_at = item.submitted_at or item.finished_at
+        if changed_at is None or rejected_since[item.instance_id] >= changed_at - timedelta(days=1):
+            flagged_items.append(item.pk)
+            batches.add(item.batch_id)
+    ChangeItem.objects.filter(pk__in=flagged_items).update(breakage_suspected=True)
+    ChangeBatch.objects.filter(pk__in=batches, breakage_flagged_at__isnull=True).update(
+        breakage_flagged_at=timezone.now()
+    )
+    return len(flagged_items)
