@@ -2,14 +2,17 @@
 instances, read the account defaults, and record the run.
 
 Each page is written with one bulk upsert (plus one read of the rows it touches to count
-new and changed ones), never one query per instance.
+new and changed ones), never one query per instance. On PostgreSQL the page is COPY'd into a
+session-local staging table and merged with one INSERT ... ON CONFLICT: building a Django model
+object per instance cost more than the database write itself (docs/benchmarks.md, P1).
 """
 
+import json
 import logging
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from . import aws
@@ -63,6 +66,12 @@ def upsert_instances(account, region, instances, now):
     rows = [instance_fields(data) for data in instances]
     if not rows:
         return 0, 0
+    if connection.vendor == "postgresql":
+        return _upsert_postgresql(account, region, rows, now)
+    return _upsert_bulk_create(account, region, rows, now)
+
+
+def _upsert_bulk_create(account, region, rows, now):
     existing = {
         values[0]: values[1:]
         for values in Instance.objects.filter(
@@ -84,6 +93,57 @@ def upsert_instances(account, region, instances, now):
         unique_fields=["account", "region", "instance_id"],
         update_fields=list(SYNCED_FIELDS),
     )
+    return new, changed
+
+
+# The columns a page carries, in the staging table's order.
+STAGED_FIELDS = ("instance_id", *(name for name in SYNCED_FIELDS if name not in ("last_seen", "gone_at")))
+STAGING_TABLE = "imdsweb_instance_page"
+
+
+def _column(name):
+    return connection.ops.quote_name(Instance._meta.get_field(name).column)
+
+
+def _upsert_postgresql(account, region, rows, now):
+    """COPY the page into a temporary table, count new and changed rows against the cache, then
+    merge it with one INSERT ... ON CONFLICT. Three statements per page, whatever its size."""
+    table = connection.ops.quote_name(Instance._meta.db_table)
+    staged = ", ".join(_column(name) for name in STAGED_FIELDS)
+    compared = [_column(name) for name in COMPARED_FIELDS]
+    updates = ", ".join(f"{_column(name)} = EXCLUDED.{_column(name)}" for name in SYNCED_FIELDS)
+    with transaction.atomic(), connection.cursor() as cursor:
+        # Column types come from the instance table itself, so the two cannot drift apart.
+        cursor.execute(
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {STAGING_TABLE} ON COMMIT DELETE ROWS "
+            f"AS SELECT {staged} FROM {table} WITH NO DATA"
+        )
+        cursor.execute(f"DELETE FROM {STAGING_TABLE}")  # in case an outer transaction staged a page already
+        with cursor.cursor.copy(f"COPY {STAGING_TABLE} ({staged}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(
+                    [json.dumps(row[name]) if name == "tags" else row[name] for name in STAGED_FIELDS]
+                )
+        cursor.execute(
+            f"SELECT count(*) FILTER (WHERE i.id IS NULL), "
+            f"count(*) FILTER (WHERE i.id IS NOT NULL AND ({', '.join(f'i.{c}' for c in compared)}) "
+            f"IS DISTINCT FROM ({', '.join(f'p.{c}' for c in compared)})) "
+            f"FROM {STAGING_TABLE} p LEFT JOIN {table} i "
+            f"ON i.{_column('account')} = %s AND i.{_column('region')} = %s "
+            f"AND i.{_column('instance_id')} = p.{_column('instance_id')}",
+            [account.pk, region],
+        )
+        new, changed = cursor.fetchone()
+        cursor.execute(
+            f"INSERT INTO {table} ({_column('account')}, {_column('region')}, {staged}, "
+            f"{_column('first_seen')}, {_column('last_seen')}, {_column('gone_at')}) "
+            # DISTINCT ON: AWS never repeats an instance in a page, but one repeat would abort the page.
+            f"SELECT DISTINCT ON ({_column('instance_id')}) %s, %s, {staged}, %s, %s, NULL "
+            f"FROM {STAGING_TABLE} "
+            f"ON CONFLICT ({_column('account')}, {_column('region')}, {_column('instance_id')}) "
+            f"DO UPDATE SET {updates}",
+            [account.pk, region, now, now],
+        )
     return new, changed
 
 

@@ -1,0 +1,299 @@
+"""Shared pieces of the benchmarks: Django on the benchmark database, boto3-shaped fleet pages,
+COPY loading of instance rows, timing helpers and the result file each benchmark writes.
+
+Every benchmark is a module run as ``python -m bench.<name> [--quick] --out result.json``;
+``bench.run`` (``scripts/bench.sh``) prepares the database and a private Redis and runs them all.
+"""
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGE_SIZE = 1000  # what fleet.aws.ec2 asks DescribeInstances for
+
+REGIONS = ("us-east-1", "eu-west-1", "ap-southeast-2", "us-west-2", "eu-central-1")
+NAMES = ("web", "api", "worker", "eks-node", "batch", "db-proxy", "bastion", "ecs-host", "cache", "etl")
+TEAMS = ("payments", "search", "platform", "data", "identity")
+TYPES = ("t3.medium", "m5.large", "c6i.xlarge", "r6g.large", "m7g.2xlarge")
+
+
+def setup_django():
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "imdsweb.settings")
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+
+
+def parse_args(description, argv=None):
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test, not a measurement")
+    parser.add_argument("--out", type=Path, help="write this benchmark's result (JSON) here")
+    return parser.parse_args(argv)
+
+
+def write_result(out, result):
+    """Print the figures and write the result file the runner merges into results.json."""
+    print(json.dumps(result, indent=2, default=str), flush=True)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2, default=str))
+
+
+class Timer:
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start
+
+
+def percentile(values, pct):
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    k = (len(ordered) - 1) * pct / 100
+    low, high = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (k - low)
+
+
+def median(values):
+    return statistics.median(values)
+
+
+def rss_mb():
+    """Peak resident set size of this process so far, in MB (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------- boto3-shaped fleet
+
+
+def account_id_of(index):
+    return f"{710000000000 + index:012d}"
+
+
+def posture(n):
+    """A deterministic, realistic mix of IMDS postures for instance number ``n``."""
+    rng = random.Random(n)
+    roll = rng.random()
+    tokens = "required" if roll < 0.6 else "optional"
+    endpoint = "disabled" if rng.random() < 0.03 else "enabled"
+    hop = 1 if rng.random() < 0.7 else rng.choice((2, 2, 2, 3))
+    metadata_state = "pending" if rng.random() < 0.02 else "applied"
+    state_roll = rng.random()
+    instance_state = "running" if state_roll < 0.85 else "stopped" if state_roll < 0.97 else "terminated"
+    return rng, tokens, endpoint, hop, metadata_state, instance_state
+
+
+STATE_CODES = {"running": 16, "stopped": 80, "terminated": 48, "pending": 0}
+BASE_TIME = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def instance_dict(n, region):
+    """One instance as ``DescribeInstances`` returns it through boto3 (parsed: datetimes, ints)."""
+    rng, tokens, endpoint, hop, metadata_state, instance_state = posture(n)
+    launched = BASE_TIME + timedelta(minutes=n % 500000)
+    name = f"{rng.choice(NAMES)}-{n % 9973:04d}"
+    eni = f"eni-{n:017x}"
+    ip = f"10.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
+    return {
+        "AmiLaunchIndex": 0,
+        "ImageId": f"ami-{rng.randrange(16**8):08x}{rng.randrange(16**9):09x}",
+        "InstanceId": f"i-{n:017x}",
+        "InstanceType": rng.choice(TYPES),
+        "KeyName": "ops",
+        "LaunchTime": launched,
+        "Monitoring": {"State": "disabled"},
+        "Placement": {"AvailabilityZone": f"{region}a", "GroupName": "", "Tenancy": "default"},
+        "PrivateDnsName": f"ip-{ip.replace('.', '-')}.ec2.internal",
+        "PrivateIpAddress": ip,
+        "ProductCodes": [],
+        "PublicDnsName": "",
+        "State": {"Code": STATE_CODES[instance_state], "Name": instance_state},
+        "StateTransitionReason": "",
+        "SubnetId": f"subnet-{n % 64:017x}",
+        "VpcId": f"vpc-{n % 4:017x}",
+        "Architecture": "x86_64",
+        "BlockDeviceMappings": [
+            {
+                "DeviceName": "/dev/xvda",
+                "Ebs": {"AttachTime": launched, "DeleteOnTermination": True, "Status": "attached",
+                        "VolumeId": f"vol-{n:017x}"},
+            }
+        ],
+        "ClientToken": "",
+        "EbsOptimized": False,
+        "EnaSupport": True,
+        "Hypervisor": "xen",
+        "NetworkInterfaces": [
+            {
+                "Attachment": {"AttachTime": launched, "AttachmentId": f"eni-attach-{n:017x}",
+                               "DeleteOnTermination": True, "DeviceIndex": 0, "Status": "attached",
+                               "NetworkCardIndex": 0},
+                "Description": "",
+                "Groups": [{"GroupName": "default", "GroupId": f"sg-{n % 16:017x}"}],
+                "Ipv6Addresses": [],
+                "MacAddress": f"02:{n % 256:02x}:00:00:00:01",
+                "NetworkInterfaceId": eni,
+                "OwnerId": "000000000000",
+                "PrivateDnsName": f"ip-{ip.replace('.', '-')}.ec2.internal",
+                "PrivateIpAddress": ip,
+                "PrivateIpAddresses": [{"Primary": True, "PrivateIpAddress": ip}],
+                "SourceDestCheck": True,
+                "Status": "in-use",
+                "SubnetId": f"subnet-{n % 64:017x}",
+                "VpcId": f"vpc-{n % 4:017x}",
+                "InterfaceType": "interface",
+            }
+        ],
+        "RootDeviceName": "/dev/xvda",
+        "RootDeviceType": "ebs",
+        "SecurityGroups": [{"GroupName": "default", "GroupId": f"sg-{n % 16:017x}"}],
+        "SourceDestCheck": True,
+        "Tags": [
+            {"Key": "Name", "Value": name},
+            {"Key": "Team", "Value": rng.choice(TEAMS)},
+            {"Key": "Environment", "Value": rng.choice(("prod", "staging", "dev"))},
+        ],
+        "VirtualizationType": "hvm",
+        "CpuOptions": {"CoreCount": 1, "ThreadsPerCore": 2},
+        "CapacityReservationSpecification": {"CapacityReservationPreference": "open"},
+        "HibernationOptions": {"Configured": False},
+        "MetadataOptions": {
+            "State": metadata_state,
+            "HttpTokens": tokens,
+            "HttpPutResponseHopLimit": hop,
+            "HttpEndpoint": endpoint,
+            "HttpProtocolIpv6": "disabled",
+            "InstanceMetadataTags": "disabled",
+        },
+        "EnclaveOptions": {"Enabled": False},
+        "PlatformDetails": "Linux/UNIX",
+        "UsageOperation": "RunInstances",
+        "UsageOperationUpdateTime": launched,
+        "PrivateDnsNameOptions": {"HostnameType": "ip-name", "EnableResourceNameDnsARecord": False,
+                                  "EnableResourceNameDnsAAAARecord": False},
+        "MaintenanceOptions": {"AutoRecovery": "default"},
+        "CurrentInstanceBootMode": "legacy-bios",
+    }
+
+
+def describe_page(owner_id, region, start, count, next_token=None):
+    """One DescribeInstances response as boto3's paginator yields it: instances grouped in
+    reservations of 1-8 (one per RunInstances call), a NextToken, the ResponseMetadata."""
+    reservations, n = [], start
+    while n < start + count:
+        size = min(1 + n % 8, start + count - n)
+        reservations.append({
+            "Groups": [],
+            "Instances": [instance_dict(i, region) for i in range(n, n + size)],
+            "OwnerId": owner_id,
+            "ReservationId": f"r-{n:017x}",
+        })
+        n += size
+    page = {
+        "Reservations": reservations,
+        "ResponseMetadata": {"RequestId": f"{start:08d}-0000-4000-8000-000000000000", "HTTPStatusCode": 200,
+                             "HTTPHeaders": {"content-type": "text/xml;charset=UTF-8"}, "RetryAttempts": 0},
+    }
+    if next_token:
+        page["NextToken"] = next_token
+    return page
+
+
+def fleet_pages(owner_id, region, first, total):
+    """Yield ``total`` instances of one account/region as boto3 pages of 1,000, lazily."""
+    for start in range(first, first + total, PAGE_SIZE):
+        count = min(PAGE_SIZE, first + total - start)
+        more = start + count < first + total
+        yield describe_page(owner_id, region, start, count, next_token=f"token-{start + count}" if more else None)
+
+
+def page_instances(page):
+    """The flattening ``fleet.aws.describe_instance_pages`` does."""
+    return [instance for reservation in page["Reservations"] for instance in reservation["Instances"]]
+
+
+# ---------------------------------------------------------------- the database
+
+
+def ensure_accounts(n_accounts, regions_per_account):
+    """``n_accounts`` accounts with their regions; returns [(Account, region), ...]."""
+    from fleet.models import Account
+
+    pairs = []
+    for index in range(n_accounts):
+        regions = list(REGIONS[:regions_per_account])
+        account, _ = Account.objects.update_or_create(
+            account_id=account_id_of(index), defaults={"name": f"bench-{index:03d}", "regions": regions}
+        )
+        pairs += [(account, region) for region in regions]
+    return pairs
+
+
+def truncate_fleet():
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "TRUNCATE fleet_changeitem, fleet_changebatch, fleet_instance, fleet_syncrun, fleet_metadatadefaults"
+        )
+
+
+COPY_COLUMNS = (
+    "account_id", "region", "instance_id", "name", "tags", "instance_state", "instance_type", "image_id",
+    "launch_time", "http_tokens", "hop_limit", "http_endpoint", "http_protocol_ipv6", "instance_metadata_tags",
+    "metadata_state", "v1_calls", "v1_rejected", "v1_last_seen", "usage_synced_at", "first_seen", "last_seen",
+    "gone_at",
+)
+
+
+def synthetic_rows(pairs, first, total, now):
+    """``total`` instance rows spread over ``pairs`` (account, region), numbered from ``first``:
+    the same postures as the pages, plus IMDSv1 usage evidence and a few gone instances."""
+    for n in range(first, first + total):
+        account, region = pairs[n % len(pairs)]
+        rng, tokens, endpoint, hop, metadata_state, instance_state = posture(n)
+        usage = rng.random()
+        v1 = None if usage < 0.3 else 0 if usage < 0.8 else rng.randrange(1, 5000)
+        name = f"{rng.choice(NAMES)}-{n % 9973:04d}"
+        gone = now if rng.random() < 0.01 else None
+        tags = json.dumps({"Name": name, "Team": rng.choice(TEAMS)})
+        yield (
+            account.pk, region, f"i-{n:017x}", name, tags, instance_state, rng.choice(TYPES),
+            f"ami-{n % 977:017x}", BASE_TIME + timedelta(minutes=n % 500000), tokens, hop, endpoint,
+            "disabled", "disabled", metadata_state, v1, 0 if v1 is not None else None, None,
+            now if v1 is not None else None, now, now - timedelta(seconds=rng.randrange(3600)), gone,
+        )
+
+
+def copy_rows(rows, table="fleet_instance", columns=COPY_COLUMNS):
+    """COPY ``rows`` (tuples in ``columns`` order) into ``table`` with psycopg 3. Returns the count."""
+    from django.db import connection, transaction
+
+    count = 0
+    with transaction.atomic(), connection.cursor() as cursor:
+        with cursor.cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+                count += 1
+    return count
+
+
+def analyze():
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE fleet_instance; ANALYZE fleet_changeitem; ANALYZE fleet_account")
