@@ -4,6 +4,9 @@ Migrates the database, starts the simulated AWS endpoint with the demo fleet, re
 accounts, runs a first sync, then starts the web server, a Celery worker and beat, and prints
 the URL and a login. Ctrl-C stops everything. Running it again reuses what is there.
 
+``--setup-only`` does the database, accounts, login and first sync against the simulator that
+AWS_ENDPOINT_URL names, then exits (the docker-compose ``setup`` service runs it).
+
 Embedded defaults: SQLite under var/; Redis on 127.0.0.1:6379 if it answers, else kombu's
 filesystem transport. DATABASE_URL and CELERY_BROKER_URL override both. The simulator is just
 another AWS endpoint, selected with the standard AWS_ENDPOINT_URL: there is no demo mode.
@@ -130,7 +133,33 @@ def wait_http(url, timeout=90, stack=None):
     raise SystemExit(f"[demo] {url} did not answer within {timeout}s")
 
 
+def setup(env, sim_url, stack=None):
+    """Migrate, register the simulator's demo accounts, create the demo login, sync once."""
+    log("migrating the database")
+    manage(env, "migrate", "--noinput", "-v", "0")
+    accounts = json.loads(wait_http(f"{sim_url}/_imdssim/demo", stack=stack))
+    for account in accounts:
+        args = ["fleet_account", "add", account["account_id"], "--name", account["name"],
+                "--regions", ",".join(account["regions"]), "--role-arn", account["role_arn"]]
+        if account.get("external_id"):
+            args += ["--external-id", account["external_id"]]
+        manage(env, *args)
+    manage(env, "fleet_user", "set", DEMO_USER, "--role", "operator", "--password", DEMO_PASSWORD)
+    log("first sync of the fleet")
+    manage(env, "fleet_sync", "--usage")
+    return accounts
+
+
+def setup_only():
+    sim_url = os.environ.get("AWS_ENDPOINT_URL")
+    if not sim_url:
+        raise SystemExit("[demo] --setup-only needs AWS_ENDPOINT_URL to name the simulator")
+    setup(dict(os.environ), sim_url)
+
+
 def main():
+    if "--setup-only" in sys.argv[1:]:
+        return setup_only()
     VAR.mkdir(exist_ok=True)
     web_port = pick_port(int(os.environ.get("IMDSWEB_PORT", "8000")))
     sim_port = pick_port(int(os.environ.get("IMDSWEB_SIM_PORT", "4566")))
@@ -147,25 +176,11 @@ def main():
 
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        log("migrating the database")
-        manage(env, "migrate", "--noinput", "-v", "0")
-        manage(env, "collectstatic", "--noinput", "-v", "0")
-
         log(f"starting the simulated AWS endpoint with the demo fleet on {sim_url}")
         stack.spawn("simulator", [sys.executable, "-m", "imdssim", "--port", str(sim_port), "--seed-demo",
                                   "--apply-delay", os.environ.get("IMDSWEB_DEMO_APPLY_DELAY", "5")], env, quiet=True)
-        accounts = json.loads(wait_http(f"{sim_url}/_imdssim/demo", stack=stack))
-
-        for account in accounts:
-            args = ["fleet_account", "add", account["account_id"], "--name", account["name"],
-                    "--regions", ",".join(account["regions"]), "--role-arn", account["role_arn"]]
-            if account.get("external_id"):
-                args += ["--external-id", account["external_id"]]
-            manage(env, *args)
-        manage(env, "fleet_user", "set", DEMO_USER, "--role", "operator", "--password", DEMO_PASSWORD)
-
-        log("first sync of the fleet")
-        manage(env, "fleet_sync", "--usage")
+        accounts = setup(env, sim_url, stack)
+        manage(env, "collectstatic", "--noinput", "-v", "0")
 
         log("starting the Celery worker and beat")
         stack.spawn("worker", [sys.executable, "-m", "celery", "-A", "imdsweb", "worker", "-l", "info",

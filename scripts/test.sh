@@ -15,6 +15,7 @@ echo "== lint"
 
 echo "== migrations match the models"
 $PY manage.py makemigrations --check --dry-run >/dev/null
+$PY manage.py collectstatic --noinput -v 0
 
 echo "== test suite on PostgreSQL"
 DATABASE_URL=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/imdsweb} \
