@@ -19,9 +19,12 @@ from django.conf import settings
 
 log = logging.getLogger(__name__)
 
-# KEYS[1] bucket; ARGV: capacity, refill per second, now (s), tokens wanted.
-# Returns the seconds to wait before the token is ours (0 = taken now). A caller that must wait
-# has reserved its token already, so waiting callers are served in order, never starved.
+# KEYS[1] bucket; ARGV: capacity, refill per second, now (s), only_if_available (0/1).
+# Returns the seconds to wait for the token (0 = taken now).
+# - only_if_available=0 ("reserve"): the token is always taken, possibly on credit; a caller that
+#   must wait has its token already, so waiting callers are served in order, never starved.
+# - only_if_available=1 ("try"): the token is taken only if it is there now; otherwise nothing is
+#   taken and the caller learns when one will be, so a worker can do other work meanwhile.
 _TAKE = """
 local capacity = tonumber(ARGV[1])
 local rate = tonumber(ARGV[2])
@@ -30,26 +33,13 @@ local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
 local tokens = tonumber(state[1]) or capacity
 local ts = tonumber(state[2]) or now
 tokens = math.min(capacity, tokens + math.max(0, now - ts) * rate)
-tokens = tokens - tonumber(ARGV[4])
-redis.call('HSET', KEYS[1], 'tokens', tokens, 'ts', now)
-redis.call('EXPIRE', KEYS[1], math.ceil(capacity / rate) + 60)
-if tokens >= 0 then return '0' end
-return tostring(-tokens / rate)
-"""
-
-
-# Same bucket, but take the token only if it is there now: returns 0 when taken, else the
-# seconds until one will be. Lets a worker do other work instead of sleeping on one bucket.
-_TRY_TAKE = """
-local capacity = tonumber(ARGV[1])
-local rate = tonumber(ARGV[2])
-local now = tonumber(ARGV[3])
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(state[1]) or capacity
-local ts = tonumber(state[2]) or now
-tokens = math.min(capacity, tokens + math.max(0, now - ts) * rate)
 local wait = 0
-if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+if ARGV[4] == '1' and tokens < 1 then
+  wait = (1 - tokens) / rate
+else
+  tokens = tokens - 1
+  if tokens < 0 then wait = -tokens / rate end
+end
 redis.call('HSET', KEYS[1], 'tokens', tokens, 'ts', now)
 redis.call('EXPIRE', KEYS[1], math.ceil(capacity / rate) + 60)
 return tostring(wait)
@@ -98,28 +88,28 @@ def limits_for(action):
     return capacity, rate * settings.IMDSWEB_RATE_TIME_SCALE
 
 
-def _run(script, account_id, region, action):
+def _take(account_id, region, action, only_if_available):
     global _redis
     capacity, rate = limits_for(action)
     key = f"imdsweb:bucket:{account_id}:{region}:{action}"
     conn = _client()
     if conn is not None:
         try:
-            return float(conn.eval(script, 1, key, capacity, rate, time.time(), 1))
+            return float(conn.eval(_TAKE, 1, key, capacity, rate, time.time(), int(only_if_available)))
         except redis.RedisError as exc:
             log.warning("rate limiter: Redis error (%s); using in-process buckets", exc)
             _redis = None
-    return _local.take(key, capacity, rate, time.time(), only_if_available=script is _TRY_TAKE)
+    return _local.take(key, capacity, rate, time.time(), only_if_available)
 
 
 def reserve(account_id, region, action):
     """Take one token; return how many seconds the caller must wait before using it."""
-    return _run(_TAKE, account_id, region, action)
+    return _take(account_id, region, action, only_if_available=False)
 
 
 def try_take(account_id, region, action):
     """Take one token if one is there now (returns 0), else return the seconds until one is."""
-    return _run(_TRY_TAKE, account_id, region, action)
+    return _take(account_id, region, action, only_if_available=True)
 
 
 def acquire(account_id, region, action, already_taken=False):
