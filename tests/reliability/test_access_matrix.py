@@ -1,0 +1,147 @@
+"""Who may do what, for every URL of the dashboard: a matrix of (URL name, method) x role.
+
+The matrix is checked against ``fleet.urls.urlpatterns``: a new URL without an entry here fails
+``test_every_url_has_a_matrix_entry``, so nobody adds a page without deciding who may use it.
+Each cell is the status the role gets; ``LOGIN`` is a redirect to the login page. The operator
+and admin POSTs send valid data, so they really perform the action (and viewers' refusals are
+checked to have changed nothing).
+"""
+
+import pytest
+from django.urls import reverse
+
+from fleet import urls as fleet_urls
+from fleet.models import ChangeBatch, ChangeItem
+
+from .conftest import ACCOUNT_ID, INSTANCE_ID, ROLES, client_for
+
+pytestmark = pytest.mark.django_db
+
+LOGIN = "login"
+READ = {"anonymous": LOGIN, "viewer": 200, "operator": 200, "admin": 200}
+NO_POST = {"anonymous": LOGIN, "viewer": 405, "operator": 405, "admin": 405}
+OPERATOR_PAGE = {"anonymous": LOGIN, "viewer": 403, "operator": 200, "admin": 200}
+OPERATOR_ACTION = {"anonymous": LOGIN, "viewer": 403, "operator": 302, "admin": 302}
+# POST-only batch actions: the permission check comes before the method check.
+ACTION_GET = {"anonymous": LOGIN, "viewer": 403, "operator": 405, "admin": 405}
+# Read-only function views answer any method; a POST still needs a CSRF token and changes nothing.
+READ_ANY_METHOD = READ
+
+INSTANCE_FORM = {"http_tokens": "required", "hop_limit": 1, "http_endpoint": "enabled",
+                 "http_protocol_ipv6": "disabled", "instance_metadata_tags": "disabled"}
+
+# url name -> {method: ({role: status}, query or form data)}
+MATRIX = {
+    "overview": {"GET": (READ, None), "POST": (NO_POST, {})},
+    "instance_list": {"GET": (READ, {"http_tokens": "optional"}), "POST": (NO_POST, {})},
+    "instance_export": {"GET": (READ, {"http_tokens": "optional"}), "POST": (READ_ANY_METHOD, {})},
+    "instance_detail": {"GET": (READ, None), "POST": (OPERATOR_ACTION, INSTANCE_FORM)},
+    "defaults": {"GET": (READ, None), "POST": (NO_POST, {})},
+    "defaults_change": {
+        "GET": (OPERATOR_PAGE, {"targets": f"{ACCOUNT_ID}/us-east-1"}),
+        "POST": (OPERATOR_ACTION, {"targets": f"{ACCOUNT_ID}/us-east-1", "http_tokens": "required"}),
+    },
+    "change_list": {"GET": (READ, None), "POST": (NO_POST, {})},
+    "change_new": {
+        "GET": (OPERATOR_PAGE, {"ids": "i-0123456789abcdef1", "http_tokens": "required"}),
+        "POST": (OPERATOR_ACTION, {"ids": "i-0123456789abcdef1", "http_tokens": "required"}),
+    },
+    "change_detail": {"GET": (READ, None), "POST": (NO_POST, {})},
+    "change_progress": {"GET": (READ, None), "POST": (READ_ANY_METHOD, {})},
+    "change_cancel": {"GET": (ACTION_GET, None), "POST": (OPERATOR_ACTION, {})},
+    "change_retry": {"GET": (ACTION_GET, None), "POST": (OPERATOR_ACTION, {})},
+    "change_rollback": {"GET": (ACTION_GET, None), "POST": (OPERATOR_ACTION, {"comment": "undo"})},
+    # The fixture's batch is not a dry run: the rerun is refused with a message (302, nothing written).
+    "change_rerun": {"GET": (ACTION_GET, None), "POST": (OPERATOR_ACTION, {})},
+}
+# POSTs that change rows when allowed; the others must never change anything.
+WRITES = {"instance_detail": False, "defaults_change": True, "change_new": True, "change_cancel": True,
+          "change_retry": True, "change_rollback": True}
+
+
+def url_names():
+    return {pattern.name for pattern in fleet_urls.urlpatterns}
+
+
+def url_for(name, world):
+    pattern = next(p for p in fleet_urls.urlpatterns if p.name == name)
+    kwargs = {}
+    if "instance_id" in pattern.pattern.converters:
+        kwargs["instance_id"] = INSTANCE_ID
+    if "pk" in pattern.pattern.converters:
+        kwargs["pk"] = world["batch"].pk
+    return reverse(f"fleet:{name}", kwargs=kwargs)
+
+
+def cells():
+    for name, methods in sorted(MATRIX.items()):
+        for method, (expected, _data) in methods.items():
+            for role in ROLES:
+                yield pytest.param(name, method, role, expected[role], id=f"{name}-{method}-{role}")
+
+
+def test_every_url_has_a_matrix_entry():
+    missing = url_names() - set(MATRIX)
+    stale = set(MATRIX) - url_names()
+    assert not missing, f"URLs without a permission matrix entry: {sorted(missing)}"
+    assert not stale, f"matrix entries for URLs that no longer exist: {sorted(stale)}"
+    for name, methods in MATRIX.items():
+        assert set(methods) == {"GET", "POST"}, name
+        for expected, _ in methods.values():
+            assert set(expected) == set(ROLES), name
+
+
+def fingerprint():
+    """What an action could change: batches, items and their states."""
+    return (ChangeBatch.objects.count(), sorted(ChangeItem.objects.values_list("pk", "state")))
+
+
+@pytest.mark.parametrize("name, method, role, expected", list(cells()))
+def test_matrix(world, name, method, role, expected):
+    client = client_for(role)
+    url = url_for(name, world)
+    data = MATRIX[name][method][1]
+    before = fingerprint()
+    response = client.get(url, data) if method == "GET" else client.post(url, data or {})
+    if expected == LOGIN:
+        assert response.status_code == 302, (url, response.status_code)
+        assert response["Location"].startswith(reverse("login") + "?next="), response["Location"]
+    else:
+        assert response.status_code == expected, (url, method, role, response.status_code)
+    if response.status_code == 403:
+        assert b"operator role" in response.content  # the friendly page, not a bare refusal
+    if method == "POST" and not (expected == 302 and WRITES.get(name)):
+        assert fingerprint() == before, f"{role} {method} {url} changed rows"
+    if method == "POST" and expected == 302 and WRITES.get(name) and name in ("change_new", "defaults_change"):
+        assert ChangeBatch.objects.count() == before[0] + 1
+
+
+ADMIN_PAGES = ("admin:index", "admin:fleet_account_changelist", "admin:fleet_instance_changelist",
+               "admin:fleet_changebatch_changelist")
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_admin_site_only_for_admins(world, role):
+    client = client_for(role)
+    pages = [reverse(name) for name in ADMIN_PAGES]
+    pages.append(reverse("admin:fleet_account_change", args=[world["account"].pk]))
+    for url in pages:
+        response = client.get(url)
+        if role == "admin":
+            assert response.status_code == 200, url
+        else:
+            assert response.status_code == 302, url
+            assert "/login/" in response["Location"], url
+    # Logins are managed with ``manage.py fleet_user``: the admin role manages accounts, not users.
+    if role == "admin":
+        assert client.get(reverse("admin:auth_user_changelist")).status_code == 403
+
+
+@pytest.mark.parametrize("role", ["viewer", "operator"])
+def test_non_admins_cannot_edit_accounts(world, role):
+    client = client_for(role)
+    url = reverse("admin:fleet_account_change", args=[world["account"].pk])
+    response = client.post(url, {"account_id": ACCOUNT_ID, "name": "hijacked", "regions": '["us-east-1"]'})
+    assert response.status_code == 302
+    world["account"].refresh_from_db()
+    assert world["account"].name == "prod"
