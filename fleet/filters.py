@@ -94,6 +94,7 @@ class InstanceFilterSet(django_filters.FilterSet):
 class ChangeItemFilterSet(django_filters.FilterSet):
     state = django_filters.ChoiceFilter(choices=ItemState.choices, empty_label="any state")
     q = django_filters.CharFilter(method="filter_q", label="Instance", max_length=200)
+    breakage = django_filters.BooleanFilter(field_name="breakage_suspected", label="IMDSv1 refused since")
 
     class Meta:
         model = ChangeItem

@@ -107,6 +107,8 @@ class ChangeBatchTable(BaseTable):
 
     def render_status(self, record):
         status = record.status
+        if record.breakage_flagged_at:
+            return format_html("{} {}", badge(status.label, STATUS_LEVEL.get(status, "neutral")), BREAKAGE_BADGE)
         return badge(status.label, STATUS_LEVEL.get(status, "neutral"))
 
     def render_progress(self, record):
@@ -115,6 +117,9 @@ class ChangeBatchTable(BaseTable):
         return f"{done:,} / {counts['total']:,} ({percent(done, counts['total']) or 0:g}%)"
 
 
+BREAKAGE_BADGE = format_html(
+    '<span class="badge badge-bad" title="{}">likely breakage</span>', "IMDSv1 calls are being refused since this change"
+)
 STATUS_LEVEL = {
     "queued": "neutral",
     "running": "warn",
@@ -169,7 +174,7 @@ class ChangeItemTable(BaseTable):
 
     def render_state(self, value, record):
         label = ItemState(value).label if value in ItemState.values else value
-        suffix = format_html(' <span class="badge badge-bad">breakage?</span>') if record.breakage_suspected else ""
+        suffix = format_html(" {}", badge("breakage?", "bad")) if record.breakage_suspected else ""
         return format_html("{}{}", badge(label, ITEM_STATE_LEVEL.get(value, "neutral")), suffix)
 
     def render_sets(self, record):

@@ -19,4 +19,9 @@ urlpatterns = [
     path("changes/<int:pk>/cancel/", changes.BatchActionView.as_view(action="cancel"), name="change_cancel"),
     path("changes/<int:pk>/retry/", changes.BatchActionView.as_view(action="retry"), name="change_retry"),
     path("changes/<int:pk>/rollback/", changes.BatchActionView.as_view(action="rollback"), name="change_rollback"),
+    path(
+        "changes/<int:pk>/rerun/",
+        changes.BatchActionView.as_view(action="rerun", created_message="Dry run #{old} queued for real as batch #{new}."),
+        name="change_rerun",
+    ),
 ]

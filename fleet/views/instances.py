@@ -60,9 +60,11 @@ class InstanceDetailView(FormMixin, DetailView):
         return super().get_form_kwargs() | {"instance": self.object}
 
     def get_context_data(self, **kwargs):
-        items = self.object.change_items.select_related("batch", "account", "instance").order_by("-id")[:50]
+        items = list(self.object.change_items.select_related("batch", "account", "instance").order_by("-id")[:50])
         table = ChangeItemTable(items, exclude=("target", "account", "region", "request_id"), orderable=False)
-        return super().get_context_data(**kwargs, history=table)
+        # The latest enforcement after which this instance's IMDSv1 calls started being refused.
+        breakage = next((item for item in items if item.breakage_suspected), None)
+        return super().get_context_data(**kwargs, history=table, breakage=breakage)
 
     def post(self, request, *args, **kwargs):
         self.object = self.get_object()
