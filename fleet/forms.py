@@ -99,7 +99,8 @@ class InstanceChangeForm(forms.Form):
 
     def clean(self):
         data = super().clean()
-        if self.errors:
+        # A bad comment or flag must not hide the plan: the page then shows that field's error.
+        if any(name in self.errors for name in ("ids", "filter", *INSTANCE_OPTION_FIELDS)):
             return data
         self.desired = self._clean_desired(data)
         self.instances, self.selection = self._clean_targets(data)
