@@ -28,8 +28,8 @@ def main(argv=None):
     from fleet import sync
     from fleet.models import Instance
 
-    total = 2_000 if args.quick else 100_000
-    naive_n = 200 if args.quick else 5_000
+    total = 1_000 if args.quick else 100_000
+    naive_n = 50 if args.quick else 5_000
     truncate_fleet()
     pairs = ensure_accounts(2, 2)
     per_pair = total // len(pairs)
