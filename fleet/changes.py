@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
@@ -256,23 +256,99 @@ def _skip_reason(row, desired, busy_batches, override_usage):
     return ItemState.QUEUED, ""
 
 
+def _create_items_python(batch, instances, desired, override_usage, now):
+    fields = ["pk", "account_id", "region", "gone_at", "instance_state", "v1_calls", *desired]
+    rows = list(instances.order_by().values(*fields))
+    busy_batches = dict(
+        ChangeItem.objects.filter(state__in=ItemState.active(), instance__in=instances.values("pk"))
+        .values_list("instance_id", "batch_id")
+        .iterator()
+    )
+    items = []
+    for row in rows:
+        state, reason = _skip_reason(row, desired, busy_batches, override_usage)
+        items.append(
+            ChangeItem(
+                batch=batch,
+                account_id=row["account_id"],
+                region=row["region"],
+                instance_id=row["pk"],
+                previous={name: row[name] for name in desired},
+                state=state,
+                reason=reason,
+                finished_at=None if state == ItemState.QUEUED else now,
+            )
+        )
+    ChangeItem.objects.bulk_create(items, batch_size=BULK_SIZE)
+    return len(items)
+
+
+def _create_items_postgresql(batch, instances, desired, override_usage, now):
+    """The same rules as ``_skip_reason``, decided by the database in one INSERT ... SELECT: a
+    100,000-instance request builds no Python object per instance (docs/benchmarks.md, P4)."""
+    quote = connection.ops.quote_name
+    instance_table, item_table = quote(Instance._meta.db_table), quote(ChangeItem._meta.db_table)
+
+    def col(name):
+        return "i." + quote(Instance._meta.get_field(name).column)
+
+    held = not override_usage and desired.get("http_tokens") == HttpTokens.REQUIRED
+    days = settings.IMDSWEB_USAGE_WINDOW_DAYS
+    # (condition, its params, state, reason SQL, its params), tried in order like _skip_reason.
+    rules = [
+        (f"{col('gone_at')} IS NOT NULL", [], ItemState.SKIPPED, "%s", ["instance no longer exists in AWS"]),
+        (f"{col('instance_state')} = ANY(%s)", [[InstanceState.TERMINATED.value, InstanceState.SHUTTING_DOWN.value]],
+         ItemState.SKIPPED, f"'instance is ' || {col('instance_state')}", []),
+        (" AND ".join(f"{col(name)} = %s" for name in desired), list(desired.values()), ItemState.SKIPPED, "%s",
+         ["already " + ", ".join(f"{name}={value}" for name, value in desired.items())]),
+        ("busy.id IS NOT NULL", [], ItemState.SKIPPED,
+         "'another change is in progress (batch #' || busy.batch_id || ')'", []),
+        (f"%s AND {col('v1_calls')} > 0", [held], ItemState.HELD, f"{col('v1_calls')}::text || %s",
+         [f" IMDSv1 call(s) in the last {days} days; enforcing IMDSv2 would break the caller"]),
+    ]
+    state_sql = "CASE " + " ".join(f"WHEN {condition} THEN %s" for condition, *_ in rules) + " ELSE %s END"
+    state_params = [p for condition, params, state, *_ in rules for p in (*params, state.value)]
+    state_params.append(ItemState.QUEUED.value)
+    reason_sql = "CASE " + " ".join(f"WHEN {condition} THEN {reason}" for condition, _, _, reason, _ in rules)
+    reason_sql += " ELSE '' END"
+    reason_params = [p for _, params, _, _, reason_params in rules for p in (*params, *reason_params)]
+    previous_sql = ", ".join(f"%s, {col(name)}" for name in desired)
+    selected_sql, selected_params = instances.order_by().values("pk").query.sql_with_params()
+    sql = f"""
+        INSERT INTO {item_table} (batch_id, account_id, region, instance_id, desired, previous, state, reason,
+                                  attempts, request_id, error_code, error_message, created_at, updated_at,
+                                  finished_at, breakage_suspected)
+        SELECT %s, account_id, region, id, '{{}}'::jsonb, previous, state, reason, 0, '', '', '', %s, %s,
+               CASE WHEN state = %s THEN NULL ELSE %s::timestamptz END, false
+        FROM (
+            SELECT i.id, {col("account")} AS account_id, {col("region")} AS region,
+                   jsonb_build_object({previous_sql}) AS previous, {state_sql} AS state, {reason_sql} AS reason
+            FROM {instance_table} i
+            LEFT JOIN {item_table} busy ON busy.instance_id = i.id AND busy.state = ANY(%s)
+            WHERE i.id IN ({selected_sql})
+        ) AS decided
+        ORDER BY id
+    """
+    params = [
+        batch.pk, now, now, ItemState.QUEUED.value, now,
+        *desired, *state_params, *reason_params,
+        [state.value for state in ItemState.active()],
+        *selected_params,
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount
+
+
 def request_change(user, instances, desired, *, comment="", selection="", dry_run=False, override_usage=False):
     """Queue a change of instance metadata options for ``instances``. Returns the batch."""
     try:
         desired = clean_instance_desired(desired)
     except ValidationError as exc:
         raise ChangeRefused(" ".join(exc.messages)) from exc
-    fields = ["pk", "account_id", "region", "gone_at", "instance_state", "v1_calls", *desired]
+    create_items = _create_items_postgresql if connection.vendor == "postgresql" else _create_items_python
     try:
         with transaction.atomic():
-            rows = list(instances.order_by().values(*fields))
-            if not rows:
-                raise ChangeRefused("No instances selected.")
-            busy_batches = dict(
-                ChangeItem.objects.filter(state__in=ItemState.active(), instance__in=instances.values("pk"))
-                .values_list("instance_id", "batch_id")
-                .iterator()
-            )
             batch = ChangeBatch.objects.create(
                 created_by=user if user and user.is_authenticated else None,
                 kind=ChangeKind.INSTANCE_OPTIONS,
@@ -282,27 +358,13 @@ def request_change(user, instances, desired, *, comment="", selection="", dry_ru
                 dry_run=dry_run,
                 override_usage=override_usage,
             )
-            now = timezone.now()
-            items = []
-            for row in rows:
-                state, reason = _skip_reason(row, desired, busy_batches, override_usage)
-                items.append(
-                    ChangeItem(
-                        batch=batch,
-                        account_id=row["account_id"],
-                        region=row["region"],
-                        instance_id=row["pk"],
-                        previous={name: row[name] for name in desired},
-                        state=state,
-                        reason=reason,
-                        finished_at=None if state == ItemState.QUEUED else now,
-                    )
-                )
-            ChangeItem.objects.bulk_create(items, batch_size=BULK_SIZE)
+            count = create_items(batch, instances, desired, override_usage, timezone.now())
+            if not count:
+                raise ChangeRefused("No instances selected.")  # rolls the empty batch back
             _dispatch_on_commit(batch)
     except IntegrityError as exc:
         raise ChangeRefused("Another change for some of these instances was queued at the same moment; try again.") from exc
-    log.info("batch %s queued by %s: %s on %d instance(s)", batch.pk, user, desired, len(rows))
+    log.info("batch %s queued by %s: %s on %d instance(s)", batch.pk, user, desired, count)
     return batch
 
 
