@@ -1,0 +1,101 @@
+"""Helpers for the browser tests: Debian's Chromium through Playwright, the demo fleet registered
+from the simulator, a login through the real form, and the README's screenshots."""
+
+import importlib
+import os
+from pathlib import Path
+
+from django.contrib.auth.models import Group, Permission
+from django.test import override_settings
+
+from fleet import sync, usage
+from fleet.models import Account
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+VIEWPORT = {"width": 1400, "height": 1000}
+PASSWORD = "pw-imdsweb-test"
+
+
+class ModuleSettings:
+    """What LiveStack expects of pytest-django's ``settings``, for a whole module: every assignment
+    is an ``override_settings`` undone by ``restore()``."""
+
+    def __init__(self):
+        object.__setattr__(self, "_overrides", [])
+
+    def __setattr__(self, name, value):
+        override = override_settings(**{name: value})
+        override.enable()
+        self._overrides.append(override)
+
+    def restore(self):
+        while self._overrides:
+            self._overrides.pop().disable()
+
+
+class SavedEnviron:
+    """Put back the environment variables LiveStack sets in this process."""
+
+    NAMES = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+             "AWS_SESSION_TOKEN", "DJANGO_ALLOW_ASYNC_UNSAFE")
+
+    def __init__(self):
+        self.saved = {name: os.environ.get(name) for name in self.NAMES}
+
+    def restore(self):
+        for name, value in self.saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def ensure_roles():
+    """The role groups, as the migration creates them: a transactional test's flush removes them."""
+    roles = importlib.import_module("fleet.migrations.0002_roles").ROLES
+    for name, codenames in roles.items():
+        group, _ = Group.objects.get_or_create(name=name)
+        group.permissions.set(Permission.objects.filter(content_type__app_label="fleet", codename__in=codenames))
+
+
+def register_demo_fleet(stack, instances=(), defaults=True):
+    """Register the simulator's demo accounts like ``scripts/demo.py`` does (role ARN and external
+    id), then sync here, in the test process: inventory and IMDSv1 usage of the (account_id, region)
+    pairs in ``instances``, and the account defaults of every region when ``defaults``."""
+    accounts = {}
+    for data in stack.sim.demo_accounts():
+        accounts[data["account_id"]] = Account.objects.create(
+            account_id=data["account_id"], name=data["name"], regions=data["regions"],
+            role_arn=data["role_arn"], external_id=data.get("external_id") or "",
+        )
+    for account_id, region in instances:
+        account = accounts[account_id]
+        run = sync.sync_region(account, region)
+        assert run.status == "succeeded", run.error
+        usage.sync_usage(account, region)
+    if defaults:
+        for account in accounts.values():
+            for region in account.regions:
+                sync.sync_defaults(account, region)
+    return accounts
+
+
+def every_region(stack):
+    return [(data["account_id"], region) for data in stack.sim.demo_accounts() for region in data["regions"]]
+
+
+def login(page, live_server, username, password=PASSWORD):
+    """Log in through the login form; returns the page on the overview."""
+    page.goto(f"{live_server.url}/accounts/login/")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(f"{live_server.url}/")
+    return page
+
+
+def screenshot(page, name, full_page=True):
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / name), full_page=full_page)
