@@ -94,7 +94,10 @@ class InstanceFilterSet(django_filters.FilterSet):
 class ChangeItemFilterSet(django_filters.FilterSet):
     state = django_filters.ChoiceFilter(choices=ItemState.choices, empty_label="any state")
     q = django_filters.CharFilter(method="filter_q", label="Instance", max_length=200)
-    breakage = django_filters.BooleanFilter(field_name="breakage_suspected", label="IMDSv1 refused since")
+    breakage = django_filters.BooleanFilter(
+        field_name="breakage_suspected", label="Likely breakage",
+        widget=forms.Select(choices=[("", "any"), ("true", "yes"), ("false", "no")]),
+    )
 
     class Meta:
         model = ChangeItem

@@ -148,14 +148,14 @@ class ChangeItemTable(BaseTable):
     )
     account = tables.Column(accessor="account__name", verbose_name="Account", order_by=("account__name",))
     region = tables.Column(attrs={"td": {"class": "nowrap"}})
-    state = tables.Column()
-    sets = tables.Column(empty_values=(), orderable=False, verbose_name="Sets")
-    previous = tables.Column(orderable=False, verbose_name="Before")
-    reason = tables.Column(default="")
-    attempts = tables.Column()
-    error = tables.Column(empty_values=(), orderable=False)
-    request_id = tables.Column(default="", verbose_name="Request id")
-    updated_at = tables.DateTimeColumn(verbose_name="Updated", format="Y-m-d H:i:s")
+    state = tables.Column(attrs={"td": {"class": "nowrap"}})
+    sets = tables.Column(empty_values=(), orderable=False, verbose_name="Sets", attrs={"td": {"class": "mono small"}})
+    previous = tables.Column(orderable=False, verbose_name="Before", attrs={"td": {"class": "mono small"}})
+    reason = tables.Column(default="", attrs={"td": {"class": "reason"}})
+    attempts = tables.Column(attrs={"td": {"class": "num"}})
+    error = tables.Column(empty_values=(), orderable=False, attrs={"td": {"class": "reason"}})
+    request_id = tables.Column(default="", verbose_name="Request id", attrs={"td": {"class": "mono small nowrap"}})
+    updated_at = tables.DateTimeColumn(verbose_name="Updated", format="Y-m-d H:i:s", attrs={"td": {"class": "nowrap"}})
 
     class Meta(BaseTable.Meta):
         model = ChangeItem

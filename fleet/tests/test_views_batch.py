@@ -49,7 +49,7 @@ def test_poll_refreshes_the_items_table_and_the_buttons(operator):
     first, second = ChangeItemFactory.create_batch(2, batch=batch, state="queued")
     html = poll(operator, batch).content.decode()
     assert "Cancel 2 queued" in html
-    assert '<div id="items-table" hx-swap-oob="true">' in html
+    assert '<div id="items-table" class="scroll" hx-swap-oob="true">' in html
     assert html.count("item-queued") == 2
 
     ChangeItem.objects.filter(pk=first.pk).update(state="pending")
@@ -70,7 +70,7 @@ def test_poll_keeps_the_page_filter_and_passes_it_on(operator):
     assert f'hx-get="{url}?state=failed"' in response.content.decode()
     page = operator.get(batch.get_absolute_url() + "?state=failed").content.decode()
     assert f'hx-get="{url}?state=failed"' in page
-    assert '<div id="items-table">' in page
+    assert '<div id="items-table" class="scroll">' in page
 
 
 def test_full_page_has_no_out_of_band_copy(operator):
