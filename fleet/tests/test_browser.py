@@ -27,7 +27,7 @@ from fleet.tests.live import LiveStack, wait_for
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
-    pytest.mark.django_db(transaction=True),
+    pytest.mark.django_db(transaction=True, reset_sequences=True),  # batch #1 in the screenshots
     pytest.mark.skipif(not CHROMIUM.exists(), reason=f"Chromium is not installed at {CHROMIUM}"),
 ]
 
@@ -76,8 +76,8 @@ def page(browser, live_server, stack):
     context.close()
 
 
-def operator():
-    return UserFactory(role="operator")
+def operator(username="alice"):
+    return UserFactory(username=username, role="operator")
 
 
 def tile(page, label):
@@ -149,7 +149,10 @@ def test_require_imdsv2_for_a_filtered_set_and_watch_it_apply(page, live_server,
     page.get_by_role("button", name="Queue the change").click()
     page.wait_for_url(re.compile(r"/changes/\d+/$"))
     expect(page.locator(".messages")).to_contain_text("queued")
-    screenshot(page, "batch-progress.png")
+    screenshot(page, "batch-queued.png", full_page=False)
+    # The items table follows the run too (the progress poll swaps it out of band).
+    expect(page.locator("#items-table tr.item-applied").first).to_be_visible(timeout=60_000)
+    screenshot(page, "batch.png", full_page=False)
 
     bar = page.get_by_role("progressbar")
     expect(bar).to_have_attribute("aria-valuenow", "100", timeout=90_000)  # htmx polling, real worker
@@ -161,7 +164,7 @@ def test_require_imdsv2_for_a_filtered_set_and_watch_it_apply(page, live_server,
     expect(page.locator(".notes")).to_contain_text(f"{held} held")
     assert page.get_by_role("button", name=re.compile("Cancel")).count() == 0
     expect(page.get_by_role("button", name=f"Roll back {to_change} applied")).to_be_visible()
-    screenshot(page, "batch.png")
+    screenshot(page, "batch-done.png", full_page=False)
 
     # One of the changed instances: required now, the batch in its history.
     page.locator("#items-table tr.item-applied td a").first.click()
