@@ -169,6 +169,8 @@ def test_breakage_badge_on_change_list_and_instance_page(operator, broken):
     other = InstanceFactory()
     ChangeItemFactory(batch=batch, instance=other, state="applied")
     assert "likely breakage" not in operator.get(other.get_absolute_url()).content.decode()
+    overview = operator.get(reverse("fleet:overview")).content.decode()
+    assert overview.count("likely breakage</span>") == 1
 
 
 # ---------------------------------------------------------------- run a dry run for real
