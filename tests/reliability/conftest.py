@@ -1,6 +1,8 @@
 """Fixtures shared by the reliability and security suite: one small fleet with every kind of row a
 page can show (accounts, instances, defaults, a batch with items), logins for the four roles."""
 
+from importlib import import_module
+
 import pytest
 from django.test import Client
 from django.utils import timezone
@@ -25,6 +27,17 @@ EXTERNAL_ID = "extid-reliability-7f3c9a1e5b"
 def _fast_password_hashing(settings):
     """Every test logs in fresh users; PBKDF2's deliberate slowness would dominate the run."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def role_groups(db):
+    """The role groups, as the migration creates them. A transactional test's flush deletes them
+    (content types and permissions come back through post_migrate, data migrations do not)."""
+    from django.contrib.auth.models import Group, Permission
+
+    for name, codenames in import_module("fleet.migrations.0002_roles").ROLES.items():
+        group, _ = Group.objects.get_or_create(name=name)
+        group.permissions.set(Permission.objects.filter(content_type__app_label="fleet", codename__in=codenames))
 
 
 def client_for(role, **kwargs):

@@ -53,7 +53,7 @@ def every_page(client, account, instance, batch):
     yield client.get(reverse("admin:fleet_changebatch_change", args=[batch.pk]))
 
 
-def test_external_id_and_credentials_never_logged_nor_rendered(stack, caplog):
+def test_external_id_and_credentials_never_logged_nor_rendered(stack, role_groups, caplog):
     caplog.set_level(logging.DEBUG)  # everything our loggers emit, at the most verbose level
     ec2 = stack.ec2(ACCOUNT, "us-east-1")
     image = ec2.describe_images()["Images"][0]["ImageId"]
