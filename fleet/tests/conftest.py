@@ -72,3 +72,21 @@ def launch(ec2, count, **metadata_options):
         ids += [i["InstanceId"] for i in ec2.run_instances(**kwargs)["Instances"]]
         count -= n
     return ids
+
+
+@pytest.fixture
+def operator(client):
+    """The test client, logged in as a user with the operator role."""
+    from fleet.tests.factories import UserFactory
+
+    client.force_login(UserFactory(role="operator"))
+    return client
+
+
+@pytest.fixture
+def viewer(client):
+    """The test client, logged in as a user with the viewer role."""
+    from fleet.tests.factories import UserFactory
+
+    client.force_login(UserFactory(role="viewer"))
+    return client

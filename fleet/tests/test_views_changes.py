@@ -20,18 +20,6 @@ NEW = reverse("fleet:change_new")
 
 
 @pytest.fixture
-def operator(client):
-    client.force_login(UserFactory(role="operator"))
-    return client
-
-
-@pytest.fixture
-def viewer(client):
-    client.force_login(UserFactory(role="viewer"))
-    return client
-
-
-@pytest.fixture
 def fleet():
     prod = AccountFactory(account_id="111111111111", name="prod")
     return {

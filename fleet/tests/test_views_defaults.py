@@ -5,23 +5,11 @@ from django.urls import reverse
 
 from fleet.choices import ChangeKind
 from fleet.models import ChangeBatch
-from fleet.tests.factories import AccountFactory, MetadataDefaultsFactory, UserFactory
+from fleet.tests.factories import AccountFactory, MetadataDefaultsFactory
 
 pytestmark = pytest.mark.django_db
 DEFAULTS = reverse("fleet:defaults")
 CHANGE = reverse("fleet:defaults_change")
-
-
-@pytest.fixture
-def operator(client):
-    client.force_login(UserFactory(role="operator"))
-    return client
-
-
-@pytest.fixture
-def viewer(client):
-    client.force_login(UserFactory(role="viewer"))
-    return client
 
 
 @pytest.fixture

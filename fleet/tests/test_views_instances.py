@@ -9,23 +9,11 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from fleet.tests.factories import AccountFactory, ChangeItemFactory, InstanceFactory, UserFactory
+from fleet.tests.factories import AccountFactory, ChangeItemFactory, InstanceFactory
 
 pytestmark = pytest.mark.django_db
 LIST = reverse("fleet:instance_list")
 EXPORT = reverse("fleet:instance_export")
-
-
-@pytest.fixture
-def operator(client):
-    client.force_login(UserFactory(role="operator"))
-    return client
-
-
-@pytest.fixture
-def viewer(client):
-    client.force_login(UserFactory(role="viewer"))
-    return client
 
 
 def listed(response):

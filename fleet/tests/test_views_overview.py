@@ -14,17 +14,10 @@ from fleet.tests.factories import (
     ChangeBatchFactory,
     InstanceFactory,
     MetadataDefaultsFactory,
-    UserFactory,
 )
 
 pytestmark = pytest.mark.django_db
 OVERVIEW = reverse("fleet:overview")
-
-
-@pytest.fixture
-def viewer(client):
-    client.force_login(UserFactory(role="viewer"))
-    return client
 
 
 @pytest.fixture
