@@ -135,10 +135,10 @@ def main(argv=None):
     args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     print(f"results: {args.out}")
     if args.docs:
-        from bench.report import render
+        from bench.report import write
 
         args.docs.parent.mkdir(parents=True, exist_ok=True)
-        args.docs.write_text(render(report))
+        write(report, args.docs)
         print(f"report: {args.docs}")
     print(f"total {report['total_seconds']:.0f}s" + (f", FAILED: {', '.join(failures)}" if failures else ""))
     return 1 if failures else 0
