@@ -1,11 +1,9 @@
 """Helpers for the browser tests: Debian's Chromium through Playwright, the demo fleet registered
 from the simulator, a login through the real form, and the README's screenshots."""
 
-import importlib
 import os
 from pathlib import Path
 
-from django.contrib.auth.models import Group, Permission
 from django.test import override_settings
 
 from fleet import sync, usage
@@ -50,14 +48,6 @@ class SavedEnviron:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-
-
-def ensure_roles():
-    """The role groups, as the migration creates them: a transactional test's flush removes them."""
-    roles = importlib.import_module("fleet.migrations.0002_roles").ROLES
-    for name, codenames in roles.items():
-        group, _ = Group.objects.get_or_create(name=name)
-        group.permissions.set(Permission.objects.filter(content_type__app_label="fleet", codename__in=codenames))
 
 
 def register_demo_fleet(stack, instances=(), defaults=True):

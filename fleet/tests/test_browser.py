@@ -15,7 +15,6 @@ from fleet.tests.browser import (
     VIEWPORT,
     ModuleSettings,
     SavedEnviron,
-    ensure_roles,
     every_region,
     login,
     register_demo_fleet,
@@ -66,7 +65,6 @@ def browser():
 
 @pytest.fixture
 def page(browser, live_server, stack):
-    ensure_roles()
     context = browser.new_context(viewport=VIEWPORT, base_url=live_server.url)
     context.set_default_timeout(20_000)
     page = context.new_page()

@@ -35,7 +35,7 @@ def role_groups(db):
     (content types and permissions come back through post_migrate, data migrations do not)."""
     from django.contrib.auth.models import Group, Permission
 
-    for name, codenames in import_module("fleet.migrations.0002_roles").ROLES.items():
+    for name, codenames in import_module("fleet.roles").ROLES.items():
         group, _ = Group.objects.get_or_create(name=name)
         group.permissions.set(Permission.objects.filter(content_type__app_label="fleet", codename__in=codenames))
 
