@@ -85,7 +85,7 @@ def _client():
 
 def limits_for(action):
     capacity, rate = settings.IMDSWEB_RATE_LIMITS.get(action, (50, 5.0))
-    return capacity, rate * settings.IMDSWEB_RATE_TIME_SCALE
+    return capacity, rate * settings.IMDSWEB_RATE_TIME_SCALE * settings.IMDSWEB_RATE_HEADROOM
 
 
 def _take(account_id, region, action, only_if_available):

@@ -187,6 +187,9 @@ IMDSWEB_RATE_LIMITS = {
 }
 # Multiplies every refill rate: set it to the simulator's --time-scale.
 IMDSWEB_RATE_TIME_SCALE = env.float("IMDSWEB_RATE_TIME_SCALE", default=1.0)
+# Share of AWS's refill rate imdsweb uses. AWS's buckets are shared with every other caller in the
+# account, and network jitter bunches calls up: pacing at exactly AWS's rate gets throttled.
+IMDSWEB_RATE_HEADROOM = env.float("IMDSWEB_RATE_HEADROOM", default=0.95)
 
 CELERY_BEAT_SCHEDULE = {
     "sync-fleet": {

@@ -11,6 +11,7 @@ from fleet import ratelimit
 def buckets(request, settings):
     settings.IMDSWEB_RATE_LIMITS = {"TestAction": (3, 2.0)}
     settings.IMDSWEB_RATE_TIME_SCALE = 1.0
+    settings.IMDSWEB_RATE_HEADROOM = 1.0
     settings.IMDSWEB_REDIS_URL = "redis://127.0.0.1:6379/1" if request.param == "redis" else ""
     ratelimit._redis = None
     yield request.param
@@ -49,3 +50,11 @@ def test_time_scale_speeds_up_refill(buckets, settings):
     for _ in range(3):
         ratelimit.try_take("123456789012", region, "TestAction")
     assert ratelimit.try_take("123456789012", region, "TestAction") == pytest.approx(0.05, abs=0.01)
+
+
+def test_headroom_keeps_pacing_under_aws_rate(buckets, settings):
+    settings.IMDSWEB_RATE_HEADROOM = 0.5
+    region = f"test-{uuid.uuid4().hex[:8]}"
+    for _ in range(3):
+        ratelimit.try_take("123456789012", region, "TestAction")
+    assert ratelimit.try_take("123456789012", region, "TestAction") == pytest.approx(1.0, abs=0.05)
