@@ -17,7 +17,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from . import aws, ratelimit
+from . import aws, posture, ratelimit
 from .choices import ChangeKind, InstanceState, ItemState, MetadataState
 from .models import Account, ChangeBatch, ChangeItem, Instance, MetadataDefaults
 from .models.inventory import INSTANCE_OPTION_FIELDS
@@ -219,6 +219,7 @@ def run_region(account_pk, region, budget=None):
     if not lock.acquire():
         return None
     again = None
+    submitted = 0
     try:
         account = Account.objects.get(pk=account_pk)
         deadline = time.monotonic() + budget
@@ -246,6 +247,7 @@ def run_region(account_pk, region, budget=None):
             if not go_on:
                 continue
             error = submit(item)
+            submitted += 1
             if error is not None:
                 again = _backoff(account_pk, region)
                 log.info("%s/%s: %s, backing off %.1fs", account.account_id, region, error.code, again)
@@ -253,6 +255,8 @@ def run_region(account_pk, region, budget=None):
             cache.delete(_backoff_key(account_pk, region))
     finally:
         lock.release()
+        if submitted:
+            posture.refresh_region(account_pk, region)
     if again is None and ChangeItem.objects.filter(account_id=account_pk, region=region,
                                                    state=ItemState.QUEUED).exists():
         again = 0.0  # items arrived while we were finishing
@@ -308,6 +312,7 @@ def track_region(account, region):
     for pk, (code, message) in failed.items():
         ChangeItem.objects.filter(pk=pk, state=ItemState.PENDING).update(
             state=ItemState.FAILED, error_code=code, error_message=message, finished_at=now)
+    posture.refresh_region(account.pk, region)
     return len(items)
 
 

@@ -80,6 +80,24 @@ class InstanceFilterSet(django_filters.FilterSet):
             return queryset.filter(gone_at__isnull=False)
         return queryset
 
+    # Filters whose count the posture summary already knows (it counts present instances).
+    SUMMARY_FILTERS = {"account", "region", "gone"}
+
+    def summary_count(self):
+        """The count of an account/region-only list from the posture summary, else None."""
+        if not self.is_valid():
+            return None
+        data = self.form.cleaned_data
+        used = {name for name, value in data.items() if value not in (None, "")}
+        if not used <= self.SUMMARY_FILTERS or data.get("gone") != "present":
+            return None
+        from .posture import present_count
+
+        account = data.get("account")
+        return present_count(
+            account_ids=[account.pk] if account else None, regions=[data["region"]] if data.get("region") else None
+        )
+
     @property
     def active_querystring(self):
         """The filter as a query string, without pagination or sorting (for CSV and bulk links)."""

@@ -1,7 +1,9 @@
-"""Read-side aggregates for the overview: the fleet's IMDS posture in a handful of group-by queries.
+"""The overview's figures: the fleet's IMDS posture.
 
-Nothing here loops over accounts with a query each: every figure comes from one aggregate, one
-``values().annotate()`` group-by, or one query over the latest rows.
+Instance counts come from the maintained :class:`RegionPosture` rows (one per account/region),
+which :func:`refresh_region` recomputes with one aggregate over that account/region's instances
+whenever a sync, the usage stage or the change engine has written them. The overview then reads a
+few dozen rows, whatever the fleet's size. Nothing loops over accounts with a query each.
 """
 
 from dataclasses import dataclass, field
@@ -15,13 +17,15 @@ from .choices import (
     DefaultsHttpTokens,
     DefaultsStatus,
     InstanceState,
+    ItemState,
     ManagedBy,
     MetadataState,
     SyncStatus,
     Toggle,
 )
-from .models import Account, ChangeBatch, Instance, MetadataDefaults, SyncRun
+from .models import Account, ChangeBatch, ChangeItem, Instance, MetadataDefaults, RegionPosture, SyncRun
 from .models.inventory import ENFORCED, ENFORCED_AND_APPLIED
+from .models.posture import COUNTERS
 
 
 def percent(part, whole):
@@ -40,24 +44,54 @@ def posture_level(pct):
     return "bad"
 
 
-def fleet_totals():
-    """Counts over present instances (``gone_at`` null), in one query."""
+def _counters():
+    """The aggregate behind every RegionPosture counter."""
     not_enforced = ~ENFORCED
-    totals = Instance.objects.present().aggregate(
-        total=Count("id"),
-        enforced=Count("id", filter=ENFORCED),
-        enforced_applied=Count("id", filter=ENFORCED_AND_APPLIED),
-        pending=Count("id", filter=Q(metadata_state=MetadataState.PENDING)),
-        endpoint_disabled=Count("id", filter=Q(http_endpoint=Toggle.DISABLED)),
-        hop_limit_over_1=Count("id", filter=Q(hop_limit__gt=1)),
-        tags_enabled=Count("id", filter=Q(instance_metadata_tags=Toggle.ENABLED)),
-        stopped=Count("id", filter=Q(instance_state=InstanceState.STOPPED)),
-        v1_in_use=Count("id", filter=Q(v1_calls__gt=0)),
-        v1_measured=Count("id", filter=Q(v1_calls__isnull=False)),
-        safe_to_enforce=Count("id", filter=not_enforced & Q(v1_calls=0)),
-        not_enforced_unmeasured=Count("id", filter=not_enforced & Q(v1_calls__isnull=True)),
-        not_enforced_in_use=Count("id", filter=not_enforced & Q(v1_calls__gt=0)),
+    return {
+        "total": Count("id"),
+        "enforced": Count("id", filter=ENFORCED),
+        "enforced_applied": Count("id", filter=ENFORCED_AND_APPLIED),
+        "pending": Count("id", filter=Q(metadata_state=MetadataState.PENDING)),
+        "endpoint_disabled": Count("id", filter=Q(http_endpoint=Toggle.DISABLED)),
+        "hop_limit_over_1": Count("id", filter=Q(hop_limit__gt=1)),
+        "tags_enabled": Count("id", filter=Q(instance_metadata_tags=Toggle.ENABLED)),
+        "stopped": Count("id", filter=Q(instance_state=InstanceState.STOPPED)),
+        "v1_in_use": Count("id", filter=Q(v1_calls__gt=0)),
+        "v1_measured": Count("id", filter=Q(v1_calls__isnull=False)),
+        "safe_to_enforce": Count("id", filter=not_enforced & Q(v1_calls=0)),
+        "not_enforced_unmeasured": Count("id", filter=not_enforced & Q(v1_calls__isnull=True)),
+        "not_enforced_in_use": Count("id", filter=not_enforced & Q(v1_calls__gt=0)),
+    }
+
+
+def refresh_region(account_id, region):
+    """Recompute one account/region's summary (two queries over its present instances)."""
+    instances = Instance.objects.present().filter(account_id=account_id, region=region)
+    counts = instances.aggregate(**_counters())
+    hops = {
+        "none" if row["hop_limit"] is None else str(row["hop_limit"]): row["n"]
+        for row in instances.values("hop_limit").annotate(n=Count("id")).order_by()
+    }
+    RegionPosture.objects.update_or_create(
+        account_id=account_id, region=region, defaults={**counts, "hop_limits": hops, "refreshed_at": timezone.now()}
     )
+
+
+def refresh_all():
+    """Recompute every summary row (the periodic safety net, and after bulk loads)."""
+    pairs = set(Instance.objects.values_list("account_id", "region").distinct().order_by())
+    pairs |= set(RegionPosture.objects.values_list("account_id", "region"))
+    for account_id, region in sorted(pairs):
+        refresh_region(account_id, region)
+    return len(pairs)
+
+
+def fleet_totals():
+    """Counts over present instances, summed from the summary rows (one query)."""
+    totals = dict.fromkeys(COUNTERS, 0)
+    for row in RegionPosture.objects.values(*COUNTERS):
+        for key in COUNTERS:
+            totals[key] += row[key]
     totals["not_enforced"] = totals["total"] - totals["enforced"]
     totals["enforced_pct"] = percent(totals["enforced"], totals["total"])
     totals["enforced_applied_pct"] = percent(totals["enforced_applied"], totals["total"])
@@ -74,15 +108,10 @@ class HeatMap:
 
 
 def compliance_by_region():
-    """Account x region counts of present instances, in one group-by query."""
+    """Account x region counts of present instances, from the summary rows (one query)."""
     rows = (
-        Instance.objects.present()
-        .values("account__account_id", "account__name", "region")
-        .annotate(
-            total=Count("id"),
-            enforced=Count("id", filter=ENFORCED),
-            enforced_applied=Count("id", filter=ENFORCED_AND_APPLIED),
-        )
+        RegionPosture.objects.filter(total__gt=0)
+        .values("account__account_id", "account__name", "region", "total", "enforced", "enforced_applied")
         .order_by("account__name", "account__account_id", "region")
     )
     return [
@@ -124,9 +153,23 @@ def heat_map(region_rows):
 
 
 def hop_limit_distribution():
-    """[(hop_limit or None, count)] over present instances, one group-by query."""
-    rows = Instance.objects.present().values("hop_limit").annotate(n=Count("id")).order_by("hop_limit")
-    return [(row["hop_limit"], row["n"]) for row in rows]
+    """[(hop_limit or None, count)] over present instances, summed from the summary rows."""
+    totals = {}
+    for hops in RegionPosture.objects.values_list("hop_limits", flat=True):
+        for key, count in hops.items():
+            hop = None if key == "none" else int(key)
+            totals[hop] = totals.get(hop, 0) + count
+    return sorted(((hop, n) for hop, n in totals.items() if n), key=lambda pair: (pair[0] is None, pair[0] or 0))
+
+
+def present_count(account_ids=None, regions=None):
+    """How many present instances match an account/region-only filter, from the summary rows."""
+    rows = RegionPosture.objects.all()
+    if account_ids:
+        rows = rows.filter(account_id__in=account_ids)
+    if regions:
+        rows = rows.filter(region__in=regions)
+    return sum(rows.values_list("total", flat=True))
 
 
 def defaults_summary():
@@ -183,7 +226,20 @@ def sync_states(now=None):
 
 
 def recent_batches(limit=5):
-    return list(ChangeBatch.objects.with_counts().select_related("created_by")[:limit])
+    """The latest batches with their per-state counts: one small group-by over just their items
+    (the ``(batch, state)`` index), not an aggregate over every item ever queued."""
+    batches = list(ChangeBatch.objects.select_related("created_by")[:limit])
+    counts = {}
+    for row in (
+        ChangeItem.objects.filter(batch__in=batches).values("batch_id", "state").annotate(n=Count("id")).order_by()
+    ):
+        counts.setdefault(row["batch_id"], {})[row["state"]] = row["n"]
+    for batch in batches:
+        by_state = counts.get(batch.pk, {})
+        batch.n_total = sum(by_state.values())
+        for state in ItemState.values:
+            setattr(batch, f"n_{state}", by_state.get(state, 0))
+    return batches
 
 
 def overview():

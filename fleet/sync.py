@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from . import aws
+from . import aws, posture
 from .choices import DefaultsStatus, SyncStatus
 from .models import Instance, MetadataDefaults, SyncRun
 from .models.inventory import INSTANCE_OPTION_FIELDS
@@ -215,6 +215,8 @@ def sync_region(account, region):
         run.error = f"{type(exc).__name__}: {exc}"[:4000]
         raise
     finally:
+        # Even a failed sync may have written pages: keep the overview's summary true to the rows.
+        posture.refresh_region(account.pk, region)
         run.finished_at = timezone.now()
         run.save()
     return run

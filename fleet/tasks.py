@@ -4,7 +4,7 @@ import logging
 
 from celery import shared_task
 
-from . import apply, sync, usage
+from . import apply, posture, sync, usage
 from .models import Account
 
 log = logging.getLogger(__name__)
@@ -80,3 +80,9 @@ def sync_usage_region(account_pk, region):
         usage.sync_usage(account, region)
     except apply.aws.AwsError as exc:
         log.warning("usage %s/%s failed, will retry next round: %s", account.account_id, region, exc)
+
+
+@shared_task(ignore_result=True)
+def refresh_posture():
+    """Safety net: recompute every account/region's posture summary."""
+    posture.refresh_all()

@@ -14,7 +14,7 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from . import aws
+from . import aws, posture
 from .choices import HttpTokens, ItemState
 from .models import ChangeBatch, ChangeItem, Instance
 
@@ -49,6 +49,7 @@ def sync_usage(account, region, days=None):
                 rejected_since[instance.pk] = last_rejected
         Instance.objects.bulk_update(chunk, ["v1_calls", "v1_rejected", "v1_last_seen", "usage_synced_at"])
     flagged = flag_breakages(rejected_since)
+    posture.refresh_region(account.pk, region)
     log.info("usage %s/%s: %d measured, %d calling IMDSv1, %d breakages flagged",
              account.account_id, region, len(instances), calling, flagged)
     return len(instances), calling, flagged

@@ -2,5 +2,6 @@
 
 from .changes import ChangeBatch, ChangeItem
 from .inventory import Account, Instance, MetadataDefaults, SyncRun
+from .posture import RegionPosture
 
-__all__ = ["Account", "ChangeBatch", "ChangeItem", "Instance", "MetadataDefaults", "SyncRun"]
+__all__ = ["Account", "ChangeBatch", "ChangeItem", "Instance", "MetadataDefaults", "RegionPosture", "SyncRun"]

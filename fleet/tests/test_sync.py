@@ -8,7 +8,7 @@ from django.db import connection
 
 from fleet import sync
 from fleet.choices import DefaultsStatus, SyncStatus
-from fleet.models import Instance, MetadataDefaults, SyncRun
+from fleet.models import Instance, MetadataDefaults, RegionPosture, SyncRun
 from fleet.tests.conftest import AMBIENT_ACCOUNT, ec2_in, launch
 from fleet.tests.factories import AccountFactory
 
@@ -51,6 +51,9 @@ def test_two_accounts_two_regions_through_assume_role(moto_endpoint):
     assert SyncRun.objects.filter(status=SyncStatus.SUCCEEDED).count() == 4
     big = SyncRun.objects.get(account__account_id=AMBIENT_ACCOUNT, region="us-east-1")
     assert (big.seen, big.new, big.changed, big.gone) == (1100, 1100, 0, 0)
+    # Each sync refreshed its account/region's posture summary, which the overview reads.
+    summary = {(p.account.account_id, p.region): (p.total, p.enforced) for p in RegionPosture.objects.all()}
+    assert summary == {key: (count, 50) for key, count in layout.items()}
 
 
 def test_resync_is_idempotent_and_detects_changes_and_gone(moto_endpoint):

@@ -38,6 +38,7 @@ def fleet():
     MetadataDefaultsFactory(account=prod, region="eu-west-1", managed_by="declarative-policy",
                             managed_exception_message="set by the org")
     MetadataDefaultsFactory(account=dev, region="us-east-1", status="unknown", error="AccessDenied")
+    posture.refresh_all()  # what a sync does after writing instance rows
     return {"prod": prod, "dev": dev}
 
 
@@ -118,6 +119,7 @@ def overview_queries(client, accounts):
         account.sync_runs.create(region="us-east-1", started_at=timezone.now(), status="succeeded")
         MetadataDefaultsFactory(account=account)
         ChangeBatchFactory()
+    posture.refresh_all()
     with CaptureQueriesContext(connection) as ctx:
         assert client.get(OVERVIEW).status_code == 200
     return len(ctx.captured_queries)
@@ -131,3 +133,16 @@ def test_empty_fleet(viewer):
     response = viewer.get(OVERVIEW)
     assert response.status_code == 200
     assert b"No instances in the inventory yet" in response.content
+
+
+def test_summary_follows_the_rows_it_is_refreshed_from(fleet):
+    prod = fleet["prod"]
+    prod.instances.filter(region="eu-west-1").update(http_tokens="required")
+    assert posture.fleet_totals()["enforced"] == 4  # not refreshed yet: the summary is a cache
+    posture.refresh_region(prod.pk, "eu-west-1")
+    assert posture.fleet_totals()["enforced"] == 5
+    prod.instances.filter(region="eu-west-1").update(gone_at=timezone.now())
+    posture.refresh_all()
+    totals = posture.fleet_totals()
+    assert totals["total"] == 5 and totals["enforced"] == 4
+    assert [row for row in posture.compliance_by_region() if row["region"] == "eu-west-1"] == []

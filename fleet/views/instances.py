@@ -25,6 +25,19 @@ class InstanceListView(FilteredTableView):
     template_name = "fleet/instance_list.html"
     partial_template_name = "fleet/partials/instance_table.html"
 
+    # Below this many rows COUNT(*) is cheap and exact; above it the pager takes the posture
+    # summary's count (refreshed with every sync and change round) instead of counting a million
+    # rows on every page view. Only the last page can be briefly off by the rows a sync in progress
+    # has added or marked gone.
+    EXACT_COUNT_BELOW = 10_000
+
+    def get_table_data(self):
+        data = super().get_table_data()
+        known = self.filterset.summary_count()
+        if known is not None and known >= self.EXACT_COUNT_BELOW:
+            return data.with_known_count(known)
+        return data
+
 
 def instance_export(request):
     """The filtered set as CSV, streamed row by row (the fleet may be large)."""
