@@ -200,6 +200,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "fleet.tasks.sync_usage_all",
         "schedule": timedelta(minutes=IMDSWEB_USAGE_SYNC_INTERVAL_MINUTES),
     },
+    "refresh-posture": {
+        "task": "fleet.tasks.refresh_posture",
+        "schedule": timedelta(minutes=5),
+    },
     "track-pending": {
         "task": "fleet.tasks.track_pending",
         "schedule": timedelta(seconds=IMDSWEB_TRACK_PENDING_SECONDS),
