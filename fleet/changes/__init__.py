@@ -1,0 +1,35 @@
+"""The change service: plan, request, cancel, retry and roll back metadata changes.
+
+The UI, the admin, the management commands and the tests all go through these functions.
+
+An instance never has two active items: a request skips instances that already have one
+(state ``skipped``, with the batch that holds them as the reason), and the database refuses a
+second active item even if two requests race.
+"""
+
+from .planning import Plan, estimate_seconds, plan_change
+from .requests import (
+    cancel_queued,
+    instances_for,
+    request_change,
+    request_defaults_change,
+    retry_failed,
+    rollback,
+)
+from .validation import REQUIRE_IMDSV2, ChangeRefused, clean_defaults_desired, clean_instance_desired
+
+__all__ = [
+    "REQUIRE_IMDSV2",
+    "ChangeRefused",
+    "Plan",
+    "cancel_queued",
+    "clean_defaults_desired",
+    "clean_instance_desired",
+    "estimate_seconds",
+    "instances_for",
+    "plan_change",
+    "request_change",
+    "request_defaults_change",
+    "retry_failed",
+    "rollback",
+]
