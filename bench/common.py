@@ -331,17 +331,3 @@ def ec2_client(endpoint_url, region, account_id=None):
     return boto3.client("ec2", region_name=region, endpoint_url=endpoint_url,
                         aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
                         aws_session_token=creds["SessionToken"])
-
-
-def launch(ec2, count, **metadata_options):
-    """RunInstances in chunks of 500 (moto creates about 250 instances a second)."""
-    image = ec2.describe_images()["Images"][0]["ImageId"]
-    ids = []
-    while count > 0:
-        n = min(count, 500)
-        kwargs = {"ImageId": image, "MinCount": n, "MaxCount": n, "InstanceType": "t3.micro"}
-        if metadata_options:
-            kwargs["MetadataOptions"] = metadata_options
-        ids += [i["InstanceId"] for i in ec2.run_instances(**kwargs)["Instances"]]
-        count -= n
-    return ids

@@ -8,7 +8,6 @@ ratio is of the medians. The first sync (every row new) is reported on its own.
 from bench.common import (
     Timer,
     ec2_client,
-    launch,
     median,
     parse_args,
     setup_django,
@@ -16,6 +15,7 @@ from bench.common import (
     use_endpoint,
     write_result,
 )
+from imdssim.testing import launch
 
 AMBIENT_ACCOUNT = "123456789012"  # moto's default account: what plain credentials reach
 REGION = "us-east-1"

@@ -10,7 +10,8 @@ ModifyInstanceMetadataOptions: 100 at once, then 5 per second × the time scale.
 
 import os
 
-from bench.common import Timer, launch, parse_args, setup_django, truncate_fleet, write_result
+from bench.common import Timer, parse_args, setup_django, truncate_fleet, write_result
+from imdssim.testing import launch
 
 ACCOUNTS = ("720000000001", "720000000002")
 REGIONS = ("us-east-1", "eu-west-1")

@@ -9,13 +9,13 @@ and a long apply delay so AWS keeps reporting ``pending`` during the poll).
 from bench.common import (
     Timer,
     ec2_client,
-    launch,
     parse_args,
     setup_django,
     truncate_fleet,
     use_endpoint,
     write_result,
 )
+from imdssim.testing import launch
 
 ACCOUNT = "123456789012"
 REGION = "eu-west-1"

@@ -6,6 +6,8 @@ import boto3
 import pytest
 import requests
 
+from imdssim.testing import launch  # noqa: F401 - the tests import it from here
+
 AMBIENT_ACCOUNT = "123456789012"  # moto's default account: what ambient credentials reach
 
 
@@ -58,20 +60,6 @@ def ec2_in(endpoint, account_id, region):
         aws_secret_access_key=creds["SecretAccessKey"],
         aws_session_token=creds["SessionToken"],
     )
-
-
-def launch(ec2, count, **metadata_options):
-    """Launch ``count`` instances (in chunks, as moto is slow per call) and return their ids."""
-    image = ec2.describe_images()["Images"][0]["ImageId"]
-    ids = []
-    while count > 0:
-        n = min(count, 500)
-        kwargs = {"ImageId": image, "MinCount": n, "MaxCount": n, "InstanceType": "t3.micro"}
-        if metadata_options:
-            kwargs["MetadataOptions"] = metadata_options
-        ids += [i["InstanceId"] for i in ec2.run_instances(**kwargs)["Instances"]]
-        count -= n
-    return ids
 
 
 @pytest.fixture
