@@ -7,4 +7,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/services.sh
+bash scripts/tools.sh  # wrk, for bench/load_wrk.py
 exec .venv/bin/python -m bench.run "$@"

@@ -6,7 +6,6 @@ cd "$(dirname "$0")/.."
 
 bash scripts/services.sh
 bash scripts/browser.sh
-bash scripts/tools.sh
 
 export DJANGO_SETTINGS_MODULE=imdsweb.settings
 PY=.venv/bin/python
