@@ -232,7 +232,9 @@ def run_region(account_pk, region, budget=None):
             if wait > MAX_SLEEP:
                 again = wait
                 break
-            time.sleep(wait)
+            if wait > 0:
+                time.sleep(wait)  # nothing was taken: take the token once it has refilled
+                continue
             item = _claim_next(account, region)
             if item is False:
                 continue

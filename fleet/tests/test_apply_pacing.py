@@ -1,0 +1,46 @@
+"""The runner never calls AWS faster than its bucket allows (no call without a token)."""
+
+import time
+
+import pytest
+
+from fleet import apply, aws, changes, ratelimit
+from fleet.choices import ItemState
+from fleet.models import Instance
+from fleet.tests.factories import AccountFactory, InstanceFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def test_runner_paces_modify_calls_to_the_bucket(settings, monkeypatch):
+    settings.IMDSWEB_RATE_LIMITS = {**settings.IMDSWEB_RATE_LIMITS, "ModifyInstanceMetadataOptions": (3, 40.0)}
+    settings.IMDSWEB_RATE_HEADROOM = 1.0
+    settings.IMDSWEB_REDIS_URL = ""  # in-process buckets: this test's own
+    monkeypatch.setattr(ratelimit, "_redis", None)
+    monkeypatch.setattr(ratelimit, "_local", ratelimit._LocalBuckets())
+    account = AccountFactory()
+    for _ in range(30):
+        InstanceFactory(account=account)
+    batch = changes.request_change(None, Instance.objects.filter(account=account), changes.REQUIRE_IMDSV2)
+    calls = []
+
+    def fake_modify(account, region, instance_id, values, dry_run=False, token_taken=False):
+        ratelimit.acquire(account.account_id, region, "ModifyInstanceMetadataOptions", already_taken=token_taken)
+        calls.append(time.monotonic())
+        if dry_run:
+            raise aws.DryRunSucceeded("req-dry")
+        return {**values, "metadata_state": "applied", "request_id": "req"}
+
+    monkeypatch.setattr(aws, "modify_instance_metadata_options", fake_modify)
+    start = time.monotonic()
+    deadline = start + 10
+    while batch.items.filter(state=ItemState.QUEUED).exists() and time.monotonic() < deadline:
+        again = apply.run_region(account.pk, "us-east-1", budget=5)
+        if again:
+            time.sleep(again)
+    assert batch.counts()[ItemState.APPLIED] == 30
+    # 31 calls (one DryRun preflight) from a bucket of 3 refilled at 40/s (a token every 25 ms, under
+    # the runner's 50 ms sleep threshold): never ahead of the bucket.
+    for n, at in enumerate(calls, start=1):
+        assert n <= 3 + 40 * (at - start) + 1, f"call {n} came {at - start:.3f}s after the start"
+    assert calls[-1] - start >= (len(calls) - 3 - 1) / 40
