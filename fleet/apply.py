@@ -136,7 +136,9 @@ def _preflight(item):
     """
     batch, account, region = item.batch, item.account, item.region
     key = f"{account.account_id}/{region}"
-    if batch.dry_run or key in ChangeBatch.objects.get(pk=batch.pk).preflight_report:
+    # The batch row was read with the item, after any earlier preflight of this region was recorded
+    # (one runner per account/region records it before going on).
+    if batch.dry_run or key in batch.preflight_report:
         return True
     try:
         _call(item, dry_run=True, token_taken=False)

@@ -39,6 +39,7 @@ def test_runner_paces_modify_calls_to_the_bucket(settings, monkeypatch):
         if again:
             time.sleep(again)
     assert batch.counts()[ItemState.APPLIED] == 30
+    assert len(calls) == 31  # one DryRun preflight for the batch in this region, then one call per item
     # 31 calls (one DryRun preflight) from a bucket of 3 refilled at 40/s (a token every 25 ms, under
     # the runner's 50 ms sleep threshold): never ahead of the bucket.
     for n, at in enumerate(calls, start=1):
