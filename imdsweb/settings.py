@@ -189,7 +189,7 @@ IMDSWEB_RATE_LIMITS = {
 IMDSWEB_RATE_TIME_SCALE = env.float("IMDSWEB_RATE_TIME_SCALE", default=1.0)
 # Share of AWS's refill rate imdsweb uses. AWS's buckets are shared with every other caller in the
 # account, and network jitter bunches calls up: pacing at exactly AWS's rate gets throttled.
-IMDSWEB_RATE_HEADROOM = env.float("IMDSWEB_RATE_HEADROOM", default=0.98)
+IMDSWEB_RATE_HEADROOM = env.float("IMDSWEB_RATE_HEADROOM", default=0.96)
 
 CELERY_BEAT_SCHEDULE = {
     "sync-fleet": {
