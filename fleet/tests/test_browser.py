@@ -247,7 +247,7 @@ def test_viewer_has_no_working_change_buttons_and_gets_403_on_post(page, live_se
     from playwright.sync_api import expect
 
     from fleet import changes
-    from fleet.models import Instance
+    from fleet.models import ChangeBatch, Instance
 
     register_demo_fleet(stack, instances=[(SANDBOX, "eu-west-1")], defaults=False)
     some = Instance.objects.filter(account__account_id=SANDBOX, instance_state="running").values_list("pk", flat=True)[:3]
@@ -281,5 +281,5 @@ def test_viewer_has_no_working_change_buttons_and_gets_403_on_post(page, live_se
     expect(page.locator(".error-page")).to_contain_text("operator role")
     page.goto(f"/changes/new/?ids={instance.instance_id}&http_tokens=required")
     expect(page.locator("h1")).to_have_text("Not allowed")
-    assert changes.ChangeBatch.objects.count() == 1
+    assert ChangeBatch.objects.count() == 1
     assert not page.dialogs
