@@ -21,6 +21,9 @@ echo "== test suite on PostgreSQL"
 DATABASE_URL=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/imdsweb} \
     $PY -m pytest -q -p no:cacheprovider "$@"
 
-echo "== models and sync on SQLite"
+echo "== models, sync, commands, posture and the change service on SQLite (the embedded default)"
+rm -f var/test-sqlite.sqlite3
 DATABASE_URL=sqlite:///var/test-sqlite.sqlite3 \
-    $PY -m pytest -q -p no:cacheprovider fleet/tests/test_sync.py fleet/tests/test_models.py fleet/tests/test_commands.py
+    $PY -m pytest -q -p no:cacheprovider fleet/tests/test_sync.py fleet/tests/test_models.py \
+    fleet/tests/test_commands.py fleet/tests/test_posture.py fleet/tests/test_views_changes.py \
+    fleet/tests/test_views_overview.py fleet/tests/test_apply_pacing.py
