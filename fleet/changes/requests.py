@@ -18,6 +18,11 @@ from .validation import ChangeRefused, clean_defaults_desired, clean_instance_de
 log = logging.getLogger(__name__)
 
 
+def _author(user):
+    """The user to record on a batch; commands and tasks act as nobody."""
+    return user if user and user.is_authenticated else None
+
+
 def _dispatch_on_commit(batch):
     def dispatch():
         from ..tasks import dispatch_batch
@@ -40,7 +45,7 @@ def request_change(user, instances, desired, *, comment="", selection="", dry_ru
     try:
         with transaction.atomic():
             batch = ChangeBatch.objects.create(
-                created_by=user if user and user.is_authenticated else None,
+                created_by=_author(user),
                 kind=ChangeKind.INSTANCE_OPTIONS,
                 desired=desired,
                 selection=selection[:2000],
@@ -81,7 +86,7 @@ def request_defaults_change(user, targets, desired, *, comment="", dry_run=False
     try:
         with transaction.atomic():
             batch = ChangeBatch.objects.create(
-                created_by=user if user and user.is_authenticated else None,
+                created_by=_author(user),
                 kind=ChangeKind.ACCOUNT_DEFAULTS,
                 desired=desired,
                 selection=", ".join(f"{account.account_id}/{region}" for account, region in targets)[:2000],
@@ -134,7 +139,7 @@ def rollback(batch, user, comment=""):
         raise ChangeRefused("Nothing in this batch was applied, so there is nothing to roll back.")
     with transaction.atomic():
         rollback_batch = ChangeBatch.objects.create(
-            created_by=user if user and user.is_authenticated else None,
+            created_by=_author(user),
             kind=batch.kind,
             desired={},
             selection=f"rollback of batch #{batch.pk}",
