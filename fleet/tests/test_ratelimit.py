@@ -18,6 +18,14 @@ def buckets(request, settings):
     ratelimit._redis = None
 
 
+def drained_bucket(account_id="123456789012"):
+    """A bucket of the test's own with its burst of 3 spent; returns its region."""
+    region = f"test-{uuid.uuid4().hex[:8]}"
+    for _ in range(3):
+        ratelimit.try_take(account_id, region, "TestAction")
+    return region
+
+
 def test_burst_then_try_take_waits_without_taking(buckets):
     region = f"test-{uuid.uuid4().hex[:8]}"  # a bucket of this test's own
     assert [ratelimit.try_take("123456789012", region, "TestAction") for _ in range(3)] == [0, 0, 0]
@@ -36,9 +44,7 @@ def test_reserve_takes_on_credit_so_waiters_queue_up(buckets):
 
 
 def test_buckets_are_per_account_region_and_action(buckets):
-    region = f"test-{uuid.uuid4().hex[:8]}"
-    for _ in range(3):
-        ratelimit.try_take("123456789012", region, "TestAction")
+    region = drained_bucket()
     assert ratelimit.try_take("123456789012", region, "TestAction") > 0
     assert ratelimit.try_take("210987654321", region, "TestAction") == 0
     assert ratelimit.try_take("123456789012", region + "x", "TestAction") == 0
@@ -46,15 +52,11 @@ def test_buckets_are_per_account_region_and_action(buckets):
 
 def test_time_scale_speeds_up_refill(buckets, settings):
     settings.IMDSWEB_RATE_TIME_SCALE = 10.0
-    region = f"test-{uuid.uuid4().hex[:8]}"
-    for _ in range(3):
-        ratelimit.try_take("123456789012", region, "TestAction")
+    region = drained_bucket()
     assert ratelimit.try_take("123456789012", region, "TestAction") == pytest.approx(0.05, abs=0.01)
 
 
 def test_headroom_keeps_pacing_under_aws_rate(buckets, settings):
     settings.IMDSWEB_RATE_HEADROOM = 0.5
-    region = f"test-{uuid.uuid4().hex[:8]}"
-    for _ in range(3):
-        ratelimit.try_take("123456789012", region, "TestAction")
+    region = drained_bucket()
     assert ratelimit.try_take("123456789012", region, "TestAction") == pytest.approx(1.0, abs=0.05)
