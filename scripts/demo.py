@@ -174,7 +174,9 @@ def main():
             stopping = True
             raise KeyboardInterrupt
 
+    # Explicitly: a shell that starts us in the background hands SIGINT down as ignored.
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         log(f"starting the simulated AWS endpoint with the demo fleet on {sim_url}")
         stack.spawn("simulator", [sys.executable, "-m", "imdssim", "--port", str(sim_port), "--seed-demo",
