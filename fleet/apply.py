@@ -35,6 +35,7 @@ PERMISSION_CODES = frozenset(
 THROTTLE_CODES = frozenset({"RequestLimitExceeded", "Throttling", "ThrottlingException"})
 RUNNER_TTL = 60
 STOPPED_REASON = "instance is stopped: AWS applies the change when it next starts"
+POSTURE_REFRESH_SECONDS = 5
 # Yield the worker instead of sleeping when the next token is further away than this.
 MAX_SLEEP = 0.05
 
@@ -62,6 +63,11 @@ class RegionLock:
     @staticmethod
     def held(account_pk, region):
         return cache.get(f"imdsweb:runner:{account_pk}:{region}") is not None
+
+
+def _posture_refresh_due(account_pk, region):
+    """True at most once per POSTURE_REFRESH_SECONDS per account/region, across workers."""
+    return cache.add(f"imdsweb:posture:{account_pk}:{region}", 1, POSTURE_REFRESH_SECONDS)
 
 
 def _backoff_key(account_pk, region):
@@ -259,11 +265,13 @@ def run_region(account_pk, region, budget=None):
             cache.delete(_backoff_key(account_pk, region))
     finally:
         lock.release()
-        if submitted:
-            posture.refresh_region(account_pk, region)
     if again is None and ChangeItem.objects.filter(account_id=account_pk, region=region,
                                                    state=ItemState.QUEUED).exists():
         again = 0.0  # items arrived while we were finishing
+    # At AWS's rate a runner yields after almost every item: refresh the region's posture summary
+    # when its queue is done, and otherwise at most every few seconds, not once per item.
+    if submitted and (again is None or _posture_refresh_due(account_pk, region)):
+        posture.refresh_region(account_pk, region)
     return again
 
 

@@ -5,6 +5,7 @@ from django import forms
 from django.db.models import Q
 from django.http import QueryDict
 
+from . import posture
 from .choices import ChangeKind, HttpTokens, InstanceState, ItemState, MetadataState, Toggle
 from .models import Account, ChangeBatch, ChangeItem, Instance
 
@@ -91,10 +92,8 @@ class InstanceFilterSet(django_filters.FilterSet):
         used = {name for name, value in data.items() if value not in (None, "")}
         if not used <= self.SUMMARY_FILTERS or data.get("gone") != "present":
             return None
-        from .posture import present_count
-
         account = data.get("account")
-        return present_count(
+        return posture.present_count(
             account_ids=[account.pk] if account else None, regions=[data["region"]] if data.get("region") else None
         )
 

@@ -6,8 +6,6 @@ import boto3
 import pytest
 import requests
 
-from imdssim.testing import launch  # noqa: F401 - the tests import it from here
-
 AMBIENT_ACCOUNT = "123456789012"  # moto's default account: what ambient credentials reach
 
 

@@ -9,8 +9,9 @@ from django.db import connection
 from fleet import sync
 from fleet.choices import DefaultsStatus, SyncStatus
 from fleet.models import Instance, MetadataDefaults, RegionPosture, SyncRun
-from fleet.tests.conftest import AMBIENT_ACCOUNT, ec2_in, launch
+from fleet.tests.conftest import AMBIENT_ACCOUNT, ec2_in
 from fleet.tests.factories import AccountFactory
+from imdssim.testing import launch
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
