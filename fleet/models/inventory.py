@@ -1,7 +1,8 @@
 """The cached fleet: accounts, instances with their metadata options, account defaults, sync runs."""
 
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
+from django.db.models.functions import Coalesce
 from django.urls import reverse
 
 from ..choices import (
@@ -50,30 +51,7 @@ ENFORCED_AND_APPLIED = ENFORCED & Q(metadata_state=MetadataState.APPLIED)
 
 
 class InstanceQuerySet(models.QuerySet):
-    """Adds posture filters, and a count known in advance (from the posture summary) so a
-    million-row list need not COUNT(*) its rows on every page view."""
-
-    _known_count = None
-
-    def _clone(self):
-        clone = super()._clone()
-        clone._known_count = self._known_count
-        return clone
-
-    def with_known_count(self, count):
-        clone = self._chain()
-        clone._known_count = count
-        return clone
-
-    def _filter_or_exclude(self, negate, args, kwargs):
-        clone = super()._filter_or_exclude(negate, args, kwargs)
-        clone._known_count = None  # a narrower set: the known count no longer holds
-        return clone
-
-    def count(self):
-        if self._known_count is not None and not self.query.is_sliced:
-            return self._known_count
-        return super().count()
+    """Posture filters shared by the list, the overview and the change engine."""
 
     def present(self):
         return self.filter(gone_at__isnull=True)
@@ -122,14 +100,19 @@ class Instance(models.Model):
             models.UniqueConstraint(fields=["account", "region", "instance_id"], name="uniq_instance"),
         ]
         indexes = [
-            models.Index(fields=["instance_id"]),
             models.Index(fields=["account", "region", "last_seen"]),
             models.Index(fields=["http_tokens", "http_endpoint"]),
             models.Index(fields=["metadata_state"]),
             models.Index(fields=["instance_state"]),
             models.Index(fields=["hop_limit"]),
-            models.Index(fields=["name"]),
             models.Index(fields=["gone_at"]),
+            # One per sortable column of the instance list, on exactly its keyset keys
+            # (fleet.tables.InstanceTable.SORT_KEYS), so any page of any sort is an index seek.
+            models.Index(fields=["instance_id", "id"], name="instance_sort_instance_id"),
+            models.Index(fields=["name", "id"], name="instance_sort_name"),
+            models.Index(Coalesce("hop_limit", 0), F("id"), name="instance_sort_hop_limit"),
+            models.Index(Coalesce("v1_calls", -1), F("id"), name="instance_sort_v1_calls"),
+            models.Index(fields=["last_seen", "id"], name="instance_sort_last_seen"),
         ]
 
     def __str__(self):

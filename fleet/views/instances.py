@@ -9,34 +9,60 @@ from django.utils.http import urlencode
 from django.views.generic import DetailView
 from django.views.generic.edit import FormMixin
 
-from .. import csv_export
+from .. import csv_export, pagination
 from ..filters import InstanceFilterSet
 from ..forms import InstanceOptionsForm
 from ..models import Instance
-from ..tables import ChangeItemTable, InstanceTable
+from ..tables import MAX_PER_PAGE, ChangeItemTable, InstanceTable
 from ..validators import instance_id_validator
 from .base import QUEUE_CHANGE, FilteredTableView
 
 
 class InstanceListView(FilteredTableView):
+    """The fleet, a page at a time at any depth (keyset pagination, ``fleet.pagination``): the
+    pager links carry the row a page starts after (``after``) or ends before (``before``)."""
+
     queryset = Instance.objects.select_related("account")
     filterset_class = InstanceFilterSet
     table_class = InstanceTable
     template_name = "fleet/instance_list.html"
     partial_template_name = "fleet/partials/instance_table.html"
 
-    # Below this many rows COUNT(*) is cheap and exact; above it the pager takes the posture
-    # summary's count (refreshed with every sync and change round) instead of counting a million
-    # rows on every page view. Only the last page can be briefly off by the rows a sync in progress
-    # has added or marked gone.
-    EXACT_COUNT_BELOW = 10_000
+    # Counting is exact up to this many rows and stops there; beyond it the posture summary gives
+    # the count when the filter is one it knows (account, region), else the page says "10,000+".
+    COUNT_BOUND = 10_000
 
-    def get_table_data(self):
-        data = super().get_table_data()
+    def get_table(self, **kwargs):
+        params = self.request.GET
+        sort, ordering = self.table_class.ordering_for(params.get("sort"))
+        after, before = (pagination.parse_cursor(params.get(key)) for key in ("after", "before"))
+        self.page = pagination.page(
+            self.get_table_data(), ordering, self._per_page(params.get("per_page")),
+            after=after or None, before=before or None, last=params.get("last") == "1",
+        )
+        self.bad_cursor = after is False or before is False or self.page.stale_cursor
+        table = self.table_class(data=pagination.PageData(self.page.rows), order_by=sort or None, **kwargs)
+        table.keyset = self.page
+        return table
+
+    @staticmethod
+    def _per_page(value):
+        try:
+            return min(max(int(value), 1), MAX_PER_PAGE)
+        except (TypeError, ValueError):
+            return InstanceTable._meta.per_page
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        counted = pagination.bounded_count(self.get_table_data(), self.COUNT_BOUND + 1)
         known = self.filterset.summary_count()
-        if known is not None and known >= self.EXACT_COUNT_BELOW:
-            return data.with_known_count(known)
-        return data
+        if counted <= self.COUNT_BOUND:
+            total, at_least = counted, False
+        elif known is not None:
+            total, at_least = known, False
+        else:
+            total, at_least = self.COUNT_BOUND, True
+        return context | {"total": total, "total_at_least": at_least, "bad_cursor": self.bad_cursor}
 
 
 def instance_export(request):

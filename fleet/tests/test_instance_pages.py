@@ -1,0 +1,187 @@
+"""The instance list's keyset pages and bounded count (fleet.pagination): every sort walks the
+whole list both ways without gaps or repeats, stale links say so, and each sort is an index seek."""
+
+import re
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
+
+from fleet import pagination, posture
+from fleet.models import Instance
+from fleet.tables import InstanceTable
+from fleet.tests.factories import AccountFactory, InstanceFactory
+from fleet.views.instances import InstanceListView
+
+pytestmark = pytest.mark.django_db
+LIST = reverse("fleet:instance_list")
+SORTS = [f"{sign}{name}" for name in InstanceTable.SORT_KEYS for sign in ("", "-")]
+
+
+def ids(response):
+    return [row.record.instance_id for row in response.context["table"].paginated_rows]
+
+
+def link(response, rel):
+    match = re.search(rf'href="([^"]*)" rel="{rel}"', response.content.decode())
+    return match and LIST + match.group(1).replace("&amp;", "&")
+
+
+@pytest.fixture
+def fleet():
+    """31 instances over two accounts and regions, with ties in every sort key and NULLs."""
+    accounts = [AccountFactory(name="b-prod"), AccountFactory(name="a-dev")]
+    seen = timezone.now()
+    return [
+        InstanceFactory(
+            account=accounts[n % 2], region=("us-east-1", "eu-west-1")[n % 3 % 2], name=f"node-{n % 4}",
+            hop_limit=None if n % 7 == 0 else 1 + n % 3, v1_calls=None if n % 5 == 0 else n % 3,
+            last_seen=seen - timezone.timedelta(minutes=n % 6),
+        )
+        for n in range(31)
+    ]
+
+
+def expected_order(sort):
+    _, ordering = InstanceTable.ordering_for(sort)
+    queryset, _ = pagination.ordered(Instance.objects.present(), ordering)
+    return list(queryset.values_list("instance_id", flat=True))
+
+
+@pytest.mark.parametrize("sort", SORTS)
+def test_every_sort_walks_forward_and_back_without_gaps_or_repeats(viewer, fleet, sort):
+    url, pages = f"{LIST}?sort={sort}&per_page=7", []
+    while url:
+        response = viewer.get(url)
+        assert response.status_code == 200
+        pages.append(ids(response))
+        url = link(response, "next")
+    assert [i for page in pages for i in page] == expected_order(sort)
+    assert [len(page) for page in pages] == [7, 7, 7, 7, 3]
+    # And back from the last page, one page at a time.
+    url, back = link(response, "prev"), []
+    while url:
+        response = viewer.get(url)
+        back.append(ids(response))
+        url = link(response, "prev")
+    assert back == pages[-2::-1]
+
+
+def test_last_page_and_first_page_links(viewer, fleet):
+    last = viewer.get(f"{LIST}?sort=name&per_page=7&last=1")
+    assert ids(last) == expected_order("name")[-7:]
+    assert link(last, "next") is None and link(last, "prev")
+    first = viewer.get(f"{LIST}?sort=name&per_page=7")
+    assert link(first, "prev") is None
+    assert "« first" not in first.content.decode() and "last »" in first.content.decode()
+
+
+def test_previous_from_near_the_start_shows_a_full_first_page(viewer, fleet):
+    third = expected_order("")[3]
+    pk = Instance.objects.get(instance_id=third).pk
+    response = viewer.get(f"{LIST}?per_page=7&before={pk}")
+    assert ids(response) == expected_order("")[:7]
+
+
+@pytest.mark.parametrize("cursor", ["after=999999999", "before=999999999", "after=abc", "after=-3", "before=1e9",
+                                    "after=" + "9" * 40])
+def test_stale_or_bad_cursor_shows_the_first_page_and_says_so(viewer, fleet, cursor):
+    response = viewer.get(f"{LIST}?per_page=7&{cursor}")
+    assert response.status_code == 200
+    assert ids(response) == expected_order("")[:7]
+    assert "no longer points at a listed instance" in response.content.decode()
+
+
+def test_cursor_outside_the_filter_still_places_the_page(viewer, fleet):
+    # A page link made before the filter changed: the row is not listed but still orders the page.
+    gone = fleet[10]
+    Instance.objects.filter(pk=gone.pk).update(gone_at=timezone.now())
+    response = viewer.get(f"{LIST}?sort=instance_id&after={gone.pk}")
+    assert ids(response) == [i for i in expected_order("instance_id") if i > gone.instance_id]
+
+
+@pytest.mark.parametrize("sort", ["http_tokens", "-region", "nonsense", "-", "account__name"])
+def test_unsortable_columns_fall_back_to_the_default_order(viewer, fleet, sort):
+    response = viewer.get(f"{LIST}?sort={sort}")
+    assert response.status_code == 200
+    assert ids(response) == expected_order("")[:50]
+
+
+def test_sort_links_start_again_at_the_first_page(viewer, fleet):
+    html = viewer.get(f"{LIST}?per_page=7&after={fleet[3].pk}").content.decode()
+    sort_links = re.findall(r'href="([^"]*sort=[^"]*)"', html)
+    assert sort_links and not any("after=" in href for href in sort_links)
+
+
+def test_the_table_sorts_exactly_the_columns_that_have_keys():
+    table = InstanceTable([])
+    orderable = {column.name for column in table.columns if column.orderable}
+    assert orderable == set(InstanceTable.SORT_KEYS)
+
+
+def test_count_is_exact_below_the_bound_then_from_the_summary_or_a_lower_bound(viewer, fleet, monkeypatch):
+    assert viewer.get(LIST).context["total"] == 31
+    monkeypatch.setattr(InstanceListView, "COUNT_BOUND", 10)
+    posture.refresh_all()
+    account = fleet[0].account
+    by_account = viewer.get(f"{LIST}?account={account.account_id}")
+    assert (by_account.context["total"], by_account.context["total_at_least"]) == (16, False)  # the summary
+    filtered = viewer.get(f"{LIST}?http_tokens=optional")
+    assert (filtered.context["total"], filtered.context["total_at_least"]) == (10, True)
+    assert "<strong>10+</strong> instances match" in filtered.content.decode()
+
+
+def test_a_deep_page_costs_the_same_queries_as_the_first(viewer, fleet):
+    def queries(url):
+        with CaptureQueriesContext(connection) as ctx:
+            assert viewer.get(url).status_code == 200
+        return len(ctx.captured_queries)
+
+    first = queries(f"{LIST}?sort=-last_seen&http_tokens=optional&per_page=7")
+    deep = queries(f"{LIST}?sort=-last_seen&http_tokens=optional&per_page=7&after={fleet[20].pk}")
+    assert deep == first + 1  # the cursor's row
+    InstanceFactory.create_batch(40, account=fleet[0].account)
+    assert queries(f"{LIST}?sort=-last_seen&http_tokens=optional&per_page=7&after={fleet[20].pk}") == deep
+
+
+def plan(queryset):
+    """The plan PostgreSQL would pick if a table scan and a sort cost the earth."""
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute("SET LOCAL enable_sort = off")
+        cursor.execute("SET LOCAL enable_incremental_sort = off")
+        sql, params = queryset.query.sql_with_params()
+        cursor.execute(f"EXPLAIN {sql}", params)
+        return "\n".join(row[0] for row in cursor.fetchall())
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="index plans are PostgreSQL's")
+@pytest.mark.parametrize("sort", SORTS)
+def test_every_sort_is_an_index_seek_at_any_depth(fleet, sort):
+    _, ordering = InstanceTable.ordering_for(sort)
+    anchor = pagination._position(Instance.objects, ordering, fleet[15].pk)
+    deep = pagination._beyond(Instance.objects.all(), ordering, anchor)[:51]
+    text = plan(deep)
+    assert "Sort" not in text, text
+    assert "Index" in text and "Cond" in text, text  # the row comparison is the index condition
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="trigram indexes are PostgreSQL's")
+def test_search_uses_the_trigram_and_prefix_indexes(fleet):
+    from fleet.filters import InstanceFilterSet
+
+    text = plan(InstanceFilterSet().filter_q(Instance.objects.order_by(), "q", "ode-1"))
+    assert "instance_search_name" in text and "instance_search_id" in text, text
+
+
+def test_the_written_out_rows_match_the_table_columns(viewer, fleet):
+    html = viewer.get(f"{LIST}?per_page=3").content.decode()
+    head = html[html.index("<thead"):html.index("</thead>")]
+    first_row = html[html.index("<tbody"):].split("</tr>")[0]
+    assert head.count("<th ") == first_row.count("<td") == len(InstanceTable([]).columns)
+    # The cells carry the same values the columns name, in the same order.
+    instance = Instance.objects.present().order_by("account_id", "region", "instance_id").first()
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", first_row, re.S)
+    assert instance.instance_id in cells[1] and instance.name == cells[2] and instance.region == cells[4]
