@@ -123,6 +123,10 @@ class LiveStack:
                         "KEY_PREFIX": "imdsweb"}
         }
         app.conf.broker_url = django_settings.CELERY_BROKER_URL
+        # Celery reads CELERY_BROKER_URL from the environment before its configuration: without
+        # this, a process started with one (bench.run's) publishes the tasks this process sends
+        # (a batch's dispatch) to a broker no worker of this stack consumes.
+        os.environ["CELERY_BROKER_URL"] = env["CELERY_BROKER_URL"]
         app.close()  # drop pooled connections to the previous broker
         ratelimit._redis = None
         for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
