@@ -230,6 +230,10 @@ def run_region(account_pk, region, budget=None):
     submitted = 0
     try:
         account = Account.objects.get(pk=account_pk)
+        try:
+            aws.prepare_modify(account, region)
+        except aws.AwsError:
+            pass  # the first call meets the same error and records it on its item
         deadline = time.monotonic() + budget
         while True:
             if time.monotonic() > deadline:

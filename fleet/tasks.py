@@ -3,11 +3,18 @@
 import logging
 
 from celery import shared_task
+from celery.signals import worker_init
 
-from . import apply, posture, sync, usage
+from . import apply, aws, posture, sync, usage
 from .models import Account
 
 log = logging.getLogger(__name__)
+
+
+@worker_init.connect
+def warm_up_aws(**kwargs):
+    """Parse the AWS service models once, in the worker's main process, before it forks its pool."""
+    aws.warm_up()
 
 
 @shared_task(ignore_result=True)

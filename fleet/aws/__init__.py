@@ -11,8 +11,10 @@ from .ec2 import (
     get_instance_metadata_defaults,
     modify_instance_metadata_defaults,
     modify_instance_metadata_options,
+    prepare_modify,
 )
 from .errors import AwsError, DryRunSucceeded, PermanentAwsError, RetryableAwsError
+from .session import warm_up
 
 __all__ = [
     "AwsError",
@@ -25,4 +27,6 @@ __all__ = [
     "get_metadata_usage",
     "modify_instance_metadata_defaults",
     "modify_instance_metadata_options",
+    "prepare_modify",
+    "warm_up",
 ]

@@ -52,6 +52,15 @@ def describe_instances_by_ids(account, region, instance_ids):
             yield from page
 
 
+def prepare_modify(account, region):
+    """Build the client the modify calls use (AssumeRole included), before any token is taken.
+
+    The change engine takes a token and calls at once; a client built in between would hold the
+    token while AWS's bucket, which only sees the call, refills on its own schedule.
+    """
+    call(client, account, region, "ec2", max_attempts=1)
+
+
 def modify_instance_metadata_options(account, region, instance_id, changes, dry_run=False, token_taken=False):
     """Send only ``changes`` (our field names). Returns the response's options and request id.
 

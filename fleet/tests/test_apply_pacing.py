@@ -45,3 +45,39 @@ def test_runner_paces_modify_calls_to_the_bucket(settings, monkeypatch):
     for n, at in enumerate(calls, start=1):
         assert n <= 3 + 40 * (at - start) + 1, f"call {n} came {at - start:.3f}s after the start"
     assert calls[-1] - start >= (len(calls) - 3 - 1) / 40
+
+
+def _local_buckets(settings, monkeypatch, capacity, refill):
+    settings.IMDSWEB_RATE_LIMITS = {**settings.IMDSWEB_RATE_LIMITS, "ModifyInstanceMetadataOptions": (capacity, refill)}
+    settings.IMDSWEB_RATE_HEADROOM = 1.0
+    settings.IMDSWEB_REDIS_URL = ""
+    monkeypatch.setattr(ratelimit, "_redis", None)
+    monkeypatch.setattr(ratelimit, "_local", ratelimit._LocalBuckets())
+
+
+def _fake_modify(events):
+    def fake_modify(account, region, instance_id, values, dry_run=False, token_taken=False):
+        ratelimit.acquire(account.account_id, region, "ModifyInstanceMetadataOptions", already_taken=token_taken)
+        events.append("dry run" if dry_run else "modify")
+        if dry_run:
+            raise aws.DryRunSucceeded("req-dry")
+        return {**values, "metadata_state": "pending", "request_id": "req"}
+
+    return fake_modify
+
+
+def test_runner_builds_its_aws_client_before_taking_a_token(settings, monkeypatch, aws_env):
+    # A client built after the token was taken (AssumeRole, a cold process) holds the token while
+    # AWS's bucket, which only sees the call, keeps its own schedule: our bucket would run ahead.
+    _local_buckets(settings, monkeypatch, 100, 5.0)
+    account = AccountFactory()
+    InstanceFactory(account=account)
+    changes.request_change(None, Instance.objects.filter(account=account), changes.REQUIRE_IMDSV2)
+    events = []
+    monkeypatch.setattr(aws, "prepare_modify", lambda account, region: events.append("prepare"))
+    real_try_take = ratelimit.try_take
+    monkeypatch.setattr(ratelimit, "try_take", lambda *args: events.append("take") or real_try_take(*args))
+    monkeypatch.setattr(aws, "modify_instance_metadata_options", _fake_modify(events))
+    assert apply.run_region(account.pk, "us-east-1", budget=5) is None
+    assert events[:2] == ["prepare", "take"] and events.count("prepare") == 1
+    assert events.count("modify") == 1
