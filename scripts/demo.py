@@ -186,7 +186,7 @@ def main():
 
         log("starting the Celery worker and beat")
         stack.spawn("worker", [sys.executable, "-m", "celery", "-A", "imdsweb", "worker", "-l", "info",
-                               "-c", "2", "--without-gossip", "--without-mingle"], env, quiet=True)
+                               "-c", "2", "-O", "fair", "--without-gossip", "--without-mingle"], env, quiet=True)
         stack.spawn("beat", [sys.executable, "-m", "celery", "-A", "imdsweb", "beat", "-l", "info",
                              "-s", str(VAR / "celerybeat-schedule")], env, quiet=True)
         log("starting the web server")

@@ -144,7 +144,8 @@ class LiveStack:
     def start_worker(self, concurrency=2):
         name = f"worker{len(self.workers)}"
         process = self._spawn(
-            ["worker", "-l", "info", "-c", str(concurrency), "-n", f"{name}@%h", "--without-gossip",
+            # -O fair, as deployed: a resumed runner never waits in a busy pool process's pipe.
+            ["worker", "-l", "info", "-c", str(concurrency), "-O", "fair", "-n", f"{name}@%h", "--without-gossip",
              "--without-mingle", "--without-heartbeat"],
             name,
         )
