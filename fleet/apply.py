@@ -34,6 +34,8 @@ PERMISSION_CODES = frozenset(
 )
 THROTTLE_CODES = frozenset({"RequestLimitExceeded", "Throttling", "ThrottlingException"})
 RUNNER_TTL = 60
+# A runner renews its lock at most this often (a Redis round trip per item is not needed).
+RUNNER_RENEW_SECONDS = 5
 STOPPED_REASON = "instance is stopped: AWS applies the change when it next starts"
 POSTURE_REFRESH_SECONDS = 5
 # Yield the worker instead of sleeping when the next token is further away than this.
@@ -51,10 +53,13 @@ class RegionLock:
         self.token = uuid.uuid4().hex
 
     def acquire(self):
+        self.renewed = time.monotonic()
         return cache.add(self.key, self.token, RUNNER_TTL)
 
     def refresh(self):
-        cache.touch(self.key, RUNNER_TTL)
+        if time.monotonic() - self.renewed >= RUNNER_RENEW_SECONDS:
+            cache.touch(self.key, RUNNER_TTL)
+            self.renewed = time.monotonic()
 
     def release(self):
         if cache.get(self.key) == self.token:
@@ -86,20 +91,25 @@ def _backoff(account_pk, region):
 
 
 def _claim_next(account, region):
-    candidate = (
+    """Claim the next queued item of this account/region: (item, None when none is left, False when
+    another worker took it first). Two statements: read it with what submitting needs, then the
+    conditional UPDATE that makes it ours."""
+    item = (
         ChangeItem.objects.filter(account=account, region=region, state=ItemState.QUEUED)
+        .select_related("batch", "instance", "account")
         .order_by("id")
-        .values_list("pk", flat=True)
         .first()
     )
-    if candidate is None:
+    if item is None:
         return None
-    claimed = ChangeItem.objects.filter(pk=candidate, state=ItemState.QUEUED).update(
-        state=ItemState.SUBMITTING, claimed_at=timezone.now(), attempts=F("attempts") + 1
+    now = timezone.now()
+    claimed = ChangeItem.objects.filter(pk=item.pk, state=ItemState.QUEUED).update(
+        state=ItemState.SUBMITTING, claimed_at=now, attempts=F("attempts") + 1
     )
     if not claimed:
         return False  # another worker took it between our read and our update
-    return ChangeItem.objects.select_related("batch", "instance", "account").get(pk=candidate)
+    item.state, item.claimed_at, item.attempts = ItemState.SUBMITTING, now, item.attempts + 1
+    return item
 
 
 def _finish(item, state, **fields):
@@ -207,12 +217,13 @@ def submit(item):
                 error_code="", error_message="")
         return None
     state = ItemState.APPLIED if result["metadata_state"] == MetadataState.APPLIED else ItemState.PENDING
-    Instance.objects.filter(pk=item.instance_id).update(
-        metadata_state=result["metadata_state"] or MetadataState.PENDING,
-        **{name: result[name] for name in INSTANCE_OPTION_FIELDS if result.get(name) is not None},
-    )
-    _finish(item, state, request_id=result["request_id"], submitted_at=timezone.now(), error_code="",
-            error_message="")
+    with transaction.atomic():  # one commit for the item and its instance
+        Instance.objects.filter(pk=item.instance_id).update(
+            metadata_state=result["metadata_state"] or MetadataState.PENDING,
+            **{name: result[name] for name in INSTANCE_OPTION_FIELDS if result.get(name) is not None},
+        )
+        _finish(item, state, request_id=result["request_id"], submitted_at=timezone.now(), error_code="",
+                error_message="")
     return None
 
 
@@ -228,6 +239,7 @@ def run_region(account_pk, region, budget=None):
         return None
     again = None
     submitted = 0
+    streak_cleared = False
     try:
         account = Account.objects.get(pk=account_pk)
         try:
@@ -266,7 +278,9 @@ def run_region(account_pk, region, budget=None):
                 again = _backoff(account_pk, region)
                 log.info("%s/%s: %s, backing off %.1fs", account.account_id, region, error.code, again)
                 break
-            cache.delete(_backoff_key(account_pk, region))
+            if not streak_cleared:  # AWS took a call: the backoff streak starts over
+                cache.delete(_backoff_key(account_pk, region))
+                streak_cleared = True
     finally:
         lock.release()
     if again is None and ChangeItem.objects.filter(account_id=account_pk, region=region,

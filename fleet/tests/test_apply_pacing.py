@@ -81,3 +81,28 @@ def test_runner_builds_its_aws_client_before_taking_a_token(settings, monkeypatc
     assert apply.run_region(account.pk, "us-east-1", budget=5) is None
     assert events[:2] == ["prepare", "take"] and events.count("prepare") == 1
     assert events.count("modify") == 1
+
+
+def test_runner_db_statements_per_item(settings, monkeypatch, aws_env):
+    """Per item: read the next item with its batch, instance and account; claim it (conditional
+    UPDATE); record the outcome on the instance and the item (one transaction)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    _local_buckets(settings, monkeypatch, 100, 5.0)
+    monkeypatch.setattr(aws, "prepare_modify", lambda account, region: None)
+    monkeypatch.setattr(aws, "modify_instance_metadata_options", _fake_modify([]))
+    counts = {}
+    for size in (5, 15):
+        account = AccountFactory()
+        for _ in range(size):
+            InstanceFactory(account=account)
+        batch = changes.request_change(None, Instance.objects.filter(account=account), changes.REQUIRE_IMDSV2)
+        with CaptureQueriesContext(connection) as queries:
+            assert apply.run_region(account.pk, "us-east-1", budget=5) is None
+        assert batch.counts()[ItemState.PENDING] == size
+        counts[size] = [q["sql"] for q in queries if not q["sql"].upper().startswith(("SAVEPOINT", "RELEASE"))]
+    per_item = (len(counts[15]) - len(counts[5])) / 10
+    assert per_item == 4
+    item = batch.items.first()
+    assert item.attempts == 1 and item.submitted_at and item.claimed_at
