@@ -81,20 +81,29 @@ class InstanceFilterSet(django_filters.FilterSet):
             return queryset.filter(gone_at__isnull=False)
         return queryset
 
-    # Filters whose count the posture summary already knows (it counts present instances).
-    SUMMARY_FILTERS = {"account", "region", "gone"}
+    # Filters the posture summary rows are keyed by (it counts present instances).
+    SUMMARY_KEYS = {"account", "region", "gone"}
 
     def summary_count(self):
-        """The count of an account/region-only list from the posture summary, else None."""
+        """This filter's count from the posture summary (account, region and at most one other
+        filter it counts: fleet.posture.SUMMARY_COUNTS), else None."""
         if not self.is_valid():
             return None
         data = self.form.cleaned_data
         used = {name for name, value in data.items() if value not in (None, "")}
-        if not used <= self.SUMMARY_FILTERS or data.get("gone") != "present":
+        others = used - self.SUMMARY_KEYS
+        if data.get("gone") != "present" or len(others) > 1:
             return None
+        counter = None
+        if others:
+            name = others.pop()
+            counter = posture.summary_counter(name, data[name])
+            if counter is None:
+                return None
         account = data.get("account")
         return posture.present_count(
-            account_ids=[account.pk] if account else None, regions=[data["region"]] if data.get("region") else None
+            account_ids=[account.pk] if account else None, regions=[data["region"]] if data.get("region") else None,
+            counter=counter,
         )
 
     @property

@@ -16,6 +16,7 @@ from django.utils import timezone
 from .choices import (
     DefaultsHttpTokens,
     DefaultsStatus,
+    HttpTokens,
     InstanceState,
     ItemState,
     ManagedBy,
@@ -51,6 +52,7 @@ def _counters():
         "total": Count("id"),
         "enforced": Count("id", filter=ENFORCED),
         "enforced_applied": Count("id", filter=ENFORCED_AND_APPLIED),
+        "tokens_required": Count("id", filter=Q(http_tokens=HttpTokens.REQUIRED)),
         "pending": Count("id", filter=Q(metadata_state=MetadataState.PENDING)),
         "endpoint_disabled": Count("id", filter=Q(http_endpoint=Toggle.DISABLED)),
         "hop_limit_over_1": Count("id", filter=Q(hop_limit__gt=1)),
@@ -162,14 +164,40 @@ def hop_limit_distribution():
     return sorted(((hop, n) for hop, n in totals.items() if n), key=lambda pair: (pair[0] is None, pair[0] or 0))
 
 
-def present_count(account_ids=None, regions=None):
-    """How many present instances match an account/region-only filter, from the summary rows."""
-    rows = RegionPosture.objects.all()
+# The one filter besides account and region whose count a summary row knows: (filter, value) ->
+# the count in that row. The instance list shows these exactly at any size (fleet.filters).
+SUMMARY_COUNTS = {
+    ("http_tokens", HttpTokens.REQUIRED): lambda row: row.tokens_required,
+    ("http_tokens", HttpTokens.OPTIONAL): lambda row: row.total - row.tokens_required,
+    ("http_endpoint", Toggle.DISABLED): lambda row: row.endpoint_disabled,
+    ("http_endpoint", Toggle.ENABLED): lambda row: row.total - row.endpoint_disabled,
+    ("instance_metadata_tags", Toggle.ENABLED): lambda row: row.tags_enabled,
+    ("instance_metadata_tags", Toggle.DISABLED): lambda row: row.total - row.tags_enabled,
+    ("metadata_state", MetadataState.PENDING): lambda row: row.pending,
+    ("metadata_state", MetadataState.APPLIED): lambda row: row.total - row.pending,
+    ("v1_usage", "yes"): lambda row: row.v1_in_use,
+    ("v1_usage", "no"): lambda row: row.v1_measured - row.v1_in_use,
+    ("v1_usage", "unknown"): lambda row: row.total - row.v1_measured,
+}
+
+
+def summary_counter(name, value):
+    """How a summary row counts the instances matching ``name=value``, or None if it cannot."""
+    if name == "hop_limit":
+        return lambda row: row.hop_limits.get(str(value), 0)
+    return SUMMARY_COUNTS.get((name, value))
+
+
+def present_count(account_ids=None, regions=None, counter=None):
+    """How many present instances match, from the summary rows: account and region, and at most
+    one other filter through ``counter`` (from :func:`summary_counter`)."""
+    rows = RegionPosture.objects.order_by()
     if account_ids:
         rows = rows.filter(account_id__in=account_ids)
     if regions:
         rows = rows.filter(region__in=regions)
-    return sum(rows.values_list("total", flat=True))
+    counter = counter or (lambda row: row.total)
+    return sum(counter(row) for row in rows.only("total", *COUNTERS, "hop_limits"))
 
 
 def defaults_summary():

@@ -15,6 +15,7 @@ COUNTERS = (
     "total",
     "enforced",
     "enforced_applied",
+    "tokens_required",
     "pending",
     "endpoint_disabled",
     "hop_limit_over_1",
@@ -34,6 +35,7 @@ class RegionPosture(models.Model):
     total = models.PositiveIntegerField(default=0)
     enforced = models.PositiveIntegerField(default=0)
     enforced_applied = models.PositiveIntegerField(default=0)
+    tokens_required = models.PositiveIntegerField(default=0)
     pending = models.PositiveIntegerField(default=0)
     endpoint_disabled = models.PositiveIntegerField(default=0)
     hop_limit_over_1 = models.PositiveIntegerField(default=0)

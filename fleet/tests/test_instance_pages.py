@@ -126,11 +126,30 @@ def test_count_is_exact_below_the_bound_then_from_the_summary_or_a_lower_bound(v
     monkeypatch.setattr(InstanceListView, "COUNT_BOUND", 10)
     posture.refresh_all()
     account = fleet[0].account
-    by_account = viewer.get(f"{LIST}?account={account.account_id}")
-    assert (by_account.context["total"], by_account.context["total_at_least"]) == (16, False)  # the summary
-    filtered = viewer.get(f"{LIST}?http_tokens=optional")
-    assert (filtered.context["total"], filtered.context["total_at_least"]) == (10, True)
-    assert "<strong>10+</strong> instances match" in filtered.content.decode()
+
+    def count(query):
+        response = viewer.get(f"{LIST}?{query}")
+        return response.context["total"], response.context["total_at_least"]
+
+    assert count(f"account={account.account_id}") == (16, False)  # from the summary
+    assert count("http_tokens=optional") == (31, False)
+    assert count(f"account={account.account_id}&region=us-east-1&http_tokens=optional") == (
+        Instance.objects.filter(account=account, region="us-east-1").count(), False)
+    # Two posture filters: the summary cannot tell, so the count stops at the bound.
+    assert count("http_tokens=optional&http_endpoint=enabled") == (10, True)
+    assert "<strong>10+</strong> instances match" in viewer.get(f"{LIST}?q=node").content.decode()
+
+
+@pytest.mark.parametrize("name, value", [*posture.SUMMARY_COUNTS, ("hop_limit", 2), ("hop_limit", 64)])
+def test_every_summary_count_agrees_with_counting_the_rows(fleet, name, value):
+    from fleet.filters import InstanceFilterSet
+
+    Instance.objects.filter(pk__in=[i.pk for i in fleet[:9]]).update(
+        http_tokens="required", http_endpoint="disabled", instance_metadata_tags="enabled", metadata_state="pending")
+    posture.refresh_all()
+    for account in {i.account for i in fleet}:
+        filterset = InstanceFilterSet({name: value, "account": account.account_id}, queryset=Instance.objects.all())
+        assert filterset.summary_count() == filterset.qs.count(), (name, value, account)
 
 
 def test_a_deep_page_costs_the_same_queries_as_the_first(viewer, fleet):

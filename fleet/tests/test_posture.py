@@ -24,21 +24,26 @@ def test_refresh_counts_one_account_region():
     assert not RegionPosture.objects.filter(region="eu-west-1").exists()  # only what was asked
 
 
-def test_a_large_unfiltered_list_takes_its_count_from_the_summary(viewer):
+def test_a_large_list_takes_its_count_from_the_summary(viewer, monkeypatch):
+    from fleet.views.instances import InstanceListView
+
+    monkeypatch.setattr(InstanceListView, "COUNT_BOUND", 2)
     account = AccountFactory(account_id="111111111111")
-    InstanceFactory.create_batch(3, account=account)
+    InstanceFactory.create_batch(3, account=account, http_tokens="optional")
     posture.refresh_all()
     RegionPosture.objects.filter(account=account).update(total=25_000)  # as if a large fleet
     with CaptureQueriesContext(connection) as ctx:
         html = viewer.get(reverse("fleet:instance_list") + "?account=111111111111").content.decode()
-    assert "25,000" in html
-    assert not [q for q in ctx.captured_queries if "COUNT(" in q["sql"] and "fleet_instance" in q["sql"]]
+    assert "<strong>25,000</strong> instances match" in html
+    counts = [q["sql"] for q in ctx.captured_queries if "COUNT(" in q["sql"] and "fleet_instance" in q["sql"]]
+    assert len(counts) == 1 and "LIMIT 3" in counts[0]  # one count, and it stops at the bound
 
 
-def test_a_filtered_list_still_counts_exactly(viewer):
+def test_a_small_list_counts_exactly_whatever_the_summary_says(viewer):
     account = AccountFactory(account_id="111111111111")
     InstanceFactory.create_batch(3, account=account, http_tokens="optional")
     posture.refresh_all()
-    RegionPosture.objects.filter(account=account).update(total=25_000)
-    html = viewer.get(reverse("fleet:instance_list") + "?http_tokens=optional").content.decode()
-    assert "25,000" not in html and "<strong>3</strong> instances match" in html
+    RegionPosture.objects.filter(account=account).update(total=25_000)  # a summary not refreshed yet
+    for query in ("", "?http_tokens=optional", "?account=111111111111"):
+        html = viewer.get(reverse("fleet:instance_list") + query).content.decode()
+        assert "25,000" not in html and "<strong>3</strong> instances match" in html
