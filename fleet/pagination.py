@@ -94,19 +94,20 @@ def _beyond(queryset, ordering, position):
 
 
 def page(queryset, ordering, per_page, after=None, before=None, last=False):
-    """One page of ``queryset`` in ``ordering``: after row ``after``, before row ``before``, the
-    last page, or else the first. One query, plus one to find a cursor's row."""
+    """One page of ``queryset`` in ``ordering``: after row ``after``, else before row ``before``,
+    else the last page if ``last``, else the first. One query, plus one to find a cursor's row."""
+    before = None if after else before
     cursor = after or before
     position = _position(queryset, ordering, cursor) if cursor else None
     if cursor and position is None:
-        page_ = page(queryset, ordering, per_page)
-        page_.stale_cursor = True
-        return page_
-    if before or last:
+        first = page(queryset, ordering, per_page)
+        first.stale_cursor = True
+        return first
+    if before or (last and not cursor):
         rows = list(_beyond(queryset, ordering.reversed(), position)[: per_page + 1])
         more = len(rows) > per_page
         rows = rows[:per_page][::-1]
-        if len(rows) < per_page and (before or more):
+        if before and len(rows) < per_page:
             return page(queryset, ordering, per_page)  # fewer than a page before it: the first page
         return KeysetPage(rows, has_previous=more, has_next=bool(before))
     rows = list(_beyond(queryset, ordering, position)[: per_page + 1])

@@ -204,3 +204,10 @@ def test_the_written_out_rows_match_the_table_columns(viewer, fleet):
     instance = Instance.objects.present().order_by("account_id", "region", "instance_id").first()
     cells = re.findall(r"<td[^>]*>(.*?)</td>", first_row, re.S)
     assert instance.instance_id in cells[1] and instance.name == cells[2] and instance.region == cells[4]
+
+
+def test_conflicting_cursors_follow_after(viewer, fleet):
+    order = expected_order("")
+    anchor = Instance.objects.get(instance_id=order[9])
+    for query in (f"after={anchor.pk}&before={anchor.pk}", f"after={anchor.pk}&last=1"):
+        assert ids(viewer.get(f"{LIST}?per_page=5&{query}")) == order[10:15]
