@@ -131,7 +131,7 @@ def main(argv=None):
     main_met = results[0][1]  # the run at AWS's real rate (quick: the only run)
     measured = "; ".join(
         f"scale {f['time_scale']:g}{' (capacity of this machine)' if f['time_scale'] > 1 and not args.quick else ''}: "
-        f"{f['efficiency_pct']:.0f} % ({f['items_per_s']:.0f}/s of "
+        f"{f['efficiency_pct']:.1f} % ({f['items_per_s']:.0f}/s of "
         f"{f['theoretical_items_per_s'] or float('inf'):.0f}/s), {f['failed']} failed, {f['throttled_pct']:.1f} % throttled, "
         f"CPU {f['machine_cpu_busy_pct']:.0f} %"
         for f, _ in results
