@@ -57,6 +57,13 @@ def drop_database(name):
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def checkpoint(name):
+    import psycopg
+
+    with psycopg.connect(dbname=name, autocommit=True, **PG) as conn:
+        conn.execute("CHECKPOINT")
+
+
 def machine():
     meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -105,6 +112,7 @@ def main(argv=None):
             part = work / f"{name}.json"
             command = [sys.executable, "-m", f"bench.{name}", "--out", str(part), *(["--quick"] if args.quick else [])]
             print(f"== {name}", flush=True)
+            checkpoint(database)  # the previous benchmark's writes are not flushed during this one
             began = time.monotonic()
             completed = subprocess.run(command, cwd=ROOT, env=env)
             if completed.returncode or not part.exists():

@@ -85,8 +85,21 @@ class ChangeBatch(models.Model):
 
 
 class ChangeItem(models.Model):
-    batch = models.ForeignKey(ChangeBatch, on_delete=models.PROTECT, related_name="items")
-    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="+")
+    # No database constraint on these two: a bulk request inserts up to a million items in one
+    # INSERT ... SELECT whose batch is the row it just created and whose accounts come from the
+    # instance rows, and PostgreSQL would re-check that same batch row and those few account rows
+    # once per item at COMMIT (1.5-1.9 s of a 4.3 s request at 100,000 items, docs/benchmarks.md
+    # P4). Batches and accounts with items are never deleted: PROTECT refuses it in Django, and
+    # the admin and commands delete through Django. The instance keeps its database constraint.
+    # Nor an index of their own (one less per item to write): (batch, state) and (state, account,
+    # region) below serve the engine's and the pages' lookups; only removing an account counts its
+    # items by account alone, an admin command that may scan.
+    batch = models.ForeignKey(
+        ChangeBatch, on_delete=models.PROTECT, related_name="items", db_constraint=False, db_index=False
+    )
+    account = models.ForeignKey(
+        Account, on_delete=models.PROTECT, related_name="+", db_constraint=False, db_index=False
+    )
     region = models.CharField(max_length=32)
     # Null for an account-defaults item. Instance rows are never deleted while they have history
     # (gone instances are only marked), so the audit keeps its target.

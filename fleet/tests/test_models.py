@@ -93,3 +93,16 @@ def test_enforced_follows_prowler():
     assert set(Instance.objects.enforced()) == {required, disabled}
     assert set(Instance.objects.not_enforced()) == {optional}
     assert required.enforced and disabled.enforced and not optional.enforced
+
+
+def test_a_batch_or_account_with_items_cannot_be_deleted():
+    # ChangeItem.batch and .account carry no database constraint (bulk inserts): Django's PROTECT
+    # is what keeps the audit whole.
+    from django.db.models import ProtectedError
+
+    item = ChangeItemFactory()
+    with pytest.raises(ProtectedError), transaction.atomic():
+        item.batch.delete()
+    with pytest.raises(ProtectedError), transaction.atomic():
+        item.account.delete()
+    assert ChangeItem.objects.filter(pk=item.pk, batch=item.batch, account=item.account).exists()
