@@ -197,7 +197,7 @@ def present_count(account_ids=None, regions=None, counter=None):
     if regions:
         rows = rows.filter(region__in=regions)
     counter = counter or (lambda row: row.total)
-    return sum(counter(row) for row in rows.only("total", *COUNTERS, "hop_limits"))
+    return sum(counter(row) for row in rows.only(*COUNTERS, "hop_limits"))
 
 
 def defaults_summary():

@@ -14,6 +14,11 @@ from .posture import percent
 MAX_PER_PAGE = 200
 
 
+def per_page_in_range(per_page):
+    """?per_page= comes from the query string: keep it to a sane range."""
+    return min(max(per_page, 1), MAX_PER_PAGE)
+
+
 class BaseTable(tables.Table):
     class Meta:
         attrs = {"class": "table"}
@@ -21,9 +26,8 @@ class BaseTable(tables.Table):
         template_name = "django_tables2/table.html"
 
     def paginate(self, paginator_class=Paginator, per_page=None, page=1, *args, **kwargs):
-        # ?per_page= comes from the query string: keep it to a sane range.
         if per_page is not None:
-            per_page = min(max(per_page, 1), MAX_PER_PAGE)
+            per_page = per_page_in_range(per_page)
         return super().paginate(paginator_class, per_page, page, *args, **kwargs)
 
 

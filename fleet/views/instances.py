@@ -13,7 +13,7 @@ from .. import csv_export, pagination
 from ..filters import InstanceFilterSet
 from ..forms import InstanceOptionsForm
 from ..models import Instance
-from ..tables import MAX_PER_PAGE, ChangeItemTable, InstanceTable
+from ..tables import ChangeItemTable, InstanceTable, per_page_in_range
 from ..validators import instance_id_validator
 from .base import QUEUE_CHANGE, FilteredTableView
 
@@ -50,13 +50,14 @@ class InstanceListView(FilteredTableView):
     @staticmethod
     def _per_page(value):
         try:
-            return min(max(int(value), 1), MAX_PER_PAGE)
+            return per_page_in_range(int(value))
         except (TypeError, ValueError):
             return InstanceTable._meta.per_page
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         counted = pagination.bounded_count(self.get_table_data(), self.COUNT_BOUND + 1)
+        # Asked even when the bounded count will do, so that a URL costs the same queries at any size.
         known = self.filterset.summary_count()
         if counted <= self.COUNT_BOUND:
             total, at_least = counted, False
