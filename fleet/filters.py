@@ -1,13 +1,19 @@
 """django-filter filtersets: the instance list (and its CSV export and bulk selection), change items."""
 
+import re
+
 import django_filters
 from django import forms
+from django.core.exceptions import ValidationError
 from django.db.models import Q
 from django.http import QueryDict
 
 from . import posture
 from .choices import ChangeKind, HttpTokens, InstanceState, ItemState, MetadataState, Toggle
 from .models import Account, ChangeBatch, ChangeItem, Instance
+
+
+INSTANCE_ID = re.compile(r"i-([0-9a-f]{8}|[0-9a-f]{17})")
 
 
 class IntegerFilter(django_filters.NumberFilter):
@@ -19,6 +25,30 @@ def region_choices():
     # From the accounts' configured regions: a small table, where DISTINCT over instances is a scan.
     regions = {region for regions in Account.objects.values_list("regions", flat=True) for region in regions or []}
     return [(region, region) for region in sorted(regions)]
+
+
+class InstanceFilterForm(forms.Form):
+    """Checks the parameters whose shape a filter method cannot refuse on its own."""
+
+    def clean_ids(self):
+        text = self.cleaned_data.get("ids") or ""
+        ids = [part for part in text.replace(",", " ").split() if part]
+        bad = [part for part in ids if not INSTANCE_ID.fullmatch(part)]
+        if bad:
+            raise ValidationError(f"Not instance ids: {', '.join(part[:20] for part in bad[:5])}")
+        if len(ids) > 500:
+            raise ValidationError("At most 500 instance ids; use a filter instead.")
+        return ids
+
+    def clean_change(self):
+        """``change=http_tokens=required,hop_limit=2`` -> the desired options (empty: none given)."""
+        from .changes import clean_instance_desired
+
+        text = (self.cleaned_data.get("change") or "").strip()
+        if not text:
+            return {}
+        pairs = dict(part.split("=", 1) for part in text.split(",") if "=" in part)
+        return clean_instance_desired(pairs)
 
 
 class InstanceFilterSet(django_filters.FilterSet):
@@ -46,10 +76,28 @@ class InstanceFilterSet(django_filters.FilterSet):
         choices=V1_CHOICES, method="filter_v1_usage", label="IMDSv1 in use", empty_label="any"
     )
     gone = django_filters.ChoiceFilter(choices=GONE_CHOICES, method="filter_gone", label="Present", empty_label=None)
+    # A selection by instance ids (the confirmation page's links for an ids selection).
+    ids = django_filters.CharFilter(method="filter_ids", label="Instance ids", max_length=12000,
+                                    widget=forms.HiddenInput)
+    # What a change would do to each instance (fleet.changes.decision): the confirmation page's
+    # counts link here, and the list counts them by the same rule.
+    OUTCOME_CHOICES = [
+        (code, label) for code, label in (
+            ("queued", "would change"), ("already", "already at the target"), ("busy", "busy in another batch"),
+            ("held", "held (any reason)"), ("held_calls", "held: IMDSv1 calls seen"),
+            ("held_error", "held: IMDSv1 use could not be read"), ("held_unmeasured", "held: never measured"),
+            ("held_stale", "held: not measured recently"), ("unreachable", "terminated or gone"),
+            ("stopped", "would change, stopped"), ("containers", "would change, container host with hop limit 1"),
+        )
+    ]
+    outcome = django_filters.ChoiceFilter(choices=OUTCOME_CHOICES, method="filter_outcome",
+                                          label="Change outcome", empty_label="any", widget=forms.HiddenInput)
+    change = django_filters.CharFilter(method="filter_noop", label="Change", max_length=200, widget=forms.HiddenInput)
 
     class Meta:
         model = Instance
         fields = []
+        form = InstanceFilterForm
 
     def __init__(self, data=None, *args, **kwargs):
         # django-filter's documented way to have a default: gone=present unless asked otherwise.
@@ -74,6 +122,24 @@ class InstanceFilterSet(django_filters.FilterSet):
             "unknown": queryset.filter(v1_calls__isnull=True),
         }[value]
 
+    def filter_ids(self, queryset, name, value):
+        return queryset.filter(instance_id__in=value)
+
+    def filter_noop(self, queryset, name, value):
+        return queryset  # read by filter_outcome
+
+    def filter_outcome(self, queryset, name, value):
+        from .changes import REQUIRE_IMDSV2, Outcome, container_hosts_hop_one, decide
+
+        decided = decide(queryset, self.form.cleaned_data.get("change") or REQUIRE_IMDSV2)
+        groups = {
+            "held": Q(outcome__in=Outcome.held()),
+            "unreachable": Q(outcome__in=Outcome.unreachable()),
+            "stopped": Q(outcome=Outcome.QUEUED, instance_state__in=[InstanceState.STOPPED, InstanceState.STOPPING]),
+            "containers": Q(outcome=Outcome.QUEUED) & container_hosts_hop_one(),
+        }
+        return queryset.filter(pk__in=decided.filter(groups.get(value, Q(outcome=value))).values("pk"))
+
     def filter_gone(self, queryset, name, value):
         if value == "present":
             return queryset.filter(gone_at__isnull=True)
@@ -90,7 +156,7 @@ class InstanceFilterSet(django_filters.FilterSet):
         if not self.is_valid():
             return None
         data = self.form.cleaned_data
-        used = {name for name, value in data.items() if value not in (None, "")}
+        used = {name for name, value in data.items() if value not in (None, "", [], {})}
         others = used - self.SUMMARY_KEYS
         if data.get("gone") != "present" or len(others) > 1:
             return None

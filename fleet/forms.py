@@ -132,17 +132,6 @@ class InstanceChangeForm(forms.Form):
             raise ValidationError(f"The filter is not valid ({errors}).")
         return filterset.qs.filter(gone_at__isnull=True), f"filter: {filterset.active_querystring}"
 
-    def plan_querystring(self):
-        """The selection and options as a query string, to come back to this page."""
-        query = QueryDict(mutable=True)
-        if self.cleaned_data.get("ids"):
-            query.setlist("ids", self.cleaned_data["ids"])
-        if self.cleaned_data.get("filter"):
-            query["filter"] = self.cleaned_data["filter"]
-        for name, value in self.desired.items():
-            query[name] = value
-        return query.urlencode()
-
 
 class InstanceOptionsForm(forms.Form):
     """The five options of one instance, prefilled; only what differs becomes the change."""
@@ -248,4 +237,4 @@ class DefaultsChangeForm(forms.Form):
 
 
 class RollbackForm(forms.Form):
-    comment = forms.CharField(required=False, max_length=2000)
+    comment = forms.CharField(required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 2}))

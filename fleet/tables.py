@@ -113,9 +113,13 @@ class ChangeBatchTable(BaseTable):
 
     def render_status(self, record):
         status = record.status
+        shown = badge(status.label, STATUS_LEVEL.get(status, "neutral"))
         if record.breakage_flagged_at:
-            return format_html("{} {}", badge(status.label, STATUS_LEVEL.get(status, "neutral")), BREAKAGE_BADGE)
-        return badge(status.label, STATUS_LEVEL.get(status, "neutral"))
+            shown = format_html("{} {}", shown, BREAKAGE_BADGE)
+        if getattr(record, "rolled_back_by", None):
+            shown = format_html('{} <span class="badge badge-warn">rolled back by #{}</span>', shown,
+                                record.rolled_back_by)
+        return shown
 
     def render_progress(self, record):
         counts = record.counts()

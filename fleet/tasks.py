@@ -6,6 +6,7 @@ from celery import shared_task
 from celery.signals import worker_init
 
 from . import apply, aws, posture, sync, usage
+from .choices import SyncStatus
 from .models import Account
 
 log = logging.getLogger(__name__)
@@ -24,9 +25,14 @@ def sync_account_region(account_pk, region):
         log.info("sync skipped: account %s / %s no longer enabled", account_pk, region)
         return
     try:
-        sync.sync_region(account, region)
+        run = sync.sync_region(account, region)
     except sync.SyncAlreadyRunning as exc:
         log.info("%s", exc)
+        return
+    # A new account/region (or one whose reading went stale) gets its IMDSv1 use read right after
+    # its inventory, not on the next 6-hourly round: until then its instances are held.
+    if run.status == SyncStatus.SUCCEEDED and usage.due(account, region):
+        sync_usage_region.delay(account.pk, region)
 
 
 @shared_task(ignore_result=True)

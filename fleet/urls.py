@@ -18,7 +18,9 @@ urlpatterns = [
     path("changes/<int:pk>/progress/", changes.change_progress, name="change_progress"),
     path("changes/<int:pk>/cancel/", changes.BatchActionView.as_view(action="cancel"), name="change_cancel"),
     path("changes/<int:pk>/retry/", changes.BatchActionView.as_view(action="retry"), name="change_retry"),
-    path("changes/<int:pk>/rollback/", changes.BatchActionView.as_view(action="rollback"), name="change_rollback"),
+    path("changes/<int:pk>/rollback/", changes.RollbackView.as_view(), name="change_rollback"),
+    path("changes/measure-usage/", changes.MeasureUsageView.as_view(), name="measure_usage"),
+    path("changes/measure-usage/status/", changes.measure_usage_status, name="measure_usage_status"),
     path(
         "changes/<int:pk>/rerun/",
         changes.BatchActionView.as_view(action="rerun", created_message="Dry run #{old} queued for real as batch #{new}."),

@@ -7,7 +7,8 @@ An instance never has two active items: a request skips instances that already h
 second active item even if two requests race.
 """
 
-from .planning import Plan, estimate_seconds, plan_change
+from .decision import Outcome, decide
+from .planning import Plan, container_hosts_hop_one, estimate_seconds, plan_change
 from .requests import (
     cancel_queued,
     instances_for,
@@ -16,18 +17,25 @@ from .requests import (
     retry_failed,
     rollback,
 )
-from .validation import REQUIRE_IMDSV2, ChangeRefused, clean_defaults_desired, clean_instance_desired
+from .rollbacks import RollbackPlan, plan_rollback
+from .validation import REQUIRE_IMDSV2, AlreadySubmitted, ChangeRefused, clean_defaults_desired, clean_instance_desired
 
 __all__ = [
     "REQUIRE_IMDSV2",
+    "AlreadySubmitted",
     "ChangeRefused",
+    "Outcome",
     "Plan",
+    "RollbackPlan",
     "cancel_queued",
     "clean_defaults_desired",
     "clean_instance_desired",
+    "container_hosts_hop_one",
+    "decide",
     "estimate_seconds",
     "instances_for",
     "plan_change",
+    "plan_rollback",
     "request_change",
     "request_defaults_change",
     "retry_failed",

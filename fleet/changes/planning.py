@@ -1,38 +1,34 @@
-"""What a change would do, before anything is queued: the confirmation page's figures."""
+"""What a change would do, before anything is queued: the confirmation page's figures.
+
+Every figure is an aggregate of the one decision rule (:mod:`fleet.changes.decision`), so they
+reconcile by construction: selected = to change + already + held (by reason) + busy + unreachable.
+"""
 
 import math
 from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db.models import Count, Q
+from django.utils import timezone
 
 from .. import ratelimit
-from ..choices import HttpTokens, InstanceState, ItemState, Toggle
-from ..models import ChangeItem
+from ..choices import HttpTokens, InstanceState, Toggle
+from .decision import Outcome, decide
 from .validation import clean_instance_desired
 
 # Name patterns of hosts that usually run containers; hop limit 1 breaks their pods' IMDSv2.
 CONTAINER_HOST_PATTERN = r"(eks|ecs|k8s|kube|docker|container|nomad)"
+STOPPED = [InstanceState.STOPPED, InstanceState.STOPPING]
 
 
-def _at_target(desired):
-    return Q(**desired)
-
-
-def _not_actionable():
-    """Instances a change cannot reach: gone from AWS, or terminated."""
-    return Q(gone_at__isnull=False) | Q(instance_state__in=[InstanceState.TERMINATED, InstanceState.SHUTTING_DOWN])
-
-
-def _busy():
-    return Q(change_items__state__in=ItemState.active())
-
-
-def _held(desired, override_usage):
-    """IMDSv1 calls seen in the window make enforcing tokens risky: hold those instances."""
-    if override_usage or desired.get("http_tokens") != HttpTokens.REQUIRED:
-        return Q(pk__in=[])
-    return Q(v1_calls__gt=0)
+def container_hosts_hop_one():
+    """Instances that look like container hosts and keep hop limit 1 under IMDSv2."""
+    return (
+        Q(hop_limit=1)
+        & Q(name__iregex=CONTAINER_HOST_PATTERN)
+        & ~Q(http_tokens=HttpTokens.REQUIRED)
+        & Q(http_endpoint=Toggle.ENABLED)
+    )
 
 
 def estimate_seconds(per_region_counts):
@@ -55,79 +51,109 @@ class Plan:
     unreachable: int = 0
     stopped: int = 0
     hop_limit_one_containers: int = 0
+    # {Outcome value: count} for every outcome, zeros included.
+    outcomes: dict = field(default_factory=dict)
+    # [(Outcome, count)] of the held outcomes with instances, for "held by reason".
+    held_by_reason: list = field(default_factory=list)
     per_region: list = field(default_factory=list)
+    busy_batches: list = field(default_factory=list)
+    unmeasured_regions: list = field(default_factory=list)
     estimated_seconds: int = 0
     warnings: list = field(default_factory=list)
+
+    @property
+    def reconciles(self):
+        return self.total == self.to_change + self.already + self.held + self.busy + self.unreachable
 
 
 def plan_change(instances, desired, override_usage=False):
     """What a change would do to ``instances``, in a fixed handful of queries."""
     desired = clean_instance_desired(desired)
-    already = _at_target(desired) & ~_not_actionable()
-    unreachable = _not_actionable()
-    actionable = ~already & ~unreachable
-    busy_ids = ChangeItem.objects.filter(state__in=ItemState.active(), instance__in=instances).values("instance_id")
-    busy = Q(pk__in=busy_ids) & actionable
-    held = _held(desired, override_usage) & actionable & ~Q(pk__in=busy_ids)
-    queued = actionable & ~Q(pk__in=busy_ids) & ~_held(desired, override_usage)
-    totals = instances.aggregate(
-        total=Count("pk"),
-        already=Count("pk", filter=already),
-        unreachable=Count("pk", filter=unreachable),
-        busy=Count("pk", filter=busy),
-        held=Count("pk", filter=held),
-        to_change=Count("pk", filter=queued),
-        stopped=Count("pk", filter=queued & Q(instance_state__in=[InstanceState.STOPPED, InstanceState.STOPPING])),
-        hop_one=Count(
-            "pk",
-            filter=queued
-            & Q(hop_limit=1)
-            & Q(name__iregex=CONTAINER_HOST_PATTERN)
-            & ~Q(http_tokens=HttpTokens.REQUIRED)
-            & Q(http_endpoint=Toggle.ENABLED),
-        ),
-    )
-    rows = (
-        instances.values("account__account_id", "account__name", "region")
-        .annotate(to_change=Count("pk", filter=queued), already=Count("pk", filter=already))
+    decided = decide(instances, desired, override_usage=override_usage, now=timezone.now())
+    rows = list(
+        decided.values("account__account_id", "account__name", "account_id", "region", "outcome")
+        .annotate(n=Count("pk"))
         .order_by("account__account_id", "region")
     )
-    plan = Plan(
-        total=totals["total"],
-        to_change=totals["to_change"],
-        already=totals["already"],
-        busy=totals["busy"],
-        held=totals["held"],
-        unreachable=totals["unreachable"],
-        stopped=totals["stopped"],
-        hop_limit_one_containers=totals["hop_one"] if desired.get("hop_limit", 1) == 1 else 0,
-        per_region=[
-            {
-                "account_id": row["account__account_id"],
-                "account_name": row["account__name"],
-                "region": row["region"],
-                "to_change": row["to_change"],
-                "already": row["already"],
-            }
-            for row in rows
-        ],
+    queued = Q(outcome=Outcome.QUEUED)
+    extra = decided.aggregate(
+        stopped=Count("pk", filter=queued & Q(instance_state__in=STOPPED)),
+        hop_one=Count("pk", filter=queued & container_hosts_hop_one()),
     )
-    plan.estimated_seconds = estimate_seconds([row["to_change"] for row in plan.per_region])
-    if plan.stopped:
-        plan.warnings.append(
-            f"{plan.stopped} stopped instance(s) accept the change now but apply it only when next started; "
-            "they stay pending until then."
-        )
-    if plan.hop_limit_one_containers:
-        plan.warnings.append(
-            f"{plan.hop_limit_one_containers} instance(s) look like container hosts and have hop limit 1: "
-            "with IMDSv2 required, containers behind a bridge need hop limit 2 (some CNIs 3)."
-        )
-    if plan.held:
-        plan.warnings.append(
-            f"{plan.held} instance(s) made IMDSv1 calls in the last {settings.IMDSWEB_USAGE_WINDOW_DAYS} days "
-            "and will be held back unless you override."
-        )
+    outcomes = dict.fromkeys(Outcome.values, 0)
+    regions = {}
+    for row in rows:
+        outcomes[row["outcome"]] += row["n"]
+        key = (row["account__account_id"], row["region"])
+        region = regions.setdefault(key, {
+            "account_id": row["account__account_id"], "account_name": row["account__name"],
+            "account_pk": row["account_id"], "region": row["region"], "total": 0,
+            **dict.fromkeys(("to_change", "already", "held", "busy", "unreachable"), 0),
+        })
+        region["total"] += row["n"]
+        region[_bucket(row["outcome"])] += row["n"]
+    plan = Plan(
+        total=sum(outcomes.values()),
+        to_change=outcomes[Outcome.QUEUED],
+        already=outcomes[Outcome.ALREADY],
+        busy=outcomes[Outcome.BUSY],
+        held=sum(outcomes[code] for code in Outcome.held()),
+        unreachable=sum(outcomes[code] for code in Outcome.unreachable()),
+        stopped=extra["stopped"],
+        hop_limit_one_containers=extra["hop_one"] if desired.get("hop_limit", 1) == 1 else 0,
+        outcomes=outcomes,
+        held_by_reason=[(Outcome(code), outcomes[code]) for code in Outcome.held() if outcomes[code]],
+        per_region=list(regions.values()),
+    )
     if plan.busy:
-        plan.warnings.append(f"{plan.busy} instance(s) already have a change in progress and will be skipped.")
+        plan.busy_batches = sorted(set(
+            decided.filter(outcome=Outcome.BUSY).values_list("busy_batch", flat=True).order_by()[:1000]
+        ))
+    if outcomes[Outcome.HELD_UNMEASURED] or outcomes[Outcome.HELD_STALE] or outcomes[Outcome.HELD_ERROR]:
+        plan.unmeasured_regions = [
+            (region["account_pk"], region["account_id"], region["region"])
+            for region in plan.per_region if region["held"]
+        ]
+    plan.estimated_seconds = estimate_seconds([region["to_change"] for region in plan.per_region])
+    plan.warnings = _warnings(plan)
     return plan
+
+
+def _bucket(outcome):
+    if outcome == Outcome.QUEUED:
+        return "to_change"
+    if outcome in Outcome.held():
+        return "held"
+    if outcome in Outcome.unreachable():
+        return "unreachable"
+    return outcome  # already, busy
+
+
+def _warnings(plan):
+    """(outcome filter for the instance list, message) pairs; the page links each to its list."""
+    days = settings.IMDSWEB_USAGE_WINDOW_DAYS
+    warnings = []
+    if plan.stopped:
+        warnings.append(("stopped", f"{plan.stopped:,} stopped instance(s) accept the change now but apply it only "
+                                    "when next started; they stay pending until then."))
+    if plan.hop_limit_one_containers:
+        warnings.append(("containers", f"{plan.hop_limit_one_containers:,} instance(s) look like container hosts "
+                                       "and have hop limit 1: with IMDSv2 required, containers behind a bridge need "
+                                       "hop limit 2 (some CNIs 3)."))
+    messages = {
+        Outcome.HELD_CALLS: "made IMDSv1 calls in the last {days} days",
+        Outcome.HELD_ERROR: "have IMDSv1 use that could not be read from CloudWatch (see the reason per instance)",
+        Outcome.HELD_UNMEASURED: "have IMDSv1 use never measured",
+        Outcome.HELD_STALE: "have IMDSv1 use not measured for more than {hours:g} hours",
+    }
+    for outcome, count in plan.held_by_reason:
+        text = messages[outcome].format(days=days, hours=settings.IMDSWEB_USAGE_STALE_MINUTES / 60)
+        warnings.append((outcome.value, f"{count:,} instance(s) {text} and will be held back unless you override."))
+    if plan.busy:
+        shown = ", ".join(f"#{pk}" for pk in plan.busy_batches[:5])
+        warnings.append((Outcome.BUSY.value, f"{plan.busy:,} instance(s) already have a change in progress "
+                                             f"(batch {shown}) and will be skipped."))
+    if plan.unreachable:
+        warnings.append(("unreachable", f"{plan.unreachable:,} instance(s) are terminated or gone and will be "
+                                        "skipped."))
+    return warnings

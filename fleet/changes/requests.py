@@ -7,13 +7,14 @@ Celery only once that transaction has committed; the rows, not the broker, are t
 import logging
 
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from ..choices import ChangeKind, ItemState
 from ..models import ChangeBatch, ChangeItem, Instance, MetadataDefaults
-from .items import BULK_SIZE, create_items_postgresql, create_items_python
-from .validation import ChangeRefused, clean_defaults_desired, clean_instance_desired
+from .items import BULK_SIZE, create_items
+from .validation import AlreadySubmitted, ChangeRefused, clean_defaults_desired, clean_instance_desired
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +36,57 @@ def _dispatch_on_commit(batch):
     transaction.on_commit(dispatch)
 
 
-def request_change(user, instances, desired, *, comment="", selection="", dry_run=False, override_usage=False):
-    """Queue a change of instance metadata options for ``instances``. Returns the batch."""
+def _holder_of(instance_pks):
+    """The batch with an active item for one of these instances, or None."""
+    item = (
+        ChangeItem.objects.filter(state__in=ItemState.active(), instance__in=instance_pks)
+        .order_by("batch_id").only("batch_id").first()
+    )
+    return ChangeBatch.objects.filter(pk=item.batch_id).first() if item else None
+
+
+def _in_progress(instance_pks, default="Another change for some of these instances was queued at the same moment."):
+    """The refusal for a request that lost a race on ``one_active_item_per_instance``."""
+    holder = _holder_of(instance_pks)
+    if holder is None:
+        return ChangeRefused(f"{default} Try again.")
+    return ChangeRefused(f"These instances are already in progress in batch #{holder.pk}.", batch=holder)
+
+
+def _replayed(request_token):
+    """The batch a confirmation form already created, or None."""
+    if not request_token:
+        return None
+    return ChangeBatch.objects.filter(request_token=request_token).first()
+
+
+def _nothing_to_queue(batch):
+    """Why a request would queue nothing: the batch's items counted by outcome, in words."""
+    from .decision import Outcome
+
+    rows = batch.items.values("outcome").annotate(n=Count("id")).order_by("-n")
+    parts = [f"{row['n']:,} {Outcome(row['outcome']).label}" for row in rows if row["outcome"]]
+    message = "Nothing to queue: " + ", ".join(parts) + "."
+    if any(row["outcome"] in Outcome.held() for row in rows):
+        message += " Held instances are queued only with the override ticked."
+    busy = batch.items.filter(outcome=Outcome.BUSY).values("instance_id")[:1000]
+    holder = _holder_of(busy) if busy.exists() else None
+    return ChangeRefused(message, batch=holder)
+
+
+def request_change(user, instances, desired, *, comment="", selection="", dry_run=False, override_usage=False,
+                   request_token=None):
+    """Queue a change of instance metadata options for ``instances``. Returns the batch.
+
+    Refused (ChangeRefused) when nothing would be queued — no batch is created then — and when a
+    confirmation form is replayed (``request_token`` already used: the refusal carries the batch).
+    """
     try:
         desired = clean_instance_desired(desired)
     except ValidationError as exc:
         raise ChangeRefused(" ".join(exc.messages)) from exc
-    create_items = create_items_postgresql if connection.vendor == "postgresql" else create_items_python
+    if replayed := _replayed(request_token):
+        raise AlreadySubmitted(f"This confirmation was already submitted: batch #{replayed.pk}.", batch=replayed)
     try:
         with transaction.atomic():
             batch = ChangeBatch.objects.create(
@@ -52,23 +97,31 @@ def request_change(user, instances, desired, *, comment="", selection="", dry_ru
                 comment=comment,
                 dry_run=dry_run,
                 override_usage=override_usage,
+                request_token=request_token or None,
             )
             count = create_items(batch, instances, desired, override_usage, timezone.now())
             if not count:
                 raise ChangeRefused("No instances selected.")  # rolls the empty batch back
+            if not batch.items.filter(state=ItemState.QUEUED).exists():
+                raise _nothing_to_queue(batch)  # rolls the batch back too
             _dispatch_on_commit(batch)
     except IntegrityError as exc:
-        raise ChangeRefused("Another change for some of these instances was queued at the same moment; try again.") from exc
+        if replayed := _replayed(request_token):
+            raise AlreadySubmitted(f"This confirmation was already submitted: batch #{replayed.pk}.",
+                                batch=replayed) from exc
+        raise _in_progress(instances.order_by().values("pk")) from exc
     log.info("batch %s queued by %s: %s on %d instance(s)", batch.pk, user, desired, count)
     return batch
 
 
-def request_defaults_change(user, targets, desired, *, comment="", dry_run=False):
+def request_defaults_change(user, targets, desired, *, comment="", dry_run=False, request_token=None):
     """Queue a change of account-level IMDS defaults for (account, region) pairs."""
     try:
         desired = clean_defaults_desired(desired)
     except ValidationError as exc:
         raise ChangeRefused(" ".join(exc.messages)) from exc
+    if replayed := _replayed(request_token):
+        raise AlreadySubmitted(f"This confirmation was already submitted: batch #{replayed.pk}.", batch=replayed)
     if not targets:
         raise ChangeRefused("No account/region selected.")
     managed = {
@@ -92,6 +145,7 @@ def request_defaults_change(user, targets, desired, *, comment="", dry_run=False
                 selection=", ".join(f"{account.account_id}/{region}" for account, region in targets)[:2000],
                 comment=comment,
                 dry_run=dry_run,
+                request_token=request_token or None,
             )
             previous_of = {
                 key: {name: values[name] for name in desired} for key, values in current.items()
@@ -107,8 +161,24 @@ def request_defaults_change(user, targets, desired, *, comment="", dry_run=False
             )
             _dispatch_on_commit(batch)
     except IntegrityError as exc:
-        raise ChangeRefused("A defaults change for one of these account/regions is already in progress.") from exc
+        if replayed := _replayed(request_token):
+            raise AlreadySubmitted(f"This confirmation was already submitted: batch #{replayed.pk}.",
+                                batch=replayed) from exc
+        holder = _defaults_holder(targets)
+        if holder is None:
+            raise ChangeRefused("A defaults change for one of these account/regions was queued at the same "
+                                "moment; try again.") from exc
+        raise ChangeRefused(f"A defaults change for one of these account/regions is already in progress in "
+                            f"batch #{holder.pk}.", batch=holder) from exc
     return batch
+
+
+def _defaults_holder(targets):
+    active = Q(pk__in=[])
+    for account, region in targets:
+        active |= Q(account=account, region=region)
+    item = ChangeItem.objects.filter(active, state__in=ItemState.active(), instance__isnull=True).first()
+    return item.batch if item else None
 
 
 def cancel_queued(batch, user):
@@ -123,57 +193,67 @@ def retry_failed(batch, user):
     """Queue failed and stuck items again (except where the instance has another active item)."""
     busy = ChangeItem.objects.filter(state__in=ItemState.active(), instance__isnull=False).values("instance_id")
     retry = batch.items.filter(state__in=[ItemState.FAILED, ItemState.STUCK]).exclude(instance_id__in=busy)
-    with transaction.atomic():
-        count = retry.update(
-            state=ItemState.QUEUED, error_code="", error_message="", reason="", finished_at=None, claimed_at=None
-        )
-        if count:
-            _dispatch_on_commit(batch)
+    try:
+        with transaction.atomic():
+            count = retry.update(
+                state=ItemState.QUEUED, error_code="", error_message="", reason="", finished_at=None,
+                claimed_at=None,
+            )
+            if count:
+                _dispatch_on_commit(batch)
+    except IntegrityError as exc:  # someone queued these instances at the same moment
+        raise _in_progress(batch.items.filter(state__in=[ItemState.FAILED, ItemState.STUCK]).values("instance_id"),
+                           default="Another change for some of these items was queued at the same moment.") from exc
     return count
 
 
-def rollback(batch, user, comment=""):
-    """A new batch that restores each applied item's previous values."""
-    applied = list(batch.items.filter(state=ItemState.APPLIED).select_related("account", "instance"))
-    if not applied:
-        raise ChangeRefused("Nothing in this batch was applied, so there is nothing to roll back.")
-    with transaction.atomic():
-        rollback_batch = ChangeBatch.objects.create(
-            created_by=_author(user),
-            kind=batch.kind,
-            desired={},
-            selection=f"rollback of batch #{batch.pk}",
-            comment=comment or f"Rollback of batch #{batch.pk}",
-            rollback_of=batch,
-        )
-        busy = set(
-            ChangeItem.objects.filter(
-                state__in=ItemState.active(), instance__in=batch.items.filter(state=ItemState.APPLIED).values("instance")
-            ).values_list("instance_id", flat=True)
-        )
-        items = []
-        for item in applied:
-            restore = {name: value for name, value in item.previous.items() if value is not None}
-            state, reason = ItemState.QUEUED, ""
-            if item.instance_id in busy:
-                state, reason = ItemState.SKIPPED, "another change is in progress"
-            elif not restore:
-                state, reason = ItemState.SKIPPED, "no previous values recorded"
-            current = item.instance.options if item.instance else {}
-            items.append(
-                ChangeItem(
-                    batch=rollback_batch,
-                    account=item.account,
-                    region=item.region,
-                    instance=item.instance,
-                    desired=restore,
-                    previous={name: current.get(name) for name in restore} if item.instance else item.target_values,
-                    state=state,
-                    reason=reason,
-                )
+def rollback(batch, user, comment="", request_token=None):
+    """A new batch that restores what ``batch`` changed, where nothing has changed it since.
+
+    See :func:`fleet.changes.rollbacks.plan_rollback` for what is restored and what is skipped.
+    The batch row is locked for the decision, so two rollbacks of one batch cannot both go ahead.
+    """
+    from .rollbacks import plan_rollback
+
+    if replayed := _replayed(request_token):
+        raise AlreadySubmitted(f"This rollback was already submitted: batch #{replayed.pk}.", batch=replayed)
+    try:
+        with transaction.atomic():
+            locked = ChangeBatch.objects.select_for_update().get(pk=batch.pk)
+            plan = plan_rollback(locked)
+            plan.raise_if_refused()
+            rollback_batch = ChangeBatch.objects.create(
+                created_by=_author(user),
+                kind=batch.kind,
+                desired={},
+                selection=f"rollback of batch #{batch.pk}",
+                comment=comment or f"Rollback of batch #{batch.pk}",
+                rollback_of=batch,
+                request_token=request_token or None,
             )
-        ChangeItem.objects.bulk_create(items, batch_size=BULK_SIZE)
-        _dispatch_on_commit(rollback_batch)
+            now = timezone.now()
+            batch.items.filter(state=ItemState.QUEUED).update(
+                state=ItemState.CANCELLED, reason=f"cancelled by rollback batch #{rollback_batch.pk}", finished_at=now
+            )
+            batch.items.filter(pk__in=[entry.item.pk for entry in plan.restore if entry.item.state == ItemState.PENDING]
+                               ).update(state=ItemState.CANCELLED, finished_at=now,
+                                        reason=f"rolled back by batch #{rollback_batch.pk} before AWS applied it")
+            ChangeItem.objects.bulk_create(
+                (
+                    ChangeItem(
+                        batch=rollback_batch, account=entry.item.account, region=entry.item.region,
+                        instance=entry.item.instance, desired=entry.restore, previous=entry.current,
+                        state=entry.state, reason=entry.reason, finished_at=None if entry.queued else now,
+                    )
+                    for entry in plan.entries
+                ),
+                batch_size=BULK_SIZE,
+            )
+            _dispatch_on_commit(rollback_batch)
+    except IntegrityError as exc:
+        if replayed := _replayed(request_token):
+            raise AlreadySubmitted(f"This rollback was already submitted: batch #{replayed.pk}.", batch=replayed) from exc
+        raise _in_progress(batch.items.values("instance_id")) from exc
     return rollback_batch
 
 

@@ -9,7 +9,17 @@ REQUIRE_IMDSV2 = {"http_tokens": HttpTokens.REQUIRED.value}
 
 
 class ChangeRefused(Exception):
-    """A change the service will not queue; the message is meant for the user."""
+    """A change the service will not queue; the message is meant for the user. ``batch``, when
+    set, is the batch the user should look at (the one holding the instances, or the one a
+    replayed form already created)."""
+
+    def __init__(self, message, batch=None):
+        super().__init__(message)
+        self.batch = batch
+
+
+class AlreadySubmitted(ChangeRefused):
+    """The same confirmation form was submitted before: ``batch`` is what it created."""
 
 
 def _clean(data, fields, choices_for, hop_range):

@@ -37,6 +37,9 @@ class ChangeBatch(models.Model):
         "self", null=True, blank=True, on_delete=models.PROTECT, related_name="rollbacks"
     )
     preflight_report = models.JSONField(default=dict, blank=True)
+    # The one-time token of the confirmation form that created this batch: a replayed form (two
+    # tabs, a resent POST) finds this batch instead of creating a second one.
+    request_token = models.CharField(max_length=64, null=True, blank=True, unique=True, editable=False)
     breakage_flagged_at = models.DateTimeField(null=True, blank=True)
 
     objects = ChangeBatchQuerySet.as_manager()
@@ -112,6 +115,9 @@ class ChangeItem(models.Model):
     previous = models.JSONField(default=dict, blank=True)
     state = models.CharField(max_length=10, choices=ItemState.choices, default=ItemState.QUEUED)
     reason = models.TextField(blank=True, help_text="Why the item was skipped, held or cancelled.")
+    # The decision behind ``state`` (fleet.changes.decision.Outcome): what the batch page counts
+    # "held by reason" and "skipped by reason" with. Blank for items decided by the engine later.
+    outcome = models.CharField(max_length=20, blank=True, default="")
     attempts = models.PositiveIntegerField(default=0)
     request_id = models.CharField(max_length=64, blank=True)
     error_code = models.CharField(max_length=64, blank=True)

@@ -86,6 +86,9 @@ class Instance(models.Model):
     v1_rejected = models.BigIntegerField(null=True, blank=True)
     v1_last_seen = models.DateTimeField(null=True, blank=True)
     usage_synced_at = models.DateTimeField(null=True, blank=True)
+    # Why the last attempt to read this instance's usage failed (AWS's code and message); blank
+    # once a reading succeeds. A failed reading is never "no calls": the readiness gate holds.
+    usage_error = models.TextField(blank=True, default="")
 
     first_seen = models.DateTimeField()
     last_seen = models.DateTimeField()
@@ -171,6 +174,31 @@ class MetadataDefaults(models.Model):
             "http_endpoint": self.http_endpoint or DefaultsToggle.NO_PREFERENCE,
             "instance_metadata_tags": self.instance_metadata_tags or DefaultsToggle.NO_PREFERENCE,
         }
+
+
+class UsageReading(models.Model):
+    """The IMDSv1 usage stage's latest attempt for one account/region: when it was last read,
+    the error that stopped the last attempt, and when a user asked for a reading now."""
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="usage_readings")
+    region = models.CharField(max_length=32)
+    requested_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    read_at = models.DateTimeField(null=True, blank=True, help_text="Last successful reading.")
+    attempted_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["account_id", "region"]
+        constraints = [models.UniqueConstraint(fields=["account", "region"], name="uniq_usage_reading")]
+
+    def __str__(self):
+        return f"usage {self.account_id}/{self.region}"
+
+    @property
+    def in_progress(self):
+        """A reading was asked for and has not finished (successfully or not) since."""
+        return bool(self.requested_at) and (self.attempted_at is None or self.attempted_at < self.requested_at)
 
 
 class SyncRun(models.Model):

@@ -69,3 +69,9 @@ def hop_limit_bars(distribution):
             "level": "neutral" if hops == 1 else "warn",
         })
     return {"bars": bars, "height": height, "total_width": max(len(bars), 1) * (width + gap), "width": width}
+
+
+@register.filter
+def get_item(mapping, key):
+    """``{{ links|get_item:bucket }}``: a dict lookup by a variable key."""
+    return (mapping or {}).get(key, "")

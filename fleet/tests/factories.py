@@ -39,6 +39,10 @@ class InstanceFactory(factory.django.DjangoModelFactory):
     http_protocol_ipv6 = Toggle.DISABLED
     instance_metadata_tags = Toggle.DISABLED
     metadata_state = MetadataState.APPLIED
+    # Measured just now with no IMDSv1 calls: the readiness gate lets it through. Tests of the
+    # gate set these to None (never measured), an old time (stale) or calls > 0.
+    v1_calls = 0
+    usage_synced_at = factory.LazyFunction(timezone.now)
     first_seen = factory.LazyFunction(timezone.now)
     last_seen = factory.LazyFunction(timezone.now)
 
@@ -83,6 +87,14 @@ class ChangeItemFactory(factory.django.DjangoModelFactory):
         model = ChangeItem
 
     batch = factory.SubFactory(ChangeBatchFactory)
-    instance = factory.SubFactory(InstanceFactory)
+    state = "queued"
+    # An item that reached AWS left its instance at the batch's HttpTokens (as a sync would see).
+    instance = factory.SubFactory(
+        InstanceFactory,
+        http_tokens=factory.LazyAttribute(
+            lambda o: o.factory_parent.batch.desired.get("http_tokens", HttpTokens.OPTIONAL)
+            if o.factory_parent.state in ("applied", "pending", "stuck") else HttpTokens.OPTIONAL
+        ),
+    )
     account = factory.LazyAttribute(lambda o: o.instance.account)
     region = factory.LazyAttribute(lambda o: o.instance.region)

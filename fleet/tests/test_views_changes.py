@@ -44,7 +44,7 @@ def test_confirm_page_shows_the_plan(operator, fleet):
     assert plan.already == 1
     assert plan.held == 1
     html = response.content.decode()
-    assert "already compliant" in html
+    assert "already at the target" in html
     assert "estimated duration" in html
     assert "stopped instance" in html  # warning
     assert "container hosts" in html  # hop limit 1 on eks-node
@@ -237,9 +237,9 @@ def test_rollback_creates_a_batch(operator):
 def test_rollback_with_nothing_applied_is_a_message(operator):
     batch = ChangeBatchFactory()
     ChangeItemFactory(batch=batch, state="failed")
-    response = operator.post(reverse("fleet:change_rollback", args=[batch.pk]), follow=True)
-    assert response.status_code == 200
-    assert b"nothing to roll back" in response.content
+    response = operator.post(reverse("fleet:change_rollback", args=[batch.pk]))
+    assert response.status_code == 409
+    assert b"Nothing to roll back" in response.content
     assert not ChangeBatch.objects.filter(rollback_of=batch).exists()
 
 

@@ -5,9 +5,12 @@ the ``fleet.queue_change`` permission (operator and admin groups). A refusal rai
 PermissionDenied, which renders ``403.html``.
 """
 
+import uuid
+
 from django.contrib import messages
 from django.contrib.auth.mixins import PermissionRequiredMixin
 from django.shortcuts import redirect
+from django.utils.html import format_html
 from django.utils.cache import patch_vary_headers
 from django.views.generic import FormView
 from django_filters.views import FilterView
@@ -50,10 +53,26 @@ class FilteredTableView(SingleTableMixin, FilterView):
         return response
 
 
+def refusal_message(exc):
+    """A ChangeRefused as a message, with a link to the batch it names."""
+    if exc.batch is None:
+        return str(exc)
+    return format_html('{} <a href="{}">Open batch #{}</a>', str(exc), exc.batch.get_absolute_url(), exc.batch.pk)
+
+
 class ConfirmActionView(OperatorRequiredMixin, FormView):
     """GET shows what would happen (``form.is_valid()`` on the query string, then ``preview()``);
     POST performs ``perform(form)`` and redirects to its result. The service's ChangeRefused
-    becomes a message on the same page, never a 500."""
+    becomes a message on the same page, never a 500, with a link to the batch it names.
+
+    Each rendered form carries a one-time ``request_token``: the service refuses a second batch
+    from the same form (two tabs, a resent POST) and the user is sent to the first one."""
+
+    def request_token(self):
+        return self.request.POST.get("request_token", "")[:64] or None
+
+    def get_context_data(self, **kwargs):
+        return super().get_context_data(**kwargs) | {"request_token": uuid.uuid4().hex}
 
     def get_form_kwargs(self):
         kwargs = super().get_form_kwargs()
@@ -70,9 +89,13 @@ class ConfirmActionView(OperatorRequiredMixin, FormView):
     def form_valid(self, form):
         try:
             result = self.perform(form)
+        except changes.AlreadySubmitted as exc:
+            messages.info(self.request, str(exc))
+            return redirect(exc.batch)
         except changes.ChangeRefused as exc:
-            form.add_error(None, str(exc))
-            return self.render_to_response(self.get_context_data(form=form), status=409)
+            form.add_error(None, refusal_message(exc))
+            return self.render_to_response(
+                self.get_context_data(form=form, preview=self.preview(form), refused=exc), status=409)
         messages.success(self.request, self.success_message(result))
         return redirect(result)
 

@@ -1,19 +1,23 @@
 """Change batches: the confirmation step, the list, one batch with live progress, and its actions."""
 
 from django.contrib import messages
+from django.db.models import Count, OuterRef, Subquery
+from django.http import HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views import View
 from django.views.generic import DetailView
 from django_tables2 import RequestConfig
 
-from .. import changes
+from .. import changes, usage
 from ..apply import STOPPED_REASON
 from ..choices import BatchStatus, ChangeKind, ItemState
 from ..filters import ChangeBatchFilterSet, ChangeItemFilterSet
 from ..forms import InstanceChangeForm, RollbackForm
-from ..models import ChangeBatch, Instance
+from ..models import Account, ChangeBatch, Instance, UsageReading
 from ..tables import ChangeBatchTable, ChangeItemTable
-from .base import ConfirmActionView, FilteredTableView, OperatorRequiredMixin
+from .base import ConfirmActionView, FilteredTableView, OperatorRequiredMixin, refusal_message
 
 FINAL = {BatchStatus.DONE, BatchStatus.DONE_WITH_ERRORS, BatchStatus.CANCELLED}
 
@@ -27,19 +31,110 @@ class ChangeNewView(ConfirmActionView):
     def preview(self, form):
         return changes.plan_change(form.instances, form.desired, override_usage=form.cleaned_data["override_usage"])
 
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        form, plan = context.get("form"), context.get("preview")
+        if plan is not None and form is not None and form.is_valid():
+            context["outcome_links"] = outcome_links(form)
+            context["usage_targets"] = [f"{pk}/{region}" for pk, _aws_id, region in plan.unmeasured_regions]
+            context["measuring"] = measuring(plan.unmeasured_regions)
+        return context
+
     def perform(self, form):
         data = form.cleaned_data
         return changes.request_change(
             self.request.user, form.instances, form.desired, comment=data["comment"], selection=form.selection,
-            dry_run=data["dry_run"], override_usage=data["override_usage"],
+            dry_run=data["dry_run"], override_usage=data["override_usage"], request_token=self.request_token(),
         )
 
     def success_message(self, batch):
         return f"Batch #{batch.pk} queued."
 
 
+def outcome_links(form):
+    """{bucket: instance-list URL listing exactly the instances of that bucket of the plan}."""
+    selection = {"ids": ",".join(form.cleaned_data["ids"])} if form.cleaned_data.get("ids") else {}
+    base = reverse("fleet:instance_list")
+    query = form.cleaned_data.get("filter") or ""
+    change = ",".join(f"{name}={value}" for name, value in form.desired.items())
+    links = {}
+    for bucket, _label in changes_outcome_choices():
+        params = urlencode({**selection, "outcome": bucket, "change": change})
+        links[bucket] = f"{base}?{query + '&' if query else ''}{params}"
+    return links
+
+
+def changes_outcome_choices():
+    from ..filters import InstanceFilterSet
+
+    return InstanceFilterSet.OUTCOME_CHOICES
+
+
+def measuring(regions):
+    """The account/regions among ``regions`` whose usage reading was asked for and is not done."""
+    if not regions:
+        return []
+    readings = UsageReading.objects.filter(account_id__in={pk for pk, _, _ in regions}).select_related("account")
+    wanted = {(pk, region) for pk, _, region in regions}
+    return [reading for reading in readings if (reading.account_id, reading.region) in wanted and reading.in_progress]
+
+
+class MeasureUsageView(OperatorRequiredMixin, View):
+    """POST ``targets=<account pk>/<region>…&next=<confirmation URL>``: read IMDSv1 use now for
+    those account/regions (a task each), then back to the confirmation page, which follows the
+    readings and shows the new plan when they are done."""
+
+    http_method_names = ["post"]
+
+    def post(self, request):
+        pairs = []
+        for value in request.POST.getlist("targets")[:2000]:
+            pk, _, region = value.partition("/")
+            account = Account.objects.filter(pk=pk, enabled=True).first() if pk.isdigit() else None
+            if account is None or region not in account.regions:
+                return HttpResponseBadRequest(f"Unknown account/region: {value[:60]}", content_type="text/plain")
+            pairs.append((account, region))
+        if not pairs:
+            return HttpResponseBadRequest("No account/region to measure.", content_type="text/plain")
+        usage.request_reading(pairs)
+        from ..tasks import sync_usage_region
+
+        queued = 0
+        for account, region in pairs:
+            try:
+                sync_usage_region.delay(account.pk, region)
+                queued += 1
+            except Exception as exc:  # broker down: say so rather than pretend
+                messages.error(request, f"Could not queue the reading of {account.account_id}/{region}: {exc}")
+        if queued:
+            messages.info(request, f"Measuring IMDSv1 use in {queued} account/region(s) now; this page updates "
+                                   "when done.")
+        target = request.POST.get("next", "")
+        if not url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
+            target = reverse("fleet:change_list")
+        return redirect(target)
+
+
+def measure_usage_status(request):
+    """The htmx fragment the confirmation page polls while readings run; once none is left it
+    asks the page to reload (HX-Refresh), which shows the new plan."""
+    regions = []
+    for value in request.GET.getlist("targets")[:2000]:
+        pk, _, region = value.partition("/")
+        if pk.isdigit():
+            regions.append((int(pk), "", region))
+    running = measuring(regions)
+    response = render(request, "fleet/partials/measuring.html", {"measuring": running,
+                                                                 "targets": request.GET.getlist("targets")})
+    if request.htmx and not running:
+        response["HX-Refresh"] = "true"
+    return response
+
+
 class ChangeListView(FilteredTableView):
-    queryset = ChangeBatch.objects.with_counts().select_related("created_by")
+    queryset = ChangeBatch.objects.with_counts().select_related("created_by").annotate(
+        rolled_back_by=Subquery(ChangeBatch.objects.filter(rollback_of=OuterRef("pk")).order_by("pk").values("pk")[:1])
+    )
     filterset_class = ChangeBatchFilterSet
     table_class = ChangeBatchTable
     template_name = "fleet/change_list.html"
@@ -67,6 +162,11 @@ def progress_context(batch):
         batch.items.filter(state=ItemState.PENDING, reason=STOPPED_REASON).count() if counts[ItemState.PENDING] else 0
     )
     active = sum(counts[state] for state in ItemState.active())
+    held_reasons = []
+    if counts[ItemState.HELD]:
+        rows = batch.items.filter(state=ItemState.HELD).values("outcome").annotate(n=Count("id")).order_by("-n")
+        held_reasons = [(changes.Outcome(row["outcome"]) if row["outcome"] in changes.Outcome.values
+                         else changes.Outcome.HELD_CALLS, row["n"]) for row in rows]
     return {
         "batch": batch, "counts": counts, "status": status, "final": status in FINAL,
         "done": done, "done_pct": round(100.0 * done / total) if total else 100, "segments": segments,
@@ -74,6 +174,8 @@ def progress_context(batch):
         # Only stopped instances left: nothing moves until someone starts them, so ask rarely.
         "poll_seconds": 15 if active and active == waiting_for_start else 2,
         "breakage": batch.items.filter(breakage_suspected=True).count() if batch.breakage_flagged_at else 0,
+        "held_reasons": held_reasons,
+        "rolled_back": batch.rollbacks.order_by("pk").first(),
     }
 
 
@@ -127,7 +229,7 @@ class BatchActionView(OperatorRequiredMixin, View):
         try:
             result = getattr(self, self.action)(batch)
         except changes.ChangeRefused as exc:
-            messages.error(request, str(exc))
+            messages.error(request, refusal_message(exc))
             return redirect(batch)
         if isinstance(result, ChangeBatch):
             messages.success(request, self.created_message.format(new=result.pk, old=batch.pk))
@@ -140,12 +242,6 @@ class BatchActionView(OperatorRequiredMixin, View):
 
     def retry(self, batch):
         return f"Queued {changes.retry_failed(batch, self.request.user):,} item(s) again."
-
-    def rollback(self, batch):
-        form = RollbackForm(self.request.POST)
-        if not form.is_valid():
-            raise changes.ChangeRefused("The comment is too long (2,000 characters at most).")
-        return changes.rollback(batch, self.request.user, comment=form.cleaned_data["comment"])
 
 
     def rerun(self, batch):
@@ -162,3 +258,37 @@ class BatchActionView(OperatorRequiredMixin, View):
             self.request.user, Instance.objects.filter(pk__in=batch.items.values("instance")), batch.desired,
             comment=comment, selection=f"as dry run #{batch.pk}: {batch.selection}", override_usage=batch.override_usage,
         )
+
+
+class RollbackView(ConfirmActionView):
+    """``/changes/<pk>/rollback/``: GET shows what the rollback would restore and skip, and why;
+    POST queues it (fleet.changes.rollbacks)."""
+
+    form_class = RollbackForm
+    template_name = "fleet/change_rollback.html"
+
+    def dispatch(self, request, *args, **kwargs):
+        self.batch = get_object_or_404(ChangeBatch, pk=kwargs["pk"])
+        return super().dispatch(request, *args, **kwargs)
+
+    def get_form_kwargs(self):
+        kwargs = super().get_form_kwargs()
+        kwargs.pop("data", None) if self.request.method == "GET" else None
+        return kwargs
+
+    def get(self, request, *args, **kwargs):
+        form = self.get_form()
+        return self.render_to_response(self.get_context_data(form=form, preview=self.preview(form)))
+
+    def get_context_data(self, **kwargs):
+        return super().get_context_data(**kwargs) | {"batch": self.batch}
+
+    def preview(self, form):
+        return changes.plan_rollback(self.batch)
+
+    def perform(self, form):
+        return changes.rollback(self.batch, self.request.user, comment=form.cleaned_data["comment"],
+                                request_token=self.request_token())
+
+    def success_message(self, batch):
+        return f"Rollback queued as batch #{batch.pk}."

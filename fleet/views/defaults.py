@@ -42,7 +42,8 @@ class DefaultsChangeView(ConfirmActionView):
         data = form.cleaned_data
         targets = [(account, region) for account, region, _row in form.resolved]
         return changes.request_defaults_change(
-            self.request.user, targets, form.desired, comment=data["comment"], dry_run=data["dry_run"]
+            self.request.user, targets, form.desired, comment=data["comment"], dry_run=data["dry_run"],
+            request_token=self.request_token(),
         )
 
     def success_message(self, batch):

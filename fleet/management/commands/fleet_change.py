@@ -30,6 +30,14 @@ class Command(BaseCommand):
             raise CommandError(f"error: account {account} is not registered", returncode=2)
         selection = "manage.py fleet_change require-imdsv2" + (f" --account {account}" if account else "") + (
             f" --region {region}" if region else "")
+        plan = changes.plan_change(changes.instances_for(account, region), changes.REQUIRE_IMDSV2,
+                                   override_usage=options["override_usage"])
+        self.stdout.write(
+            f"selected {plan.total}: to change {plan.to_change}, already {plan.already}, held {plan.held}, "
+            f"busy {plan.busy}, terminated or gone {plan.unreachable}"
+        )
+        for _bucket, warning in plan.warnings:
+            self.stdout.write(f"  {warning}")
         try:
             batch = changes.request_change(
                 None,

@@ -1,5 +1,7 @@
 """Sync the fleet cache now, in this process, through the same service the workers use."""
 
+import argparse
+
 from django.core.management.base import BaseCommand, CommandError
 
 from fleet import aws, sync
@@ -14,10 +16,13 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--account", help="12-digit account id")
         parser.add_argument("--region")
-        parser.add_argument("--usage", action="store_true",
-                            help="also read IMDSv1 usage (CloudWatch MetadataNoToken) for the window")
+        parser.add_argument("--no-usage", dest="usage", action="store_false",
+                            help="skip reading IMDSv1 usage (CloudWatch MetadataNoToken); until it is read, "
+                                 "the readiness gate holds the instances")
+        parser.add_argument("--usage", dest="usage", action="store_true", help=argparse.SUPPRESS)
+        parser.set_defaults(usage=True)
 
-    def handle(self, *args, account=None, region=None, usage=False, **options):
+    def handle(self, *args, account=None, region=None, usage=True, **options):
         if account and not Account.objects.filter(account_id=account).exists():
             raise CommandError(f"error: account {account} is not registered", returncode=2)
         pairs = list(sync.targets(account, region))
@@ -48,5 +53,5 @@ class Command(BaseCommand):
         try:
             measured, calling, flagged = usage_stage.sync_usage(account, region)
         except aws.AwsError as exc:
-            return f" usage=failed ({exc.code})"
+            return f" usage=failed ({exc.code}: {exc.message[:200]}; its instances stay held)"
         return f" usage: {calling} of {measured} calling IMDSv1" + (f", {flagged} breakages" if flagged else "")

@@ -1,0 +1,120 @@
+"""The one rule that decides what a change does to each selected instance, and why.
+
+Written once, as database expressions (``Case``/``When`` over annotations), and used by every
+path: the confirmation plan aggregates it, PostgreSQL inserts the items with it in one
+INSERT ... SELECT, SQLite bulk-creates them from the same rows, and the instance list filters by
+it (``outcome=``), so a count on the confirmation page and the list it links to cannot disagree.
+
+The outcomes are tried in order; the first that matches wins:
+
+1. gone / terminated (or shutting down): the change cannot reach the instance;
+2. already at the target values;
+3. busy: another batch has an active item for the instance (the reason names it);
+4. held, only when the change requires IMDSv2 and the user did not override: IMDSv1 calls were
+   seen; the last reading failed (AWS's error is the reason); usage was never measured; or the
+   last reading is older than ``IMDSWEB_USAGE_STALE_MINUTES``. Missing evidence holds.
+5. queued.
+"""
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Case, CharField, F, Func, OuterRef, Q, Subquery, TextField, Value, When
+from django.db.models.functions import Cast, Concat, JSONObject
+
+from ..choices import HttpTokens, InstanceState, ItemState
+from ..models import ChangeItem, Instance
+from ..usage import stale_before
+
+
+class Outcome(models.TextChoices):
+    GONE = "gone", "gone from AWS"
+    TERMINATED = "terminated", "terminated or shutting down"
+    ALREADY = "already", "already at the target"
+    BUSY = "busy", "busy in another batch"
+    HELD_CALLS = "held_calls", "IMDSv1 calls seen"
+    HELD_ERROR = "held_error", "IMDSv1 use could not be read"
+    HELD_UNMEASURED = "held_unmeasured", "IMDSv1 use never measured"
+    HELD_STALE = "held_stale", "IMDSv1 use not measured recently"
+    QUEUED = "queued", "to change"
+
+    @classmethod
+    def unreachable(cls):
+        return [cls.GONE, cls.TERMINATED]
+
+    @classmethod
+    def held(cls):
+        return [cls.HELD_CALLS, cls.HELD_ERROR, cls.HELD_UNMEASURED, cls.HELD_STALE]
+
+
+class DateText(Func):
+    """A timestamp as ``YYYY-MM-DD HH:MM UTC`` text, inside the database (for reasons)."""
+
+    output_field = TextField()
+
+    def as_postgresql(self, compiler, connection, **extra):
+        return self.as_sql(
+            compiler, connection, template="to_char(%(expressions)s AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI \"UTC\"')",
+            **extra,
+        )
+
+    def as_sqlite(self, compiler, connection, **extra):
+        return self.as_sql(compiler, connection, template="strftime('%%Y-%%m-%%d %%H:%%M UTC', %(expressions)s)",
+                           **extra)
+
+
+def holds_apply(desired, override_usage):
+    """The readiness gate guards only enforcing tokens: that is what breaks an IMDSv1 caller."""
+    return not override_usage and desired.get("http_tokens") == HttpTokens.REQUIRED
+
+
+def already_text(desired):
+    return "already " + ", ".join(f"{name}={value}" for name, value in desired.items())
+
+
+def decide(instances, desired, *, override_usage=False, now=None):
+    """``instances`` (any Instance queryset) as a queryset annotated with ``outcome``,
+    ``item_state`` and ``item_reason`` (and ``busy_batch``, ``item_previous``)."""
+    days = settings.IMDSWEB_USAGE_WINDOW_DAYS
+    base = Instance.objects.filter(pk__in=instances.order_by().values("pk"))
+    busy = ChangeItem.objects.filter(instance=OuterRef("pk"), state__in=ItemState.active()).order_by().values(
+        "batch_id")[:1]
+    rules = [
+        (Outcome.GONE, Q(gone_at__isnull=False), Value("instance no longer exists in AWS")),
+        (Outcome.TERMINATED, Q(instance_state__in=[InstanceState.TERMINATED, InstanceState.SHUTTING_DOWN]),
+         Concat(Value("instance is "), F("instance_state"), output_field=TextField())),
+        (Outcome.ALREADY, Q(**desired), Value(already_text(desired))),
+        (Outcome.BUSY, Q(busy_batch__isnull=False),
+         Concat(Value("another change is in progress (batch #"), Cast("busy_batch", TextField()), Value(")"),
+                output_field=TextField())),
+    ]
+    if holds_apply(desired, override_usage):
+        rules += [
+            (Outcome.HELD_CALLS, Q(v1_calls__gt=0),
+             Concat(Cast("v1_calls", TextField()),
+                    Value(f" IMDSv1 call(s) in the last {days} days; enforcing IMDSv2 would break the caller"),
+                    output_field=TextField())),
+            (Outcome.HELD_ERROR, ~Q(usage_error=""),
+             Concat(Value("IMDSv1 use could not be measured ("), F("usage_error"),
+                    Value("); enforcing IMDSv2 could break a caller"), output_field=TextField())),
+            (Outcome.HELD_UNMEASURED, Q(usage_synced_at__isnull=True),
+             Value("IMDSv1 use never measured; enforcing IMDSv2 could break a caller")),
+            (Outcome.HELD_STALE, Q(usage_synced_at__lt=stale_before(now)),
+             Concat(Value("IMDSv1 use not measured since "), DateText("usage_synced_at"),
+                    Value("; enforcing IMDSv2 could break a caller"), output_field=TextField())),
+        ]
+    outcome = Case(*(When(condition, then=Value(code.value)) for code, condition, _ in rules),
+                   default=Value(Outcome.QUEUED.value), output_field=CharField())
+    reason = Case(*(When(condition, then=text) for _, condition, text in rules),
+                  default=Value(""), output_field=TextField())
+    held = [code.value for code, *_ in rules if code in Outcome.held()]
+    state = Case(
+        When(outcome=Outcome.QUEUED, then=Value(ItemState.QUEUED.value)),
+        When(outcome__in=held, then=Value(ItemState.HELD.value)),
+        default=Value(ItemState.SKIPPED.value),
+        output_field=CharField(),
+    )
+    return (
+        base.annotate(busy_batch=Subquery(busy))
+        .annotate(outcome=outcome)
+        .annotate(item_state=state, item_reason=reason, item_previous=JSONObject(**{name: F(name) for name in desired}))
+    )
