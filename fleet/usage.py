@@ -70,7 +70,7 @@ def sync_usage(account, region, days=None):
                 instance.v1_rejected = int(rejected)
                 instance.v1_last_seen = last_call
                 instance.usage_synced_at = now
-                instance.usage_error = ""
+                instance.usage_error = None
                 calling += calls > 0
                 if rejected > 0 and last_rejected:
                     rejected_since[instance.pk] = last_rejected

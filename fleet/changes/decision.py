@@ -93,7 +93,7 @@ def decide(instances, desired, *, override_usage=False, now=None):
              Concat(Cast("v1_calls", TextField()),
                     Value(f" IMDSv1 call(s) in the last {days} days; enforcing IMDSv2 would break the caller"),
                     output_field=TextField())),
-            (Outcome.HELD_ERROR, ~Q(usage_error=""),
+            (Outcome.HELD_ERROR, Q(usage_error__isnull=False) & ~Q(usage_error=""),
              Concat(Value("IMDSv1 use could not be measured ("), F("usage_error"),
                     Value("); enforcing IMDSv2 could break a caller"), output_field=TextField())),
             (Outcome.HELD_UNMEASURED, Q(usage_synced_at__isnull=True),

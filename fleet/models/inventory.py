@@ -86,9 +86,9 @@ class Instance(models.Model):
     v1_rejected = models.BigIntegerField(null=True, blank=True)
     v1_last_seen = models.DateTimeField(null=True, blank=True)
     usage_synced_at = models.DateTimeField(null=True, blank=True)
-    # Why the last attempt to read this instance's usage failed (AWS's code and message); blank
+    # Why the last attempt to read this instance's usage failed (AWS's code and message); null
     # once a reading succeeds. A failed reading is never "no calls": the readiness gate holds.
-    usage_error = models.TextField(blank=True, default="")
+    usage_error = models.TextField(null=True, blank=True)
 
     first_seen = models.DateTimeField()
     last_seen = models.DateTimeField()

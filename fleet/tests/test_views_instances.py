@@ -28,9 +28,11 @@ def mixed():
         "v2": InstanceFactory(account=prod, instance_id="i-00000000000000002", name="web", http_tokens="required",
                               v1_calls=0),
         "off": InstanceFactory(account=dev, region="eu-west-1", instance_id="i-00000000000000003", name="batch",
-                               http_endpoint="disabled", hop_limit=2, instance_metadata_tags="enabled"),
+                               http_endpoint="disabled", hop_limit=2, instance_metadata_tags="enabled",
+                               v1_calls=None, usage_synced_at=None),
         "pending": InstanceFactory(account=dev, instance_id="i-00000000000000004", name="eks-node",
-                                   metadata_state="pending", instance_state="stopped", http_tokens="required"),
+                                   metadata_state="pending", instance_state="stopped", http_tokens="required",
+                                   v1_calls=None, usage_synced_at=None),
         "gone": InstanceFactory(account=dev, instance_id="i-00000000000000005", name="old", gone_at=timezone.now()),
     }
 

@@ -283,6 +283,9 @@ class RollbackView(ConfirmActionView):
     def get_context_data(self, **kwargs):
         return super().get_context_data(**kwargs) | {"batch": self.batch}
 
+    def form_invalid(self, form):
+        return self.render_to_response(self.get_context_data(form=form, preview=self.preview(form)), status=400)
+
     def preview(self, form):
         return changes.plan_rollback(self.batch)
 

@@ -55,7 +55,8 @@ def world(db):
         account_id=ACCOUNT_ID, name="prod", regions=["us-east-1", "eu-west-1"],
         role_arn=f"arn:aws:iam::{ACCOUNT_ID}:role/imdsweb-reader", external_id=EXTERNAL_ID,
     )
-    instance = InstanceFactory(account=account, instance_id=INSTANCE_ID, name="web-1", v1_calls=0)
+    instance = InstanceFactory(account=account, instance_id=INSTANCE_ID, name="web-1", v1_calls=0,
+                               http_tokens="required")
     other = InstanceFactory(account=account, instance_id="i-0123456789abcdef1", name="web-2", v1_calls=0)
     InstanceFactory(account=account, instance_id="i-0123456789abcdef2", name="old", gone_at=timezone.now())
     MetadataDefaultsFactory(account=account, region="us-east-1", http_tokens="optional")

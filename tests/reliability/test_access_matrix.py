@@ -27,7 +27,7 @@ ACTION_GET = {"anonymous": LOGIN, "viewer": 403, "operator": 405, "admin": 405}
 # Read-only function views answer any method; a POST still needs a CSRF token and changes nothing.
 READ_ANY_METHOD = READ
 
-INSTANCE_FORM = {"http_tokens": "required", "hop_limit": 1, "http_endpoint": "enabled",
+INSTANCE_FORM = {"http_tokens": "required", "hop_limit": 2, "http_endpoint": "enabled",
                  "http_protocol_ipv6": "disabled", "instance_metadata_tags": "disabled"}
 
 # url name -> {method: ({role: status}, query or form data)}
@@ -50,7 +50,10 @@ MATRIX = {
     "change_progress": {"GET": (READ, None), "POST": (READ_ANY_METHOD, {})},
     "change_cancel": {"GET": (ACTION_GET, None), "POST": (OPERATOR_ACTION, {})},
     "change_retry": {"GET": (ACTION_GET, None), "POST": (OPERATOR_ACTION, {})},
-    "change_rollback": {"GET": (ACTION_GET, None), "POST": (OPERATOR_ACTION, {"comment": "undo"})},
+    "change_rollback": {"GET": (OPERATOR_PAGE, None), "POST": (OPERATOR_ACTION, {"comment": "undo"})},
+    "measure_usage": {"GET": (ACTION_GET, None),
+                      "POST": (OPERATOR_ACTION, {"targets": "ACCOUNT_PK/us-east-1", "next": "/changes/"})},
+    "measure_usage_status": {"GET": (READ, {"targets": "ACCOUNT_PK/us-east-1"}), "POST": (READ_ANY_METHOD, {})},
     # The fixture's batch is not a dry run: the rerun is refused with a message (302, nothing written).
     "change_rerun": {"GET": (ACTION_GET, None), "POST": (OPERATOR_ACTION, {})},
 }
@@ -101,6 +104,8 @@ def test_matrix(world, name, method, role, expected):
     client = client_for(role)
     url = url_for(name, world)
     data = MATRIX[name][method][1]
+    if data and "targets" in data:
+        data = data | {"targets": data["targets"].replace("ACCOUNT_PK", str(world["account"].pk))}
     before = fingerprint()
     response = client.get(url, data) if method == "GET" else client.post(url, data or {})
     if expected == LOGIN:
