@@ -64,13 +64,17 @@ def _nothing_to_queue(batch):
     """Why a request would queue nothing: the batch's items counted by outcome, in words."""
     from .decision import Outcome
 
-    rows = batch.items.values("outcome").annotate(n=Count("id")).order_by("-n")
+    order = {code: index for index, code in enumerate(Outcome.values)}
+    rows = sorted(batch.items.values("outcome").annotate(n=Count("id")).order_by(),
+                  key=lambda row: order.get(row["outcome"], len(order)))
     parts = [f"{row['n']:,} {Outcome(row['outcome']).label}" for row in rows if row["outcome"]]
     message = "Nothing to queue: " + ", ".join(parts) + "."
     if any(row["outcome"] in Outcome.held() for row in rows):
         message += " Held instances are queued only with the override ticked."
     busy = batch.items.filter(outcome=Outcome.BUSY).values("instance_id")[:1000]
     holder = _holder_of(busy) if busy.exists() else None
+    if holder is not None:
+        message += f" The busy ones are already in progress in batch #{holder.pk}."
     return ChangeRefused(message, batch=holder)
 
 

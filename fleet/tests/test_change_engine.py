@@ -8,7 +8,7 @@ import itertools
 
 import pytest
 
-from fleet import changes, sync
+from fleet import changes, sync, usage
 from fleet.choices import ItemState
 from fleet.models import Account, ChangeItem, Instance, MetadataDefaults
 from fleet.tests.factories import InstanceFactory
@@ -41,6 +41,7 @@ def seed(stack, regions=("us-east-1",), count=10, **options):
     )
     for region in regions:
         sync.sync_region(account, region)
+        usage.sync_usage(account, region)  # the readiness gate holds what was never measured
     return account
 
 
@@ -109,6 +110,7 @@ def test_rollback_restores_exactly_the_previous_values(stack):
     extra.run_instances(ImageId=image, MinCount=2, MaxCount=2,
                         MetadataOptions={"HttpTokens": "optional", "HttpPutResponseHopLimit": 3})
     sync.sync_region(account, "us-east-1")
+    usage.sync_usage(account, "us-east-1")
     before = stack.aws_options(account.account_id, "us-east-1")
 
     batch = changes.request_change(None, Instance.objects.filter(account=account),

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 import requests
 
-from fleet import changes, sync
+from fleet import changes, sync, usage
 from fleet.choices import ItemState
 from fleet.models import Account, Instance
 from fleet.tests.conftest import free_port
@@ -59,6 +59,7 @@ def test_throttling_and_5xx_together_fail_nothing_and_apply_once(settings):
                                          role_arn=f"arn:aws:iam::{account_id}:role/imdsweb-reader")
         for region in regions:
             sync.sync_region(account, region)
+            usage.sync_usage(account, region)
         stack.sim.reset_stats()
         stack.sim.configure(throttle_rate=0.5, error_rate=0.1)
 
