@@ -11,6 +11,7 @@ pages ask, at the cost of one SET every few seconds per worker process.
 
 import logging
 import time
+from datetime import UTC, datetime
 
 from django.conf import settings
 from django.core.cache import cache
@@ -50,7 +51,7 @@ def last_heartbeat():
     value = cache.get(KEY)
     if not value:
         return None
-    return {"hostname": value["hostname"], "at": timezone.datetime.fromtimestamp(value["at"], tz=timezone.utc)}
+    return {"hostname": value["hostname"], "at": datetime.fromtimestamp(value["at"], tz=UTC)}
 
 
 def stalled(batch=None):
