@@ -394,6 +394,15 @@ def tracking_wanted(account_pk, region):
     return moving and claim_tracking(account_pk, region)
 
 
+def next_round_in(checked):
+    """Seconds until a region's next tracking round after one that checked ``checked`` items:
+    IMDSWEB_TRACK_FAST_SECONDS, or longer when the rounds would use more than half of the
+    region's DescribeInstances refill rate (≤ 200 ids a call), which the inventory sync shares."""
+    calls = -(-checked // aws.ec2.IDS_PER_FILTER)
+    _capacity, rate = ratelimit.limits_for("DescribeInstances")
+    return max(settings.IMDSWEB_TRACK_FAST_SECONDS, calls / (rate / 2))
+
+
 def _stopped_check_due(account_pk, region):
     """True at most once per IMDSWEB_TRACK_STOPPED_SECONDS per account/region, across workers."""
     return cache.add(f"imdsweb:track-stopped:{account_pk}:{region}", 1, settings.IMDSWEB_TRACK_STOPPED_SECONDS)

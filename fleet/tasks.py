@@ -79,16 +79,17 @@ def track_pending_region(account_pk, region):
     """One tracking round (its region's guard taken by whoever scheduled it); the next follows in
     a second while changes are still pending on running instances there."""
     account = Account.objects.filter(pk=account_pk).first()
+    checked = 0
     try:
         if account is not None:
-            apply.track_region(account, region)
+            checked = apply.track_region(account, region)
     except apply.aws.AwsError as exc:
         log.warning("tracking %s/%s failed, will retry at the beat's round: %s", account.account_id, region, exc)
         return
     finally:
         apply.release_tracking(account_pk, region)
     if apply.tracking_wanted(account_pk, region):
-        track_pending_region.apply_async((account_pk, region), countdown=settings.IMDSWEB_TRACK_FAST_SECONDS)
+        track_pending_region.apply_async((account_pk, region), countdown=apply.next_round_in(checked))
 
 
 @shared_task(ignore_result=True)

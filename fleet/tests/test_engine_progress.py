@@ -236,6 +236,15 @@ def test_a_tracking_round_follows_itself_while_changes_move_then_stops(
     assert len(scheduled) == 1 and apply.claim_tracking(account.pk, REGION)  # chain ended, guard free
 
 
+def test_rounds_keep_to_half_the_describe_rate_when_many_are_pending(settings):
+    settings.IMDSWEB_TRACK_FAST_SECONDS = 1.0
+    settings.IMDSWEB_RATE_HEADROOM = 1.0
+    settings.IMDSWEB_RATE_TIME_SCALE = 1.0
+    # DescribeInstances refills at 20/s; 200 ids a call.
+    assert apply.next_round_in(1) == apply.next_round_in(1_000) == 1.0  # 5 calls a second: a quarter
+    assert apply.next_round_in(10_000) == 5.0  # 50 calls every 5 s: half
+
+
 def test_only_stopped_instances_left_no_fast_rounds(settings, aws_answers, scheduled):
     answers, _calls = aws_answers
     account = AccountFactory()
