@@ -4,6 +4,18 @@ pending ones until AWS reports ``applied``, and sweep up work that a dead broker
 Work is claimed with a conditional UPDATE (queued -> submitting), so no two workers ever send
 the same item and no lock is held across an AWS call. One runner at a time works through an
 account/region (a short-lived lock in the cache); account/regions run in parallel.
+
+Each kind of change is a target (``TARGETS``): the AWS action whose token bucket paces it, the
+call, and how its answer is recorded. The runner takes the token of the item it is about to send
+without waiting for it: when none is there it yields the worker and is scheduled again for when
+one will be, so no worker sleeps in the rate limiter.
+
+Pending items are followed by tracking rounds (``track_region``): a region's round runs about a
+second after a submit that AWS answered ``pending`` and again every second while changes are
+pending on running instances, one round per region at a time (a guard in the cache); the beat's
+round every ``IMDSWEB_TRACK_PENDING_SECONDS`` is the safety net. Items on stopped instances
+(``ChangeItem.awaiting_start``) are checked only every ``IMDSWEB_TRACK_STOPPED_SECONDS``: nothing
+changes for them until someone starts the instance.
 """
 
 import logging
@@ -36,8 +48,11 @@ THROTTLE_CODES = frozenset({"RequestLimitExceeded", "Throttling", "ThrottlingExc
 RUNNER_TTL = 60
 # A runner renews its lock at most this often (a Redis round trip per item is not needed).
 RUNNER_RENEW_SECONDS = 5
-STOPPED_REASON = "instance is stopped: AWS applies the change when it next starts"
+GET_DEFAULTS = "GetInstanceMetadataDefaults"
 POSTURE_REFRESH_SECONDS = 5
+# A region's tracking guard outlives a round and the countdown to the next; if the worker that
+# carries the chain dies, the beat's round takes over once it has expired.
+TRACKING_TTL = 60
 # Yield the worker instead of sleeping when the next token is further away than this.
 MAX_SLEEP = 0.05
 
@@ -87,29 +102,97 @@ def _backoff(account_pk, region):
     return random.uniform(0, min(60.0, 0.5 * 2**streak))
 
 
+# ---------------------------------------------------------------- what each kind of change does
+
+
+class InstanceOptionsTarget:
+    """ModifyInstanceMetadataOptions on one instance: AWS answers ``pending`` or ``applied``."""
+
+    action = MODIFY
+
+    def refusal(self, item):
+        return None
+
+    def call(self, item, dry_run):
+        return aws.modify_instance_metadata_options(
+            item.account, item.region, item.instance.instance_id, item.target_values, dry_run=dry_run,
+            token_taken=True,
+        )
+
+    def record(self, item, result):
+        state = ItemState.APPLIED if result["metadata_state"] == MetadataState.APPLIED else ItemState.PENDING
+        with transaction.atomic():  # one commit for the item and its instance
+            Instance.objects.filter(pk=item.instance_id).update(
+                metadata_state=result["metadata_state"] or MetadataState.PENDING,
+                **{name: result[name] for name in INSTANCE_OPTION_FIELDS if result.get(name) is not None},
+            )
+            _finish(item, state, request_id=result["request_id"], submitted_at=timezone.now(), error_code="",
+                    error_message="")
+
+
+class AccountDefaultsTarget:
+    """ModifyInstanceMetadataDefaults of one account/region, paced by that action's own bucket
+    (2, refilled at 2 per second). AWS applies it at once; the defaults are read back."""
+
+    action = MODIFY_DEFAULTS
+
+    def refusal(self, item):
+        managed = MetadataDefaults.objects.filter(
+            account=item.account, region=item.region, managed_by="declarative-policy"
+        ).first()
+        if managed:
+            return "DeclarativePolicy", managed.managed_exception_message or "managed by a declarative policy"
+        return None
+
+    def call(self, item, dry_run):
+        return {"request_id": aws.modify_instance_metadata_defaults(
+            item.account, item.region, item.target_values, dry_run=dry_run, token_taken=True)}
+
+    def record(self, item, result):
+        # The read-back takes its token only if one is there now (no worker waits for it); without
+        # one the next sync reads the new defaults.
+        if ratelimit.try_take(item.account.account_id, item.region, GET_DEFAULTS) == 0:
+            sync_defaults(item.account, item.region, token_taken=True)
+        _finish(item, ItemState.APPLIED, request_id=result["request_id"], submitted_at=timezone.now(),
+                error_code="", error_message="")
+
+
+TARGETS = {ChangeKind.INSTANCE_OPTIONS: InstanceOptionsTarget(), ChangeKind.ACCOUNT_DEFAULTS: AccountDefaultsTarget()}
+
+
+def target_of(item):
+    return TARGETS[item.batch.kind]
+
+
 # ---------------------------------------------------------------- submitting
 
 
-def _claim_next(account, region):
-    """Claim the next queued item of this account/region: (item, None when none is left, False when
-    another worker took it first). Two statements: read it with what submitting needs, then the
-    conditional UPDATE that makes it ours."""
-    item = (
+def _next_queued(account, region):
+    """The next queued item of this account/region, read with what submitting it needs."""
+    return (
         ChangeItem.objects.filter(account=account, region=region, state=ItemState.QUEUED)
         .select_related("batch", "instance", "account")
         .order_by("id")
         .first()
     )
-    if item is None:
-        return None
+
+
+def _claim(item):
+    """The conditional UPDATE that makes the item ours: False when another worker took it first."""
     now = timezone.now()
     claimed = ChangeItem.objects.filter(pk=item.pk, state=ItemState.QUEUED).update(
         state=ItemState.SUBMITTING, claimed_at=now, attempts=F("attempts") + 1
     )
-    if not claimed:
-        return False  # another worker took it between our read and our update
-    item.state, item.claimed_at, item.attempts = ItemState.SUBMITTING, now, item.attempts + 1
-    return item
+    if claimed:
+        item.state, item.claimed_at, item.attempts = ItemState.SUBMITTING, now, item.attempts + 1
+    return bool(claimed)
+
+
+def _unclaim(item):
+    """Give a claimed item back to the queue without counting an attempt (its call is still ahead)."""
+    ChangeItem.objects.filter(pk=item.pk, state=ItemState.SUBMITTING).update(
+        state=ItemState.QUEUED, claimed_at=None, attempts=F("attempts") - 1
+    )
 
 
 def _finish(item, state, **fields):
@@ -145,19 +228,21 @@ def _record_preflight(batch, account, region, report):
         locked.save(update_fields=["preflight_report"])
 
 
-def _preflight(item):
-    """DryRun once per batch and account/region before changing anything there.
-
-    Returns True to go on with the item, False when the region failed (items recorded).
-    """
-    batch, account, region = item.batch, item.account, item.region
-    key = f"{account.account_id}/{region}"
+def _needs_preflight(item):
     # The batch row was read with the item, after any earlier preflight of this region was recorded
     # (one runner per account/region records it before going on).
-    if batch.dry_run or key in batch.preflight_report:
-        return True
+    return not item.batch.dry_run and f"{item.account.account_id}/{item.region}" not in item.batch.preflight_report
+
+
+def _preflight(item):
+    """DryRun once per batch and account/region before changing anything there, with the token
+    taken for the item (its own call takes the next one).
+
+    Returns True to go on with the region, False when it failed (items recorded).
+    """
+    batch, account, region = item.batch, item.account, item.region
     try:
-        _call(item, dry_run=True, token_taken=False)
+        target_of(item).call(item, dry_run=True)
     except aws.DryRunSucceeded as ok:
         _record_preflight(batch, account, region, {"ok": True, "request_id": ok.request_id})
         return True
@@ -174,28 +259,16 @@ def _preflight(item):
     return True
 
 
-def _call(item, dry_run, token_taken):
-    if item.batch.kind == ChangeKind.ACCOUNT_DEFAULTS:
-        return {"request_id": aws.modify_instance_metadata_defaults(
-            item.account, item.region, item.target_values, dry_run=dry_run, token_taken=token_taken)}
-    return aws.modify_instance_metadata_options(
-        item.account, item.region, item.instance.instance_id, item.target_values, dry_run=dry_run,
-        token_taken=token_taken,
-    )
-
-
 def submit(item):
-    """Send one claimed item to AWS and record what happened. Returns the retryable error, if any."""
-    if item.batch.kind == ChangeKind.ACCOUNT_DEFAULTS:
-        managed = MetadataDefaults.objects.filter(
-            account=item.account, region=item.region, managed_by="declarative-policy"
-        ).first()
-        if managed:
-            _finish(item, ItemState.FAILED, error_code="DeclarativePolicy",
-                    error_message=managed.managed_exception_message or "managed by a declarative policy")
-            return None
+    """Send one claimed item to AWS (its token taken) and record what happened. Returns the
+    retryable error, if any."""
+    target = target_of(item)
+    refused = target.refusal(item)
+    if refused:
+        _finish(item, ItemState.FAILED, error_code=refused[0], error_message=refused[1])
+        return None
     try:
-        result = _call(item, dry_run=item.batch.dry_run, token_taken=True)
+        result = target.call(item, dry_run=item.batch.dry_run)
     except aws.DryRunSucceeded as ok:
         _finish(item, ItemState.SKIPPED, reason="dry run: AWS would accept this change", request_id=ok.request_id)
         return None
@@ -211,20 +284,18 @@ def submit(item):
         return None
     if item.batch.dry_run:  # the endpoint did not model DryRun and made the change: say so
         log.warning("endpoint ignored DryRun for item %s", item.pk)
-    if item.batch.kind == ChangeKind.ACCOUNT_DEFAULTS:
-        sync_defaults(item.account, item.region)
-        _finish(item, ItemState.APPLIED, request_id=result["request_id"], submitted_at=timezone.now(),
-                error_code="", error_message="")
-        return None
-    state = ItemState.APPLIED if result["metadata_state"] == MetadataState.APPLIED else ItemState.PENDING
-    with transaction.atomic():  # one commit for the item and its instance
-        Instance.objects.filter(pk=item.instance_id).update(
-            metadata_state=result["metadata_state"] or MetadataState.PENDING,
-            **{name: result[name] for name in INSTANCE_OPTION_FIELDS if result.get(name) is not None},
-        )
-        _finish(item, state, request_id=result["request_id"], submitted_at=timezone.now(), error_code="",
-                error_message="")
+    target.record(item, result)
     return None
+
+
+def _take_token(account, region, action):
+    """0 once this action's token is ours; else the seconds until one will be (nothing taken).
+    Waits of a few milliseconds are slept through, longer ones are the caller's to yield."""
+    while True:
+        wait = ratelimit.try_take(account.account_id, region, action)
+        if wait == 0 or wait > MAX_SLEEP:
+            return wait
+        time.sleep(wait)
 
 
 def run_region(account_pk, region, budget=None):
@@ -252,25 +323,26 @@ def run_region(account_pk, region, budget=None):
                 again = 0.0
                 break
             lock.refresh()
-            wait = ratelimit.try_take(account.account_id, region, MODIFY)
-            if wait > MAX_SLEEP:
-                again = wait
-                break
-            if wait > 0:
-                time.sleep(wait)  # nothing was taken: take the token once it has refilled
-                continue
-            item = _claim_next(account, region)
-            if item is False:
-                continue
+            item = _next_queued(account, region)
             if item is None:
                 break
-            try:
-                go_on = _preflight(item)
-            except aws.RetryableAwsError as exc:
-                _requeue(item, exc)
-                again = _backoff(account_pk, region)
+            # The token of this item's own action: account defaults never wait for (nor spend)
+            # instance-options tokens, and the other way round.
+            wait = _take_token(account, region, target_of(item).action)
+            if wait:
+                again = wait
                 break
-            if not go_on:
+            if not _claim(item):
+                continue  # another worker took it between our read and our update
+            if _needs_preflight(item):
+                try:
+                    go_on = _preflight(item)
+                except aws.RetryableAwsError as exc:
+                    _requeue(item, exc)
+                    again = _backoff(account_pk, region)
+                    break
+                if go_on:
+                    _unclaim(item)  # its own call takes the next token
                 continue
             error = submit(item)
             submitted += 1
@@ -296,12 +368,64 @@ def run_region(account_pk, region, budget=None):
 # ---------------------------------------------------------------- following pending items
 
 
+def _tracking_key(account_pk, region):
+    return f"imdsweb:tracking:{account_pk}:{region}"
+
+
+def claim_tracking(account_pk, region):
+    """Take the region's tracking guard: True when the caller should run (or schedule) a round.
+    At most one round per account/region is scheduled or running at a time."""
+    return cache.add(_tracking_key(account_pk, region), 1, TRACKING_TTL)
+
+
+def release_tracking(account_pk, region):
+    cache.delete(_tracking_key(account_pk, region))
+
+
+def tracking_wanted(account_pk, region):
+    """Take the guard if changes are pending on running instances here and no round is already
+    on its way: True when the caller should schedule one (``IMDSWEB_TRACK_FAST_SECONDS`` from now)."""
+    if cache.get(_tracking_key(account_pk, region)) is not None:
+        return False
+    moving = ChangeItem.objects.filter(
+        account_id=account_pk, region=region, state=ItemState.PENDING, awaiting_start=False,
+        instance__isnull=False,
+    ).exists()
+    return moving and claim_tracking(account_pk, region)
+
+
+def next_round_in(checked):
+    """Seconds until a region's next tracking round after one that checked ``checked`` items:
+    IMDSWEB_TRACK_FAST_SECONDS, or longer when the rounds would use more than half of the
+    region's DescribeInstances refill rate (≤ 200 ids a call), which the inventory sync shares."""
+    calls = -(-checked // aws.ec2.IDS_PER_FILTER)
+    _capacity, rate = ratelimit.limits_for("DescribeInstances")
+    return max(settings.IMDSWEB_TRACK_FAST_SECONDS, calls / (rate / 2))
+
+
+def _stopped_check_due(account_pk, region):
+    """True at most once per IMDSWEB_TRACK_STOPPED_SECONDS per account/region, across workers."""
+    return cache.add(f"imdsweb:track-stopped:{account_pk}:{region}", 1, settings.IMDSWEB_TRACK_STOPPED_SECONDS)
+
+
 def track_region(account, region):
-    """Check this account/region's pending items with batched DescribeInstances."""
-    items = list(
-        ChangeItem.objects.filter(account=account, region=region, state=ItemState.PENDING, instance__isnull=False)
-        .select_related("instance", "batch")
-    )
+    """Check this account/region's pending items with batched DescribeInstances (≤ 200 ids a
+    call). Returns how many items were checked.
+
+    - applied with the values we set: applied; applied with others: failed (changed elsewhere);
+    - the instance gone, terminated or shutting down: failed, the change can never apply;
+    - stopped or stopping: ``awaiting_start``. AWS applies the change when it next starts, and the
+      pending timeout does not run while it is stopped: its clock starts over (``pending_since``)
+      when the instance is seen running again. These items are checked only every
+      ``IMDSWEB_TRACK_STOPPED_SECONDS``;
+    - running and pending for longer than ``IMDSWEB_PENDING_TIMEOUT_MINUTES``: stuck.
+    """
+    pending = ChangeItem.objects.filter(
+        account=account, region=region, state=ItemState.PENDING, instance__isnull=False
+    ).select_related("instance", "batch")
+    if not _stopped_check_due(account.pk, region):
+        pending = pending.filter(awaiting_start=False)
+    items = list(pending)
     if not items:
         return 0
     now = timezone.now()
@@ -309,40 +433,52 @@ def track_region(account, region):
         data["InstanceId"]: data
         for data in aws.describe_instances_by_ids(account, region, {item.instance.instance_id for item in items})
     }
-    upsert_instances(account, region, list(seen.values()), now)
+    _new, changed = upsert_instances(account, region, list(seen.values()), now)
     timeout = now - timezone.timedelta(minutes=settings.IMDSWEB_PENDING_TIMEOUT_MINUTES)
-    outcome = {ItemState.APPLIED: [], ItemState.STUCK: []}
+    applied, stuck, to_await, started = [], [], [], []
     failed = {}
-    waiting_for_start = []
     for item in items:
         data = seen.get(item.instance.instance_id)
         if data is None:
             failed[item.pk] = ("InvalidInstanceID.NotFound", "the instance no longer exists in AWS")
             continue
         options = aws.ec2.options_from_aws(data.get("MetadataOptions", {}))
-        stopped = data.get("State", {}).get("Name") in (InstanceState.STOPPED, InstanceState.STOPPING)
+        instance_state = data.get("State", {}).get("Name")
         if options["metadata_state"] == MetadataState.APPLIED:
             wrong = {k: options[k] for k, v in item.target_values.items() if options[k] != v}
             if wrong:
                 failed[item.pk] = ("Overwritten", f"AWS reports applied but with {wrong}: changed elsewhere")
             else:
-                outcome[ItemState.APPLIED].append(item.pk)
-        elif stopped:
-            waiting_for_start.append(item.pk)  # by design: AWS applies it at the next start
-        elif item.submitted_at and item.submitted_at < timeout:
-            outcome[ItemState.STUCK].append(item.pk)
-    for state, pks in outcome.items():
-        if pks:
-            reason = "" if state == ItemState.APPLIED else (
-                f"still pending after {settings.IMDSWEB_PENDING_TIMEOUT_MINUTES} minutes")
-            ChangeItem.objects.filter(pk__in=pks, state=ItemState.PENDING).update(
-                state=state, finished_at=now, reason=reason)
-    ChangeItem.objects.filter(pk__in=waiting_for_start, state=ItemState.PENDING).exclude(
-        reason=STOPPED_REASON).update(reason=STOPPED_REASON)
+                applied.append(item.pk)
+        elif instance_state in (InstanceState.TERMINATED, InstanceState.SHUTTING_DOWN):
+            failed[item.pk] = ("InstanceTerminated", f"the instance is {instance_state}: the change can never apply")
+        elif instance_state in (InstanceState.STOPPED, InstanceState.STOPPING):
+            if not item.awaiting_start:
+                to_await.append(item.pk)  # by design: AWS applies it at the next start
+        elif item.awaiting_start:
+            started.append(item.pk)  # started again: AWS applies it now, the timeout starts over
+        elif (item.pending_since or item.submitted_at or now) < timeout:
+            stuck.append(item.pk)
+    still_pending = ChangeItem.objects.filter(state=ItemState.PENDING)
+    if applied:
+        still_pending.filter(pk__in=applied).update(
+            state=ItemState.APPLIED, finished_at=now, reason="", awaiting_start=False)
+    if stuck:
+        still_pending.filter(pk__in=stuck).update(
+            state=ItemState.STUCK, finished_at=now,
+            reason=f"still pending after {settings.IMDSWEB_PENDING_TIMEOUT_MINUTES} minutes on a running instance")
+    if to_await:
+        still_pending.filter(pk__in=to_await).update(awaiting_start=True)
+    if started:
+        still_pending.filter(pk__in=started).update(awaiting_start=False, pending_since=now)
     for pk, (code, message) in failed.items():
-        ChangeItem.objects.filter(pk=pk, state=ItemState.PENDING).update(
-            state=ItemState.FAILED, error_code=code, error_message=message, finished_at=now)
-    posture.refresh_region(account.pk, region)
+        still_pending.filter(pk=pk).update(
+            state=ItemState.FAILED, error_code=code, error_message=message, finished_at=now, awaiting_start=False)
+    finished = len(applied) + len(stuck) + len(failed)
+    # Rounds come every second while changes are pending: refresh the summary when the last of
+    # them finished, else at most every few seconds.
+    if (finished or changed) and (finished == len(items) or _posture_refresh_due(account.pk, region)):
+        posture.refresh_region(account.pk, region)
     return len(items)
 
 

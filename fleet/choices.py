@@ -91,6 +91,14 @@ class BatchStatus(models.TextChoices):
     QUEUED = "queued", "queued"
     RUNNING = "running", "running"
     PENDING = "pending", "waiting for AWS"
+    # Only items on stopped instances are left: AWS applies them when each instance next starts.
+    AWAITING_START = "awaiting_start", "done for now"
     DONE = "done", "done"
     DONE_WITH_ERRORS = "done_with_errors", "done with errors"
     CANCELLED = "cancelled", "cancelled"
+
+    @classmethod
+    def settled(cls):
+        """Statuses in which nothing moves until something outside imdsweb happens (an instance
+        starts, an operator retries)."""
+        return [cls.AWAITING_START, cls.DONE, cls.DONE_WITH_ERRORS, cls.CANCELLED]

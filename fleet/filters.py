@@ -12,7 +12,6 @@ from . import posture
 from .choices import ChangeKind, HttpTokens, InstanceState, ItemState, MetadataState, Toggle
 from .models import Account, ChangeBatch, ChangeItem, Instance
 
-
 INSTANCE_ID = re.compile(r"i-([0-9a-f]{8}|[0-9a-f]{17})")
 
 
@@ -190,6 +189,10 @@ class ChangeItemFilterSet(django_filters.FilterSet):
         field_name="breakage_suspected", label="Likely breakage",
         widget=forms.Select(choices=[("", "any"), ("true", "yes"), ("false", "no")]),
     )
+    awaiting_start = django_filters.BooleanFilter(
+        method="filter_awaiting_start", label="Waiting for start",
+        widget=forms.Select(choices=[("", "any"), ("true", "yes"), ("false", "no")]),
+    )
 
     class Meta:
         model = ChangeItem
@@ -198,6 +201,11 @@ class ChangeItemFilterSet(django_filters.FilterSet):
     def filter_q(self, queryset, name, value):
         value = value.strip()
         return queryset.filter(instance__instance_id__istartswith=value) if value else queryset
+
+    def filter_awaiting_start(self, queryset, name, value):
+        """Pending items on stopped instances (AWS applies them at the next start), or not those."""
+        awaiting = Q(state=ItemState.PENDING, awaiting_start=True)
+        return queryset.filter(awaiting) if value else queryset.exclude(awaiting)
 
 
 class ChangeBatchFilterSet(django_filters.FilterSet):

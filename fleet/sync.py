@@ -159,11 +159,12 @@ def _start_run(account, region):
         raise SyncAlreadyRunning(f"{account.account_id}/{region} is already being synced") from exc
 
 
-def sync_defaults(account, region):
+def sync_defaults(account, region, token_taken=False):
     """Read GetInstanceMetadataDefaults into MetadataDefaults; an endpoint that cannot answer
-    leaves the values as they were and records why."""
+    leaves the values as they were and records why. ``token_taken``: the caller has the call's
+    rate-limit token (the change engine, which never waits for one)."""
     try:
-        values = aws.get_instance_metadata_defaults(account, region)
+        values = aws.get_instance_metadata_defaults(account, region, token_taken=token_taken)
     except aws.AwsError as exc:
         log.warning("defaults for %s/%s unknown: %s", account.account_id, region, exc)
         defaults, _ = MetadataDefaults.objects.get_or_create(account=account, region=region)

@@ -124,7 +124,11 @@ class ChangeBatchTable(BaseTable):
     def render_progress(self, record):
         counts = record.counts()
         done = counts["total"] - sum(counts[state] for state in ItemState.active())
-        return f"{done:,} / {counts['total']:,} ({percent(done, counts['total']) or 0:g}%)"
+        text = f"{done:,} / {counts['total']:,} ({percent(done, counts['total']) or 0:g}%)"
+        if counts["awaiting_start"]:
+            return format_html('{} <span class="muted">· {} will apply when started</span>', text,
+                               f"{counts['awaiting_start']:,}")
+        return text
 
 
 BREAKAGE_BADGE = format_html(
@@ -134,6 +138,7 @@ STATUS_LEVEL = {
     "queued": "neutral",
     "running": "warn",
     "pending": "warn",
+    "awaiting_start": "good",
     "done": "good",
     "done_with_errors": "bad",
     "cancelled": "neutral",
@@ -183,6 +188,8 @@ class ChangeItemTable(BaseTable):
         return "account defaults"
 
     def render_state(self, value, record):
+        if value == ItemState.PENDING and record.awaiting_start:
+            return badge("pending: applies when the instance starts", "neutral")
         label = ItemState(value).label if value in ItemState.values else value
         suffix = format_html(" {}", badge("breakage?", "bad")) if record.breakage_suspected else ""
         return format_html("{}{}", badge(label, ITEM_STATE_LEVEL.get(value, "neutral")), suffix)

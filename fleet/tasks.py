@@ -3,9 +3,10 @@
 import logging
 
 from celery import shared_task
-from celery.signals import worker_init
+from celery.signals import task_prerun, worker_init, worker_ready
+from django.conf import settings
 
-from . import apply, aws, posture, sync, usage
+from . import apply, aws, posture, sync, usage, workers
 from .choices import SyncStatus
 from .models import Account
 
@@ -16,6 +17,17 @@ log = logging.getLogger(__name__)
 def warm_up_aws(**kwargs):
     """Parse the AWS service models once, in the worker's main process, before it forks its pool."""
     aws.warm_up()
+
+
+@worker_ready.connect
+def worker_started(sender=None, **kwargs):
+    workers.heartbeat(sender.hostname)
+
+
+@task_prerun.connect
+def worker_took_work(task=None, **kwargs):
+    """The heartbeat the pages read: this worker is taking work (see ``fleet.workers``)."""
+    workers.heartbeat(task.request.hostname or "unknown worker")
 
 
 @shared_task(ignore_result=True)
@@ -54,21 +66,36 @@ def apply_region(account_pk, region):
     again = apply.run_region(account_pk, region)
     if again is not None:
         apply_region.apply_async((account_pk, region), countdown=again)
+    # AWS answered pending: the region's first tracking round a second from now (unless one is
+    # already on its way), not at the beat's next round.
+    if apply.tracking_wanted(account_pk, region):
+        track_pending_region.apply_async((account_pk, region), countdown=settings.IMDSWEB_TRACK_FAST_SECONDS)
 
 
 @shared_task(ignore_result=True)
 def track_pending():
+    """Beat: a tracking round for every region with pending items that has none on its way."""
     for account_pk, region in apply.pending_regions():
-        track_pending_region.delay(account_pk, region)
+        if apply.claim_tracking(account_pk, region):
+            track_pending_region.delay(account_pk, region)
 
 
 @shared_task(ignore_result=True)
 def track_pending_region(account_pk, region):
-    account = Account.objects.get(pk=account_pk)
+    """One tracking round (its region's guard taken by whoever scheduled it); the next follows in
+    a second while changes are still pending on running instances there."""
+    account = Account.objects.filter(pk=account_pk).first()
+    checked = 0
     try:
-        apply.track_region(account, region)
+        if account is not None:
+            checked = apply.track_region(account, region)
     except apply.aws.AwsError as exc:
-        log.warning("tracking %s/%s failed, will retry next round: %s", account.account_id, region, exc)
+        log.warning("tracking %s/%s failed, will retry at the beat's round: %s", account.account_id, region, exc)
+        return
+    finally:
+        apply.release_tracking(account_pk, region)
+    if apply.tracking_wanted(account_pk, region):
+        track_pending_region.apply_async((account_pk, region), countdown=apply.next_round_in(checked))
 
 
 @shared_task(ignore_result=True)

@@ -173,7 +173,15 @@ IMDSWEB_USAGE_STALE_MINUTES = env.int(
     "IMDSWEB_USAGE_STALE_MINUTES", default=2 * IMDSWEB_USAGE_SYNC_INTERVAL_MINUTES
 )
 IMDSWEB_STALE_SYNC_MINUTES = env.int("IMDSWEB_STALE_SYNC_MINUTES", default=60)
+# The beat's tracking round over every region with pending items: the safety net. A region's own
+# rounds run IMDSWEB_TRACK_FAST_SECONDS after a submit AWS answered pending, and as often while
+# changes are pending on running instances; items on stopped instances are checked every
+# IMDSWEB_TRACK_STOPPED_SECONDS.
 IMDSWEB_TRACK_PENDING_SECONDS = env.float("IMDSWEB_TRACK_PENDING_SECONDS", default=10.0)
+IMDSWEB_TRACK_FAST_SECONDS = env.float("IMDSWEB_TRACK_FAST_SECONDS", default=1.0)
+IMDSWEB_TRACK_STOPPED_SECONDS = env.float("IMDSWEB_TRACK_STOPPED_SECONDS", default=60.0)
+# Items queued and no worker has taken work for this long: the pages say the engine is stalled.
+IMDSWEB_WORKER_STALL_SECONDS = env.float("IMDSWEB_WORKER_STALL_SECONDS", default=60.0)
 IMDSWEB_SWEEP_SECONDS = env.float("IMDSWEB_SWEEP_SECONDS", default=30.0)
 IMDSWEB_PENDING_TIMEOUT_MINUTES = env.int("IMDSWEB_PENDING_TIMEOUT_MINUTES", default=30)
 IMDSWEB_AWS_CONNECT_TIMEOUT = env.float("IMDSWEB_AWS_CONNECT_TIMEOUT", default=5.0)

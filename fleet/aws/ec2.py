@@ -77,9 +77,9 @@ def modify_instance_metadata_options(account, region, instance_id, changes, dry_
     return result
 
 
-def get_instance_metadata_defaults(account, region):
+def get_instance_metadata_defaults(account, region, token_taken=False):
     """Account-level defaults in our field names; settings never set are absent (None)."""
-    ratelimit.acquire(account.account_id, region, "GetInstanceMetadataDefaults")
+    ratelimit.acquire(account.account_id, region, "GetInstanceMetadataDefaults", already_taken=token_taken)
     ec2 = call(client, account, region, "ec2", max_attempts=settings.IMDSWEB_AWS_MAX_ATTEMPTS)
     level = call(ec2.get_instance_metadata_defaults).get("AccountLevel", {})
     values = {field: level.get(param) for field, param in DEFAULTS_PARAMS.items()}

@@ -18,7 +18,13 @@ from .requests import (
     rollback,
 )
 from .rollbacks import RollbackPlan, plan_rollback
-from .validation import REQUIRE_IMDSV2, AlreadySubmitted, ChangeRefused, clean_defaults_desired, clean_instance_desired
+from .validation import (
+    REQUIRE_IMDSV2,
+    AlreadySubmitted,
+    ChangeRefused,
+    clean_defaults_desired,
+    clean_instance_desired,
+)
 
 __all__ = [
     "REQUIRE_IMDSV2",

@@ -16,7 +16,8 @@ class ChangeBatchQuerySet(models.QuerySet):
     def with_counts(self):
         """Annotate per-state item counts in the same query (no N+1 on lists)."""
         annotations = {f"n_{state}": Count("items", filter=Q(items__state=state)) for state in ItemState.values}
-        return self.annotate(n_total=Count("items"), **annotations)
+        awaiting = Count("items", filter=Q(items__state=ItemState.PENDING, items__awaiting_start=True))
+        return self.annotate(n_total=Count("items"), n_awaiting_start=awaiting, **annotations)
 
 
 class ChangeBatch(models.Model):
@@ -56,17 +57,36 @@ class ChangeBatch(models.Model):
         return reverse("fleet:change_detail", args=[self.pk])
 
     def counts(self):
-        """Per-state item counts, from the annotation when present, else one query."""
+        """Per-state item counts, from the annotation when present, else one query.
+
+        Besides the states: ``awaiting_start`` (pending items whose instance is stopped: AWS applies
+        them at its next start, nothing moves until then), ``active`` (items still moving: queued,
+        submitting, or pending on an instance that runs) and ``total``.
+        """
         if hasattr(self, "n_total"):
             counts = {state: getattr(self, f"n_{state}") for state in ItemState.values}
+            awaiting = getattr(self, "n_awaiting_start", None)
+            if awaiting is None:  # counts set by hand without it: one more query, only if something is pending
+                awaiting = self.items.filter(state=ItemState.PENDING, awaiting_start=True).count() if counts[
+                    ItemState.PENDING] else 0
+            counts["awaiting_start"] = awaiting
         else:
-            rows = self.items.values("state").annotate(n=Count("id")).order_by()
-            counts = dict.fromkeys(ItemState.values, 0) | {row["state"]: row["n"] for row in rows}
+            rows = (
+                self.items.values("state", "awaiting_start").annotate(n=Count("id")).order_by()
+            )
+            counts = dict.fromkeys([*ItemState.values, "awaiting_start"], 0)
+            for row in rows:
+                counts[row["state"]] += row["n"]
+                if row["state"] == ItemState.PENDING and row["awaiting_start"]:
+                    counts["awaiting_start"] += row["n"]
         counts["total"] = sum(counts[state] for state in ItemState.values)
+        counts["active"] = sum(counts[state] for state in ItemState.active()) - counts["awaiting_start"]
         return counts
 
     @staticmethod
     def status_from_counts(counts):
+        """The batch's status. Items waiting for a stopped instance's next start do not keep a
+        batch running: once they are all that is left, it is done for now (or done with errors)."""
         total = counts["total"]
         if counts[ItemState.QUEUED] == total - counts[ItemState.SKIPPED] - counts[ItemState.HELD] and counts[
             ItemState.QUEUED
@@ -74,17 +94,24 @@ class ChangeBatch(models.Model):
             return BatchStatus.QUEUED
         if counts[ItemState.QUEUED] or counts[ItemState.SUBMITTING]:
             return BatchStatus.RUNNING
-        if counts[ItemState.PENDING]:
+        if counts[ItemState.PENDING] > counts.get("awaiting_start", 0):
             return BatchStatus.PENDING
         if total and counts[ItemState.CANCELLED] == total:
             return BatchStatus.CANCELLED
         if counts[ItemState.FAILED] or counts[ItemState.STUCK]:
             return BatchStatus.DONE_WITH_ERRORS
+        if counts[ItemState.PENDING]:
+            return BatchStatus.AWAITING_START
         return BatchStatus.DONE
 
     @property
     def status(self):
         return self.status_from_counts(self.counts())
+
+    @property
+    def active_count(self):
+        """Items still moving (not counting those waiting for their stopped instance to start)."""
+        return self.counts()["active"]
 
 
 class ChangeItem(models.Model):
@@ -118,6 +145,15 @@ class ChangeItem(models.Model):
     # The decision behind ``state`` (fleet.changes.decision.Outcome): what the batch page counts
     # "held by reason" and "skipped by reason" with. Blank for items decided by the engine later.
     outcome = models.CharField(max_length=20, blank=True, default="")
+    # A pending item whose instance is stopped: AWS accepted the change and applies it when the
+    # instance next starts. Set and cleared by the tracker from DescribeInstances. A database
+    # default too: a bulk request inserts items with its own INSERT ... SELECT.
+    awaiting_start = models.BooleanField(
+        default=False, db_default=False, help_text="Pending until the stopped instance next starts."
+    )
+    # When the pending timeout's clock started, if not at submitted_at: the time the tracker saw
+    # the instance running again after it had waited stopped.
+    pending_since = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
     request_id = models.CharField(max_length=64, blank=True)
     error_code = models.CharField(max_length=64, blank=True)

@@ -88,7 +88,7 @@ class Instance(models.Model):
     usage_synced_at = models.DateTimeField(null=True, blank=True)
     # Why the last attempt to read this instance's usage failed (AWS's code and message); null
     # once a reading succeeds. A failed reading is never "no calls": the readiness gate holds.
-    usage_error = models.TextField(null=True, blank=True)
+    usage_error = models.TextField(null=True, blank=True)  # noqa: DJ001 (absent is NULL, one value)
 
     first_seen = models.DateTimeField()
     last_seen = models.DateTimeField()

@@ -65,8 +65,10 @@ def database_url():
 
 
 class LiveStack:
-    def __init__(self, settings, time_scale=1.0, apply_delay=0.5, throttle=True, sim_args=(), seed_demo=False):
+    def __init__(self, settings, time_scale=1.0, apply_delay=0.5, throttle=True, sim_args=(), seed_demo=False,
+                 env=None):
         self.settings = settings
+        self.extra_env = dict(env or {})  # settings of the workers and beat, over the defaults below
         self.redis = RedisServer()
         self.time_scale = time_scale
         self.sim = SimulatorProcess(
@@ -106,6 +108,7 @@ class LiveStack:
             "IMDSWEB_SUBMIT_TIMEOUT_SECONDS": "5",
             "IMDSWEB_RUNNER_BUDGET_SECONDS": "5",
             "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
         }
 
     def _configure_this_process(self):

@@ -6,7 +6,6 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from fleet.apply import STOPPED_REASON
 from fleet.choices import ChangeKind
 from fleet.models import ChangeBatch, ChangeItem
 from fleet.tests.factories import (
@@ -100,18 +99,38 @@ def test_held_items_are_counted_linked_and_filterable(operator):
 def test_stopped_instances_pending_until_start(operator):
     batch = ChangeBatchFactory()
     stopped = InstanceFactory(instance_state="stopped")
-    ChangeItemFactory(batch=batch, instance=stopped, state="pending", reason=STOPPED_REASON)
+    waiting = ChangeItemFactory(batch=batch, instance=stopped, state="pending", awaiting_start=True)
     ChangeItemFactory(batch=batch, state="applied")
     response = poll(operator, batch)
     html = response.content.decode()
+    # Only a stopped instance is left: the batch is done for now, not "waiting for AWS".
+    assert "done for now" in html and "waiting for AWS" not in html
+    assert '<a href="?awaiting_start=true" id="awaiting-start">1 will apply when started</a>' in html
     assert "1 pending until their instance starts" in html
-    assert "AWS applies the change when it next starts" in html  # the reason, in the items table
-    # Nothing will move until someone starts the instance: keep watching, but rarely.
-    assert 'hx-trigger="every 15s"' in html
+    assert "pending: applies when the instance starts" in html  # its row in the items table
+    # Nothing will move until someone starts the instance: keep watching, but rarely, and do not
+    # reload the page as for a finished batch.
+    assert 'hx-trigger="every 30s"' in html
     assert "HX-Refresh" not in response
+    rows = operator.get(batch.get_absolute_url() + "?awaiting_start=true").context["table"].paginated_rows
+    assert [row.record.pk for row in rows] == [waiting.pk]
 
     ChangeItemFactory(batch=batch, state="pending")  # a running one still on its way
-    assert 'hx-trigger="every 2s"' in poll(operator, batch).content.decode()
+    html = poll(operator, batch).content.decode()
+    assert 'hx-trigger="every 2s"' in html and "waiting for AWS" in html
+
+
+def test_batch_left_with_stopped_instances_is_done_for_now_in_the_list(operator):
+    batch = ChangeBatchFactory()
+    for _ in range(3):
+        ChangeItemFactory(batch=batch, instance=InstanceFactory(instance_state="stopped"), state="pending",
+                          awaiting_start=True)
+    ChangeItemFactory.create_batch(2, batch=batch, state="applied")
+    html = operator.get(reverse("fleet:change_list")).content.decode()
+    assert "done for now" in html and "3 will apply when started" in html
+    assert "waiting for AWS" not in html
+    overview = operator.get(reverse("fleet:overview")).content.decode()
+    assert "done for now" in overview and "waiting for AWS" not in overview
 
 
 # ---------------------------------------------------------------- the breakage flag

@@ -10,8 +10,8 @@ import uuid
 from django.contrib import messages
 from django.contrib.auth.mixins import PermissionRequiredMixin
 from django.shortcuts import redirect
-from django.utils.html import format_html
 from django.utils.cache import patch_vary_headers
+from django.utils.html import format_html
 from django.views.generic import FormView
 from django_filters.views import FilterView
 from django_tables2 import SingleTableMixin

@@ -11,7 +11,6 @@ from django.views.generic import DetailView
 from django_tables2 import RequestConfig
 
 from .. import changes, usage
-from ..apply import STOPPED_REASON
 from ..choices import BatchStatus, ChangeKind, ItemState
 from ..filters import ChangeBatchFilterSet, ChangeItemFilterSet
 from ..forms import InstanceChangeForm, RollbackForm
@@ -20,6 +19,9 @@ from ..tables import ChangeBatchTable, ChangeItemTable
 from .base import ConfirmActionView, FilteredTableView, OperatorRequiredMixin, refusal_message
 
 FINAL = {BatchStatus.DONE, BatchStatus.DONE_WITH_ERRORS, BatchStatus.CANCELLED}
+# The live view asks every POLL_ACTIVE seconds while items move, every POLL_AWAITING while only
+# stopped instances are left (nothing moves until one starts), and not at all once every item is final.
+POLL_ACTIVE, POLL_AWAITING = 2, 30
 
 
 class ChangeNewView(ConfirmActionView):
@@ -146,33 +148,32 @@ def get_batch(pk):
 
 
 def progress_context(batch):
-    """Counts, bar segments and notes of a batch's progress panel (one query, two when something
-    is pending or a breakage was flagged)."""
+    """Counts, bar segments and notes of a batch's progress panel (one query, two when a
+    breakage was flagged)."""
     counts = batch.counts()
     status = batch.status_from_counts(counts)
     total = counts["total"]
-    done = total - sum(counts[state] for state in ItemState.active())
+    waiting_for_start = counts["awaiting_start"]
+    # Items waiting for their instance to start are done for now: they are not counted as finished,
+    # nor do they keep the batch "waiting for AWS".
+    done = total - counts["active"] - waiting_for_start
     segments = [
         {"state": state, "label": ItemState(state).label, "n": counts[state],
          "pct": 100.0 * counts[state] / total if total else 0}
         for state in ItemState.values
         if counts[state]
     ]
-    waiting_for_start = (
-        batch.items.filter(state=ItemState.PENDING, reason=STOPPED_REASON).count() if counts[ItemState.PENDING] else 0
-    )
-    active = sum(counts[state] for state in ItemState.active())
     held_reasons = []
     if counts[ItemState.HELD]:
         rows = batch.items.filter(state=ItemState.HELD).values("outcome").annotate(n=Count("id")).order_by("-n")
         held_reasons = [(changes.Outcome(row["outcome"]) if row["outcome"] in changes.Outcome.values
                          else changes.Outcome.HELD_CALLS, row["n"]) for row in rows]
     return {
-        "batch": batch, "counts": counts, "status": status, "final": status in FINAL,
+        "batch": batch, "counts": counts, "status": status,
+        "final": not counts["active"] and not waiting_for_start,
         "done": done, "done_pct": round(100.0 * done / total) if total else 100, "segments": segments,
         "waiting_for_start": waiting_for_start,
-        # Only stopped instances left: nothing moves until someone starts them, so ask rarely.
-        "poll_seconds": 15 if active and active == waiting_for_start else 2,
+        "poll_seconds": POLL_ACTIVE if counts["active"] else POLL_AWAITING,
         "breakage": batch.items.filter(breakage_suspected=True).count() if batch.breakage_flagged_at else 0,
         "held_reasons": held_reasons,
         "rolled_back": batch.rollbacks.order_by("pk").first(),

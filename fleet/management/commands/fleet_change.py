@@ -8,6 +8,8 @@ from fleet import changes
 from fleet.choices import ItemState
 from fleet.models import Account
 
+POLL_SECONDS = 0.5
+
 
 class Command(BaseCommand):
     help = "Queue metadata changes (require-imdsv2) and optionally wait for them to finish."
@@ -21,7 +23,8 @@ class Command(BaseCommand):
         require.add_argument("--override-usage", action="store_true",
                              help="also enforce where IMDSv1 calls were seen in the usage window")
         require.add_argument("--comment", default="")
-        require.add_argument("--wait", action="store_true", help="wait until every item is final")
+        require.add_argument("--wait", action="store_true",
+                             help="wait until every item is final, or waits for its stopped instance to start")
         require.add_argument("--timeout", type=float, default=3600, help="seconds --wait waits at most")
 
     def handle(self, *args, action, **options):
@@ -55,14 +58,20 @@ class Command(BaseCommand):
             return
         deadline = time.monotonic() + options["timeout"]
         while True:
+            # One count query: the tracker notices AWS's "applied" within about a second, this
+            # notices the rows within another half.
             counts = batch.counts()
-            active = sum(counts[state] for state in ItemState.active())
-            if not active:
+            if not counts["active"]:
                 break
             if time.monotonic() > deadline:
-                raise CommandError(f"timed out with {active} item(s) still active", returncode=3)
-            time.sleep(2)
+                raise CommandError(f"timed out with {counts['active']} item(s) still active", returncode=3)
+            time.sleep(POLL_SECONDS)
         summary = " ".join(f"{state}={counts[state]}" for state in ItemState.values if counts[state])
         self.stdout.write(f"batch {batch.pk} finished: {summary or 'no items'}")
+        if counts["awaiting_start"]:
+            self.stdout.write(
+                f"{counts['awaiting_start']} will apply when started: their instances are stopped, and AWS applies "
+                "the change when each next starts (the batch page follows them)"
+            )
         if counts[ItemState.FAILED] or counts[ItemState.STUCK]:
             raise CommandError(f"{counts[ItemState.FAILED] + counts[ItemState.STUCK]} item(s) failed", returncode=1)

@@ -1,0 +1,411 @@
+"""Batches end, and the engine says when it is stuck: stopped instances waiting for their next
+start, tracking rounds that follow a submit within a second, account defaults paced by their own
+bucket, and the worker heartbeat the pages read."""
+
+import time
+from datetime import timedelta
+
+import botocore.exceptions
+import pytest
+from django.core.cache import cache
+from django.core.management import call_command
+from django.urls import reverse
+from django.utils import timezone
+
+from fleet import apply, aws, changes, ratelimit, tasks, workers
+from fleet.choices import BatchStatus, ItemState
+from fleet.models import ChangeBatch, ChangeItem, Instance
+from fleet.tests.factories import (
+    AccountFactory,
+    ChangeBatchFactory,
+    ChangeItemFactory,
+    InstanceFactory,
+    MetadataDefaultsFactory,
+)
+
+pytestmark = pytest.mark.django_db
+
+REGION = "us-east-1"
+
+
+@pytest.fixture
+def local_buckets(settings, monkeypatch):
+    """In-process buckets of this test's own, at AWS's exact rates."""
+    settings.IMDSWEB_RATE_HEADROOM = 1.0
+    settings.IMDSWEB_RATE_TIME_SCALE = 1.0
+    settings.IMDSWEB_REDIS_URL = ""
+    monkeypatch.setattr(ratelimit, "_redis", None)
+    monkeypatch.setattr(ratelimit, "_local", ratelimit._LocalBuckets())
+
+
+@pytest.fixture
+def locmem_cache(settings):
+    """A cache of this test's own for the guards and the heartbeat."""
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+                                   "LOCATION": f"engine-{time.monotonic_ns()}"}}
+    cache.clear()
+    yield
+    cache.clear()
+
+
+# ---------------------------------------------------------------- batch status
+
+
+def test_a_batch_left_with_stopped_instances_is_done_for_now():
+    batch = ChangeBatchFactory()
+    ChangeItemFactory.create_batch(3, batch=batch, state=ItemState.APPLIED)
+    waiting = ChangeItemFactory.create_batch(2, batch=batch, state=ItemState.PENDING, awaiting_start=True)
+    assert batch.status == BatchStatus.AWAITING_START and batch.status.label == "done for now"
+    counts = batch.counts()
+    assert (counts["awaiting_start"], counts["active"], batch.active_count) == (2, 0, 0)
+    annotated = ChangeBatch.objects.with_counts().get(pk=batch.pk)
+    assert annotated.counts() == counts and annotated.status == BatchStatus.AWAITING_START
+
+    moving = ChangeItemFactory(batch=batch, state=ItemState.PENDING)  # a running instance's change
+    assert batch.status == BatchStatus.PENDING and batch.active_count == 1
+    ChangeItem.objects.filter(pk=moving.pk).update(state=ItemState.FAILED)
+    assert batch.status == BatchStatus.DONE_WITH_ERRORS  # errors are not hidden by "done for now"
+    ChangeItem.objects.filter(pk__in=[w.pk for w in waiting]).update(state=ItemState.APPLIED)
+    assert batch.status == BatchStatus.DONE_WITH_ERRORS and batch.counts()["awaiting_start"] == 0
+
+
+def test_recent_changes_on_the_overview_count_stopped_instances_too(operator):
+    # The overview fills the counts itself (fleet.posture.recent_batches): they still add up.
+    batch = ChangeBatchFactory()
+    ChangeItemFactory(batch=batch, state=ItemState.PENDING, awaiting_start=True)
+    html = operator.get(reverse("fleet:overview")).content.decode()
+    assert f'href="{batch.get_absolute_url()}"' in html and "done for now" in html
+
+
+# ---------------------------------------------------------------- tracking stopped instances
+
+
+def described(instance, state="running", metadata_state="pending", **options):
+    return {
+        "InstanceId": instance.instance_id,
+        "State": {"Name": state},
+        "MetadataOptions": {"State": metadata_state, "HttpTokens": "required", "HttpPutResponseHopLimit": 1,
+                            "HttpEndpoint": "enabled", **options},
+    }
+
+
+@pytest.fixture
+def aws_answers(monkeypatch, locmem_cache):
+    """DescribeInstances answers by instance id, as the test sets them; records each call's ids."""
+    answers, calls = {}, []
+
+    def describe(account, region, ids):
+        calls.append(set(ids))
+        return [answers[i] for i in ids if i in answers]
+
+    monkeypatch.setattr(aws, "describe_instances_by_ids", describe)
+    return answers, calls
+
+
+def pending_item(instance, submitted_minutes_ago=1, **fields):
+    submitted = timezone.now() - timedelta(minutes=submitted_minutes_ago)
+    return ChangeItemFactory(instance=instance, state=ItemState.PENDING, submitted_at=submitted, **fields)
+
+
+def test_stopped_instance_waits_for_its_start_and_never_times_out_while_stopped(settings, aws_answers):
+    answers, _calls = aws_answers
+    settings.IMDSWEB_PENDING_TIMEOUT_MINUTES = 30
+    account = AccountFactory()
+    instance = InstanceFactory(account=account, instance_state="stopped")
+    item = pending_item(instance, submitted_minutes_ago=3 * 24 * 60)  # stopped for three days
+    answers[instance.instance_id] = described(instance, state="stopped")
+
+    apply.track_region(account, REGION)
+    item.refresh_from_db()
+    assert item.state == ItemState.PENDING and item.awaiting_start
+    assert item.batch.status == BatchStatus.AWAITING_START
+
+    # Started: AWS applies it now. The pending timeout starts over from the start, it does not
+    # make the item stuck at once for the days it was stopped.
+    answers[instance.instance_id] = described(instance, state="running")
+    cache.clear()  # the stopped-instances check is due again
+    apply.track_region(account, REGION)
+    item.refresh_from_db()
+    assert item.state == ItemState.PENDING and not item.awaiting_start and item.pending_since
+    assert item.batch.status == BatchStatus.PENDING
+
+    answers[instance.instance_id] = described(instance, state="running", metadata_state="applied")
+    apply.track_region(account, REGION)
+    item.refresh_from_db()
+    assert item.state == ItemState.APPLIED and item.finished_at
+
+
+def test_started_instance_still_pending_past_the_timeout_is_stuck(settings, aws_answers):
+    answers, _calls = aws_answers
+    settings.IMDSWEB_PENDING_TIMEOUT_MINUTES = 30
+    account = AccountFactory()
+    instance = InstanceFactory(account=account)
+    item = pending_item(instance, submitted_minutes_ago=600, awaiting_start=False,
+                        pending_since=timezone.now() - timedelta(minutes=31))
+    answers[instance.instance_id] = described(instance)
+    apply.track_region(account, REGION)
+    item.refresh_from_db()
+    assert item.state == ItemState.STUCK and "on a running instance" in item.reason
+
+
+def test_terminated_while_waiting_fails_at_once(aws_answers):
+    answers, _calls = aws_answers
+    account = AccountFactory()
+    instance = InstanceFactory(account=account, instance_state="stopped")
+    item = pending_item(instance, awaiting_start=True)
+    answers[instance.instance_id] = described(instance, state="terminated")
+    apply.track_region(account, REGION)
+    item.refresh_from_db()
+    assert item.state == ItemState.FAILED and item.error_code == "InstanceTerminated" and not item.awaiting_start
+    assert item.batch.status == BatchStatus.DONE_WITH_ERRORS
+
+
+def test_stopped_instances_are_checked_rarely_running_ones_every_round(settings, aws_answers):
+    answers, calls = aws_answers
+    settings.IMDSWEB_TRACK_STOPPED_SECONDS = 60
+    account = AccountFactory()
+    stopped, running = InstanceFactory(account=account), InstanceFactory(account=account)
+    pending_item(stopped, awaiting_start=True)
+    pending_item(running)
+    answers[stopped.instance_id] = described(stopped, state="stopped")
+    answers[running.instance_id] = described(running)
+    for _ in range(3):
+        apply.track_region(account, REGION)
+    assert calls == [{stopped.instance_id, running.instance_id}, {running.instance_id}, {running.instance_id}]
+
+
+# ---------------------------------------------------------------- tracking follows a submit
+
+
+@pytest.fixture
+def scheduled(monkeypatch):
+    """Celery's apply_async / delay of the tracking task, recorded instead of sent."""
+    sent = []
+    monkeypatch.setattr(tasks.track_pending_region, "apply_async",
+                        lambda args, countdown=None: sent.append((tuple(args), countdown)))
+    monkeypatch.setattr(tasks.track_pending_region, "delay", lambda *args: sent.append((args, None)))
+    monkeypatch.setattr(tasks.apply_region, "apply_async", lambda *args, **kwargs: None)
+    return sent
+
+
+def fake_modify(answer_state):
+    def modify(account, region, instance_id, values, dry_run=False, token_taken=False):
+        assert token_taken
+        if dry_run:
+            raise aws.DryRunSucceeded("req-dry")
+        return {**values, "metadata_state": answer_state, "request_id": "req"}
+    return modify
+
+
+def test_a_pending_submit_is_tracked_a_second_later_not_at_the_beats_round(
+        settings, monkeypatch, local_buckets, locmem_cache, scheduled):
+    settings.IMDSWEB_TRACK_PENDING_SECONDS = 10.0
+    settings.IMDSWEB_TRACK_FAST_SECONDS = 1.0
+    monkeypatch.setattr(aws, "prepare_modify", lambda account, region: None)
+    monkeypatch.setattr(aws, "modify_instance_metadata_options", fake_modify("pending"))
+    account = AccountFactory()
+    InstanceFactory.create_batch(3, account=account)
+    changes.request_change(None, Instance.objects.filter(account=account), changes.REQUIRE_IMDSV2,
+                           override_usage=True)
+
+    tasks.apply_region(account.pk, REGION)
+    assert scheduled == [((account.pk, REGION), 1.0)]
+    # One round per region in flight: another runner's turn schedules nothing more, nor the beat.
+    tasks.apply_region(account.pk, REGION)
+    tasks.track_pending()
+    assert len(scheduled) == 1
+
+
+def test_a_tracking_round_follows_itself_while_changes_move_then_stops(
+        settings, monkeypatch, aws_answers, scheduled):
+    answers, _calls = aws_answers
+    settings.IMDSWEB_TRACK_FAST_SECONDS = 1.0
+    account = AccountFactory()
+    running = InstanceFactory(account=account)
+    item = pending_item(running)
+    answers[running.instance_id] = described(running)
+    assert apply.claim_tracking(account.pk, REGION)  # as whoever scheduled this round did
+
+    tasks.track_pending_region(account.pk, REGION)
+    assert scheduled == [((account.pk, REGION), 1.0)]  # still pending: the next round in a second
+
+    answers[running.instance_id] = described(running, metadata_state="applied")
+    tasks.track_pending_region(account.pk, REGION)
+    item.refresh_from_db()
+    assert item.state == ItemState.APPLIED
+    assert len(scheduled) == 1 and apply.claim_tracking(account.pk, REGION)  # chain ended, guard free
+
+
+def test_rounds_keep_to_half_the_describe_rate_when_many_are_pending(settings):
+    settings.IMDSWEB_TRACK_FAST_SECONDS = 1.0
+    settings.IMDSWEB_RATE_HEADROOM = 1.0
+    settings.IMDSWEB_RATE_TIME_SCALE = 1.0
+    # DescribeInstances refills at 20/s; 200 ids a call.
+    assert apply.next_round_in(1) == apply.next_round_in(1_000) == 1.0  # 5 calls a second: a quarter
+    assert apply.next_round_in(10_000) == 5.0  # 50 calls every 5 s: half
+
+
+def test_only_stopped_instances_left_no_fast_rounds(settings, aws_answers, scheduled):
+    answers, _calls = aws_answers
+    account = AccountFactory()
+    stopped = InstanceFactory(account=account, instance_state="stopped")
+    pending_item(stopped)
+    answers[stopped.instance_id] = described(stopped, state="stopped")
+    assert apply.claim_tracking(account.pk, REGION)
+    tasks.track_pending_region(account.pk, REGION)
+    assert scheduled == []  # the beat's rounds check it every IMDSWEB_TRACK_STOPPED_SECONDS
+
+
+# ---------------------------------------------------------------- account defaults' own bucket
+
+
+class FakeEc2:
+    """boto3's EC2 client as far as the defaults calls go: DryRun answers DryRunOperation."""
+
+    def __init__(self, calls):
+        self.calls = calls
+
+    def modify_instance_metadata_defaults(self, DryRun=False, **params):  # noqa: N803 - boto3's names
+        self.calls.append(("modify", DryRun))
+        if DryRun:
+            raise botocore.exceptions.ClientError(
+                {"Error": {"Code": "DryRunOperation", "Message": "would have succeeded"}},
+                "ModifyInstanceMetadataDefaults")
+        return {"Return": True, "ResponseMetadata": {"RequestId": "req-defaults"}}
+
+    def get_instance_metadata_defaults(self):
+        self.calls.append(("get", False))
+        return {"AccountLevel": {"HttpTokens": "required"}}
+
+
+@pytest.fixture
+def fake_ec2(monkeypatch):
+    calls = []
+    monkeypatch.setattr(aws.ec2, "client", lambda *args, **kwargs: FakeEc2(calls))
+    monkeypatch.setattr(aws, "prepare_modify", lambda account, region: None)
+    return calls
+
+
+@pytest.fixture
+def tokens(monkeypatch):
+    """The actions whose tokens were taken, in order."""
+    taken = []
+    real_take = ratelimit._take
+
+    def take(account_id, region, action, only_if_available):
+        wait = real_take(account_id, region, action, only_if_available)
+        if wait == 0:
+            taken.append(action)
+        return wait
+
+    monkeypatch.setattr(ratelimit, "_take", take)
+    return taken
+
+
+@pytest.fixture
+def sleeps(monkeypatch):
+    """Every sleep of the runner and the rate limiter, recorded (and not slept)."""
+    slept = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    return slept
+
+
+def test_account_defaults_take_their_own_tokens_not_instance_options(
+        local_buckets, locmem_cache, fake_ec2, tokens):
+    account = AccountFactory()
+    MetadataDefaultsFactory(account=account, region=REGION)
+    # Another batch has spent this region's whole instance-options bucket.
+    for _ in range(100):
+        ratelimit.try_take(account.account_id, REGION, apply.MODIFY)
+    batch = changes.request_defaults_change(None, [(account, REGION)], {"http_tokens": "required"})
+    tokens.clear()
+
+    assert apply.run_region(account.pk, REGION, budget=5) is None
+    assert batch.counts()[ItemState.APPLIED] == 1
+    assert fake_ec2 == [("modify", True), ("modify", False), ("get", False)]  # preflight, change, read back
+    # One defaults token per call (the bucket's 2), one for the read-back; no instance-options token.
+    assert tokens == [apply.MODIFY_DEFAULTS, apply.MODIFY_DEFAULTS, apply.GET_DEFAULTS]
+    assert batch.items.get().request_id == "req-defaults"
+
+
+def test_no_worker_sleeps_waiting_for_a_defaults_token(local_buckets, locmem_cache, fake_ec2, sleeps):
+    account = AccountFactory()
+    MetadataDefaultsFactory(account=account, region=REGION)
+    batch = changes.request_defaults_change(None, [(account, REGION)], {"http_tokens": "required"})
+    ratelimit.try_take(account.account_id, REGION, apply.MODIFY_DEFAULTS)
+    ratelimit.try_take(account.account_id, REGION, apply.MODIFY_DEFAULTS)  # the bucket is empty
+
+    again = apply.run_region(account.pk, REGION, budget=5)
+    # The runner yields the worker and asks to run again when the token is there (0.5 s at 2/s).
+    assert 0.2 < again <= 0.5
+    assert not [s for s in sleeps if s > apply.MAX_SLEEP] and fake_ec2 == []
+    assert batch.counts()[ItemState.QUEUED] == 1
+    item = batch.items.get()
+    assert item.attempts == 0 and item.claimed_at is None
+
+    # The preflight spends the token it found; the change waits for the next one, again yielding.
+    ratelimit._local = ratelimit._LocalBuckets()
+    ratelimit.try_take(account.account_id, REGION, apply.MODIFY_DEFAULTS)  # one left
+    again = apply.run_region(account.pk, REGION, budget=5)
+    assert 0.2 < again <= 0.5 and fake_ec2 == [("modify", True)]
+    item.refresh_from_db()
+    assert item.state == ItemState.QUEUED and item.attempts == 0
+    assert not [s for s in sleeps if s > apply.MAX_SLEEP]
+
+
+# ---------------------------------------------------------------- fleet_change --wait
+
+
+def test_wait_ends_when_only_stopped_instances_are_left(capsys, monkeypatch):
+    account = AccountFactory(account_id="123456789012")
+    InstanceFactory(account=account, instance_state="stopped")
+    real_request = changes.request_change
+
+    def request_and_submit(*args, **kwargs):
+        # As if a worker had submitted it at once and the tracker had seen the instance stopped.
+        batch = real_request(*args, **kwargs)
+        batch.items.update(state=ItemState.PENDING, awaiting_start=True, submitted_at=timezone.now())
+        return batch
+
+    monkeypatch.setattr(changes, "request_change", request_and_submit)
+    started = time.monotonic()
+    call_command("fleet_change", "require-imdsv2", "--account", account.account_id, "--override-usage", "--wait",
+                 "--timeout", "5")
+    assert time.monotonic() - started < 2  # not the timeout
+    out = capsys.readouterr().out
+    assert "finished: pending=1" in out and "1 will apply when started" in out
+
+
+# ---------------------------------------------------------------- the worker heartbeat
+
+
+def test_heartbeat_names_the_worker_and_stalls_only_with_old_queued_items(settings, locmem_cache, monkeypatch):
+    settings.IMDSWEB_WORKER_STALL_SECONDS = 60
+    monkeypatch.setattr(workers, "_written_at", 0.0)
+    assert workers.stalled() is None  # nothing queued
+    item = ChangeItemFactory(state=ItemState.QUEUED)
+    assert workers.stalled() is None  # queued just now: give a worker its minute
+    ChangeItem.objects.filter(pk=item.pk).update(created_at=timezone.now() - timedelta(minutes=5))
+    stall = workers.stalled()
+    assert stall["queued"] == 1 and stall["last"] is None and "celery -A imdsweb worker" in stall["worker_command"]
+    assert workers.stalled(batch=ChangeBatchFactory()) is None  # another batch has nothing queued
+
+    workers.heartbeat("worker0@host-a")
+    assert workers.stalled() is None
+    assert workers.last_heartbeat()["hostname"] == "worker0@host-a"
+    cache.set(workers.KEY, {"hostname": "worker0@host-a", "at": time.time() - 120}, None)
+    stall = workers.stalled(batch=item.batch)
+    assert stall["last"]["hostname"] == "worker0@host-a" and stall["queued"] == 1
+
+
+def test_celery_signal_writes_the_heartbeat(locmem_cache, monkeypatch):
+    monkeypatch.setattr(workers, "_written_at", 0.0)
+
+    class Request:
+        hostname = "celery@box-7"
+
+    class Task:
+        request = Request()
+
+    tasks.worker_took_work(task=Task())
+    assert workers.last_heartbeat()["hostname"] == "celery@box-7"
