@@ -1,12 +1,15 @@
 """Validators for AWS identifiers, shared by models, forms and management commands."""
 
+import re
+
 from django.core.validators import RegexValidator
 
 account_id_validator = RegexValidator(
     r"^\d{12}\Z", "An AWS account id is exactly 12 digits.", code="invalid_account_id"
 )
+ROLE_ARN_PATTERN = r"^arn:aws(-[a-z]+)*:iam::(?P<account_id>\d{12}):role/[\w+=,.@/-]{1,512}\Z"
 role_arn_validator = RegexValidator(
-    r"^arn:aws(-[a-z]+)*:iam::\d{12}:role/[\w+=,.@/-]{1,512}\Z",
+    ROLE_ARN_PATTERN,
     "Enter an IAM role ARN such as arn:aws:iam::123456789012:role/imdsweb-reader.",
     code="invalid_role_arn",
 )
@@ -25,6 +28,12 @@ external_id_validator = RegexValidator(
     "An external id is 2-1224 characters of letters, digits and +=,.@:/-",
     code="invalid_external_id",
 )
+
+
+def role_arn_account(role_arn):
+    """The account id inside an IAM role ARN, or None when it is not one."""
+    match = re.match(ROLE_ARN_PATTERN, role_arn or "")
+    return match["account_id"] if match else None
 
 
 def validate_regions(value):

@@ -41,8 +41,12 @@ def test_add_list_update_remove():
         (["add", "123456789012", "--name", "x", "--regions", ""], "region"),
         (["add", "123456789012", "--name", "x", "--regions", "us-east-1", "--role-arn", "arn:bad"], "role"),
         (["add", "123456789012", "--name", "x", "--regions", "us-east-1",
-          "--role-arn", "arn:aws:iam::999999999999:role/r"], "not in account"),
-        (["add", "123456789012", "--name", "x", "--regions", "us-east-1", "--external-id", "abc"], "--role-arn"),
+          "--role-arn", "arn:aws:iam::999999999999:role/r"], "--role-arn: The role ARN is in account 999999999999, not in account 123456789012"),
+        # The account id appearing elsewhere in the ARN does not make it the role's account.
+        (["add", "123456789012", "--name", "x", "--regions", "us-east-1",
+          "--role-arn", "arn:aws:iam::999999999999:role/123456789012"], "not in account 123456789012"),
+        (["add", "123456789012", "--name", "x", "--regions", "us-east-1", "--external-id", "abc"],
+         "--external-id: An external id is only sent when assuming a role: give a role ARN"),
         (["remove", "123456789012"], "not registered"),
     ],
 )
