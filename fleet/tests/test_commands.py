@@ -78,3 +78,22 @@ def test_change_of_unknown_account_exits_2():
     with pytest.raises(CommandError) as exc:
         call_command("fleet_change", "require-imdsv2", "--account", "999999999999")
     assert exc.value.returncode == 2
+
+
+def test_fleet_user_applies_the_password_validators():
+    from django.contrib.auth.models import User
+
+    with pytest.raises(CommandError) as exc:
+        call_command("fleet_user", "set", "alice", "--role", "viewer", "--password", "x")
+    message = str(exc.value)
+    assert exc.value.returncode == 2 and "\n" not in message
+    assert message.startswith("error: password refused: ")
+    assert "This password is too short. It must contain at least 8 characters." in message
+    assert not User.objects.filter(username="alice").exists()
+
+    assert run("fleet_user", "set", "alice", "--role", "viewer", "--password", "kept-Secret-41") == "alice: viewer\n"
+    for weak in ("12345678", "password", "alice123"):
+        with pytest.raises(CommandError):
+            call_command("fleet_user", "set", "alice", "--role", "operator", "--password", weak)
+    alice = User.objects.get(username="alice")
+    assert alice.check_password("kept-Secret-41") and [g.name for g in alice.groups.all()] == ["viewer"]
