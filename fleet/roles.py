@@ -21,8 +21,8 @@ ROLES = {
 # What each role may do, as the 403 page tells a refused user.
 ROLE_CAN = {
     "viewer": "viewers look at the fleet, its defaults and its change history",
-    "operator": "operators also queue changes, retries and rollbacks",
-    "admin": "admins also manage the accounts in the admin site",
+    "operator": "operators look at everything and queue changes, retries and rollbacks",
+    "admin": "admins do what operators do and manage the accounts in the admin site",
     "superuser": "a superuser holds every permission",
 }
 

@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     if state is not None:
         replayed = state.restore(app.imds, created_at)
         app.imds.journal = state
-        print(f"state file {state.path}: {replayed} changes replayed", flush=True)
+        print(f"state file {state.path}: {replayed} change{'' if replayed == 1 else 's'} replayed", flush=True)
 
     server = make_simulator_server(app, args.host, args.port)
     # SIGTERM (SimulatorProcess.stop, docker stop) should end the process as cleanly as Ctrl-C.

@@ -178,7 +178,7 @@ def test_refusals_name_the_users_role_and_what_the_page_needs(fleet):
         assert response.status_code == 403, url
         page = response.content.decode()
         assert "closed to every role" in page and "manage.py fleet_user" in page, url
-        assert "with the admin role: admins also manage the accounts" in page, url
+        assert "with the admin role: admins do what operators do and manage the accounts" in page, url
         assert "operator role" not in page and "Ask an admin" not in page, url
 
     roleless = Client()
