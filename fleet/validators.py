@@ -1,15 +1,12 @@
 """Validators for AWS identifiers, shared by models, forms and management commands."""
 
-import re
-
 from django.core.validators import RegexValidator
 
 account_id_validator = RegexValidator(
     r"^\d{12}\Z", "An AWS account id is exactly 12 digits.", code="invalid_account_id"
 )
-ROLE_ARN_PATTERN = r"^arn:aws(-[a-z]+)*:iam::(?P<account_id>\d{12}):role/[\w+=,.@/-]{1,512}\Z"
 role_arn_validator = RegexValidator(
-    ROLE_ARN_PATTERN,
+    r"^arn:aws(-[a-z]+)*:iam::\d{12}:role/[\w+=,.@/-]{1,512}\Z",
     "Enter an IAM role ARN such as arn:aws:iam::123456789012:role/imdsweb-reader.",
     code="invalid_role_arn",
 )
@@ -31,9 +28,15 @@ external_id_validator = RegexValidator(
 
 
 def role_arn_account(role_arn):
-    """The account id inside an IAM role ARN, or None when it is not one."""
-    match = re.match(ROLE_ARN_PATTERN, role_arn or "")
-    return match["account_id"] if match else None
+    """The account id field of an IAM role ARN (arn:PARTITION:iam::ACCOUNT:role/NAME), or None when
+    it is not one."""
+    from django.core.exceptions import ValidationError
+
+    try:
+        role_arn_validator(role_arn)
+    except ValidationError:
+        return None
+    return role_arn.split(":")[4]
 
 
 def validate_regions(value):
