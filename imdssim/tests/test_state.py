@@ -3,6 +3,7 @@ API (``--state-file``) are still there. Each start is a real ``python -m imdssim
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -138,3 +139,22 @@ def test_a_state_file_of_another_fleet_is_set_aside(tmp_path):
         assert "set aside" in sim.output()
     assert (tmp_path / "state.jsonl.stale").exists()
     assert [json.loads(line)["kind"] for line in state_file.read_text().splitlines()] == ["header"]
+
+
+def test_a_line_cut_short_is_skipped_and_the_rest_replayed(tmp_path):
+    """A killed simulator may leave half a line: the whole lines before it still count."""
+    state_file = tmp_path / "state.jsonl"
+    empty_fleet = hashlib.sha256(b"").hexdigest()  # no --seed-demo: no instances before replay
+    state_file.write_text(
+        json.dumps({"kind": "header", "version": 1, "fleet": empty_fleet, "created_at": "2026-01-01T00:00:00+00:00"})
+        + "\n" + json.dumps({"kind": "defaults", "account_id": "444400000099", "region": "eu-west-1",
+                             "settings": {"HttpTokens": "required"}})
+        + "\n" + '{"kind": "defaults", "account_id": "4444'
+    )
+    with SimulatorProcess(extra_args=("--state-file", str(state_file))) as sim:
+        assert f"state file {state_file}: 1 change replayed" in sim.output()
+        assert "line 3 is not JSON, ignored" in sim.output()
+        credentials = assume_role(sim.endpoint_url, "arn:aws:iam::444400000099:role/imdsweb-reader")
+        level = client_for(sim.endpoint_url, credentials, "ec2", "eu-west-1").get_instance_metadata_defaults()
+        assert level["AccountLevel"] == {"HttpTokens": "required", "ManagedBy": "account"}
+    assert len(state_file.read_text().splitlines()) == 2  # compacted without the broken line
