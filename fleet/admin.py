@@ -1,5 +1,6 @@
 """Admin site: accounts are editable; everything that comes from AWS or records a change is read-only."""
 
+from django import forms
 from django.contrib import admin
 
 from .models import Account, ChangeBatch, ChangeItem, Instance, MetadataDefaults, SyncRun
@@ -18,8 +19,37 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+class AccountAdminForm(forms.ModelForm):
+    """The external id is a shared secret: it can be set or cleared, never shown back.
+
+    An empty box keeps the stored value; it is put back before the model's validation, so
+    ``Account.clean`` (the rules ``fleet_account add`` applies too) judges what will be saved.
+    """
+
+    clear_external_id = forms.BooleanField(required=False, label="Clear the external id")
+
+    class Meta:
+        model = Account
+        fields = "__all__"  # noqa: DJ007 - the admin edits every field of an account
+        widgets = {"external_id": forms.PasswordInput(render_value=False)}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["external_id"].required = False
+        self.fields["external_id"].help_text = "Leave empty to keep the current value."
+
+    def clean(self):
+        cleaned = super().clean()
+        if cleaned.get("clear_external_id"):
+            cleaned["external_id"] = ""
+        elif cleaned.get("external_id") == "" and self.instance.pk:
+            cleaned["external_id"] = Account.objects.get(pk=self.instance.pk).external_id
+        return cleaned
+
+
 @admin.register(Account)
 class AccountAdmin(admin.ModelAdmin):
+    form = AccountAdminForm
     list_display = ("account_id", "name", "enabled", "region_list", "role_arn")
     list_filter = ("enabled",)
     search_fields = ("account_id", "name", "role_arn")
@@ -28,21 +58,6 @@ class AccountAdmin(admin.ModelAdmin):
     @admin.display(description="regions")
     def region_list(self, obj):
         return ", ".join(obj.regions)
-
-    def get_form(self, request, obj=None, **kwargs):
-        form = super().get_form(request, obj, **kwargs)
-        # The external id is a shared secret: it can be set, never shown back.
-        from django import forms
-
-        form.base_fields["external_id"].widget = forms.PasswordInput(render_value=False)
-        form.base_fields["external_id"].required = False
-        form.base_fields["external_id"].help_text = "Leave empty to keep the current value."
-        return form
-
-    def save_model(self, request, obj, form, change):
-        if change and not form.cleaned_data.get("external_id"):
-            obj.external_id = Account.objects.get(pk=obj.pk).external_id
-        super().save_model(request, obj, form, change)
 
 
 @admin.register(Instance)

@@ -1,10 +1,12 @@
 """The three roles, as auth groups: viewer (read), operator (may queue changes), admin (admin site).
 
 Created after every ``migrate`` (and after a test database flush) by a post_migrate handler, so
-the groups always match this table.
+the groups always match this table. ``role_of`` and ``RoleRequired`` let a refusal say which role
+the user has and which one the page needs, from this same table.
 """
 
 from django.contrib.auth.models import Group, Permission
+from django.core.exceptions import PermissionDenied
 
 ROLES = {
     "viewer": [],
@@ -15,6 +17,36 @@ ROLES = {
         "view_instance", "view_metadatadefaults", "view_syncrun", "view_changebatch", "view_changeitem",
     ],
 }
+
+# What each role may do, as the 403 page tells a refused user.
+ROLE_CAN = {
+    "viewer": "viewers look at the fleet, its defaults and its change history",
+    "operator": "operators look at everything and queue changes, retries and rollbacks",
+    "admin": "admins do what operators do and manage the accounts in the admin site",
+    "superuser": "a superuser holds every permission",
+}
+
+
+def role_of(user):
+    """The user's role name (``superuser`` for one), or None for a login in no role group."""
+    if user.is_superuser:
+        return "superuser"
+    names = {group.name for group in user.groups.all()}
+    # Highest first: a user in two groups acts with the larger one's permissions.
+    return next((name for name in reversed(ROLES) if name in names), None)
+
+
+def lowest_role_with(codename):
+    return next((name for name, codenames in ROLES.items() if codename in codenames), None)
+
+
+class RoleRequired(PermissionDenied):
+    """A refusal that knows what the page needs: ``action`` needs ``permission`` ("app.codename")."""
+
+    def __init__(self, permission, action):
+        self.permission = permission
+        self.role = lowest_role_with(permission.split(".", 1)[1])
+        super().__init__(f"{action} needs the {self.role} role.")
 
 
 def ensure_roles(**kwargs):

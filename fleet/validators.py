@@ -27,6 +27,18 @@ external_id_validator = RegexValidator(
 )
 
 
+def role_arn_account(role_arn):
+    """The account id field of an IAM role ARN (arn:PARTITION:iam::ACCOUNT:role/NAME), or None when
+    it is not one."""
+    from django.core.exceptions import ValidationError
+
+    try:
+        role_arn_validator(role_arn)
+    except ValidationError:
+        return None
+    return role_arn.split(":")[4]
+
+
 def validate_regions(value):
     from django.core.exceptions import ValidationError
 

@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="seed for the fault injection dice (the demo fleet is always the same)",
     )
+    parser.add_argument(
+        "--state-file",
+        default=None,
+        help="keep the simulator's changes in this file and replay them on the next start "
+        "(JSON lines; the demo uses var/imdssim-state.jsonl)",
+    )
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return parser
 
@@ -90,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     # Imported after parsing: moto takes seconds to import, and --help or a bad flag should not wait.
     from .seed import DEMO_ACCOUNTS, seed_demo_fleet
     from .server import SimulatorApp, make_simulator_server
+    from .state import StateFile, utcnow
     from .throttle import Knobs
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -105,8 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         latency_ms=args.latency_ms,
     )
     app = SimulatorApp(knobs, rng=random.Random(args.random_seed))
+    state = StateFile(args.state_file) if args.state_file else None
+    # A restart keeps the first start's clock: launch times and in-flight changes stay put.
+    created_at = (state.created_at if state else None) or utcnow()
     if args.seed_demo:
-        app.demo_accounts = seed_demo_fleet(app.imds)
+        app.demo_accounts = seed_demo_fleet(app.imds, created_at)
         app.role_external_ids = {a.role_arn: a.external_id for a in DEMO_ACCOUNTS if a.external_id}
         for account in app.demo_accounts:
             external = f" ExternalId={account['external_id']}" if account["external_id"] else ""
@@ -115,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"regions={','.join(account['regions'])}",
                 flush=True,
             )
+
+    if state is not None:
+        replayed = state.restore(app.imds, created_at)
+        app.imds.journal = state
+        print(f"state file {state.path}: {replayed} change{'' if replayed == 1 else 's'} replayed", flush=True)
 
     server = make_simulator_server(app, args.host, args.port)
     # SIGTERM (SimulatorProcess.stop, docker stop) should end the process as cleanly as Ctrl-C.
@@ -127,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         pass
     finally:
         server.server_close()
+        if state is not None:
+            state.close()
         log.info("imdssim stopped")
     return 0
 

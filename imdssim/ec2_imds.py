@@ -144,6 +144,22 @@ def _validated(params: dict[str, str], allowed_values: dict[str, tuple[str, ...]
     return changes
 
 
+class Journal:
+    """Where the simulator's changes are recorded; this one forgets them (``state.StateFile`` keeps them)."""
+
+    def instance_options(self, account_id: str, region: str, instance: Instance) -> None:
+        pass
+
+    def instance_state(self, account_id: str, region: str, instance: Instance) -> None:
+        pass
+
+    def defaults(self, account_id: str, region: str, settings: dict) -> None:
+        pass
+
+    def policy(self, account_id: str, region: str, message: str | None) -> None:
+        pass
+
+
 @dataclass
 class AccountRegionDefaults:
     """Account-level IMDS defaults of one account in one region."""
@@ -164,6 +180,7 @@ class ImdsModel:
     def __init__(self, knobs: Knobs, on_modify=lambda instance_id: None):
         self._knobs = knobs
         self._on_modify = on_modify
+        self.journal = Journal()
         self._defaults: dict[tuple[str, str], AccountRegionDefaults] = {}
         self._lock = threading.RLock()
 
@@ -190,6 +207,7 @@ class ImdsModel:
                 if managed
                 else None
             )
+            self.journal.policy(account_id, region, entry.policy_message)
         log.info("declarative policy for %s/%s: %s", account_id, region, "managed" if managed else "cleared")
 
     # --- instance options -------------------------------------------------------------------
@@ -214,6 +232,15 @@ class ImdsModel:
                     if options.awaiting_start:
                         options.awaiting_start = False
                         options.apply_at = time.monotonic() + self._knobs.apply_delay
+
+    def on_state_changed(self, account_id: str, region: str, instance_ids: list[str]) -> None:
+        """StartInstances, StopInstances or TerminateInstances succeeded: record the new states."""
+        backend = ec2_backends[account_id][region]
+        with self._lock:
+            for instance_id in instance_ids:
+                instance = backend.get_instance_by_id(instance_id)
+                if instance is not None:
+                    self.journal.instance_state(account_id, region, instance)
 
     def on_launched(self, request: QueryRequest, instance_ids: list[str]) -> None:
         """Account defaults fill each setting the RunInstances call did not specify itself."""
@@ -253,7 +280,9 @@ class ImdsModel:
             )
         if request.dry_run:
             raise dry_run_error()
-        self.set_instance_options(instance, changes, pending=True)
+        with self._lock:
+            self.set_instance_options(instance, changes, pending=True)
+            self.journal.instance_options(request.account_id, request.region, instance)
         self._on_modify(instance_id)
         options = sim_options(instance)
         log.debug("modified %s in %s/%s: %s", instance_id, request.account_id, request.region, changes)
@@ -286,6 +315,8 @@ class ImdsModel:
             )
         if request.dry_run:
             raise dry_run_error()
-        self.set_defaults(request.account_id, request.region, changes)
+        with self._lock:
+            self.set_defaults(request.account_id, request.region, changes)
+            self.journal.defaults(request.account_id, request.region, entry.settings)
         log.debug("metadata defaults of %s/%s changed: %s", request.account_id, request.region, changes)
         return ec2_response(request.action, xml_elements({"return": True}))

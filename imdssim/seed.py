@@ -5,6 +5,13 @@ realistic mix of IMDS postures, IMDSv1 usage in CloudWatch, account defaults in 
 one region managed by a declarative policy. Instances are created with one RunInstances-sized call
 per group straight on moto's backend and then adjusted in place: one API call per instance would
 make start-up take minutes.
+
+The same fleet on every start: our choices come from ``random.Random(SEED)``, and moto's ids (of
+instances, reservations, VPCs...) from moto's own generator, seeded the way moto documents for
+deterministic ids (``mock_random.seed``) while the fleet is built and reseeded from the OS after,
+so that instances launched later get fresh ids as in EC2. Clock values (launch times, changes
+still in flight) count from ``created_at``, the fleet's first creation, which ``imdssim.state``
+keeps across restarts.
 """
 
 from __future__ import annotations
@@ -13,11 +20,12 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from moto.cloudwatch.models import cloudwatch_backends
 from moto.core.utils import utcnow
 from moto.ec2.models import ec2_backends
+from moto.moto_api._internal import mock_random
 
 from .ec2_imds import ImdsModel, sim_options
 
@@ -106,7 +114,9 @@ def _posture(rng: random.Random, containers: bool, env: str) -> dict[str, object
     }
 
 
-def _seed_region(imds: ImdsModel, account: DemoAccount, region: str, count: int, rng: random.Random) -> None:
+def _seed_region(
+    imds: ImdsModel, account: DemoAccount, region: str, count: int, rng: random.Random, clock: _Clock
+) -> None:
     backend = ec2_backends[account.account_id][region]
     instances = []
     # Several small reservations, like auto scaling groups and hand launches make, so that
@@ -136,6 +146,7 @@ def _seed_region(imds: ImdsModel, account: DemoAccount, region: str, count: int,
         if account.name == "prod" and region == "us-east-1" and index == 7:
             name = XSS_NAME  # hostile tag value: the UI must escape it
         backend.create_tags([instance.id], {"Name": name, "Team": team, "Env": account.name})
+        instance.launch_time = clock.launch_time()
         imds.set_instance_options(instance, _posture(rng, containers, account.name), pending=False)
 
         roll = rng.random()
@@ -146,7 +157,7 @@ def _seed_region(imds: ImdsModel, account: DemoAccount, region: str, count: int,
                 sim_options(instance).awaiting_start = True
         elif roll < 0.115:
             # A change in flight, applied a few minutes after start-up.
-            sim_options(instance).apply_at = time.monotonic() + rng.uniform(60, 600)
+            sim_options(instance).apply_at = clock.monotonic_at(rng.uniform(60, 600))
         elif roll < 0.12:
             backend.terminate_instances([instance.id])
             continue
@@ -181,13 +192,38 @@ def _imdsv1_usage(rng: random.Random, instance_id: str, http_tokens: str, now) -
     return points
 
 
-def seed_demo_fleet(imds: ImdsModel) -> list[dict]:
-    """Create the demo fleet in moto's backends; returns the accounts as ``/_imdssim/demo`` shows them."""
+class _Clock:
+    """Times relative to the fleet's first creation, so that a restart shows the same fleet."""
+
+    def __init__(self, created_at: datetime):
+        self.created_at = created_at
+        self.elapsed = (utcnow() - created_at.replace(tzinfo=None)).total_seconds()
+        # Its own generator: launch times were added later, and must not shift the fleet's mix.
+        self._rng = random.Random(f"{SEED}-launch-times")
+
+    def launch_time(self) -> datetime:
+        return self.created_at.replace(tzinfo=None) - timedelta(seconds=self._rng.uniform(3600, 400 * 86400))
+
+    def monotonic_at(self, seconds_after_creation: float) -> float:
+        """The monotonic time of a moment this long after creation (in the past on a later start)."""
+        return time.monotonic() + seconds_after_creation - self.elapsed
+
+
+def seed_demo_fleet(imds: ImdsModel, created_at: datetime | None = None) -> list[dict]:
+    """Create the demo fleet in moto's backends; returns the accounts as ``/_imdssim/demo`` shows them.
+
+    ``created_at`` (UTC) is when this fleet was first created; default now.
+    """
     started = time.monotonic()
     rng = random.Random(SEED)
-    for account in DEMO_ACCOUNTS:
-        for region, count in account.instances_per_region.items():
-            _seed_region(imds, account, region, count, rng)
+    clock = _Clock(created_at or utcnow())
+    mock_random.seed(SEED)
+    try:
+        for account in DEMO_ACCOUNTS:
+            for region, count in account.instances_per_region.items():
+                _seed_region(imds, account, region, count, rng, clock)
+    finally:
+        mock_random.seed()  # from the OS again: ids of later launches, access keys, request ids
     for (account_id, region), settings in DEMO_DEFAULTS.items():
         imds.set_defaults(account_id, region, settings)
     for (account_id, region), message in DEMO_POLICIES.items():

@@ -113,8 +113,11 @@ class SimulatorApp:
             if request.action == "RunInstances":
                 ids = [m.decode() for m in _INSTANCE_ID_ELEMENT.findall(body)]
                 self.imds.on_launched(request, ids)
-            elif request.action == "StartInstances":
-                self.imds.on_started(request.account_id, request.region, request.indexed("InstanceId"))
+            elif request.action in ("StartInstances", "StopInstances", "TerminateInstances"):
+                ids = request.indexed("InstanceId")
+                if request.action == "StartInstances":
+                    self.imds.on_started(request.account_id, request.region, ids)
+                self.imds.on_state_changed(request.account_id, request.region, ids)
         # The body is complete now; drop a Content-Length moto may have computed differently.
         headers = [(k, v) for k, v in captured["headers"] if k.lower() != "content-length"]
         return captured["status"], headers + [("Content-Length", str(len(body)))], body

@@ -8,3 +8,5 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("fleet.urls")),
 ]
+# Every refusal, the admin site's included, says the user's role and what the page needs.
+handler403 = "fleet.views.errors.permission_denied"

@@ -2,7 +2,8 @@
 
 Migrates the database, starts the simulated AWS endpoint with the demo fleet, registers its
 accounts, runs a first sync, then starts the web server, a Celery worker and beat, and prints
-the URL and a login. Ctrl-C stops everything. Running it again reuses what is there.
+the URL and a login. Ctrl-C stops everything. Running it again reuses what is there: the
+database, and the simulated fleet with every change made to it (``var/imdssim-state.jsonl``).
 
 ``--setup-only`` does the database, accounts, login and first sync against the simulator that
 AWS_ENDPOINT_URL names, then exits (the docker-compose ``setup`` service runs it).
@@ -24,6 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 VAR = ROOT / "var"
+SIM_STATE = VAR / "imdssim-state.jsonl"
 DEMO_USER = "demo"
 DEMO_PASSWORD = "imdsweb-demo"
 
@@ -179,7 +181,9 @@ def main():
     signal.signal(signal.SIGINT, on_signal)
     try:
         log(f"starting the simulated AWS endpoint with the demo fleet on {sim_url}")
+        # The state file makes a re-run the same simulated AWS: the database's cache stays true.
         stack.spawn("simulator", [sys.executable, "-m", "imdssim", "--port", str(sim_port), "--seed-demo",
+                                  "--state-file", str(SIM_STATE),
                                   "--apply-delay", os.environ.get("IMDSWEB_DEMO_APPLY_DELAY", "5")], env, quiet=True)
         accounts = setup(env, sim_url, stack)
         manage(env, "collectstatic", "--noinput", "-v", "0")

@@ -1,5 +1,6 @@
 """The cached fleet: accounts, instances with their metadata options, account defaults, sync runs."""
 
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import F, Q
 from django.db.models.functions import Coalesce
@@ -20,6 +21,7 @@ from ..validators import (
     account_id_validator,
     external_id_validator,
     instance_id_validator,
+    role_arn_account,
     role_arn_validator,
     validate_regions,
 )
@@ -43,6 +45,24 @@ class Account(models.Model):
 
     def __str__(self):
         return f"{self.name} ({self.account_id})"
+
+    def clean(self):
+        """The rules between fields, for every way an account is written (admin form, fleet_account)."""
+        errors = {}
+        arn_account = role_arn_account(self.role_arn)
+        if arn_account and self.account_id and arn_account != self.account_id:
+            errors["role_arn"] = ValidationError(
+                "The role ARN is in account %(arn_account)s, not in account %(account_id)s: imdsweb would "
+                "read another account's fleet under this account's name.",
+                code="role_in_other_account", params={"arn_account": arn_account, "account_id": self.account_id},
+            )
+        if self.external_id and not self.role_arn:
+            errors["external_id"] = ValidationError(
+                "An external id is only sent when assuming a role: give a role ARN, or clear the external id.",
+                code="external_id_without_role",
+            )
+        if errors:
+            raise ValidationError(errors)
 
 
 # Prowler's ec2_instance_imdsv2_enabled: tokens required, or the endpoint switched off.

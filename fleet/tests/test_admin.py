@@ -1,7 +1,9 @@
 """The admin site: the admin role manages accounts; rows from AWS and the audit trail are read-only."""
 
 import pytest
+from django.core.management import CommandError, call_command
 
+from fleet.models import Account
 from fleet.tests.factories import AccountFactory, ChangeItemFactory, InstanceFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -52,3 +54,41 @@ def test_non_admin_roles_have_no_admin_site(client, role):
     client.force_login(UserFactory(role=role))
     response = client.get("/admin/fleet/instance/")
     assert response.status_code == 302 and "/admin/login/" in response.url
+
+
+def account_form(**fields):
+    return {"account_id": "100000000099", "name": "prod", "role_arn": "", "external_id": "",
+            "regions": '["us-east-1"]', "enabled": "on", **fields}
+
+
+@pytest.mark.parametrize("fields, field, message", [
+    ({"role_arn": "arn:aws:iam::999999999999:role/r"}, "role_arn",
+     "The role ARN is in account 999999999999, not in account 100000000099"),
+    ({"role_arn": "arn:aws:iam::999999999999:role/100000000099"}, "role_arn", "not in account 100000000099"),
+    ({"external_id": "secret-ext"}, "external_id", "An external id is only sent when assuming a role"),
+])
+def test_admin_refuses_what_fleet_account_add_refuses(admin_client, fields, field, message):
+    response = admin_client.post("/admin/fleet/account/add/", account_form(**fields))
+    assert response.status_code == 200
+    assert message in " ".join(response.context["adminform"].form.errors[field])
+    assert not Account.objects.exists()
+    with pytest.raises(CommandError) as exc:
+        call_command("fleet_account", "add", "100000000099", "--name", "prod", "--regions", "us-east-1",
+                     *(f"--{name.replace('_', '-')}={value}" for name, value in fields.items()))
+    assert message in str(exc.value)
+
+
+def test_admin_judges_the_kept_external_id_and_can_clear_it(admin_client):
+    account = AccountFactory(account_id="100000000099", role_arn="arn:aws:iam::100000000099:role/r",
+                             external_id="very-secret-ext-id")
+    url = f"/admin/fleet/account/{account.pk}/change/"
+    # Dropping the role while the (unshown, kept) external id stays would store an id without a role.
+    response = admin_client.post(url, account_form())
+    assert response.status_code == 200
+    assert "An external id is only sent" in " ".join(response.context["adminform"].form.errors["external_id"])
+    account.refresh_from_db()
+    assert account.role_arn and account.external_id == "very-secret-ext-id"
+    response = admin_client.post(url, account_form(clear_external_id="on"))
+    assert response.status_code == 302, response.content.decode()[:2000]
+    account.refresh_from_db()
+    assert account.role_arn == "" and account.external_id == ""

@@ -41,8 +41,12 @@ def test_add_list_update_remove():
         (["add", "123456789012", "--name", "x", "--regions", ""], "region"),
         (["add", "123456789012", "--name", "x", "--regions", "us-east-1", "--role-arn", "arn:bad"], "role"),
         (["add", "123456789012", "--name", "x", "--regions", "us-east-1",
-          "--role-arn", "arn:aws:iam::999999999999:role/r"], "not in account"),
-        (["add", "123456789012", "--name", "x", "--regions", "us-east-1", "--external-id", "abc"], "--role-arn"),
+          "--role-arn", "arn:aws:iam::999999999999:role/r"], "--role-arn: The role ARN is in account 999999999999, not in account 123456789012"),
+        # The account id appearing elsewhere in the ARN does not make it the role's account.
+        (["add", "123456789012", "--name", "x", "--regions", "us-east-1",
+          "--role-arn", "arn:aws:iam::999999999999:role/123456789012"], "not in account 123456789012"),
+        (["add", "123456789012", "--name", "x", "--regions", "us-east-1", "--external-id", "abc"],
+         "--external-id: An external id is only sent when assuming a role: give a role ARN"),
         (["remove", "123456789012"], "not registered"),
     ],
 )
@@ -74,3 +78,22 @@ def test_change_of_unknown_account_exits_2():
     with pytest.raises(CommandError) as exc:
         call_command("fleet_change", "require-imdsv2", "--account", "999999999999")
     assert exc.value.returncode == 2
+
+
+def test_fleet_user_applies_the_password_validators():
+    from django.contrib.auth.models import User
+
+    with pytest.raises(CommandError) as exc:
+        call_command("fleet_user", "set", "alice", "--role", "viewer", "--password", "x")
+    message = str(exc.value)
+    assert exc.value.returncode == 2 and "\n" not in message
+    assert message.startswith("error: password refused: ")
+    assert "This password is too short. It must contain at least 8 characters." in message
+    assert not User.objects.filter(username="alice").exists()
+
+    assert run("fleet_user", "set", "alice", "--role", "viewer", "--password", "kept-Secret-41") == "alice: viewer\n"
+    for weak in ("12345678", "password", "alice123"):
+        with pytest.raises(CommandError):
+            call_command("fleet_user", "set", "alice", "--role", "operator", "--password", weak)
+    alice = User.objects.get(username="alice")
+    assert alice.check_password("kept-Secret-41") and [g.name for g in alice.groups.all()] == ["viewer"]

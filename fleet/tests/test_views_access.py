@@ -163,3 +163,47 @@ def test_no_cdn_links(fleet):
     html = client_for("operator").get(reverse("fleet:overview")).content.decode()
     assert "https://" not in html and "http://" not in html.replace("http://www.w3.org", "")
     assert "/static/django_htmx/htmx-2.min.js" in html
+
+
+def test_refusals_name_the_users_role_and_what_the_page_needs(fleet):
+    viewer = client_for("viewer")
+    page = viewer.get(operator_urls(fleet)[0]).content.decode()
+    assert "Changing the fleet needs the operator role." in page
+    assert "with the viewer role: viewers look at the fleet" in page
+    assert "Ask an admin for the operator role" in page
+
+    admin = client_for("admin")
+    for url in ("/admin/auth/user/", "/admin/fleet/instance/add/", "/admin/fleet/changebatch/add/"):
+        response = admin.get(url)
+        assert response.status_code == 403, url
+        page = response.content.decode()
+        assert "closed to every role" in page and "manage.py fleet_user" in page, url
+        assert "with the admin role: admins do what operators do and manage the accounts" in page, url
+        assert "operator role" not in page and "Ask an admin" not in page, url
+
+    roleless = Client()
+    roleless.force_login(UserFactory())
+    page = roleless.get(operator_urls(fleet)[0]).content.decode()
+    assert "a login without a role" in page and "Ask an admin for the operator role" in page
+
+
+def test_a_refusal_is_logged_once_without_a_traceback(fleet, settings, capsys):
+    """As in the demo (DEBUG on): Django's own console handler used to print each line a second time."""
+    from django.utils.log import configure_logging
+
+    settings.DEBUG = True
+    configure_logging(settings.LOGGING_CONFIG, settings.LOGGING)  # handlers write to the captured stderr
+    try:
+        assert client_for("admin").get("/admin/auth/user/").status_code == 403
+        assert client_for("viewer").get(operator_urls(fleet)[0]).status_code == 403
+        assert client_for("viewer").get("/no/such/page/").status_code == 404
+        err = capsys.readouterr().err
+    finally:
+        configure_logging(settings.LOGGING_CONFIG, settings.LOGGING)
+    lines = err.splitlines()
+    assert [line.split(" ", 2)[2] for line in lines if "django.request" in line] == [
+        "WARNING django.request: Forbidden (Permission denied): /admin/auth/user/",
+        "WARNING django.request: Forbidden (Permission denied): /changes/new/",
+        "WARNING django.request: Not Found: /no/such/page/",
+    ], err
+    assert "Traceback" not in err, err

@@ -2,7 +2,7 @@
 
 Access: login is required everywhere by ``LoginRequiredMiddleware``; acting on the fleet needs
 the ``fleet.queue_change`` permission (operator and admin groups). A refusal raises
-PermissionDenied, which renders ``403.html``.
+``RoleRequired`` (a PermissionDenied), which ``fleet.views.errors.permission_denied`` renders.
 """
 
 import uuid
@@ -17,16 +17,19 @@ from django_filters.views import FilterView
 from django_tables2 import SingleTableMixin
 
 from .. import changes
+from ..roles import RoleRequired
 
 QUEUE_CHANGE = "fleet.queue_change"
 
 
 class OperatorRequiredMixin(PermissionRequiredMixin):
-    """Only users who may queue changes; everyone else gets the friendly 403 page."""
+    """Only users who may queue changes; everyone else gets the 403 page, which names their role."""
 
     permission_required = QUEUE_CHANGE
     raise_exception = True
-    permission_denied_message = "Your role can look at the fleet but not change it. Ask an admin for the operator role."
+
+    def handle_no_permission(self):
+        raise RoleRequired(QUEUE_CHANGE, "Changing the fleet")
 
 
 class FilteredTableView(SingleTableMixin, FilterView):

@@ -1,6 +1,6 @@
 """Instances: the filtered list, its CSV export, one instance's page and its options form."""
 
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.db.models import F
 from django.http import Http404, HttpResponseBadRequest
 from django.shortcuts import redirect
@@ -13,6 +13,7 @@ from .. import csv_export, pagination
 from ..filters import InstanceFilterSet
 from ..forms import InstanceOptionsForm
 from ..models import Instance
+from ..roles import RoleRequired
 from ..tables import ChangeItemTable, InstanceTable, per_page_in_range
 from ..validators import instance_id_validator
 from .base import QUEUE_CHANGE, FilteredTableView
@@ -111,7 +112,7 @@ class InstanceDetailView(FormMixin, DetailView):
     def post(self, request, *args, **kwargs):
         self.object = self.get_object()
         if not request.user.has_perm(QUEUE_CHANGE):
-            raise PermissionDenied("Your role can look at the fleet but not change it.")
+            raise RoleRequired(QUEUE_CHANGE, "Changing the fleet")
         form = self.get_form()
         if not form.is_valid():
             return self.render_to_response(self.get_context_data(form=form), status=400)

@@ -6,6 +6,9 @@ from django.db import transaction
 
 from fleet.models import Account, ChangeItem
 
+# Errors name the option the user typed, not the model field.
+OPTION_OF_FIELD = {"role_arn": "--role-arn", "external_id": "--external-id", "regions": "--regions", "name": "--name"}
+
 
 def _fail(message):
     # Exit status 2 like argparse's own usage errors; one line, nothing written.
@@ -40,14 +43,14 @@ class Command(BaseCommand):
         account.regions = region_list
         account.role_arn = role_arn
         account.external_id = external_id
-        if role_arn and account_id not in role_arn:
-            raise _fail(f"error: role ARN {role_arn} is not in account {account_id}")
-        if external_id and not role_arn:
-            raise _fail("error: --external-id needs --role-arn")
         try:
+            # Account.clean holds the rules between fields (the role's account, the external id's
+            # role), the same the admin form applies.
             account.full_clean()
         except ValidationError as exc:
-            messages = "; ".join(f"{field}: {' '.join(errors)}" for field, errors in exc.message_dict.items())
+            messages = "; ".join(
+                f"{OPTION_OF_FIELD.get(field, field)}: {' '.join(errors)}" for field, errors in exc.message_dict.items()
+            )
             raise _fail(f"error: {messages}") from exc
         created = account.pk is None
         account.save()

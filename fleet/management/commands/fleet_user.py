@@ -4,6 +4,8 @@ import getpass
 import sys
 
 from django.contrib.auth.models import Group, User
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
@@ -26,8 +28,14 @@ class Command(BaseCommand):
             if not sys.stdin.isatty():
                 raise CommandError("error: --password is required when not on a terminal", returncode=2)
             password = getpass.getpass(f"password for {username}: ")
+        user = user or User(username=username)
+        if password is not None:
+            try:
+                # AUTH_PASSWORD_VALIDATORS, as Django's own password forms apply them.
+                validate_password(password, user=user)
+            except ValidationError as exc:
+                raise CommandError(f"error: password refused: {' '.join(exc.messages)}", returncode=2) from None
         with transaction.atomic():
-            user = user or User(username=username)
             if password is not None:
                 user.set_password(password)
             user.is_staff = role == "admin"
