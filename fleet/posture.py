@@ -25,7 +25,7 @@ from .choices import (
     Toggle,
 )
 from .models import Account, ChangeBatch, ChangeItem, Instance, MetadataDefaults, RegionPosture, SyncRun
-from .models.inventory import ENFORCED, ENFORCED_AND_APPLIED
+from .models.inventory import CONFIG_NON_COMPLIANT, ENFORCED, ENFORCED_AND_APPLIED, NOT_COUNTED, V1_USAGE
 from .models.posture import COUNTERS
 
 
@@ -45,37 +45,106 @@ def posture_level(pct):
     return "bad"
 
 
+# How a scope of the instance list (its ``posture`` filter) narrows the present instances.
+SCOPES = {
+    "counted": ~NOT_COUNTED,
+    "enforced": ~NOT_COUNTED & ENFORCED,
+    "not_enforced": ~NOT_COUNTED & ~ENFORCED,
+    "not_counted": NOT_COUNTED,
+}
+# The fields whose every value the summary counts for the instance list, and their values; an
+# absent (NULL) value is counted under NULL_KEY, the value django-filter's null choice sends.
+NULL_KEY = "null"
+FIELD_VALUES = {
+    "http_tokens": HttpTokens.values,
+    "http_endpoint": Toggle.values,
+    "instance_metadata_tags": Toggle.values,
+    "metadata_state": MetadataState.values,
+    "instance_state": InstanceState.values,
+}
+NULLABLE_FIELDS = ("http_tokens", "http_endpoint", "instance_metadata_tags", "metadata_state")
+
+
+def value_q(name, value):
+    """The condition ``name = value``, with NULL_KEY meaning the value is absent."""
+    if name == "v1_usage":
+        return V1_USAGE[value]
+    if value == NULL_KEY:
+        return Q(**{f"{name}__isnull": True})
+    return Q(**{name: value})
+
+
 def _counters():
-    """The aggregate behind every RegionPosture counter."""
-    not_enforced = ~ENFORCED
-    return {
-        "total": Count("id"),
-        "enforced": Count("id", filter=ENFORCED),
-        "enforced_applied": Count("id", filter=ENFORCED_AND_APPLIED),
-        "tokens_required": Count("id", filter=Q(http_tokens=HttpTokens.REQUIRED)),
-        "pending": Count("id", filter=Q(metadata_state=MetadataState.PENDING)),
-        "endpoint_disabled": Count("id", filter=Q(http_endpoint=Toggle.DISABLED)),
-        "hop_limit_over_1": Count("id", filter=Q(hop_limit__gt=1)),
-        "tags_enabled": Count("id", filter=Q(instance_metadata_tags=Toggle.ENABLED)),
-        "stopped": Count("id", filter=Q(instance_state=InstanceState.STOPPED)),
-        "v1_in_use": Count("id", filter=Q(v1_calls__gt=0)),
-        "v1_measured": Count("id", filter=Q(v1_calls__isnull=False)),
-        "safe_to_enforce": Count("id", filter=not_enforced & Q(v1_calls=0)),
-        "not_enforced_unmeasured": Count("id", filter=not_enforced & Q(v1_calls__isnull=True)),
-        "not_enforced_in_use": Count("id", filter=not_enforced & Q(v1_calls__gt=0)),
+    """The aggregate behind every RegionPosture counter, over the present instances of one
+    account/region: the headline counters over the counted ones, then every field value of both
+    groups (``value_counts``), in one pass."""
+    counted = ~NOT_COUNTED
+    not_enforced = counted & ~ENFORCED
+    counters = {
+        "total": Count("id", filter=counted),
+        "enforced": Count("id", filter=counted & ENFORCED),
+        "enforced_applied": Count("id", filter=counted & ENFORCED_AND_APPLIED),
+        "tokens_required": Count("id", filter=counted & Q(http_tokens=HttpTokens.REQUIRED)),
+        "tokens_optional": Count("id", filter=counted & CONFIG_NON_COMPLIANT),
+        "pending": Count("id", filter=counted & Q(metadata_state=MetadataState.PENDING)),
+        "endpoint_disabled": Count("id", filter=counted & Q(http_endpoint=Toggle.DISABLED)),
+        "hop_limit_over_1": Count("id", filter=counted & Q(hop_limit__gt=1)),
+        "tags_enabled": Count("id", filter=counted & Q(instance_metadata_tags=Toggle.ENABLED)),
+        "stopped": Count("id", filter=counted & Q(instance_state=InstanceState.STOPPED)),
+        "v1_in_use": Count("id", filter=counted & V1_USAGE["yes"]),
+        "v1_measured": Count("id", filter=counted & ~V1_USAGE["unknown"]),
+        "safe_to_enforce": Count("id", filter=not_enforced & V1_USAGE["no"]),
+        "not_enforced_unmeasured": Count("id", filter=not_enforced & V1_USAGE["unknown"]),
+        "not_enforced_in_use": Count("id", filter=not_enforced & V1_USAGE["yes"]),
+        "terminated": Count("id", filter=Q(instance_state=InstanceState.TERMINATED)),
+        "shutting_down": Count("id", filter=Q(instance_state=InstanceState.SHUTTING_DOWN)),
     }
+    for alias, (group, name, value) in VALUE_ALIASES.items():
+        counters[alias] = Count("id", filter=SCOPES[group] & value_q(name, value))
+    return counters
+
+
+def _value_keys():
+    for name, values in FIELD_VALUES.items():
+        yield name, [*values, NULL_KEY] if name in NULLABLE_FIELDS else list(values)
+    yield "v1_usage", list(V1_USAGE)
+
+
+# Aggregate alias -> (group, field, value) of one cell of ``RegionPosture.value_counts``.
+VALUE_ALIASES = {
+    f"value_{index}": key
+    for index, key in enumerate(
+        (group, field, value)
+        for group in ("counted", "not_counted")
+        for name, values in _value_keys()
+        for value in values
+    )
+}
 
 
 def refresh_region(account_id, region):
     """Recompute one account/region's summary (two queries over its present instances)."""
     instances = Instance.objects.present().filter(account_id=account_id, region=region)
-    counts = instances.aggregate(**_counters())
-    hops = {
-        "none" if row["hop_limit"] is None else str(row["hop_limit"]): row["n"]
-        for row in instances.values("hop_limit").annotate(n=Count("id")).order_by()
-    }
+    aggregate = instances.aggregate(**_counters())
+    counts = {name: aggregate[name] for name in COUNTERS}
+    value_counts = {"counted": {}, "not_counted": {}}
+    for alias, (group, name, value) in VALUE_ALIASES.items():
+        if aggregate[alias]:
+            value_counts[group].setdefault(name, {})[value] = aggregate[alias]
+    hops = {}
+    rows = instances.values("hop_limit").annotate(
+        counted=Count("id", filter=~NOT_COUNTED), not_counted=Count("id", filter=NOT_COUNTED)
+    ).order_by()
+    for row in rows:
+        key = NULL_KEY if row["hop_limit"] is None else str(row["hop_limit"])
+        for group in ("counted", "not_counted"):
+            if row[group]:
+                value_counts[group].setdefault("hop_limit", {})[key] = row[group]
+        if row["counted"]:
+            hops["none" if row["hop_limit"] is None else key] = row["counted"]
     RegionPosture.objects.update_or_create(
-        account_id=account_id, region=region, defaults={**counts, "hop_limits": hops, "refreshed_at": timezone.now()}
+        account_id=account_id, region=region,
+        defaults={**counts, "hop_limits": hops, "value_counts": value_counts, "refreshed_at": timezone.now()},
     )
 
 
@@ -89,12 +158,17 @@ def refresh_all():
 
 
 def fleet_totals():
-    """Counts over present instances, summed from the summary rows (one query)."""
+    """Counts over the counted instances (and the not counted apart), summed from the summary rows
+    (one query)."""
     totals = dict.fromkeys(COUNTERS, 0)
     for row in RegionPosture.objects.values(*COUNTERS):
         for key in COUNTERS:
             totals[key] += row[key]
     totals["not_enforced"] = totals["total"] - totals["enforced"]
+    totals["not_counted"] = totals["terminated"] + totals["shutting_down"]
+    totals["config_compliant"] = totals["total"] - totals["tokens_optional"]
+    totals["config_compliant_pct"] = percent(totals["config_compliant"], totals["total"])
+    totals["config_compliant_level"] = posture_level(totals["config_compliant_pct"])
     totals["enforced_pct"] = percent(totals["enforced"], totals["total"])
     totals["enforced_applied_pct"] = percent(totals["enforced_applied"], totals["total"])
     totals["enforced_level"] = posture_level(totals["enforced_pct"])
@@ -164,40 +238,52 @@ def hop_limit_distribution():
     return sorted(((hop, n) for hop, n in totals.items() if n), key=lambda pair: (pair[0] is None, pair[0] or 0))
 
 
-# The one filter besides account and region whose count a summary row knows: (filter, value) ->
-# the count in that row. The instance list shows these exactly at any size (fleet.filters).
-SUMMARY_COUNTS = {
-    ("http_tokens", HttpTokens.REQUIRED): lambda row: row.tokens_required,
-    ("http_tokens", HttpTokens.OPTIONAL): lambda row: row.total - row.tokens_required,
-    ("http_endpoint", Toggle.DISABLED): lambda row: row.endpoint_disabled,
-    ("http_endpoint", Toggle.ENABLED): lambda row: row.total - row.endpoint_disabled,
-    ("instance_metadata_tags", Toggle.ENABLED): lambda row: row.tags_enabled,
-    ("instance_metadata_tags", Toggle.DISABLED): lambda row: row.total - row.tags_enabled,
-    ("metadata_state", MetadataState.PENDING): lambda row: row.pending,
-    ("metadata_state", MetadataState.APPLIED): lambda row: row.total - row.pending,
-    ("v1_usage", "yes"): lambda row: row.v1_in_use,
-    ("v1_usage", "no"): lambda row: row.v1_measured - row.v1_in_use,
-    ("v1_usage", "unknown"): lambda row: row.total - row.v1_measured,
+# Filter combinations besides account and region whose count is a headline counter: each tile of
+# the overview links to one of these (or to a single field value below), so the list it opens
+# shows the tile's exact number at any size.
+COMBINED_COUNTS = {
+    frozenset({("posture", "counted")}): lambda row: row.total,
+    frozenset({("posture", "not_counted")}): lambda row: row.terminated + row.shutting_down,
+    frozenset({("posture", "enforced")}): lambda row: row.enforced,
+    frozenset({("posture", "not_enforced")}): lambda row: row.total - row.enforced,
+    frozenset({("posture", "enforced"), ("metadata_state", MetadataState.APPLIED)}): lambda row: row.enforced_applied,
+    frozenset({("posture", "not_enforced"), ("v1_usage", "no")}): lambda row: row.safe_to_enforce,
+    frozenset({("posture", "not_enforced"), ("v1_usage", "yes")}): lambda row: row.not_enforced_in_use,
+    frozenset({("posture", "not_enforced"), ("v1_usage", "unknown")}): lambda row: row.not_enforced_unmeasured,
 }
+# The groups of ``value_counts`` a ``posture`` scope (or none) covers.
+SCOPE_GROUPS = {None: ("counted", "not_counted"), "counted": ("counted",), "not_counted": ("not_counted",)}
 
 
-def summary_counter(name, value):
-    """How a summary row counts the instances matching ``name=value``, or None if it cannot."""
-    if name == "hop_limit":
-        return lambda row: row.hop_limits.get(str(value), 0)
-    return SUMMARY_COUNTS.get((name, value))
+def summary_counter(filters):
+    """How a summary row counts the present instances matching ``filters`` ({name: value}, besides
+    account and region), or None when it cannot: a headline combination, else at most one field
+    value in a ``posture`` scope of counted, not counted, or both."""
+    filters = {name: str(value) for name, value in filters.items()}
+    combined = COMBINED_COUNTS.get(frozenset(filters.items()))
+    if combined is not None:
+        return combined
+    groups = SCOPE_GROUPS.get(filters.pop("posture", None))
+    if groups is None or len(filters) > 1:
+        return None
+    if not filters:
+        return lambda row: sum(row.total if g == "counted" else row.terminated + row.shutting_down for g in groups)
+    ((name, value),) = filters.items()
+    if name != "hop_limit" and value not in dict(_value_keys()).get(name, ()):
+        return None
+    return lambda row: sum(row.value_counts.get(group, {}).get(name, {}).get(value, 0) for group in groups)
 
 
 def present_count(account_ids=None, regions=None, counter=None):
-    """How many present instances match, from the summary rows: account and region, and at most
-    one other filter through ``counter`` (from :func:`summary_counter`)."""
+    """How many present instances match, from the summary rows: account and region, and the rest
+    through ``counter`` (from :func:`summary_counter`; all present instances without one)."""
     rows = RegionPosture.objects.order_by()
     if account_ids:
         rows = rows.filter(account_id__in=account_ids)
     if regions:
         rows = rows.filter(region__in=regions)
-    counter = counter or (lambda row: row.total)
-    return sum(counter(row) for row in rows.only(*COUNTERS, "hop_limits"))
+    counter = counter or summary_counter({})
+    return sum(counter(row) for row in rows.only(*COUNTERS, "value_counts"))
 
 
 def defaults_summary():
