@@ -4,6 +4,11 @@ Instance counts come from the maintained :class:`RegionPosture` rows (one per ac
 which :func:`refresh_region` recomputes with one aggregate over that account/region's instances
 whenever a sync, the usage stage or the change engine has written them. The overview then reads a
 few dozen rows, whatever the fleet's size. Nothing loops over accounts with a query each.
+
+The fleet's posture is its present instances that are neither terminated nor shutting down
+("counted"): Prowler's ``ec2_instance_imdsv2_enabled`` and AWS Config's ``ec2-imdsv2-check`` do not
+evaluate the others, so no figure includes them and the overview shows them apart. The rules
+themselves are the expressions in :mod:`fleet.models.inventory`.
 """
 
 from dataclasses import dataclass, field
@@ -114,7 +119,7 @@ def _value_keys():
 VALUE_ALIASES = {
     f"value_{index}": key
     for index, key in enumerate(
-        (group, field, value)
+        (group, name, value)
         for group in ("counted", "not_counted")
         for name, values in _value_keys()
         for value in values
@@ -184,10 +189,11 @@ class HeatMap:
 
 
 def compliance_by_region():
-    """Account x region counts of present instances, from the summary rows (one query)."""
+    """Account x region counts of counted instances, from the summary rows (one query)."""
     rows = (
         RegionPosture.objects.filter(total__gt=0)
-        .values("account__account_id", "account__name", "region", "total", "enforced", "enforced_applied")
+        .values("account__account_id", "account__name", "region", "total", "enforced", "enforced_applied",
+                "terminated", "shutting_down")
         .order_by("account__name", "account__account_id", "region")
     )
     return [
@@ -198,6 +204,7 @@ def compliance_by_region():
             "total": row["total"],
             "enforced": row["enforced"],
             "enforced_applied": row["enforced_applied"],
+            "not_counted": row["terminated"] + row["shutting_down"],
             "enforced_pct": percent(row["enforced"], row["total"]),
             "level": posture_level(percent(row["enforced"], row["total"])),
         }
@@ -229,7 +236,7 @@ def heat_map(region_rows):
 
 
 def hop_limit_distribution():
-    """[(hop_limit or None, count)] over present instances, summed from the summary rows."""
+    """[(hop_limit or None, count)] over counted instances, summed from the summary rows."""
     totals = {}
     for hops in RegionPosture.objects.values_list("hop_limits", flat=True):
         for key, count in hops.items():
@@ -272,6 +279,16 @@ def summary_counter(filters):
     if name != "hop_limit" and value not in dict(_value_keys()).get(name, ()):
         return None
     return lambda row: sum(row.value_counts.get(group, {}).get(name, {}).get(value, 0) for group in groups)
+
+
+def summary_filters(hop_limits=(1, 2)):
+    """Every filter combination besides account and region whose count the summary knows (the
+    tests walk them all against counting the rows)."""
+    yield from (dict(key) for key in COMBINED_COUNTS)
+    for scope in SCOPE_GROUPS:
+        for name, values in [*_value_keys(), ("hop_limit", hop_limits)]:
+            for value in values:
+                yield {**({"posture": scope} if scope else {}), name: value}
 
 
 def present_count(account_ids=None, regions=None, counter=None):
