@@ -156,6 +156,11 @@ class Instance(models.Model):
         ) or self.http_endpoint == Toggle.DISABLED
 
     @property
+    def config_non_compliant(self):
+        """AWS Config's ec2-imdsv2-check for this row (``CONFIG_NON_COMPLIANT``)."""
+        return self.http_tokens == HttpTokens.OPTIONAL
+
+    @property
     def options(self):
         """The five metadata options under the names a change uses."""
         return {field: getattr(self, field) for field in INSTANCE_OPTION_FIELDS}
