@@ -24,7 +24,7 @@ from django.utils import timezone
 from fleet import sync, usage
 from fleet.models import Account
 from fleet.views.instances import InstanceListView
-from imdssim.testing import SimulatorProcess, launch
+from imdssim.testing import SimulatorProcess
 
 from .conftest import ec2_in
 
@@ -41,6 +41,13 @@ def simulator():
     # A long apply delay keeps modified running instances "pending" for the whole test.
     with SimulatorProcess(apply_delay=600, throttle=False) as sim:
         yield sim
+
+
+def launch(ec2, count, **metadata_options):
+    """RunInstances (moto takes any image id; DescribeImages to find one costs seconds a call)."""
+    kwargs = {"MetadataOptions": metadata_options} if metadata_options else {}
+    reservation = ec2.run_instances(ImageId="ami-12345678", MinCount=count, MaxCount=count, **kwargs)
+    return [instance["InstanceId"] for instance in reservation["Instances"]]
 
 
 def build(sim, ec2, cloudwatch, account_id, region, k):
