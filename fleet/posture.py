@@ -15,7 +15,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db.models import Count, Max, OuterRef, Q, Subquery
+from django.db.models import (
+    BooleanField,
+    Case,
+    CharField,
+    Count,
+    ExpressionWrapper,
+    Max,
+    OuterRef,
+    Q,
+    Subquery,
+    Value,
+    When,
+)
 from django.utils import timezone
 
 from .choices import (
@@ -70,83 +82,82 @@ FIELD_VALUES = {
 NULLABLE_FIELDS = ("http_tokens", "http_endpoint", "instance_metadata_tags", "metadata_state")
 
 
-def value_q(name, value):
-    """The condition ``name = value``, with NULL_KEY meaning the value is absent."""
-    if name == "v1_usage":
-        return V1_USAGE[value]
-    if value == NULL_KEY:
-        return Q(**{f"{name}__isnull": True})
-    return Q(**{name: value})
-
-
-def _counters():
-    """The aggregate behind every RegionPosture counter, over the present instances of one
-    account/region: the headline counters over the counted ones, then every field value of both
-    groups (``value_counts``), in one pass."""
-    counted = ~NOT_COUNTED
-    not_enforced = counted & ~ENFORCED
-    counters = {
-        "total": Count("id", filter=counted),
-        "enforced": Count("id", filter=counted & ENFORCED),
-        "enforced_applied": Count("id", filter=counted & ENFORCED_AND_APPLIED),
-        "tokens_required": Count("id", filter=counted & Q(http_tokens=HttpTokens.REQUIRED)),
-        "tokens_optional": Count("id", filter=counted & CONFIG_NON_COMPLIANT),
-        "pending": Count("id", filter=counted & Q(metadata_state=MetadataState.PENDING)),
-        "endpoint_disabled": Count("id", filter=counted & Q(http_endpoint=Toggle.DISABLED)),
-        "hop_limit_over_1": Count("id", filter=counted & Q(hop_limit__gt=1)),
-        "tags_enabled": Count("id", filter=counted & Q(instance_metadata_tags=Toggle.ENABLED)),
-        "stopped": Count("id", filter=counted & Q(instance_state=InstanceState.STOPPED)),
-        "v1_in_use": Count("id", filter=counted & V1_USAGE["yes"]),
-        "v1_measured": Count("id", filter=counted & ~V1_USAGE["unknown"]),
-        "safe_to_enforce": Count("id", filter=not_enforced & V1_USAGE["no"]),
-        "not_enforced_unmeasured": Count("id", filter=not_enforced & V1_USAGE["unknown"]),
-        "not_enforced_in_use": Count("id", filter=not_enforced & V1_USAGE["yes"]),
-        "terminated": Count("id", filter=Q(instance_state=InstanceState.TERMINATED)),
-        "shutting_down": Count("id", filter=Q(instance_state=InstanceState.SHUTTING_DOWN)),
-    }
-    for alias, (group, name, value) in VALUE_ALIASES.items():
-        counters[alias] = Count("id", filter=SCOPES[group] & value_q(name, value))
-    return counters
-
-
 def _value_keys():
+    """(field, its values) of every field ``value_counts`` counts, NULL_KEY included where AWS
+    may leave the member out."""
     for name, values in FIELD_VALUES.items():
         yield name, [*values, NULL_KEY] if name in NULLABLE_FIELDS else list(values)
     yield "v1_usage", list(V1_USAGE)
 
 
-# Aggregate alias -> (group, field, value) of one cell of ``RegionPosture.value_counts``.
-VALUE_ALIASES = {
-    f"value_{index}": key
-    for index, key in enumerate(
-        (group, name, value)
-        for group in ("counted", "not_counted")
-        for name, values in _value_keys()
-        for value in values
-    )
+def _flag(condition):
+    return ExpressionWrapper(condition, output_field=BooleanField())
+
+
+# One GROUP BY over the present instances of an account/region: every field the list filters by,
+# and the rules as database expressions (a NULL rule result, from an absent member, is False).
+GROUP_FIELDS = (*FIELD_VALUES, "hop_limit")
+GROUP_FLAGS = {
+    "not_counted": NOT_COUNTED,
+    "enforced": ENFORCED,
+    "enforced_applied": ENFORCED_AND_APPLIED,
+    "config_non_compliant": CONFIG_NON_COMPLIANT,
 }
 
 
-def refresh_region(account_id, region):
-    """Recompute one account/region's summary (two queries over its present instances)."""
-    instances = Instance.objects.present().filter(account_id=account_id, region=region)
-    aggregate = instances.aggregate(**_counters())
-    counts = {name: aggregate[name] for name in COUNTERS}
+def _groups(instances):
+    v1_usage = Case(*(When(q, then=Value(key)) for key, q in V1_USAGE.items()), output_field=CharField())
+    annotations = {name: _flag(q) for name, q in GROUP_FLAGS.items()} | {"v1_usage": v1_usage}
+    return instances.annotate(**annotations).values(*GROUP_FIELDS, *annotations).annotate(n=Count("id")).order_by()
+
+
+def summarise(groups):
+    """Every RegionPosture counter and ``value_counts`` from the groups (no query): the headline
+    counters are cells of ``value_counts`` where one field decides, and sums over the rule flags."""
     value_counts = {"counted": {}, "not_counted": {}}
-    for alias, (group, name, value) in VALUE_ALIASES.items():
-        if aggregate[alias]:
-            value_counts[group].setdefault(name, {})[value] = aggregate[alias]
-    hops = {}
-    rows = instances.values("hop_limit").annotate(
-        counted=Count("id", filter=~NOT_COUNTED), not_counted=Count("id", filter=NOT_COUNTED)
-    ).order_by()
-    for row in rows:
-        key = NULL_KEY if row["hop_limit"] is None else str(row["hop_limit"])
-        for group in ("counted", "not_counted"):
-            if row[group]:
-                value_counts[group].setdefault("hop_limit", {})[key] = row[group]
-        if row["counted"]:
-            hops["none" if row["hop_limit"] is None else key] = row["counted"]
+    counts = dict.fromkeys(COUNTERS, 0)
+    for group in groups:
+        n, counted = group["n"], not group["not_counted"]
+        cells = value_counts["counted" if counted else "not_counted"]
+        for name in (*GROUP_FIELDS, "v1_usage"):
+            key = NULL_KEY if group[name] is None else str(group[name])
+            cells.setdefault(name, {}).setdefault(key, 0)
+            cells[name][key] += n
+        if counted:
+            counts["total"] += n
+            counts["enforced"] += n * bool(group["enforced"])
+            counts["enforced_applied"] += n * bool(group["enforced_applied"])
+            counts["tokens_optional"] += n * bool(group["config_non_compliant"])
+            if not group["enforced"]:
+                counts[NOT_ENFORCED_BY_USAGE[group["v1_usage"]]] += n
+
+    def cell(group, name, value):
+        return value_counts[group].get(name, {}).get(str(value), 0)
+
+    counted_hops = value_counts["counted"].get("hop_limit", {})
+    counts |= {
+        "tokens_required": cell("counted", "http_tokens", HttpTokens.REQUIRED),
+        "pending": cell("counted", "metadata_state", MetadataState.PENDING),
+        "endpoint_disabled": cell("counted", "http_endpoint", Toggle.DISABLED),
+        "tags_enabled": cell("counted", "instance_metadata_tags", Toggle.ENABLED),
+        "stopped": cell("counted", "instance_state", InstanceState.STOPPED),
+        "hop_limit_over_1": sum(n for key, n in counted_hops.items() if key != NULL_KEY and int(key) > 1),
+        "v1_in_use": cell("counted", "v1_usage", "yes"),
+        "v1_measured": counts["total"] - cell("counted", "v1_usage", "unknown"),
+        "terminated": cell("not_counted", "instance_state", InstanceState.TERMINATED),
+        "shutting_down": cell("not_counted", "instance_state", InstanceState.SHUTTING_DOWN),
+    }
+    hops = {("none" if key == NULL_KEY else key): n for key, n in counted_hops.items()}
+    return counts, hops, value_counts
+
+
+NOT_ENFORCED_BY_USAGE = {"no": "safe_to_enforce", "yes": "not_enforced_in_use", "unknown": "not_enforced_unmeasured"}
+
+
+def refresh_region(account_id, region):
+    """Recompute one account/region's summary: one GROUP BY over its present instances."""
+    instances = Instance.objects.present().filter(account_id=account_id, region=region)
+    counts, hops, value_counts = summarise(_groups(instances))
     RegionPosture.objects.update_or_create(
         account_id=account_id, region=region,
         defaults={**counts, "hop_limits": hops, "value_counts": value_counts, "refreshed_at": timezone.now()},

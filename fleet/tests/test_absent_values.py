@@ -5,7 +5,7 @@ posture summary and the CSV export count it the same way."""
 import csv
 import importlib
 import io
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from django.apps import apps
@@ -24,7 +24,7 @@ def described(instance_id, **options):
     """An instance as DescribeInstances returns it, with only the MetadataOptions members given."""
     return {
         "InstanceId": instance_id, "State": {"Name": "running"}, "InstanceType": "t3.micro", "ImageId": "ami-1",
-        "LaunchTime": datetime(2026, 1, 1, tzinfo=timezone.utc), "MetadataOptions": options,
+        "LaunchTime": datetime(2026, 1, 1, tzinfo=UTC), "MetadataOptions": options,
     }
 
 
@@ -44,7 +44,7 @@ def test_sync_stores_absent_members_as_null(vendor_path, monkeypatch):
     if vendor_path == "bulk_create":
         monkeypatch.setattr(connection, "vendor", "sqlite")  # take the portable upsert on any database
     account = AccountFactory()
-    now = datetime(2026, 1, 2, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 2, tzinfo=UTC)
     sync.upsert_instances(account, "us-east-1", [described("i-00000000000000001"),
                                                    described("i-00000000000000002", HttpTokens="", State="")], now)
     rows = Instance.objects.filter(account=account).values_list(*OPTION_FIELDS)
