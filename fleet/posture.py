@@ -1,7 +1,7 @@
 """The overview's figures: the fleet's IMDS posture.
 
 Instance counts come from the maintained :class:`RegionPosture` rows (one per account/region),
-which :func:`refresh_region` recomputes with one aggregate over that account/region's instances
+which :func:`refresh_region` recomputes with one GROUP BY over that account/region's instances
 whenever a sync, the usage stage or the change engine has written them. The overview then reads a
 few dozen rows, whatever the fleet's size. Nothing loops over accounts with a query each.
 
@@ -289,7 +289,17 @@ def summary_counter(filters):
     ((name, value),) = filters.items()
     if name != "hop_limit" and value not in dict(_value_keys()).get(name, ()):
         return None
-    return lambda row: sum(row.value_counts.get(group, {}).get(name, {}).get(value, 0) for group in groups)
+
+    def count(row):
+        if not row.value_counts and row.total:
+            raise NotSummarised  # a row from before value_counts existed, until its next refresh
+        return sum(row.value_counts.get(group, {}).get(name, {}).get(value, 0) for group in groups)
+
+    return count
+
+
+class NotSummarised(Exception):
+    """A summary row cannot answer (yet): the caller counts another way."""
 
 
 def summary_filters(hop_limits=(1, 2)):
@@ -304,14 +314,18 @@ def summary_filters(hop_limits=(1, 2)):
 
 def present_count(account_ids=None, regions=None, counter=None):
     """How many present instances match, from the summary rows: account and region, and the rest
-    through ``counter`` (from :func:`summary_counter`; all present instances without one)."""
+    through ``counter`` (from :func:`summary_counter`; all present instances without one). None
+    when a row cannot tell yet."""
     rows = RegionPosture.objects.order_by()
     if account_ids:
         rows = rows.filter(account_id__in=account_ids)
     if regions:
         rows = rows.filter(region__in=regions)
     counter = counter or summary_counter({})
-    return sum(counter(row) for row in rows.only(*COUNTERS, "value_counts"))
+    try:
+        return sum(counter(row) for row in rows.only(*COUNTERS, "value_counts"))
+    except NotSummarised:
+        return None
 
 
 def defaults_summary():

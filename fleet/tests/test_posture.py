@@ -107,3 +107,18 @@ def test_a_tile_past_the_count_bound_links_to_its_exact_number(viewer, monkeypat
         response = viewer.get(href.replace("&amp;", "&"))
         assert (response.context["total"], response.context["total_at_least"]) == (int(count), False), href
     assert 'data-count="1019"' in html and "1 terminated, not counted" in html
+
+
+def test_a_row_not_refreshed_since_the_upgrade_gives_no_count_rather_than_a_wrong_one(viewer, monkeypatch):
+    from fleet.views.instances import InstanceListView
+
+    monkeypatch.setattr(InstanceListView, "COUNT_BOUND", 2)
+    account = AccountFactory(account_id="111111111111")
+    InstanceFactory.create_batch(3, account=account, http_tokens="optional")
+    posture.refresh_all()
+    RegionPosture.objects.update(value_counts={})  # as migration 0012 leaves an existing row
+    response = viewer.get(reverse("fleet:instance_list") + "?http_tokens=optional")
+    assert (response.context["total"], response.context["total_at_least"]) == (2, True)  # "2+", never "0"
+    posture.refresh_all()
+    response = viewer.get(reverse("fleet:instance_list") + "?http_tokens=optional")
+    assert (response.context["total"], response.context["total_at_least"]) == (3, False)
