@@ -139,7 +139,7 @@ def load_fleet(args):
             for i in range(20)
         )
         MetadataDefaults.objects.bulk_create(
-            MetadataDefaults(account=a, region=r, status="known", http_tokens="required" if i % 3 else "",
+            MetadataDefaults(account=a, region=r, status="known", http_tokens="required" if i % 3 else None,
                              synced_at=now)
             for i, a in enumerate(accounts) for r in REGIONS
         )

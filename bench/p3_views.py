@@ -76,7 +76,7 @@ def seed_surroundings(pairs):
     )
     MetadataDefaults.objects.bulk_create(
         MetadataDefaults(account=account, region=region, status=DefaultsStatus.KNOWN,
-                         http_tokens="required" if index % 2 else "", synced_at=now)
+                         http_tokens="required" if index % 2 else None, synced_at=now)
         for index, (account, region) in enumerate(pairs)
     )
     for account, _ in pairs[:15:3]:

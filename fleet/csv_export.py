@@ -1,4 +1,10 @@
-"""CSV export of instances, streamed, with spreadsheet formula injection neutralised."""
+"""CSV export of instances, streamed, with spreadsheet formula injection neutralised.
+
+A member AWS left out of MetadataOptions (NULL) is an empty cell, like every other absent value.
+The two rule columns give each instance's result under Prowler's ``ec2_instance_imdsv2_enabled``
+and AWS Config's ``ec2-imdsv2-check``, empty for the instances neither evaluates (gone,
+terminated, shutting down), so that the export adds up to the overview's figures.
+"""
 
 import csv
 
@@ -26,6 +32,10 @@ COLUMNS = (
     ("v1_last_seen", lambda i: i.v1_last_seen.isoformat() if i.v1_last_seen else ""),
     ("last_seen", lambda i: i.last_seen.isoformat() if i.last_seen else ""),
     ("gone_at", lambda i: i.gone_at.isoformat() if i.gone_at else ""),
+    ("counted", lambda i: "yes" if i.counted else "no"),
+    ("prowler_ec2_instance_imdsv2_enabled", lambda i: ("PASS" if i.enforced else "FAIL") if i.counted else ""),
+    ("aws_config_ec2_imdsv2_check", lambda i: (
+        ("NON_COMPLIANT" if i.config_non_compliant else "COMPLIANT") if i.counted else "")),
 )
 
 

@@ -11,6 +11,8 @@ from django.http import QueryDict
 from . import posture
 from .choices import ChangeKind, HttpTokens, InstanceState, ItemState, MetadataState, Toggle
 from .models import Account, ChangeBatch, ChangeItem, Instance
+from .models.inventory import V1_USAGE
+from .posture import NULL_KEY
 
 INSTANCE_ID = re.compile(r"i-([0-9a-f]{8}|[0-9a-f]{17})")
 
@@ -65,12 +67,35 @@ class InstanceFilterSet(django_filters.FilterSet):
         queryset=Account.objects.all(), to_field_name="account_id", empty_label="any account"
     )
     region = django_filters.ChoiceFilter(choices=region_choices, empty_label="any region")
-    http_tokens = django_filters.ChoiceFilter(choices=HttpTokens.choices, label="HttpTokens", empty_label="any")
-    http_endpoint = django_filters.ChoiceFilter(choices=Toggle.choices, label="HttpEndpoint", empty_label="any")
+    POSTURE_CHOICES = [
+        ("counted", "counted (not terminated or shutting down)"),
+        ("enforced", "IMDSv2 enforced (Prowler PASS)"),
+        ("not_enforced", "not enforced (Prowler FAIL)"),
+        ("not_counted", "terminated or shutting down (not counted)"),
+    ]
+
+    posture = django_filters.ChoiceFilter(
+        choices=POSTURE_CHOICES, method="filter_posture", label="Posture", empty_label="any"
+    )
+    # A member AWS left out of MetadataOptions is NULL; "absent" (null_label) finds those rows.
+    http_tokens = django_filters.ChoiceFilter(
+        choices=HttpTokens.choices, label="HttpTokens", empty_label="any", null_label="absent",
+        null_value=NULL_KEY,
+    )
+    http_endpoint = django_filters.ChoiceFilter(
+        choices=Toggle.choices, label="HttpEndpoint", empty_label="any", null_label="absent",
+        null_value=NULL_KEY,
+    )
     hop_limit = IntegerFilter(label="Hop limit", min_value=1, max_value=64)
-    metadata_state = django_filters.ChoiceFilter(choices=MetadataState.choices, label="Options state", empty_label="any")
+    metadata_state = django_filters.ChoiceFilter(
+        choices=MetadataState.choices, label="Options state", empty_label="any", null_label="absent",
+        null_value=NULL_KEY,
+    )
     instance_state = django_filters.ChoiceFilter(choices=InstanceState.choices, empty_label="any")
-    instance_metadata_tags = django_filters.ChoiceFilter(choices=Toggle.choices, label="Tags in IMDS", empty_label="any")
+    instance_metadata_tags = django_filters.ChoiceFilter(
+        choices=Toggle.choices, label="Tags in IMDS", empty_label="any", null_label="absent",
+        null_value=NULL_KEY,
+    )
     v1_usage = django_filters.ChoiceFilter(
         choices=V1_CHOICES, method="filter_v1_usage", label="IMDSv1 in use", empty_label="any"
     )
@@ -115,11 +140,10 @@ class InstanceFilterSet(django_filters.FilterSet):
         return queryset.filter(Q(name__icontains=value) | Q(instance_id__istartswith=value)) if value else queryset
 
     def filter_v1_usage(self, queryset, name, value):
-        return {
-            "yes": queryset.filter(v1_calls__gt=0),
-            "no": queryset.filter(v1_calls=0),
-            "unknown": queryset.filter(v1_calls__isnull=True),
-        }[value]
+        return queryset.filter(V1_USAGE[value])
+
+    def filter_posture(self, queryset, name, value):
+        return queryset.filter(posture.SCOPES[value])
 
     def filter_ids(self, queryset, name, value):
         return queryset.filter(instance_id__in=value)
@@ -150,21 +174,19 @@ class InstanceFilterSet(django_filters.FilterSet):
     SUMMARY_KEYS = {"account", "region", "gone"}
 
     def summary_count(self):
-        """This filter's count from the posture summary (account, region and at most one other
-        filter it counts: fleet.posture.SUMMARY_COUNTS), else None."""
+        """This filter's count from the posture summary (account, region and what
+        fleet.posture.summary_counter knows), else None."""
         if not self.is_valid():
             return None
         data = self.form.cleaned_data
-        used = {name for name, value in data.items() if value not in (None, "", [], {})}
-        others = used - self.SUMMARY_KEYS
-        if data.get("gone") != "present" or len(others) > 1:
+        if data.get("gone") != "present":
             return None
-        counter = None
-        if others:
-            name = others.pop()
-            counter = posture.summary_counter(name, data[name])
-            if counter is None:
-                return None
+        others = {
+            name: value for name, value in data.items() if value not in (None, "", [], {}) and name not in self.SUMMARY_KEYS
+        }
+        counter = posture.summary_counter(others)
+        if counter is None:
+            return None
         account = data.get("account")
         return posture.present_count(
             account_ids=[account.pk] if account else None, regions=[data["region"]] if data.get("region") else None,

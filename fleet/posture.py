@@ -1,16 +1,33 @@
 """The overview's figures: the fleet's IMDS posture.
 
 Instance counts come from the maintained :class:`RegionPosture` rows (one per account/region),
-which :func:`refresh_region` recomputes with one aggregate over that account/region's instances
+which :func:`refresh_region` recomputes with one GROUP BY over that account/region's instances
 whenever a sync, the usage stage or the change engine has written them. The overview then reads a
 few dozen rows, whatever the fleet's size. Nothing loops over accounts with a query each.
+
+The fleet's posture is its present instances that are neither terminated nor shutting down
+("counted"): Prowler's ``ec2_instance_imdsv2_enabled`` and AWS Config's ``ec2-imdsv2-check`` do not
+evaluate the others, so no figure includes them and the overview shows them apart. The rules
+themselves are the expressions in :mod:`fleet.models.inventory`.
 """
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db.models import Count, Max, OuterRef, Q, Subquery
+from django.db.models import (
+    BooleanField,
+    Case,
+    CharField,
+    Count,
+    ExpressionWrapper,
+    Max,
+    OuterRef,
+    Q,
+    Subquery,
+    Value,
+    When,
+)
 from django.utils import timezone
 
 from .choices import (
@@ -25,7 +42,7 @@ from .choices import (
     Toggle,
 )
 from .models import Account, ChangeBatch, ChangeItem, Instance, MetadataDefaults, RegionPosture, SyncRun
-from .models.inventory import ENFORCED, ENFORCED_AND_APPLIED
+from .models.inventory import CONFIG_NON_COMPLIANT, ENFORCED, ENFORCED_AND_APPLIED, NOT_COUNTED, V1_USAGE
 from .models.posture import COUNTERS
 
 
@@ -45,37 +62,105 @@ def posture_level(pct):
     return "bad"
 
 
-def _counters():
-    """The aggregate behind every RegionPosture counter."""
-    not_enforced = ~ENFORCED
-    return {
-        "total": Count("id"),
-        "enforced": Count("id", filter=ENFORCED),
-        "enforced_applied": Count("id", filter=ENFORCED_AND_APPLIED),
-        "tokens_required": Count("id", filter=Q(http_tokens=HttpTokens.REQUIRED)),
-        "pending": Count("id", filter=Q(metadata_state=MetadataState.PENDING)),
-        "endpoint_disabled": Count("id", filter=Q(http_endpoint=Toggle.DISABLED)),
-        "hop_limit_over_1": Count("id", filter=Q(hop_limit__gt=1)),
-        "tags_enabled": Count("id", filter=Q(instance_metadata_tags=Toggle.ENABLED)),
-        "stopped": Count("id", filter=Q(instance_state=InstanceState.STOPPED)),
-        "v1_in_use": Count("id", filter=Q(v1_calls__gt=0)),
-        "v1_measured": Count("id", filter=Q(v1_calls__isnull=False)),
-        "safe_to_enforce": Count("id", filter=not_enforced & Q(v1_calls=0)),
-        "not_enforced_unmeasured": Count("id", filter=not_enforced & Q(v1_calls__isnull=True)),
-        "not_enforced_in_use": Count("id", filter=not_enforced & Q(v1_calls__gt=0)),
+# How a scope of the instance list (its ``posture`` filter) narrows the present instances.
+SCOPES = {
+    "counted": ~NOT_COUNTED,
+    "enforced": ~NOT_COUNTED & ENFORCED,
+    "not_enforced": ~NOT_COUNTED & ~ENFORCED,
+    "not_counted": NOT_COUNTED,
+}
+# The fields whose every value the summary counts for the instance list, and their values; an
+# absent (NULL) value is counted under NULL_KEY, the value django-filter's null choice sends.
+NULL_KEY = "null"
+FIELD_VALUES = {
+    "http_tokens": HttpTokens.values,
+    "http_endpoint": Toggle.values,
+    "instance_metadata_tags": Toggle.values,
+    "metadata_state": MetadataState.values,
+    "instance_state": InstanceState.values,
+}
+NULLABLE_FIELDS = ("http_tokens", "http_endpoint", "instance_metadata_tags", "metadata_state")
+
+
+def _value_keys():
+    """(field, its values) of every field ``value_counts`` counts, NULL_KEY included where AWS
+    may leave the member out."""
+    for name, values in FIELD_VALUES.items():
+        yield name, [*values, NULL_KEY] if name in NULLABLE_FIELDS else list(values)
+    yield "v1_usage", list(V1_USAGE)
+
+
+def _flag(condition):
+    return ExpressionWrapper(condition, output_field=BooleanField())
+
+
+# One GROUP BY over the present instances of an account/region: every field the list filters by,
+# and the rules as database expressions (a NULL rule result, from an absent member, is False).
+GROUP_FIELDS = (*FIELD_VALUES, "hop_limit")
+GROUP_FLAGS = {
+    "not_counted": NOT_COUNTED,
+    "enforced": ENFORCED,
+    "enforced_applied": ENFORCED_AND_APPLIED,
+    "config_non_compliant": CONFIG_NON_COMPLIANT,
+}
+
+
+def _groups(instances):
+    v1_usage = Case(*(When(q, then=Value(key)) for key, q in V1_USAGE.items()), output_field=CharField())
+    annotations = {name: _flag(q) for name, q in GROUP_FLAGS.items()} | {"v1_usage": v1_usage}
+    return instances.annotate(**annotations).values(*GROUP_FIELDS, *annotations).annotate(n=Count("id")).order_by()
+
+
+def summarise(groups):
+    """Every RegionPosture counter and ``value_counts`` from the groups (no query): the headline
+    counters are cells of ``value_counts`` where one field decides, and sums over the rule flags."""
+    value_counts = {"counted": {}, "not_counted": {}}
+    counts = dict.fromkeys(COUNTERS, 0)
+    for group in groups:
+        n, counted = group["n"], not group["not_counted"]
+        cells = value_counts["counted" if counted else "not_counted"]
+        for name in (*GROUP_FIELDS, "v1_usage"):
+            key = NULL_KEY if group[name] is None else str(group[name])
+            cells.setdefault(name, {}).setdefault(key, 0)
+            cells[name][key] += n
+        if counted:
+            counts["total"] += n
+            counts["enforced"] += n * bool(group["enforced"])
+            counts["enforced_applied"] += n * bool(group["enforced_applied"])
+            counts["tokens_optional"] += n * bool(group["config_non_compliant"])
+            if not group["enforced"]:
+                counts[NOT_ENFORCED_BY_USAGE[group["v1_usage"]]] += n
+
+    def cell(group, name, value):
+        return value_counts[group].get(name, {}).get(str(value), 0)
+
+    counted_hops = value_counts["counted"].get("hop_limit", {})
+    counts |= {
+        "tokens_required": cell("counted", "http_tokens", HttpTokens.REQUIRED),
+        "pending": cell("counted", "metadata_state", MetadataState.PENDING),
+        "endpoint_disabled": cell("counted", "http_endpoint", Toggle.DISABLED),
+        "tags_enabled": cell("counted", "instance_metadata_tags", Toggle.ENABLED),
+        "stopped": cell("counted", "instance_state", InstanceState.STOPPED),
+        "hop_limit_over_1": sum(n for key, n in counted_hops.items() if key != NULL_KEY and int(key) > 1),
+        "v1_in_use": cell("counted", "v1_usage", "yes"),
+        "v1_measured": counts["total"] - cell("counted", "v1_usage", "unknown"),
+        "terminated": cell("not_counted", "instance_state", InstanceState.TERMINATED),
+        "shutting_down": cell("not_counted", "instance_state", InstanceState.SHUTTING_DOWN),
     }
+    hops = {("none" if key == NULL_KEY else key): n for key, n in counted_hops.items()}
+    return counts, hops, value_counts
+
+
+NOT_ENFORCED_BY_USAGE = {"no": "safe_to_enforce", "yes": "not_enforced_in_use", "unknown": "not_enforced_unmeasured"}
 
 
 def refresh_region(account_id, region):
-    """Recompute one account/region's summary (two queries over its present instances)."""
+    """Recompute one account/region's summary: one GROUP BY over its present instances."""
     instances = Instance.objects.present().filter(account_id=account_id, region=region)
-    counts = instances.aggregate(**_counters())
-    hops = {
-        "none" if row["hop_limit"] is None else str(row["hop_limit"]): row["n"]
-        for row in instances.values("hop_limit").annotate(n=Count("id")).order_by()
-    }
+    counts, hops, value_counts = summarise(_groups(instances))
     RegionPosture.objects.update_or_create(
-        account_id=account_id, region=region, defaults={**counts, "hop_limits": hops, "refreshed_at": timezone.now()}
+        account_id=account_id, region=region,
+        defaults={**counts, "hop_limits": hops, "value_counts": value_counts, "refreshed_at": timezone.now()},
     )
 
 
@@ -89,12 +174,17 @@ def refresh_all():
 
 
 def fleet_totals():
-    """Counts over present instances, summed from the summary rows (one query)."""
+    """Counts over the counted instances (and the not counted apart), summed from the summary rows
+    (one query)."""
     totals = dict.fromkeys(COUNTERS, 0)
     for row in RegionPosture.objects.values(*COUNTERS):
         for key in COUNTERS:
             totals[key] += row[key]
     totals["not_enforced"] = totals["total"] - totals["enforced"]
+    totals["not_counted"] = totals["terminated"] + totals["shutting_down"]
+    totals["config_compliant"] = totals["total"] - totals["tokens_optional"]
+    totals["config_compliant_pct"] = percent(totals["config_compliant"], totals["total"])
+    totals["config_compliant_level"] = posture_level(totals["config_compliant_pct"])
     totals["enforced_pct"] = percent(totals["enforced"], totals["total"])
     totals["enforced_applied_pct"] = percent(totals["enforced_applied"], totals["total"])
     totals["enforced_level"] = posture_level(totals["enforced_pct"])
@@ -110,10 +200,11 @@ class HeatMap:
 
 
 def compliance_by_region():
-    """Account x region counts of present instances, from the summary rows (one query)."""
+    """Account x region counts of counted instances, from the summary rows (one query)."""
     rows = (
         RegionPosture.objects.filter(total__gt=0)
-        .values("account__account_id", "account__name", "region", "total", "enforced", "enforced_applied")
+        .values("account__account_id", "account__name", "region", "total", "enforced", "enforced_applied",
+                "terminated", "shutting_down")
         .order_by("account__name", "account__account_id", "region")
     )
     return [
@@ -124,6 +215,7 @@ def compliance_by_region():
             "total": row["total"],
             "enforced": row["enforced"],
             "enforced_applied": row["enforced_applied"],
+            "not_counted": row["terminated"] + row["shutting_down"],
             "enforced_pct": percent(row["enforced"], row["total"]),
             "level": posture_level(percent(row["enforced"], row["total"])),
         }
@@ -155,7 +247,7 @@ def heat_map(region_rows):
 
 
 def hop_limit_distribution():
-    """[(hop_limit or None, count)] over present instances, summed from the summary rows."""
+    """[(hop_limit or None, count)] over counted instances, summed from the summary rows."""
     totals = {}
     for hops in RegionPosture.objects.values_list("hop_limits", flat=True):
         for key, count in hops.items():
@@ -164,40 +256,76 @@ def hop_limit_distribution():
     return sorted(((hop, n) for hop, n in totals.items() if n), key=lambda pair: (pair[0] is None, pair[0] or 0))
 
 
-# The one filter besides account and region whose count a summary row knows: (filter, value) ->
-# the count in that row. The instance list shows these exactly at any size (fleet.filters).
-SUMMARY_COUNTS = {
-    ("http_tokens", HttpTokens.REQUIRED): lambda row: row.tokens_required,
-    ("http_tokens", HttpTokens.OPTIONAL): lambda row: row.total - row.tokens_required,
-    ("http_endpoint", Toggle.DISABLED): lambda row: row.endpoint_disabled,
-    ("http_endpoint", Toggle.ENABLED): lambda row: row.total - row.endpoint_disabled,
-    ("instance_metadata_tags", Toggle.ENABLED): lambda row: row.tags_enabled,
-    ("instance_metadata_tags", Toggle.DISABLED): lambda row: row.total - row.tags_enabled,
-    ("metadata_state", MetadataState.PENDING): lambda row: row.pending,
-    ("metadata_state", MetadataState.APPLIED): lambda row: row.total - row.pending,
-    ("v1_usage", "yes"): lambda row: row.v1_in_use,
-    ("v1_usage", "no"): lambda row: row.v1_measured - row.v1_in_use,
-    ("v1_usage", "unknown"): lambda row: row.total - row.v1_measured,
+# Filter combinations besides account and region whose count is a headline counter: each tile of
+# the overview links to one of these (or to a single field value below), so the list it opens
+# shows the tile's exact number at any size.
+COMBINED_COUNTS = {
+    frozenset({("posture", "counted")}): lambda row: row.total,
+    frozenset({("posture", "not_counted")}): lambda row: row.terminated + row.shutting_down,
+    frozenset({("posture", "enforced")}): lambda row: row.enforced,
+    frozenset({("posture", "not_enforced")}): lambda row: row.total - row.enforced,
+    frozenset({("posture", "enforced"), ("metadata_state", MetadataState.APPLIED)}): lambda row: row.enforced_applied,
+    frozenset({("posture", "not_enforced"), ("v1_usage", "no")}): lambda row: row.safe_to_enforce,
+    frozenset({("posture", "not_enforced"), ("v1_usage", "yes")}): lambda row: row.not_enforced_in_use,
+    frozenset({("posture", "not_enforced"), ("v1_usage", "unknown")}): lambda row: row.not_enforced_unmeasured,
 }
+# The groups of ``value_counts`` a ``posture`` scope (or none) covers.
+SCOPE_GROUPS = {None: ("counted", "not_counted"), "counted": ("counted",), "not_counted": ("not_counted",)}
 
 
-def summary_counter(name, value):
-    """How a summary row counts the instances matching ``name=value``, or None if it cannot."""
-    if name == "hop_limit":
-        return lambda row: row.hop_limits.get(str(value), 0)
-    return SUMMARY_COUNTS.get((name, value))
+def summary_counter(filters):
+    """How a summary row counts the present instances matching ``filters`` ({name: value}, besides
+    account and region), or None when it cannot: a headline combination, else at most one field
+    value in a ``posture`` scope of counted, not counted, or both."""
+    filters = {name: str(value) for name, value in filters.items()}
+    combined = COMBINED_COUNTS.get(frozenset(filters.items()))
+    if combined is not None:
+        return combined
+    groups = SCOPE_GROUPS.get(filters.pop("posture", None))
+    if groups is None or len(filters) > 1:
+        return None
+    if not filters:
+        return lambda row: sum(row.total if g == "counted" else row.terminated + row.shutting_down for g in groups)
+    ((name, value),) = filters.items()
+    if name != "hop_limit" and value not in dict(_value_keys()).get(name, ()):
+        return None
+
+    def count(row):
+        if not row.value_counts and row.total:
+            raise NotSummarised  # a row from before value_counts existed, until its next refresh
+        return sum(row.value_counts.get(group, {}).get(name, {}).get(value, 0) for group in groups)
+
+    return count
+
+
+class NotSummarised(Exception):
+    """A summary row cannot answer (yet): the caller counts another way."""
+
+
+def summary_filters(hop_limits=(1, 2)):
+    """Every filter combination besides account and region whose count the summary knows (the
+    tests walk them all against counting the rows)."""
+    yield from (dict(key) for key in COMBINED_COUNTS)
+    for scope in SCOPE_GROUPS:
+        for name, values in [*_value_keys(), ("hop_limit", hop_limits)]:
+            for value in values:
+                yield {**({"posture": scope} if scope else {}), name: value}
 
 
 def present_count(account_ids=None, regions=None, counter=None):
-    """How many present instances match, from the summary rows: account and region, and at most
-    one other filter through ``counter`` (from :func:`summary_counter`)."""
+    """How many present instances match, from the summary rows: account and region, and the rest
+    through ``counter`` (from :func:`summary_counter`; all present instances without one). None
+    when a row cannot tell yet."""
     rows = RegionPosture.objects.order_by()
     if account_ids:
         rows = rows.filter(account_id__in=account_ids)
     if regions:
         rows = rows.filter(region__in=regions)
-    counter = counter or (lambda row: row.total)
-    return sum(counter(row) for row in rows.only(*COUNTERS, "hop_limits"))
+    counter = counter or summary_counter({})
+    try:
+        return sum(counter(row) for row in rows.only(*COUNTERS, "value_counts"))
+    except NotSummarised:
+        return None
 
 
 def defaults_summary():

@@ -55,9 +55,9 @@ def instance_fields(data):
         "instance_type": data.get("InstanceType", ""),
         "image_id": data.get("ImageId", ""),
         "launch_time": data.get("LaunchTime"),
-        **{field: options[field] or "" for field in INSTANCE_OPTION_FIELDS if field != "hop_limit"},
-        "hop_limit": options["hop_limit"],
-        "metadata_state": options["metadata_state"] or "",
+        # Absent members stay None (NULL), never "": see Instance's option fields.
+        **{field: options[field] for field in INSTANCE_OPTION_FIELDS},
+        "metadata_state": options["metadata_state"],
     }
 
 
@@ -176,10 +176,11 @@ def sync_defaults(account, region, token_taken=False):
         region=region,
         defaults={
             "status": DefaultsStatus.KNOWN,
-            "http_tokens": values["http_tokens"] or "",
+            # Absent from AccountLevel (no preference) is NULL, like an instance's absent options.
+            "http_tokens": values["http_tokens"],
             "hop_limit": values["hop_limit"] if values["hop_limit"] not in (None, -1) else None,
-            "http_endpoint": values["http_endpoint"] or "",
-            "instance_metadata_tags": values["instance_metadata_tags"] or "",
+            "http_endpoint": values["http_endpoint"],
+            "instance_metadata_tags": values["instance_metadata_tags"],
             "managed_by": values["managed_by"],
             "managed_exception_message": values["managed_exception_message"],
             "error": "",

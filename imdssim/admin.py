@@ -27,6 +27,7 @@ _routes = Map(
         Rule(f"{PREFIX}/config", endpoint="get_config", methods=["GET"]),
         Rule(f"{PREFIX}/config", endpoint="set_config", methods=["POST"]),
         Rule(f"{PREFIX}/policy", endpoint="set_policy", methods=["POST"]),
+        Rule(f"{PREFIX}/omit", endpoint="omit_options", methods=["POST"]),
         Rule(f"{PREFIX}/stats", endpoint="stats", methods=["GET"]),
         Rule(f"{PREFIX}/stats/reset", endpoint="reset_stats", methods=["POST"]),
         Rule(f"{PREFIX}/demo", endpoint="demo", methods=["GET"]),
@@ -94,6 +95,22 @@ class AdminEndpoint:
         return _json(
             {"account_id": account_id, "region": region, "managed": managed, "message": entry.policy_message}
         )
+
+    def omit_options(self, request: Request) -> Response:
+        body = _json_body(request)
+        account_id, region = body.get("account_id"), body.get("region")
+        instance_ids, members = body.get("instance_ids"), body.get("members")
+        if not isinstance(account_id, str) or not isinstance(region, str):
+            raise BadRequest("account_id and region are required strings")
+        for name, value in (("instance_ids", instance_ids), ("members", members)):
+            if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+                raise BadRequest(f"{name} must be a non-empty list of strings")
+        try:
+            self.sim.imds.omit_options(account_id, region, instance_ids, members)
+        except KeyError as exc:
+            raise BadRequest(exc.args[0]) from None
+        log.info("%s/%s: MetadataOptions of %d instance(s) omit %s", account_id, region, len(instance_ids), members)
+        return _json({"account_id": account_id, "region": region, "instance_ids": instance_ids, "members": members})
 
     def stats(self, request: Request) -> Response:
         return _json(self.sim.stats.snapshot())

@@ -221,6 +221,28 @@ class ImdsModel:
             if pending:
                 options.mark_pending(self._knobs.apply_delay)
 
+    def omit_options(self, account_id: str, region: str, instance_ids: list[str], members: list[str]) -> None:
+        """Make DescribeInstances leave ``members`` out of these instances' MetadataOptions.
+
+        Real responses do not always carry every member (instances launched before a setting
+        existed, partitions without it); the product must store and count such an instance the same
+        way everywhere. A later ModifyInstanceMetadataOptions that sends a member brings it back.
+        Raises KeyError for an unknown member or instance id.
+        """
+        unknown = [member for member in members if member not in OPTION_ATTRS]
+        if unknown:
+            raise KeyError(f"unknown MetadataOptions member(s) {unknown}; known: {sorted(OPTION_ATTRS)}")
+        backend = ec2_backends[account_id][region]
+        with self._lock:
+            instances = [backend.get_instance_by_id(instance_id) for instance_id in instance_ids]
+            missing = [i for i, instance in zip(instance_ids, instances, strict=True) if instance is None]
+            if missing:
+                raise KeyError(f"no instance {missing} in {account_id}/{region}")
+            for instance in instances:
+                options = sim_options(instance)
+                for member in members:
+                    setattr(options, OPTION_ATTRS[member], None)
+
     def on_started(self, account_id: str, region: str, instance_ids: list[str]) -> None:
         """A change made while stopped starts applying when the instance starts again."""
         backend = ec2_backends[account_id][region]

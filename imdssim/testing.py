@@ -166,6 +166,15 @@ class SimulatorProcess:
             {"account_id": account_id, "region": region, "managed": managed, "message": message},
         )
 
+    def omit_options(self, account_id: str, region: str, instance_ids: Sequence[str], members: Sequence[str]) -> dict:
+        """Make DescribeInstances leave these MetadataOptions members (e.g. ``HttpProtocolIpv6``) out
+        for these instances, as real responses sometimes do."""
+        return self._request(
+            "POST",
+            "/omit",
+            {"account_id": account_id, "region": region, "instance_ids": list(instance_ids), "members": list(members)},
+        )
+
     def demo_accounts(self) -> list[dict]:
         """The seeded accounts: account_id, name, role_arn, external_id, regions, instances_per_region."""
         return self._request("GET", "/demo")

@@ -20,10 +20,15 @@ PAGE_SIZE = 1000
 IDS_PER_FILTER = 200
 
 
+def _present(value):
+    """A member AWS left out, or sent empty, is absent: ``None``, the one value stored for it."""
+    return None if value in (None, "") else value
+
+
 def options_from_aws(metadata_options):
-    """AWS MetadataOptions -> our field names (plus ``metadata_state``)."""
-    options = {field: metadata_options.get(param) for field, param in OPTION_PARAMS.items()}
-    options["metadata_state"] = metadata_options.get("State")
+    """AWS MetadataOptions -> our field names (plus ``metadata_state``); absent members are None."""
+    options = {field: _present(metadata_options.get(param)) for field, param in OPTION_PARAMS.items()}
+    options["metadata_state"] = _present(metadata_options.get("State"))
     return options
 
 
@@ -82,7 +87,7 @@ def get_instance_metadata_defaults(account, region, token_taken=False):
     ratelimit.acquire(account.account_id, region, "GetInstanceMetadataDefaults", already_taken=token_taken)
     ec2 = call(client, account, region, "ec2", max_attempts=settings.IMDSWEB_AWS_MAX_ATTEMPTS)
     level = call(ec2.get_instance_metadata_defaults).get("AccountLevel", {})
-    values = {field: level.get(param) for field, param in DEFAULTS_PARAMS.items()}
+    values = {field: _present(level.get(param)) for field, param in DEFAULTS_PARAMS.items()}
     values["managed_by"] = level.get("ManagedBy") or ""
     values["managed_exception_message"] = level.get("ManagedExceptionMessage") or ""
     return values

@@ -21,8 +21,9 @@ from django.db import models
 from django.db.models import Case, CharField, F, Func, OuterRef, Q, Subquery, TextField, Value, When
 from django.db.models.functions import Cast, Concat, JSONObject
 
-from ..choices import HttpTokens, InstanceState, ItemState
+from ..choices import HttpTokens, ItemState
 from ..models import ChangeItem, Instance
+from ..models.inventory import NOT_COUNTED
 from ..usage import stale_before
 
 
@@ -80,7 +81,7 @@ def decide(instances, desired, *, override_usage=False, now=None):
         "batch_id")[:1]
     rules = [
         (Outcome.GONE, Q(gone_at__isnull=False), Value("instance no longer exists in AWS")),
-        (Outcome.TERMINATED, Q(instance_state__in=[InstanceState.TERMINATED, InstanceState.SHUTTING_DOWN]),
+        (Outcome.TERMINATED, NOT_COUNTED,
          Concat(Value("instance is "), F("instance_state"), output_field=TextField())),
         (Outcome.ALREADY, Q(**desired), Value(already_text(desired))),
         (Outcome.BUSY, Q(busy_batch__isnull=False),

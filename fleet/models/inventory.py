@@ -65,9 +65,21 @@ class Account(models.Model):
             raise ValidationError(errors)
 
 
-# Prowler's ec2_instance_imdsv2_enabled: tokens required, or the endpoint switched off.
-ENFORCED = Q(http_tokens=HttpTokens.REQUIRED) | Q(http_endpoint=Toggle.DISABLED)
+# The posture rules, written once as database expressions (fleet.posture counts with them, the
+# instance list filters with them, Instance.enforced mirrors them for one row).
+#
+# Terminated and shutting-down instances are not part of the fleet's posture: neither Prowler nor
+# AWS Config evaluates them. They stay visible in AWS (and in the list) for about an hour.
+NOT_COUNTED_STATES = (InstanceState.TERMINATED, InstanceState.SHUTTING_DOWN)
+NOT_COUNTED = Q(instance_state__in=NOT_COUNTED_STATES)
+# Prowler's ec2_instance_imdsv2_enabled: PASS iff (endpoint enabled and tokens required) or the
+# endpoint disabled. A member AWS left out (NULL) is neither, so it does not pass.
+ENFORCED = Q(http_endpoint=Toggle.ENABLED, http_tokens=HttpTokens.REQUIRED) | Q(http_endpoint=Toggle.DISABLED)
 ENFORCED_AND_APPLIED = ENFORCED & Q(metadata_state=MetadataState.APPLIED)
+# AWS Config's ec2-imdsv2-check (Security Hub EC2.8): NON_COMPLIANT iff HttpTokens = optional.
+CONFIG_NON_COMPLIANT = Q(http_tokens=HttpTokens.OPTIONAL)
+# IMDSv1 evidence from CloudWatch: calls seen, none seen, or never measured.
+V1_USAGE = {"yes": Q(v1_calls__gt=0), "no": Q(v1_calls=0), "unknown": Q(v1_calls__isnull=True)}
 
 
 class InstanceQuerySet(models.QuerySet):
@@ -75,6 +87,10 @@ class InstanceQuerySet(models.QuerySet):
 
     def present(self):
         return self.filter(gone_at__isnull=True)
+
+    def counted(self):
+        """Present instances that are part of the posture (not terminated or shutting down)."""
+        return self.present().exclude(NOT_COUNTED)
 
     def enforced(self):
         return self.filter(ENFORCED)
@@ -94,12 +110,18 @@ class Instance(models.Model):
     image_id = models.CharField(max_length=32, blank=True)
     launch_time = models.DateTimeField(null=True, blank=True)
 
-    http_tokens = models.CharField(max_length=8, choices=HttpTokens.choices)
-    hop_limit = models.PositiveSmallIntegerField(null=True)
-    http_endpoint = models.CharField(max_length=8, choices=Toggle.choices)
-    http_protocol_ipv6 = models.CharField(max_length=8, choices=Toggle.choices, default=Toggle.DISABLED)
-    instance_metadata_tags = models.CharField(max_length=8, choices=Toggle.choices, default=Toggle.DISABLED)
-    metadata_state = models.CharField(max_length=8, choices=MetadataState.choices)
+    # A member DescribeInstances left out of MetadataOptions is NULL: one value for "absent", so
+    # the filters, the posture summary and the CSV export all count it the same way.
+    http_tokens = models.CharField(max_length=8, choices=HttpTokens.choices, null=True, blank=True)  # noqa: DJ001
+    hop_limit = models.PositiveSmallIntegerField(null=True, blank=True)
+    http_endpoint = models.CharField(max_length=8, choices=Toggle.choices, null=True, blank=True)  # noqa: DJ001
+    http_protocol_ipv6 = models.CharField(  # noqa: DJ001
+        max_length=8, choices=Toggle.choices, default=Toggle.DISABLED, null=True, blank=True
+    )
+    instance_metadata_tags = models.CharField(  # noqa: DJ001
+        max_length=8, choices=Toggle.choices, default=Toggle.DISABLED, null=True, blank=True
+    )
+    metadata_state = models.CharField(max_length=8, choices=MetadataState.choices, null=True, blank=True)  # noqa: DJ001
 
     # IMDSv1 evidence from CloudWatch over the configured window; null = never measured.
     v1_calls = models.BigIntegerField(null=True, blank=True)
@@ -145,8 +167,21 @@ class Instance(models.Model):
         return reverse("fleet:instance_detail", args=[self.instance_id])
 
     @property
+    def counted(self):
+        """Part of the posture: present, and neither terminated nor shutting down."""
+        return self.gone_at is None and self.instance_state not in NOT_COUNTED_STATES
+
+    @property
     def enforced(self):
-        return self.http_tokens == HttpTokens.REQUIRED or self.http_endpoint == Toggle.DISABLED
+        """Prowler's ec2_instance_imdsv2_enabled for this row (``ENFORCED``)."""
+        return (
+            self.http_endpoint == Toggle.ENABLED and self.http_tokens == HttpTokens.REQUIRED
+        ) or self.http_endpoint == Toggle.DISABLED
+
+    @property
+    def config_non_compliant(self):
+        """AWS Config's ec2-imdsv2-check for this row (``CONFIG_NON_COMPLIANT``)."""
+        return self.http_tokens == HttpTokens.OPTIONAL
 
     @property
     def options(self):
@@ -159,15 +194,16 @@ DEFAULTS_FIELDS = ("http_tokens", "hop_limit", "http_endpoint", "instance_metada
 
 
 class MetadataDefaults(models.Model):
-    """Account-level IMDS defaults for one region. Blank / null means "no preference"."""
+    """Account-level IMDS defaults for one region. NULL means "no preference": the setting is
+    absent from GetInstanceMetadataDefaults' ``AccountLevel``."""
 
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="defaults")
     region = models.CharField(max_length=32)
     status = models.CharField(max_length=8, choices=DefaultsStatus.choices, default=DefaultsStatus.UNKNOWN)
-    http_tokens = models.CharField(max_length=16, choices=DefaultsHttpTokens.choices, blank=True)
+    http_tokens = models.CharField(max_length=16, choices=DefaultsHttpTokens.choices, null=True, blank=True)  # noqa: DJ001
     hop_limit = models.PositiveSmallIntegerField(null=True, blank=True)
-    http_endpoint = models.CharField(max_length=16, choices=DefaultsToggle.choices, blank=True)
-    instance_metadata_tags = models.CharField(max_length=16, choices=DefaultsToggle.choices, blank=True)
+    http_endpoint = models.CharField(max_length=16, choices=DefaultsToggle.choices, null=True, blank=True)  # noqa: DJ001
+    instance_metadata_tags = models.CharField(max_length=16, choices=DefaultsToggle.choices, null=True, blank=True)  # noqa: DJ001
     managed_by = models.CharField(max_length=24, choices=ManagedBy.choices, blank=True)
     managed_exception_message = models.TextField(blank=True)
     error = models.TextField(blank=True)

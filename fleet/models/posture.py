@@ -4,6 +4,12 @@ The overview reads these few rows instead of aggregating every instance on each 
 million instances that was three full passes and 1.5 s). Whatever writes instance rows refreshes
 the account/region it touched (sync, usage sync, the change engine); a periodic task refreshes
 them all as a safety net.
+
+Every counter counts the instances that are part of the posture: present and neither terminated
+nor shutting down (``inventory.NOT_COUNTED``); ``terminated`` and ``shutting_down`` count the
+others, which the overview shows apart. ``value_counts`` holds, for both groups, how many instances have
+each value of each filterable field, so that the instance list can show any single filter's count
+exactly at any size (``fleet.posture.summary_counter``).
 """
 
 from django.db import models
@@ -16,6 +22,7 @@ COUNTERS = (
     "enforced",
     "enforced_applied",
     "tokens_required",
+    "tokens_optional",
     "pending",
     "endpoint_disabled",
     "hop_limit_over_1",
@@ -26,6 +33,8 @@ COUNTERS = (
     "safe_to_enforce",
     "not_enforced_unmeasured",
     "not_enforced_in_use",
+    "terminated",
+    "shutting_down",
 )
 
 
@@ -36,6 +45,8 @@ class RegionPosture(models.Model):
     enforced = models.PositiveIntegerField(default=0)
     enforced_applied = models.PositiveIntegerField(default=0)
     tokens_required = models.PositiveIntegerField(default=0)
+    # AWS Config ec2-imdsv2-check NON_COMPLIANT: HttpTokens = optional.
+    tokens_optional = models.PositiveIntegerField(default=0)
     pending = models.PositiveIntegerField(default=0)
     endpoint_disabled = models.PositiveIntegerField(default=0)
     hop_limit_over_1 = models.PositiveIntegerField(default=0)
@@ -46,8 +57,13 @@ class RegionPosture(models.Model):
     safe_to_enforce = models.PositiveIntegerField(default=0)
     not_enforced_unmeasured = models.PositiveIntegerField(default=0)
     not_enforced_in_use = models.PositiveIntegerField(default=0)
-    # {"1": n, "2": n, "none": n}: instances per hop limit.
+    # Present but not part of the posture (neither Prowler nor AWS Config evaluates them).
+    terminated = models.PositiveIntegerField(default=0)
+    shutting_down = models.PositiveIntegerField(default=0)
+    # {"1": n, "2": n, "none": n}: counted instances per hop limit.
     hop_limits = models.JSONField(default=dict)
+    # {"counted" | "not_counted": {field: {value or "null": n}}}, zero counts left out.
+    value_counts = models.JSONField(default=dict)
     refreshed_at = models.DateTimeField()
 
     class Meta:

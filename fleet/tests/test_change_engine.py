@@ -142,7 +142,7 @@ def test_account_defaults_set_and_cleared_with_no_preference(stack):
     level = stack.ec2(account.account_id, "us-east-1").get_instance_metadata_defaults()["AccountLevel"]
     assert "HttpTokens" not in level and "HttpPutResponseHopLimit" not in level
     defaults.refresh_from_db()
-    assert (defaults.http_tokens, defaults.hop_limit) == ("", None)
+    assert (defaults.http_tokens, defaults.hop_limit) == (None, None)  # absent from AccountLevel: NULL
 
 
 def test_policy_managed_defaults_are_refused_before_calling_aws(stack):

@@ -30,8 +30,9 @@ class InstanceListView(FilteredTableView):
     partial_template_name = "fleet/partials/instance_table.html"
 
     # Counting is exact up to this many rows and stops there; beyond it the posture summary gives
-    # the count when it knows the filter (account, region and one of the posture filters), else
-    # the page says "1,000+" (the confirmation page of a bulk change counts exactly). A bound of
+    # the count when it knows the filter (account, region, a posture scope and one field value, or
+    # one of the overview's combinations: fleet.posture.summary_counter), else the page says
+    # "1,000+" (the confirmation page of a bulk change counts exactly). A bound of
     # 10,000 cost 65 ms for a common search term at a million instances.
     COUNT_BOUND = 1_000
 

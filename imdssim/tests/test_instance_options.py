@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.error
 
 import pytest
 from botocore.config import Config
@@ -156,3 +158,35 @@ def test_metadata_option_filters(account):
     assert ids("metadata-options.http-tokens", "required") == {v2_id}
     assert ids("metadata-options.http-put-response-hop-limit", "3") == {v1_id}
     assert ids("metadata-options.state", "applied") == {v1_id, v2_id}
+
+
+def test_describe_can_leave_members_out_until_a_modify_sends_them(account, sim):
+    account_id, client = account
+    ec2 = client("ec2")
+    first, second = launch(ec2, count=2)
+
+    sim.omit_options(account_id, "us-east-1", [first], ["HttpTokens", "HttpProtocolIpv6", "InstanceMetadataTags"])
+
+    assert metadata_options(ec2, first) == {"State": "applied", "HttpPutResponseHopLimit": 1, "HttpEndpoint": "enabled"}
+    assert set(metadata_options(ec2, second)) == {
+        "State", "HttpTokens", "HttpPutResponseHopLimit", "HttpEndpoint", "HttpProtocolIpv6", "InstanceMetadataTags"
+    }
+    optional = ec2.describe_instances(Filters=[{"Name": "metadata-options.http-tokens", "Values": ["optional"]}])
+    assert [i["InstanceId"] for r in optional["Reservations"] for i in r["Instances"]] == [second]
+    ec2.modify_instance_metadata_options(InstanceId=first, HttpTokens="required")
+    assert metadata_options(ec2, first)["HttpTokens"] == "required"
+    assert "InstanceMetadataTags" not in metadata_options(ec2, first)  # unsent: still as it was
+
+
+def test_omit_refuses_unknown_members_and_instances(account, sim):
+    account_id, client = account
+    [instance_id] = launch(client("ec2"))
+    for body, message in [
+        ((account_id, "us-east-1", [instance_id], ["HttpBogus"]), "unknown MetadataOptions member"),
+        ((account_id, "us-east-1", ["i-0123456789abcdef0"], ["HttpTokens"]), "no instance"),
+        ((account_id, "us-east-1", [], ["HttpTokens"]), "non-empty list"),
+    ]:
+        with pytest.raises(urllib.error.HTTPError) as excinfo:
+            sim.omit_options(*body)
+        assert excinfo.value.code == 400
+        assert message in json.loads(excinfo.value.read())["error"]
