@@ -59,7 +59,7 @@ def test_sync_stores_absent_members_as_null(vendor_path, monkeypatch):
 
 def test_account_defaults_absent_from_account_level_are_null(monkeypatch):
     account = AccountFactory()
-    monkeypatch.setattr(aws, "get_instance_metadata_defaults", lambda account, region: {
+    monkeypatch.setattr(aws, "get_instance_metadata_defaults", lambda account, region, **kwargs: {
         "http_tokens": None, "hop_limit": None, "http_endpoint": "enabled", "instance_metadata_tags": None,
         "managed_by": "account", "managed_exception_message": "",
     })
@@ -70,7 +70,7 @@ def test_account_defaults_absent_from_account_level_are_null(monkeypatch):
 
 
 def test_the_migration_turns_stored_empty_strings_into_null():
-    migration = importlib.import_module("fleet.migrations.0012_absent_is_null_posture_counted")
+    migration = importlib.import_module("fleet.migrations.0008_absent_is_null_posture_counted")
     kept = InstanceFactory(http_tokens="required")
     old = InstanceFactory()
     Instance.objects.filter(pk=old.pk).update(
