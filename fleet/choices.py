@@ -94,3 +94,28 @@ class BatchStatus(models.TextChoices):
     DONE = "done", "done"
     DONE_WITH_ERRORS = "done_with_errors", "done with errors"
     CANCELLED = "cancelled", "cancelled"
+
+
+class DriftKind(models.TextChoices):
+    """What a sync saw change on its own, outside imdsweb."""
+
+    NEW_V1 = "new_v1", "new instance allowing IMDSv1"
+    REGRESSED = "regressed", "back to HttpTokens optional"
+
+
+class EventKind(models.TextChoices):
+    """What a notification rule can be about."""
+
+    NEW_V1 = "new_v1", "new instance allowing IMDSv1"
+    REGRESSED = "regressed", "instance back to IMDSv1 allowed (changed outside imdsweb)"
+    BREAKAGE = "breakage", "likely breakage after enforcement (MetadataNoTokenRejected)"
+    BATCH_FINISHED = "batch_finished", "change batch finished"
+    BATCH_FAILED = "batch_failed", "change batch finished with errors"
+    ACCOUNT_UNREADABLE = "account_unreadable", "account can no longer be read"
+    SYNC_FAILING = "sync_failing", "sync failing"
+
+
+class DeliveryStatus(models.TextChoices):
+    QUEUED = "queued", "queued"
+    SENT = "sent", "sent"
+    FAILED = "failed", "failed"

@@ -2,12 +2,12 @@
 
 import django_filters
 from django import forms
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.http import QueryDict
 
 from . import posture
-from .choices import ChangeKind, HttpTokens, InstanceState, ItemState, MetadataState, Toggle
-from .models import Account, ChangeBatch, ChangeItem, Instance
+from .choices import ChangeKind, DriftKind, HttpTokens, InstanceState, ItemState, MetadataState, Toggle
+from .models import Account, ChangeBatch, ChangeItem, DriftEvent, Instance
 
 
 class IntegerFilter(django_filters.NumberFilter):
@@ -46,6 +46,10 @@ class InstanceFilterSet(django_filters.FilterSet):
         choices=V1_CHOICES, method="filter_v1_usage", label="IMDSv1 in use", empty_label="any"
     )
     gone = django_filters.ChoiceFilter(choices=GONE_CHOICES, method="filter_gone", label="Present", empty_label=None)
+    drift_since = django_filters.DateFilter(
+        method="filter_drift_since", label="Drift since", widget=forms.DateInput(attrs={"type": "date"}),
+        help_text="New IMDSv1 launches and instances back to IMDSv1 allowed since this day",
+    )
 
     class Meta:
         model = Instance
@@ -73,6 +77,9 @@ class InstanceFilterSet(django_filters.FilterSet):
             "no": queryset.filter(v1_calls=0),
             "unknown": queryset.filter(v1_calls__isnull=True),
         }[value]
+
+    def filter_drift_since(self, queryset, name, value):
+        return queryset.filter(Exists(DriftEvent.objects.filter(instance=OuterRef("pk"), detected_at__date__gte=value)))
 
     def filter_gone(self, queryset, name, value):
         if value == "present":
@@ -141,3 +148,50 @@ class ChangeBatchFilterSet(django_filters.FilterSet):
     class Meta:
         model = ChangeBatch
         fields = []
+
+
+# ---- issue 18: drift ("new since …")
+
+
+def _days_ago(days):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    return (timezone.now() - timedelta(days=days)).date()
+
+
+class DriftEventFilterSet(django_filters.FilterSet):
+    since = django_filters.DateFilter(
+        field_name="detected_at", lookup_expr="date__gte", label="New since",
+        widget=forms.DateInput(attrs={"type": "date"}),
+    )
+    kind = django_filters.ChoiceFilter(choices=DriftKind.choices, empty_label="any drift")
+    account = django_filters.ModelChoiceFilter(
+        queryset=Account.objects.all(), to_field_name="account_id", empty_label="any account"
+    )
+    region = django_filters.ChoiceFilter(choices=region_choices, empty_label="any region")
+    still = django_filters.BooleanFilter(
+        method="filter_still", label="Still allowing IMDSv1",
+        widget=forms.Select(choices=[("", "any"), ("true", "yes"), ("false", "no (fixed since)")]),
+    )
+
+    class Meta:
+        model = DriftEvent
+        fields = []
+
+    def __init__(self, data=None, *args, **kwargs):
+        # A week back unless asked otherwise, shown in the form (as InstanceFilterSet does "gone").
+        if isinstance(data, QueryDict):
+            data = data.copy()
+        else:
+            data, given = QueryDict(mutable=True), data or {}
+            data.update(given)
+        if not data.get("since"):
+            data["since"] = _days_ago(7).isoformat()
+        super().__init__(data, *args, **kwargs)
+
+    def filter_still(self, queryset, name, value):
+        allowing = Q(instance__gone_at__isnull=True) & ~Q(instance__http_tokens=HttpTokens.REQUIRED) & ~Q(
+            instance__http_endpoint=Toggle.DISABLED)
+        return queryset.filter(allowing) if value else queryset.exclude(allowing)

@@ -4,8 +4,10 @@ import logging
 
 from celery import shared_task
 from celery.signals import worker_init
+from django.conf import settings
 
-from . import apply, aws, posture, sync, usage
+from . import apply, aws, history, posture, sync, usage
+from . import notify as notify_service
 from .models import Account
 
 log = logging.getLogger(__name__)
@@ -93,3 +95,32 @@ def sync_usage_region(account_pk, region):
 def refresh_posture():
     """Safety net: recompute every account/region's posture summary."""
     posture.refresh_all()
+
+
+# ---- issue 18: posture history and notifications (fleet.history, fleet.notify)
+
+
+@shared_task(ignore_result=True)
+def snapshot_posture():
+    """Hourly: every account/region's summary into the history, synced this hour or not."""
+    history.snapshot_all()
+
+
+@shared_task(ignore_result=True)
+def prune_history():
+    history.prune()
+
+
+@shared_task(ignore_result=True)
+def notify():
+    """Record the events the database knows, then hand each due rule's events to a delivery."""
+    notify_service.scan_batches()
+    notify_service.dispatch()
+
+
+@shared_task(bind=True, ignore_result=True, max_retries=settings.IMDSWEB_NOTIFY_MAX_RETRIES)
+def send_delivery(self, delivery_pk):
+    try:
+        notify_service.send(delivery_pk, final=self.request.retries >= self.max_retries)
+    except notify_service.DeliveryFailed as exc:
+        raise self.retry(exc=exc, countdown=min(600, 5 * 2**self.request.retries)) from exc

@@ -1,7 +1,12 @@
 """imdsweb's models: the fleet inventory cache and the change audit trail."""
 
 from .changes import ChangeBatch, ChangeItem
+from .history import DriftEvent, FleetSnapshot, PostureSnapshot
 from .inventory import Account, Instance, MetadataDefaults, SyncRun
+from .notifications import Delivery, NotificationEvent, NotificationRule
 from .posture import RegionPosture
 
-__all__ = ["Account", "ChangeBatch", "ChangeItem", "Instance", "MetadataDefaults", "RegionPosture", "SyncRun"]
+__all__ = [
+    "Account", "ChangeBatch", "ChangeItem", "Delivery", "DriftEvent", "FleetSnapshot", "Instance",
+    "MetadataDefaults", "NotificationEvent", "NotificationRule", "PostureSnapshot", "RegionPosture", "SyncRun",
+]
