@@ -39,7 +39,8 @@ class PostureCounters(models.Model):
 
 
 class PostureSnapshot(PostureCounters):
-    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="+")
+    # No index of its own: the unique (account, region, bucket) index leads with it.
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="+", db_index=False)
     region = models.CharField(max_length=32)
 
     class Meta:
