@@ -108,7 +108,7 @@ def scan_batches(now=None):
 
 def _message(rule, events, more):
     label = EventKind(rule.event).label
-    subject = f"[imdsweb] {rule.name}: {len(events) + more} × {label}"
+    subject = f"[imdsweb] {rule.name}: {label} ({len(events) + more})"
     lines = [f"- {event.text}" for event in events]
     if more:
         lines.append(f"… and {more:,} more")

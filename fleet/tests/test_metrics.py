@@ -1,8 +1,14 @@
 """/metrics: read by prometheus_client's own text parser; access by token or address; AWS counters."""
 
+import json
+import re
+import shutil
+import subprocess
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
+import yaml
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -115,3 +121,27 @@ def test_aws_calls_are_counted_per_attempt(moto_endpoint, client, local_counters
     modify = (("operation", "ModifyInstanceMetadataOptions"), ("service", "ec2"))
     assert samples[("imdsweb_aws_errors_total", (("code", "InvalidInstanceID.NotFound"), *modify))] == 1
     assert ("imdsweb_aws_throttled_total", modify) not in samples  # an error, not a throttle
+
+
+MONITORING = Path(__file__).resolve().parents[2] / "docs" / "monitoring"
+
+
+@pytest.mark.django_db
+def test_dashboard_and_alerts_use_only_metrics_we_serve(client):
+    served = {family.name for family in text_string_to_metric_families(client.get(METRICS).content.decode())}
+    served |= {f"{name}_total" for name in served}  # counters are served with the _total suffix
+    dashboard = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    rules = yaml.safe_load((MONITORING / "prometheus-alerts.yml").read_text())
+    exprs += [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    used = {name for expr in exprs for name in re.findall(r"\bimdsweb_[a-z0-9_]+", expr)}
+    assert used and used <= served, used - served
+    assert {rule["alert"] for group in rules["groups"] for rule in group["rules"]} >= {
+        "ImdswebNewImdsv1Instances", "ImdswebSyncStale", "ImdswebLikelyBreakage"}
+
+
+@pytest.mark.skipif(not shutil.which("promtool"), reason="promtool (Debian package prometheus) not installed")
+def test_alert_rules_pass_promtool():
+    result = subprocess.run(["promtool", "check", "rules", str(MONITORING / "prometheus-alerts.yml")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
