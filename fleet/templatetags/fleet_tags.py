@@ -101,6 +101,7 @@ def burndown_line(points, markers, start, series, label):
                  for px, py, point, value in plotted],
         "markers": [{"x": x(batch.created_at), "title": f"batch #{batch.pk} at {batch.created_at:%Y-%m-%d %H:%M} UTC",
                      "url": batch.get_absolute_url()} for batch in markers],
+        "dot_radius": 2.5 if len(plotted) <= 60 else 1.2,
         "peak": f"{peak:g}{suffix}", "left": LINE_LEFT, "right": LINE_LEFT + LINE_WIDTH, "height": LINE_HEIGHT,
         "total_width": LINE_LEFT + LINE_WIDTH + 8, "total_height": LINE_HEIGHT + LINE_BOTTOM,
         "start": start, "end": end, "series": series,
