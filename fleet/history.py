@@ -68,10 +68,11 @@ def snapshot_region(account_id, region, now=None):
     """Copy one account/region's summary into the current bucket, and the fleet row with it."""
     bucket = bucket_of(now or timezone.now())
     row = RegionPosture.objects.filter(account_id=account_id, region=region).values(*COUNTERS).first()
-    if row is not None:
-        _upsert(PostureSnapshot, [PostureSnapshot(account_id=account_id, region=region, bucket=bucket,
-                                                  **_counter_values(row))], ["account", "region", "bucket"])
-    _snapshot_fleet(bucket)
+    with transaction.atomic():  # one commit for both rows
+        if row is not None:
+            _upsert(PostureSnapshot, [PostureSnapshot(account_id=account_id, region=region, bucket=bucket,
+                                                      **_counter_values(row))], ["account", "region", "bucket"])
+        _snapshot_fleet(bucket)
 
 
 def snapshot_all(now=None):
@@ -82,8 +83,9 @@ def snapshot_all(now=None):
         PostureSnapshot(account_id=row["account_id"], region=row["region"], bucket=bucket, **_counter_values(row))
         for row in RegionPosture.objects.values("account_id", "region", *COUNTERS)
     ]
-    _upsert(PostureSnapshot, rows, ["account", "region", "bucket"])
-    _snapshot_fleet(bucket)
+    with transaction.atomic():
+        _upsert(PostureSnapshot, rows, ["account", "region", "bucket"])
+        _snapshot_fleet(bucket)
     return len(rows)
 
 

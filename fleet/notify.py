@@ -21,7 +21,7 @@ import apprise
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import transaction
-from django.db.models import Count, Max, Q
+from django.db.models import Count, F, Max, Q
 from django.urls import reverse
 from django.utils import timezone
 
@@ -187,12 +187,20 @@ def _send_apprise(url, delivery):
         raise DeliveryFailed(output.getvalue().strip().splitlines()[-1] if output.getvalue().strip() else "not delivered")
 
 
-def send(delivery_pk, final=False):
+def send(delivery_pk, attempt=None, final=False):
     """Send one delivery to every destination not yet reached. Raises DeliveryFailed (to be retried)
-    while a destination fails, unless ``final``: then the delivery is recorded as failed."""
+    while a destination fails, unless ``final``: then the delivery is recorded as failed.
+
+    ``attempt`` is the number of attempts the caller expects to have been made (the task passes
+    its own count): the claim moves it on by one, so a delivery enqueued twice (the stale
+    re-dispatch racing a slow queue) is attempted once per number, never twice."""
     delivery = Delivery.objects.select_related("rule").get(pk=delivery_pk)
-    if delivery.status != DeliveryStatus.QUEUED:
+    expected = delivery.attempts if attempt is None else attempt
+    claimed = Delivery.objects.filter(pk=delivery.pk, status=DeliveryStatus.QUEUED, attempts=expected).update(
+        attempts=F("attempts") + 1)
+    if not claimed:
         return delivery
+    delivery.attempts += 1
     rule = delivery.rule
     destinations = []
     if rule.recipients:
@@ -210,14 +218,13 @@ def send(delivery_pk, final=False):
             log.warning("delivery %s to %s failed: %s", delivery.pk, label, exc)
             result[label] = f"{type(exc).__name__}: {exc}"[:500]
     failed = {label: outcome for label, outcome in result.items() if outcome != "ok"}
-    delivery.attempts += 1
     delivery.result = result
     delivery.error = "; ".join(f"{label}: {outcome}" for label, outcome in failed.items())[:4000]
     if not failed:
         delivery.status, delivery.sent_at = DeliveryStatus.SENT, timezone.now()
     elif final:
         delivery.status = DeliveryStatus.FAILED
-    delivery.save(update_fields=["attempts", "result", "error", "status", "sent_at"])
+    delivery.save(update_fields=["result", "error", "status", "sent_at"])
     if failed and not final:
         raise DeliveryFailed(delivery.error)
     return delivery

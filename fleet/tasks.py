@@ -119,8 +119,8 @@ def notify():
 
 
 @shared_task(bind=True, ignore_result=True, max_retries=settings.IMDSWEB_NOTIFY_MAX_RETRIES)
-def send_delivery(self, delivery_pk):
+def send_delivery(self, delivery_pk, attempt=0):
     try:
-        notify_service.send(delivery_pk, final=self.request.retries >= self.max_retries)
+        notify_service.send(delivery_pk, attempt=attempt, final=self.request.retries >= self.max_retries)
     except notify_service.DeliveryFailed as exc:
-        raise self.retry(exc=exc, countdown=min(600, 5 * 2**self.request.retries)) from exc
+        raise self.retry(args=(delivery_pk, attempt + 1), exc=exc, countdown=min(600, 5 * 2**self.request.retries)) from exc

@@ -194,3 +194,35 @@ def test_admin_creates_a_rule_and_viewers_cannot(client):
     operator.save()
     client.force_login(operator)
     assert client.get(reverse("admin:fleet_notificationrule_changelist")).status_code == 403
+
+
+def test_a_delivery_enqueued_twice_is_attempted_once(smtp):
+    rule(email_to="sec@example.com")
+    event()
+    [delivery] = notify.dispatch()
+    notify.send(delivery.pk, attempt=0)
+    notify.send(delivery.pk, attempt=0)  # the same task again (re-dispatched while queued)
+    assert len(smtp.messages) == 1
+    delivery.refresh_from_db()
+    assert delivery.attempts == 1 and delivery.status == DeliveryStatus.SENT
+
+
+def test_the_task_retries_with_the_next_attempt_number(smtp, monkeypatch):
+    from fleet import tasks
+
+    calls, retried = [], {}
+
+    def failing_send(pk, attempt, final):
+        calls.append((attempt, final))
+        raise notify.DeliveryFailed("url 1: refused")
+
+    monkeypatch.setattr(notify, "send", failing_send)
+
+    def retry(args, exc, countdown):
+        retried.update(args=args, countdown=countdown)
+        return RuntimeError("retry")
+
+    monkeypatch.setattr(tasks.send_delivery, "retry", retry)
+    with pytest.raises(RuntimeError):
+        tasks.send_delivery.run(42, 0)
+    assert calls == [(0, False)] and retried == {"args": (42, 1), "countdown": 5}
