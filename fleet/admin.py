@@ -4,6 +4,7 @@ from django.contrib import admin
 
 from .models import (
     Account,
+    ApiToken,
     ChangeBatch,
     ChangeItem,
     Delivery,
@@ -138,3 +139,26 @@ class DriftEventAdmin(ReadOnlyAdmin):
     list_filter = ("kind", "region", "account")
     search_fields = ("instance__instance_id",)
     list_select_related = ("instance", "account")
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """An admin sees and revokes tokens; only their owner creates them (and alone sees the key)."""
+
+    list_display = ("name", "user", "key_start", "created_at", "last_used_at", "revoked_at")
+    list_filter = ("revoked_at",)
+    search_fields = ("name", "user__username", "key_start")
+    list_select_related = ("user",)
+    readonly_fields = ("user", "name", "key_start", "created_at", "last_used_at", "revoked_at")
+    actions = ["revoke"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.action(description="Revoke the selected tokens")
+    def revoke(self, request, queryset):
+        for token in queryset.active():
+            token.revoke()

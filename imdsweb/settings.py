@@ -39,6 +39,8 @@ INSTALLED_APPS = [
     "django_tables2",
     "django_filters",
     "django_htmx",
+    "rest_framework",
+    "drf_spectacular",
     "fleet",
 ]
 
@@ -214,6 +216,31 @@ IMDSWEB_NOTIFY_MAX_RETRIES = env.int("IMDSWEB_NOTIFY_MAX_RETRIES", default=5)
 # /metrics: a bearer token, and/or the addresses (CIDRs) allowed without one.
 IMDSWEB_METRICS_TOKEN = env.str("IMDSWEB_METRICS_TOKEN", default="")
 IMDSWEB_METRICS_ALLOW = env.list("IMDSWEB_METRICS_ALLOW", default=["127.0.0.1/32", "::1/128"])
+# The JSON API (fleet/api): token or session, JSON only, the OpenAPI schema from drf-spectacular.
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "fleet.api.auth.ApiTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "imdsweb API",
+    "DESCRIPTION": "The IMDS posture of an EC2 fleet: instances, posture and its history, defaults, drift, changes.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    # One schema name per enumeration of fleet.choices, wherever a field uses it.
+    "ENUM_NAME_OVERRIDES": {
+        name: f"fleet.choices.{name}"
+        for name in ("HttpTokens", "Toggle", "MetadataState", "InstanceState", "DefaultsHttpTokens", "DefaultsToggle",
+                     "ManagedBy", "DefaultsStatus", "ChangeKind", "ItemState", "DriftKind")
+    },
+}
 # --- end issue 18 ---
 
 CELERY_BEAT_SCHEDULE = {

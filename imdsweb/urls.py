@@ -1,4 +1,4 @@
-"""Top-level URLs: the dashboard, Django's login views, the admin site and Prometheus's /metrics."""
+"""Top-level URLs: the dashboard, Django's login views, the admin site, the JSON API and /metrics."""
 
 from django.contrib import admin
 from django.urls import include, path
@@ -9,5 +9,6 @@ urlpatterns = [
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
     path("metrics", metrics_view, name="metrics"),  # Prometheus (fleet.metrics)
+    path("api/v1/", include("fleet.api.urls")),  # the JSON API (fleet.api)
     path("", include("fleet.urls")),
 ]

@@ -1,5 +1,6 @@
 """imdsweb's models: the fleet inventory cache and the change audit trail."""
 
+from .api import ApiToken
 from .changes import ChangeBatch, ChangeItem
 from .history import DriftEvent, FleetSnapshot, PostureSnapshot
 from .inventory import Account, Instance, MetadataDefaults, SyncRun
@@ -7,6 +8,6 @@ from .notifications import Delivery, NotificationEvent, NotificationRule
 from .posture import RegionPosture
 
 __all__ = [
-    "Account", "ChangeBatch", "ChangeItem", "Delivery", "DriftEvent", "FleetSnapshot", "Instance",
+    "Account", "ApiToken", "ChangeBatch", "ChangeItem", "Delivery", "DriftEvent", "FleetSnapshot", "Instance",
     "MetadataDefaults", "NotificationEvent", "NotificationRule", "PostureSnapshot", "RegionPosture", "SyncRun",
 ]
