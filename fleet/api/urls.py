@@ -4,7 +4,7 @@ from django.contrib.auth.decorators import login_not_required
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView
 
-from . import views
+from . import changes, views
 
 app_name = "api"
 
@@ -21,6 +21,8 @@ urlpatterns = [
     route("defaults/", views.DefaultsListView, "defaults"),
     route("drift/", views.DriftListView, "drift"),
     route("batches/", views.BatchListView, "batch_list"),
+    route("changes/plan/", changes.PlanView, "change_plan"),
+    route("changes/", changes.QueueView, "change_queue"),
     route("batches/<int:pk>/", views.BatchDetailView, "batch_detail"),
     route("batches/<int:pk>/items/", views.BatchItemListView, "batch_items"),
     route("schema/", SpectacularAPIView, "schema"),
