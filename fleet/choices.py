@@ -100,7 +100,7 @@ class DriftKind(models.TextChoices):
     """What a sync saw change on its own, outside imdsweb."""
 
     NEW_V1 = "new_v1", "new instance allowing IMDSv1"
-    REGRESSED = "regressed", "back to HttpTokens optional"
+    REGRESSED = "regressed", "back to IMDSv1 allowed"
 
 
 class EventKind(models.TextChoices):

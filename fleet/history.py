@@ -258,7 +258,8 @@ def _scope(queryset, account=None, region=None):
 
 def burndown(days, account=None, region=None, now=None):
     """Points over the last ``days`` (hourly up to 7 days, else the last of each day), the fleet or
-    one account and/or region, ending with the live summary as "now"."""
+    one account and/or region, ending with the live summary as "now". A point is the state at the
+    end of its hour; the current hour is the live summary itself."""
     now = now or timezone.now()
     current = bucket_of(now)
     start = current - timedelta(days=days)
@@ -269,7 +270,8 @@ def burndown(days, account=None, region=None, now=None):
             _scope(PostureSnapshot.objects.filter(bucket__gte=start, bucket__lt=current), account, region)
             .values("bucket").annotate(total=Sum("total"), enforced=Sum("enforced")).order_by("bucket")
         )
-    points = [Point(row["bucket"], row["total"], row["enforced"]) for row in rows]
+    # A bucket holds the last state seen in its hour: it is plotted at the hour's end.
+    points = [Point(row["bucket"] + timedelta(hours=1), row["total"], row["enforced"]) for row in rows]
     if days > 7:
         by_day = {}
         for point in points:

@@ -88,7 +88,7 @@ def test_burndown_and_drift_in_chromium(page, live_server, moto_endpoint):
     assert rows.count() == 4
     text = page.locator("table").inner_text()
     assert all(instance_id in text for instance_id in [*launched, required[0]])
-    assert "back to HttpTokens optional" in text
+    assert "back to IMDSv1 allowed" in text
     screenshot(page, "drift.png")
     page.get_by_role("link", name="These instances in the instance list →").click()
     assert page.locator("table tbody tr").count() == 4

@@ -214,7 +214,7 @@ def test_overview_bad_burndown_scope_is_a_form_error(viewer, query):
     assert page.status_code == 200
     html = page.content.decode()
     assert 'class="field-error"' in html
-    assert "No history yet" in html and 'data-series="enforced_pct"' in html  # the fleet's 30 days instead
+    assert "History starts here" in html and 'data-series="enforced_pct"' in html  # the fleet's 30 days instead
 
 
 @pytest.mark.django_db
@@ -231,7 +231,7 @@ def test_drift_list_and_instance_filter(viewer):
 
     default = viewer.get(reverse("fleet:drift_list")).content.decode()  # a week back by default
     assert new.instance_id in default and back.instance_id in default and old.instance_id not in default
-    assert "back to HttpTokens optional" in default
+    assert "back to IMDSv1 allowed" in default
     since = (now - timedelta(days=1)).date().isoformat()
     recent = viewer.get(reverse("fleet:drift_list"), {"since": since}).content.decode()
     assert new.instance_id in recent and back.instance_id not in recent

@@ -38,6 +38,8 @@ def burndown_context(query):
     start = now - timedelta(days=days)
     points = history.burndown(days, account=account, region=region, now=now)
     first, last = points[0], points[-1]
+    if len(points) > 1:
+        start = max(start, first.at - timedelta(hours=1))  # a young history fills the chart's width
     return {
         "form": form, "days": days, "account": account, "region": region, "start": start, "points": points,
         "markers": history.batch_markers(start, account=account, region=region),
