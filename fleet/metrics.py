@@ -59,9 +59,12 @@ class FleetCollector:
         yield allowing
 
     def _engine(self):
-        items = GaugeMetricFamily("imdsweb_change_items", "Change items by state", labels=["state"])
-        by_state = dict(ChangeItem.objects.values_list("state").annotate(n=Count("id")).order_by())
-        for state in ItemState.values:
+        # Only the states with work ahead (an index range of the (state, account, region) index):
+        # items are never deleted, and counting every final one at each scrape would grow forever.
+        items = GaugeMetricFamily("imdsweb_change_items", "Change items with work ahead, by state", labels=["state"])
+        by_state = dict(ChangeItem.objects.filter(state__in=ItemState.active()).values_list("state")
+                        .annotate(n=Count("id")).order_by())
+        for state in ItemState.active():
             items.add_metric([state], by_state.get(state, 0))
         yield items
         yield GaugeMetricFamily("imdsweb_change_queue_depth", "Change items queued and not yet sent to AWS",

@@ -71,7 +71,8 @@ def test_posture_engine_and_sync_metrics_parse(client, local_counters):
     assert samples[("imdsweb_instances_pending", east)] == 1
     assert samples[("imdsweb_instances_imdsv1_callers", east)] == 1
     assert samples[("imdsweb_change_items", (("state", "queued"),))] == 2
-    assert samples[("imdsweb_change_items", (("state", "failed"),))] == 0
+    assert samples[("imdsweb_change_items", (("state", "submitting"),))] == 0
+    assert ("imdsweb_change_items", (("state", "applied"),)) not in samples  # final states are not counted
     assert samples[("imdsweb_change_queue_depth", ())] == 2
     assert 290 < samples[("imdsweb_change_pending_oldest_seconds", ())] < 400
     assert samples[("imdsweb_drift_events_total", (("kind", "new_v1"),))] == 1
