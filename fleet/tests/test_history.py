@@ -246,3 +246,12 @@ def test_drift_list_and_instance_filter(viewer):
     assert new.instance_id in listed and fixed.instance_id in listed
     assert back.instance_id not in listed and old.instance_id not in listed
     assert Instance.objects.count() == 4
+
+
+def test_every_beat_entry_names_a_registered_task(settings):
+    from imdsweb.celery import app
+
+    app.loader.import_default_modules()
+    names = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+    assert {"fleet.tasks.snapshot_posture", "fleet.tasks.prune_history", "fleet.tasks.notify"} <= names
+    assert names <= set(app.tasks)
