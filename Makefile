@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench bench-quick clean
+.PHONY: demo test lint schema bench bench-quick clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ test: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
+
+# The API's OpenAPI schema, committed: the test suite fails when the API changes without it.
+schema: $(VENV)/.installed
+	DJANGO_SETTINGS_MODULE=imdsweb.settings $(PY) manage.py spectacular --validate --fail-on-warn --file docs/api/openapi.yaml
 
 bench: $(VENV)/.installed
 	bash scripts/bench.sh

@@ -3,7 +3,19 @@
 from django import forms
 from django.contrib import admin
 
-from .models import Account, ChangeBatch, ChangeItem, Instance, MetadataDefaults, SyncRun
+from .models import (
+    Account,
+    ApiToken,
+    ChangeBatch,
+    ChangeItem,
+    Delivery,
+    DriftEvent,
+    Instance,
+    MetadataDefaults,
+    NotificationEvent,
+    NotificationRule,
+    SyncRun,
+)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -107,3 +119,61 @@ class ChangeItemAdmin(ReadOnlyAdmin):
     list_filter = ("state", "error_code", "region", "batch")
     search_fields = ("instance__instance_id", "error_message", "request_id")
     list_select_related = ("account", "batch", "instance")
+
+
+# ---- issue 18: notification rules (edited here), what they sent and the drift they report (read-only)
+
+
+@admin.register(NotificationRule)
+class NotificationRuleAdmin(admin.ModelAdmin):
+    list_display = ("name", "event", "enabled", "interval_minutes", "last_sent_at")
+    list_filter = ("event", "enabled")
+    search_fields = ("name", "email_to")
+    filter_horizontal = ("accounts",)
+    readonly_fields = ("last_sent_at",)
+
+
+@admin.register(Delivery)
+class DeliveryAdmin(ReadOnlyAdmin):
+    list_display = ("created_at", "rule", "subject", "event_count", "status", "attempts", "sent_at")
+    list_filter = ("status", "rule")
+    search_fields = ("subject", "body", "error")
+    list_select_related = ("rule",)
+
+
+@admin.register(NotificationEvent)
+class NotificationEventAdmin(ReadOnlyAdmin):
+    list_display = ("created_at", "kind", "text")
+    list_filter = ("kind",)
+    search_fields = ("text", "key")
+
+
+@admin.register(DriftEvent)
+class DriftEventAdmin(ReadOnlyAdmin):
+    list_display = ("detected_at", "kind", "instance", "account", "region")
+    list_filter = ("kind", "region", "account")
+    search_fields = ("instance__instance_id",)
+    list_select_related = ("instance", "account")
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """An admin sees and revokes tokens; only their owner creates them (and alone sees the key)."""
+
+    list_display = ("name", "user", "key_start", "created_at", "last_used_at", "revoked_at")
+    list_filter = ("revoked_at",)
+    search_fields = ("name", "user__username", "key_start")
+    list_select_related = ("user",)
+    readonly_fields = ("user", "name", "key_start", "created_at", "last_used_at", "revoked_at")
+    actions = ["revoke"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.action(description="Revoke the selected tokens")
+    def revoke(self, request, queryset):
+        for token in queryset.active():
+            token.revoke()

@@ -102,3 +102,28 @@ class BatchStatus(models.TextChoices):
         """Statuses in which nothing moves until something outside imdsweb happens (an instance
         starts, an operator retries)."""
         return [cls.AWAITING_START, cls.DONE, cls.DONE_WITH_ERRORS, cls.CANCELLED]
+
+
+class DriftKind(models.TextChoices):
+    """What a sync saw change on its own, outside imdsweb."""
+
+    NEW_V1 = "new_v1", "new instance allowing IMDSv1"
+    REGRESSED = "regressed", "back to IMDSv1 allowed"
+
+
+class EventKind(models.TextChoices):
+    """What a notification rule can be about."""
+
+    NEW_V1 = "new_v1", "new instance allowing IMDSv1"
+    REGRESSED = "regressed", "instance back to IMDSv1 allowed (changed outside imdsweb)"
+    BREAKAGE = "breakage", "likely breakage after enforcement (MetadataNoTokenRejected)"
+    BATCH_FINISHED = "batch_finished", "change batch finished"
+    BATCH_FAILED = "batch_failed", "change batch finished with errors"
+    ACCOUNT_UNREADABLE = "account_unreadable", "account can no longer be read"
+    SYNC_FAILING = "sync_failing", "sync failing"
+
+
+class DeliveryStatus(models.TextChoices):
+    QUEUED = "queued", "queued"
+    SENT = "sent", "sent"
+    FAILED = "failed", "failed"

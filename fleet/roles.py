@@ -15,6 +15,8 @@ ROLES = {
         "queue_change",
         "add_account", "change_account", "delete_account", "view_account",
         "view_instance", "view_metadatadefaults", "view_syncrun", "view_changebatch", "view_changeitem",
+        "add_notificationrule", "change_notificationrule", "delete_notificationrule", "view_notificationrule",
+        "view_delivery", "view_notificationevent", "view_driftevent", "view_apitoken", "change_apitoken",
     ],
 }
 

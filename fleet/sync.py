@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from . import aws, posture
+from . import aws, history, posture
 from .choices import DefaultsStatus, SyncStatus
 from .models import Instance, MetadataDefaults, SyncRun
 from .models.inventory import INSTANCE_OPTION_FIELDS
@@ -196,8 +196,10 @@ def sync_region(account, region):
     Raises SyncAlreadyRunning when another sync of the same account/region is under way.
     """
     run = _start_run(account, region)
+    observer = history.SyncObserver(run)  # drift and posture history (fleet.history)
     try:
         for page in aws.describe_instance_pages(account, region):
+            observer.page(page)
             new, changed = upsert_instances(account, region, page, timezone.now())
             run.seen += len(page)
             run.new += new
@@ -221,6 +223,7 @@ def sync_region(account, region):
         posture.refresh_region(account.pk, region)
         run.finished_at = timezone.now()
         run.save()
+        observer.finish()
     return run
 
 

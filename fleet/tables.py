@@ -6,8 +6,8 @@ from django.db.models.functions import Coalesce
 from django.urls import reverse
 from django.utils.html import format_html
 
-from .choices import ItemState
-from .models import ChangeBatch, ChangeItem, Instance
+from .choices import DriftKind, ItemState
+from .models import ChangeBatch, ChangeItem, DriftEvent, Instance
 from .pagination import Ordering
 from .posture import percent
 
@@ -206,3 +206,33 @@ class ChangeItemTable(BaseTable):
         if not (record.error_code or record.error_message):
             return ""
         return format_html("<code>{}</code> {}", record.error_code, record.error_message)
+
+
+# ---- issue 18: drift
+
+
+class DriftEventTable(BaseTable):
+    detected_at = tables.DateTimeColumn(verbose_name="Seen", format="Y-m-d H:i", attrs={"td": {"class": "nowrap"}})
+    kind = tables.Column(verbose_name="Drift")
+    instance = tables.Column(linkify=True, verbose_name="Instance", attrs={"td": {"class": "nowrap mono"}})
+    name = tables.Column(accessor="instance__name", verbose_name="Name", orderable=False)
+    account = tables.Column(accessor="account__name", verbose_name="Account")
+    region = tables.Column()
+    launch_time = tables.DateTimeColumn(accessor="instance__launch_time", verbose_name="Launched", format="Y-m-d H:i")
+    now = tables.Column(empty_values=(), orderable=False, verbose_name="Now")
+
+    class Meta(BaseTable.Meta):
+        model = DriftEvent
+        fields = ()
+        sequence = ("detected_at", "kind", "instance", "name", "account", "region", "launch_time", "now")
+
+    def render_kind(self, record):
+        return badge(record.get_kind_display(), "bad" if record.kind == DriftKind.REGRESSED else "warn")
+
+    def render_now(self, record):
+        instance = record.instance
+        if instance.gone_at:
+            return badge("gone", "neutral")
+        if instance.enforced:
+            return badge("IMDSv2 enforced", "good")
+        return badge(f"HttpTokens {instance.http_tokens}", "bad")

@@ -6,7 +6,8 @@ from celery import shared_task
 from celery.signals import task_prerun, worker_init, worker_ready
 from django.conf import settings
 
-from . import apply, aws, posture, sync, usage, workers
+from . import apply, aws, history, posture, sync, usage, workers
+from . import notify as notify_service
 from .choices import SyncStatus
 from .models import Account
 
@@ -126,3 +127,32 @@ def sync_usage_region(account_pk, region):
 def refresh_posture():
     """Safety net: recompute every account/region's posture summary."""
     posture.refresh_all()
+
+
+# ---- issue 18: posture history and notifications (fleet.history, fleet.notify)
+
+
+@shared_task(ignore_result=True)
+def snapshot_posture():
+    """Hourly: every account/region's summary into the history, synced this hour or not."""
+    history.snapshot_all()
+
+
+@shared_task(ignore_result=True)
+def prune_history():
+    history.prune()
+
+
+@shared_task(ignore_result=True)
+def notify():
+    """Record the events the database knows, then hand each due rule's events to a delivery."""
+    notify_service.scan_batches()
+    notify_service.dispatch()
+
+
+@shared_task(bind=True, ignore_result=True, max_retries=settings.IMDSWEB_NOTIFY_MAX_RETRIES)
+def send_delivery(self, delivery_pk, attempt=0):
+    try:
+        notify_service.send(delivery_pk, attempt=attempt, final=self.request.retries >= self.max_retries)
+    except notify_service.DeliveryFailed as exc:
+        raise self.retry(args=(delivery_pk, attempt + 1), exc=exc, countdown=min(600, 5 * 2**self.request.retries)) from exc

@@ -9,6 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import environ
+from celery.schedules import crontab
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -38,6 +39,8 @@ INSTALLED_APPS = [
     "django_tables2",
     "django_filters",
     "django_htmx",
+    "rest_framework",
+    "drf_spectacular",
     "fleet",
 ]
 
@@ -203,6 +206,55 @@ IMDSWEB_RATE_TIME_SCALE = env.float("IMDSWEB_RATE_TIME_SCALE", default=1.0)
 # account, and network jitter bunches calls up: pacing at exactly AWS's rate gets throttled.
 IMDSWEB_RATE_HEADROOM = env.float("IMDSWEB_RATE_HEADROOM", default=0.96)
 
+# --- history, drift, notifications, metrics (issue 18: fleet/history.py, notify.py, metrics.py) ---
+IMDSWEB_HISTORY_RETENTION_DAYS = env.int("IMDSWEB_HISTORY_RETENTION_DAYS", default=400)
+IMDSWEB_HISTORY_HOURLY_DAYS = env.int("IMDSWEB_HISTORY_HOURLY_DAYS", default=7)
+# Outgoing mail for notification rules: django-environ's EMAIL_URL (smtp://user:pass@host:587,
+# submission://… for STARTTLS, smtp+ssl://…); unset prints mail to the worker's log.
+_email = env.email_url("IMDSWEB_EMAIL_URL", default="consolemail://")
+EMAIL_BACKEND = _email["EMAIL_BACKEND"]
+EMAIL_HOST = _email["EMAIL_HOST"] or "localhost"
+EMAIL_PORT = _email["EMAIL_PORT"] or 25
+EMAIL_HOST_USER = _email["EMAIL_HOST_USER"] or ""
+EMAIL_HOST_PASSWORD = _email["EMAIL_HOST_PASSWORD"] or ""
+EMAIL_USE_TLS = _email.get("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = _email.get("EMAIL_USE_SSL", False)
+EMAIL_TIMEOUT = 30
+DEFAULT_FROM_EMAIL = env.str("IMDSWEB_EMAIL_FROM", default="imdsweb@localhost")
+# Links in notifications point here.
+IMDSWEB_BASE_URL = env.str("IMDSWEB_BASE_URL", default="http://127.0.0.1:8000")
+IMDSWEB_NOTIFY_SCAN_SECONDS = env.float("IMDSWEB_NOTIFY_SCAN_SECONDS", default=60.0)
+IMDSWEB_NOTIFY_MAX_RETRIES = env.int("IMDSWEB_NOTIFY_MAX_RETRIES", default=5)
+# /metrics: a bearer token, and/or the addresses (CIDRs) allowed without one.
+IMDSWEB_METRICS_TOKEN = env.str("IMDSWEB_METRICS_TOKEN", default="")
+IMDSWEB_METRICS_ALLOW = env.list("IMDSWEB_METRICS_ALLOW", default=["127.0.0.1/32", "::1/128"])
+# The JSON API (fleet/api): token or session, JSON only, the OpenAPI schema from drf-spectacular.
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "fleet.api.auth.ApiTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "imdsweb API",
+    "DESCRIPTION": "The IMDS posture of an EC2 fleet: instances, posture and its history, defaults, drift, changes.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    # One schema name per enumeration of fleet.choices, wherever a field uses it.
+    "ENUM_NAME_OVERRIDES": {
+        name: f"fleet.choices.{name}"
+        for name in ("HttpTokens", "Toggle", "MetadataState", "InstanceState", "DefaultsHttpTokens", "DefaultsToggle",
+                     "ManagedBy", "DefaultsStatus", "ChangeKind", "ItemState", "DriftKind")
+    },
+}
+# --- end issue 18 ---
+
 CELERY_BEAT_SCHEDULE = {
     "sync-fleet": {
         "task": "fleet.tasks.sync_all",
@@ -224,6 +276,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "fleet.tasks.sweep",
         "schedule": timedelta(seconds=IMDSWEB_SWEEP_SECONDS),
     },
+    # issue 18: history and notifications
+    "snapshot-posture": {"task": "fleet.tasks.snapshot_posture", "schedule": crontab(minute=0)},
+    "prune-history": {"task": "fleet.tasks.prune_history", "schedule": crontab(hour=3, minute=17)},
+    "notify": {"task": "fleet.tasks.notify", "schedule": timedelta(seconds=IMDSWEB_NOTIFY_SCAN_SECONDS)},
 }
 
 # One handler, on the root logger. Django's own "django" logger handlers (a second console in

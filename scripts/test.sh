@@ -17,6 +17,11 @@ echo "== migrations match the models"
 $PY manage.py makemigrations --check --dry-run >/dev/null
 $PY manage.py collectstatic --noinput -v 0
 
+echo "== the API's OpenAPI schema matches the committed docs/api/openapi.yaml"
+$PY manage.py spectacular --validate --fail-on-warn --file var/openapi.yaml
+diff -u docs/api/openapi.yaml var/openapi.yaml || {
+    echo "The API changed: run 'make schema' and commit docs/api/openapi.yaml"; exit 1; }
+
 echo "== test suite on PostgreSQL"
 DATABASE_URL=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/imdsweb} \
     $PY -m pytest -q -p no:cacheprovider "$@"
@@ -27,4 +32,4 @@ DATABASE_URL=sqlite:///var/test-sqlite.sqlite3 \
     $PY -m pytest -q -p no:cacheprovider fleet/tests/test_sync.py fleet/tests/test_models.py \
     fleet/tests/test_commands.py fleet/tests/test_posture.py fleet/tests/test_views_changes.py \
     fleet/tests/test_views_overview.py fleet/tests/test_apply_pacing.py fleet/tests/test_instance_pages.py \
-    fleet/tests/test_fail_closed.py
+    fleet/tests/test_fail_closed.py fleet/tests/test_history.py fleet/tests/test_notifications.py

@@ -17,6 +17,8 @@ from botocore.config import Config
 from botocore.credentials import RefreshableCredentials
 from django.conf import settings
 
+from . import counters
+
 _lock = threading.Lock()
 _sessions = {}
 _clients = {}
@@ -118,7 +120,7 @@ def client(account, region, service, max_attempts=None):
         cached = _clients.get(key)
     if cached is not None:
         return cached
-    new = session_for(account).client(service, region_name=region, config=_config(attempts))
+    new = counters.instrument(session_for(account).client(service, region_name=region, config=_config(attempts)))
     with _lock:
         _clients[key] = new
     return new

@@ -1,7 +1,14 @@
 """imdsweb's models: the fleet inventory cache and the change audit trail."""
 
+from .api import ApiToken
 from .changes import ChangeBatch, ChangeItem
+from .history import DriftEvent, FleetSnapshot, PostureSnapshot
 from .inventory import Account, Instance, MetadataDefaults, SyncRun, UsageReading
+from .notifications import Delivery, NotificationEvent, NotificationRule
 from .posture import RegionPosture
 
-__all__ = ["Account", "ChangeBatch", "ChangeItem", "Instance", "MetadataDefaults", "RegionPosture", "SyncRun", "UsageReading"]
+__all__ = [
+    "Account", "ApiToken", "ChangeBatch", "ChangeItem", "Delivery", "DriftEvent", "FleetSnapshot", "Instance",
+    "MetadataDefaults", "NotificationEvent", "NotificationRule", "PostureSnapshot", "RegionPosture", "SyncRun",
+    "UsageReading",
+]

@@ -75,3 +75,39 @@ def hop_limit_bars(distribution):
 def get_item(mapping, key):
     """``{{ links|get_item:bucket }}``: a dict lookup by a variable key."""
     return (mapping or {}).get(key, "")
+
+# ---- issue 18: the burndown (fleet.history)
+
+LINE_WIDTH, LINE_HEIGHT, LINE_LEFT, LINE_BOTTOM = 560, 140, 48, 22
+
+
+@register.inclusion_tag("fleet/charts/line.html")
+def burndown_line(points, markers, start, series, label):
+    """One series of the burndown as an SVG polyline over [start, now], with a dashed line per
+    change batch. ``series`` is ``enforced_pct`` (0–100 %) or ``allowing_v1`` (0–peak)."""
+    end = points[-1].at if points else start
+    span = max((end - start).total_seconds(), 1)
+    values = [getattr(point, series) for point in points]
+    peak = 100 if series == "enforced_pct" else max([v for v in values if v is not None] + [1])
+
+    def x(at):
+        return round(LINE_LEFT + LINE_WIDTH * max((at - start).total_seconds(), 0) / span, 1)
+
+    def y(value):
+        return round(LINE_HEIGHT - LINE_HEIGHT * value / peak, 1)
+
+    plotted = [(x(point.at), y(value), point, value) for point, value in zip(points, values, strict=True)
+               if value is not None]
+    suffix = "%" if series == "enforced_pct" else ""
+    return {
+        "label": label,
+        "polyline": " ".join(f"{px},{py}" for px, py, _, _ in plotted),
+        "dots": [{"x": px, "y": py, "title": f"{point.at:%Y-%m-%d %H:%M} UTC: {value:g}{suffix}"}
+                 for px, py, point, value in plotted],
+        "markers": [{"x": x(batch.created_at), "title": f"batch #{batch.pk} at {batch.created_at:%Y-%m-%d %H:%M} UTC",
+                     "url": batch.get_absolute_url()} for batch in markers],
+        "dot_radius": 2.5 if len(plotted) <= 60 else 1.2,
+        "peak": f"{peak:g}{suffix}", "left": LINE_LEFT, "right": LINE_LEFT + LINE_WIDTH, "height": LINE_HEIGHT,
+        "total_width": LINE_LEFT + LINE_WIDTH + 8, "total_height": LINE_HEIGHT + LINE_BOTTOM,
+        "start": start, "end": end, "series": series,
+    }

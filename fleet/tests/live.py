@@ -115,6 +115,7 @@ class LiveStack:
         from django.conf import settings as django_settings
 
         from fleet import ratelimit
+        from fleet.aws import counters
         from fleet.aws.session import reset_caches
         from imdsweb.celery import app
 
@@ -132,6 +133,7 @@ class LiveStack:
         os.environ["CELERY_BROKER_URL"] = env["CELERY_BROKER_URL"]
         app.close()  # drop pooled connections to the previous broker
         ratelimit._redis = None
+        counters._redis = None  # the AWS call counters (/metrics) live in this stack's Redis too
         for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
             os.environ[name] = env[name]
         os.environ.pop("AWS_SESSION_TOKEN", None)

@@ -4,6 +4,7 @@ from django.conf import settings
 from django.views.generic import TemplateView
 
 from .. import posture
+from .history import burndown_context
 
 
 class OverviewView(TemplateView):
@@ -11,5 +12,6 @@ class OverviewView(TemplateView):
 
     def get_context_data(self, **kwargs):
         return super().get_context_data(
-            **kwargs, **posture.overview(), sync_interval=settings.IMDSWEB_SYNC_INTERVAL_MINUTES
+            **kwargs, **posture.overview(), sync_interval=settings.IMDSWEB_SYNC_INTERVAL_MINUTES,
+            burndown=burndown_context(self.request.GET),
         )

@@ -1,0 +1,97 @@
+"""Queueing a change through the API: plan, then queue with the plan's token; the API refuses
+exactly what the confirmation page refuses, needs the operator role, and writes the same audit."""
+
+import pytest
+from django.core import signing
+
+from fleet.choices import ItemState
+from fleet.models import ApiToken, ChangeBatch
+from fleet.tests.factories import AccountFactory, InstanceFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def fleet():
+    account = AccountFactory(account_id="111111111111", regions=["us-east-1"])
+    return [InstanceFactory(account=account, v1_calls=5 if n == 0 else 0) for n in range(4)]
+
+
+def bearer(role):
+    user = UserFactory(role=role)
+    token, key = ApiToken.issue(user, f"{role} script")
+    return user, {"Authorization": f"Bearer {key}"}
+
+
+def post(client, path, body, headers):
+    return client.post(f"/api/v1/{path}", body, content_type="application/json", headers=headers)
+
+
+def test_plan_then_queue_is_the_confirmation_page_through_json(client, fleet):
+    user, headers = bearer("operator")
+    plan = post(client, "changes/plan/", {"filter": "account=111111111111", "http_tokens": "required"}, headers)
+    assert plan.status_code == 200, plan.content
+    figures = plan.json()
+    assert (figures["total"], figures["to_change"], figures["held"]) == (4, 3, 1)  # IMDSv1 in use: held
+    assert figures["desired"] == {"http_tokens": "required"} and not ChangeBatch.objects.exists()
+
+    queued = post(client, "changes/", {"plan_token": figures["plan_token"], "comment": "week 12"}, headers)
+    assert queued.status_code == 201, queued.content
+    batch = ChangeBatch.objects.get()
+    assert queued.json()["id"] == batch.pk and batch.created_by == user and batch.comment == "week 12"
+    assert batch.selection.startswith("filter: account=111111111111") and "API token “operator script”" in batch.selection
+    counts = batch.counts()
+    assert (counts[ItemState.QUEUED], counts[ItemState.HELD]) == (3, 1)
+    # The same plan again: the three queued are busy now, skipped as the UI would.
+    again = post(client, "changes/", {"plan_token": figures["plan_token"]}, headers)
+    assert again.status_code == 201
+    assert (again.json()["counts"]["skipped"], again.json()["counts"]["held"]) == (3, 1)
+
+
+@pytest.mark.parametrize("body", [
+    {"filter": "account=111111111111"},  # no option
+    {"filter": "account=111111111111", "hop_limit": 99},
+    {"filter": "account=111111111111", "http_tokens": "bogus"},
+    {"ids": ["i-0123456789abcdef0"], "http_tokens": "required"},  # unknown instance
+    {"ids": ["not-an-id"], "http_tokens": "required"},
+    {"http_tokens": "required"},  # no selection
+    {"filter": "hop_limit=1.5", "http_tokens": "required"},
+])
+def test_refused_like_the_ui(client, fleet, body):
+    _, headers = bearer("operator")
+    api = post(client, "changes/plan/", body, headers)
+    assert api.status_code == 400 and api["Content-Type"] == "application/json" and api.json()
+    client.force_login(UserFactory(role="operator"))
+    ui = client.post("/changes/new/", body)
+    assert ui.status_code == 400
+    assert not ChangeBatch.objects.exists()
+
+
+def test_a_filter_matching_nothing_is_refused_at_queue_time_like_the_ui(client, fleet):
+    _, headers = bearer("operator")
+    plan = post(client, "changes/plan/", {"filter": "http_tokens=optional&hop_limit=7", "http_tokens": "required"},
+                headers).json()
+    queued = post(client, "changes/", {"plan_token": plan["plan_token"]}, headers)
+    assert queued.status_code == 409 and queued.json() == {"detail": "No instances selected."}
+    client.force_login(UserFactory(role="operator"))
+    assert client.post("/changes/new/", {"filter": "http_tokens=optional&hop_limit=7", "http_tokens": "required"}
+                       ).status_code == 409
+
+
+def test_tokens_carry_the_role_and_plan_tokens_their_user(client, fleet):
+    _, viewer = bearer("viewer")
+    assert post(client, "changes/plan/", {"ids": [fleet[1].instance_id], "http_tokens": "required"},
+                viewer).status_code == 403
+    _, alice = bearer("operator")
+    _, bob = bearer("operator")
+    token = post(client, "changes/plan/", {"ids": [fleet[1].instance_id], "http_tokens": "required"},
+                 alice).json()["plan_token"]
+    assert post(client, "changes/", {"plan_token": token}, bob).json() == {
+        "plan_token": ["This plan was made by another user."]}
+    forged = signing.dumps({"user": 1, "data": {}}, salt="elsewhere")
+    assert post(client, "changes/", {"plan_token": forged}, alice).status_code == 400
+    assert post(client, "changes/", {}, alice).json() == {"plan_token": ["This field is required."]}
+    assert post(client, "changes/plan/", {"ids": [fleet[1].instance_id], "http_tokens": "required", "force": True},
+                alice).json() == {"force": ["Unknown field."]}
+    assert post(client, "changes/plan/", ["not", "an", "object"], alice).status_code == 400
+    assert not ChangeBatch.objects.exists()
