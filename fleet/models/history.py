@@ -23,6 +23,7 @@ class PostureCounters(models.Model):
     enforced = models.PositiveIntegerField(default=0)
     enforced_applied = models.PositiveIntegerField(default=0)
     tokens_required = models.PositiveIntegerField(default=0)
+    tokens_optional = models.PositiveIntegerField(default=0)
     pending = models.PositiveIntegerField(default=0)
     endpoint_disabled = models.PositiveIntegerField(default=0)
     hop_limit_over_1 = models.PositiveIntegerField(default=0)
@@ -33,6 +34,8 @@ class PostureCounters(models.Model):
     safe_to_enforce = models.PositiveIntegerField(default=0)
     not_enforced_unmeasured = models.PositiveIntegerField(default=0)
     not_enforced_in_use = models.PositiveIntegerField(default=0)
+    terminated = models.PositiveIntegerField(default=0)
+    shutting_down = models.PositiveIntegerField(default=0)
 
     class Meta:
         abstract = True

@@ -42,10 +42,12 @@ def test_plan_then_queue_is_the_confirmation_page_through_json(client, fleet):
     assert batch.selection.startswith("filter: account=111111111111") and "API token “operator script”" in batch.selection
     counts = batch.counts()
     assert (counts[ItemState.QUEUED], counts[ItemState.HELD]) == (3, 1)
-    # The same plan again: the three queued are busy now, skipped as the UI would.
+    # The same plan again: the three queued are busy now and the fourth held, so nothing would be
+    # queued: refused like the UI refuses it, naming the batch that holds them, and no empty batch.
     again = post(client, "changes/", {"plan_token": figures["plan_token"]}, headers)
-    assert again.status_code == 201
-    assert (again.json()["counts"]["skipped"], again.json()["counts"]["held"]) == (3, 1)
+    assert again.status_code == 409
+    assert "Nothing to queue" in again.content.decode() and f"batch #{batch.pk}" in again.content.decode()
+    assert ChangeBatch.objects.count() == 1
 
 
 @pytest.mark.parametrize("body", [

@@ -24,6 +24,8 @@ OPERATOR_PAGE = {"anonymous": LOGIN, "viewer": 403, "operator": 200, "admin": 20
 OPERATOR_ACTION = {"anonymous": LOGIN, "viewer": 403, "operator": 302, "admin": 302}
 # POST-only batch actions: the permission check comes before the method check.
 ACTION_GET = {"anonymous": LOGIN, "viewer": 403, "operator": 405, "admin": 405}
+ACCOUNT_ONLY_GET = {"anonymous": LOGIN, "viewer": 405, "operator": 405, "admin": 405}
+NOT_FOUND = {"anonymous": LOGIN, "viewer": 404, "operator": 404, "admin": 404}
 # Read-only function views answer any method; a POST still needs a CSRF token and changes nothing.
 READ_ANY_METHOD = READ
 
@@ -54,6 +56,11 @@ MATRIX = {
     "measure_usage": {"GET": (ACTION_GET, None),
                       "POST": (OPERATOR_ACTION, {"targets": "ACCOUNT_PK/us-east-1", "next": "/changes/"})},
     "measure_usage_status": {"GET": (READ, {"targets": "ACCOUNT_PK/us-east-1"}), "POST": (READ_ANY_METHOD, {})},
+    "drift_list": {"GET": (READ, None), "POST": (NO_POST, {})},
+    # Every signed-in user manages their own API tokens (they carry that user's role).
+    "api_tokens": {"GET": (READ, None), "POST": (READ, {"name": "report script"})},
+    # Another user's token (the fixture has none of this user's): 404, nothing revoked.
+    "api_token_revoke": {"GET": (ACCOUNT_ONLY_GET, None), "POST": (NOT_FOUND, {})},
     # The fixture's batch is not a dry run: the rerun is refused with a message (302, nothing written).
     "change_rerun": {"GET": (ACTION_GET, None), "POST": (OPERATOR_ACTION, {})},
 }
@@ -72,7 +79,7 @@ def url_for(name, world):
     if "instance_id" in pattern.pattern.converters:
         kwargs["instance_id"] = INSTANCE_ID
     if "pk" in pattern.pattern.converters:
-        kwargs["pk"] = world["batch"].pk
+        kwargs["pk"] = world["batch"].pk if name != "api_token_revoke" else 987654
     return reverse(f"fleet:{name}", kwargs=kwargs)
 
 
