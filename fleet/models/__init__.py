@@ -3,5 +3,6 @@
 from .changes import ChangeBatch, ChangeItem
 from .inventory import Account, Instance, MetadataDefaults, SyncRun
 from .posture import RegionPosture
+from .signin import OidcIdentity
 
-__all__ = ["Account", "ChangeBatch", "ChangeItem", "Instance", "MetadataDefaults", "RegionPosture", "SyncRun"]
+__all__ = ["Account", "ChangeBatch", "ChangeItem", "Instance", "MetadataDefaults", "OidcIdentity", "RegionPosture", "SyncRun"]

@@ -3,6 +3,7 @@
 from django.contrib import messages
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views import View
+from django.views.decorators.http import require_safe
 from django.views.generic import DetailView
 from django_tables2 import RequestConfig
 
@@ -63,6 +64,9 @@ def progress_context(batch):
         for state in ItemState.values
         if counts[state]
     ]
+    offset = 0.0
+    for segment in segments:  # the bar is an SVG (no inline style under the CSP): each rect's x
+        segment["x"], offset = offset, offset + segment["pct"]
     waiting_for_start = (
         batch.items.filter(state=ItemState.PENDING, reason=STOPPED_REASON).count() if counts[ItemState.PENDING] else 0
     )
@@ -101,6 +105,7 @@ class ChangeDetailView(DetailView):
         )
 
 
+@require_safe
 def change_progress(request, pk):
     """The htmx partial polled while the batch runs: the progress panel with its action buttons,
     plus the items table (same filter and page as the page) swapped out of band. Once the batch

@@ -33,11 +33,7 @@ def _fast_password_hashing(settings):
 def role_groups(db):
     """The role groups, as the migration creates them. A transactional test's flush deletes them
     (content types and permissions come back through post_migrate, data migrations do not)."""
-    from django.contrib.auth.models import Group, Permission
-
-    for name, codenames in import_module("fleet.roles").ROLES.items():
-        group, _ = Group.objects.get_or_create(name=name)
-        group.permissions.set(Permission.objects.filter(content_type__app_label="fleet", codename__in=codenames))
+    import_module("fleet.roles").ensure_roles()
 
 
 def client_for(role, **kwargs):

@@ -24,8 +24,6 @@ OPERATOR_PAGE = {"anonymous": LOGIN, "viewer": 403, "operator": 200, "admin": 20
 OPERATOR_ACTION = {"anonymous": LOGIN, "viewer": 403, "operator": 302, "admin": 302}
 # POST-only batch actions: the permission check comes before the method check.
 ACTION_GET = {"anonymous": LOGIN, "viewer": 403, "operator": 405, "admin": 405}
-# Read-only function views answer any method; a POST still needs a CSRF token and changes nothing.
-READ_ANY_METHOD = READ
 
 INSTANCE_FORM = {"http_tokens": "required", "hop_limit": 1, "http_endpoint": "enabled",
                  "http_protocol_ipv6": "disabled", "instance_metadata_tags": "disabled"}
@@ -34,7 +32,7 @@ INSTANCE_FORM = {"http_tokens": "required", "hop_limit": 1, "http_endpoint": "en
 MATRIX = {
     "overview": {"GET": (READ, None), "POST": (NO_POST, {})},
     "instance_list": {"GET": (READ, {"http_tokens": "optional"}), "POST": (NO_POST, {})},
-    "instance_export": {"GET": (READ, {"http_tokens": "optional"}), "POST": (READ_ANY_METHOD, {})},
+    "instance_export": {"GET": (READ, {"http_tokens": "optional"}), "POST": (NO_POST, {})},
     "instance_detail": {"GET": (READ, None), "POST": (OPERATOR_ACTION, INSTANCE_FORM)},
     "defaults": {"GET": (READ, None), "POST": (NO_POST, {})},
     "defaults_change": {
@@ -47,7 +45,7 @@ MATRIX = {
         "POST": (OPERATOR_ACTION, {"ids": "i-0123456789abcdef1", "http_tokens": "required"}),
     },
     "change_detail": {"GET": (READ, None), "POST": (NO_POST, {})},
-    "change_progress": {"GET": (READ, None), "POST": (READ_ANY_METHOD, {})},
+    "change_progress": {"GET": (READ, None), "POST": (NO_POST, {})},
     "change_cancel": {"GET": (ACTION_GET, None), "POST": (OPERATOR_ACTION, {})},
     "change_retry": {"GET": (ACTION_GET, None), "POST": (OPERATOR_ACTION, {})},
     "change_rollback": {"GET": (ACTION_GET, None), "POST": (OPERATOR_ACTION, {"comment": "undo"})},

@@ -3,11 +3,12 @@
 import getpass
 import sys
 
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-ROLES = ("viewer", "operator", "admin")
+from fleet.roles import ROLE_ORDER as ROLES
+from fleet.roles import assign_role
 
 
 class Command(BaseCommand):
@@ -30,7 +31,6 @@ class Command(BaseCommand):
             user = user or User(username=username)
             if password is not None:
                 user.set_password(password)
-            user.is_staff = role == "admin"
             user.save()
-            user.groups.set([Group.objects.get(name=role)])
+            assign_role(user, role)
         self.stdout.write(f"{username}: {role}")
