@@ -22,17 +22,17 @@ import time
 import jwt
 import requests
 from django.conf import settings
-from django.contrib import messages
+from django.contrib import admin, messages
 from django.contrib.auth import logout
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.models import User
 from django.contrib.auth.signals import user_logged_in
-from django.contrib.auth import views as auth_views
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import SuspiciousOperation
 from django.db import transaction
 from django.dispatch import receiver
-from django.http import HttpResponseNotAllowed
-from django.shortcuts import redirect, render
+from django.http import Http404, HttpResponseNotAllowed
+from django.shortcuts import redirect, render, resolve_url
 from django.utils.cache import patch_cache_control
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
 from mozilla_django_oidc.views import OIDCAuthenticationCallbackView, OIDCAuthenticationRequestView
@@ -224,10 +224,16 @@ class OidcBackend(OIDCAuthenticationBackend):
         return [groups] if isinstance(groups, str) else [str(group) for group in groups]
 
 
+def _require_sso():
+    if not settings.IMDSWEB_OIDC_ISSUER:
+        raise Http404("Single sign-on is not configured.")
+
+
 class OidcSignInView(OIDCAuthenticationRequestView):
     """Sends the browser to the provider's authorization endpoint (found by discovery)."""
 
     def get(self, request):
+        _require_sso()
         try:
             self.OIDC_OP_AUTH_ENDPOINT = discovery()["authorization_endpoint"]
         except SignInError as exc:
@@ -240,6 +246,7 @@ class OidcCallbackView(OIDCAuthenticationCallbackView):
     """The provider sends the browser back here; every failure ends on the login page, saying why."""
 
     def get(self, request):
+        _require_sso()
         if request.GET.get("error"):
             log.warning("single sign-on: the provider answered %s: %s", request.GET.get("error")[:100],
                         request.GET.get("error_description", "")[:300])
@@ -250,6 +257,10 @@ class OidcCallbackView(OIDCAuthenticationCallbackView):
             log.warning("single sign-on: callback refused: %s", exc)
             request.signin_error = "This sign-in was not started here or was already used: start again."
             return self.login_failure()
+
+    @property
+    def failure_url(self):
+        return resolve_url(settings.LOGIN_URL)
 
     def login_failure(self):
         messages.error(self.request, getattr(self.request, "signin_error", None)
@@ -337,3 +348,11 @@ class LoginView(auth_views.LoginView):
         if not settings.IMDSWEB_LOCAL_LOGIN:
             return HttpResponseNotAllowed(["GET", "HEAD"], "Local logins are switched off: use single sign-on.")
         return super().post(request, *args, **kwargs)
+
+
+def admin_login(request):
+    """The admin site's login, or, with local logins off, the app's sign-in page (the admin's
+    form would only ever answer "wrong password")."""
+    if settings.IMDSWEB_LOCAL_LOGIN:
+        return admin.site.login(request)
+    return redirect_to_login(request.GET.get("next") or "/admin/")

@@ -126,7 +126,6 @@ OIDC_TIMEOUT = env.float("IMDSWEB_OIDC_TIMEOUT", default=10.0)
 OIDC_OP_AUTHORIZATION_ENDPOINT = OIDC_OP_TOKEN_ENDPOINT = OIDC_OP_USER_ENDPOINT = OIDC_OP_JWKS_ENDPOINT = ""
 OIDC_AUTHENTICATE_CLASS = "fleet.signin.OidcSignInView"
 OIDC_CALLBACK_CLASS = "fleet.signin.OidcCallbackView"
-LOGIN_REDIRECT_URL_FAILURE = "login"
 
 AUTHENTICATION_BACKENDS = [
     # First: a locked-out username or address is refused before any password is hashed.

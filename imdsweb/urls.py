@@ -1,7 +1,8 @@
 """Top-level URLs: the dashboard, signing in (local accounts and single sign-on) and the admin site.
 
 Only the sign-in pages the configuration allows exist: password change with local accounts,
-password reset only when email is configured (EMAIL_URL), single sign-on when an issuer is set.
+password reset only when email is configured (EMAIL_URL); the single sign-on views answer 404
+unless an issuer is set.
 """
 
 from django.conf import settings
@@ -9,7 +10,6 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_not_required
 from django.urls import include, path
-from django.views.generic import RedirectView
 
 from fleet import signin
 
@@ -31,19 +31,13 @@ if settings.IMDSWEB_LOCAL_LOGIN:
             path("reset/done/", auth_views.PasswordResetCompleteView.as_view(), name="password_reset_complete"),
         ]
 
-urlpatterns = [path("accounts/", include(accounts))]
-if settings.IMDSWEB_OIDC_ISSUER:
-    urlpatterns += [
-        path("oidc/authenticate/", login_not_required(signin.OidcSignInView.as_view()),
-             name="oidc_authentication_init"),
-        path("oidc/callback/", login_not_required(signin.OidcCallbackView.as_view()),
-             name="oidc_authentication_callback"),
-    ]
-if not settings.IMDSWEB_LOCAL_LOGIN:
-    # The admin's own password form would accept nothing: send admins through the app's sign-in.
-    urlpatterns += [path("admin/login/", login_not_required(RedirectView.as_view(
-        url="/accounts/login/?next=/admin/", permanent=False)))]
-urlpatterns += [
+urlpatterns = [
+    path("accounts/", include(accounts)),
+    # Answer 404 unless single sign-on is configured (IMDSWEB_OIDC_ISSUER).
+    path("oidc/authenticate/", login_not_required(signin.OidcSignInView.as_view()), name="oidc_authentication_init"),
+    path("oidc/callback/", login_not_required(signin.OidcCallbackView.as_view()), name="oidc_authentication_callback"),
+    # The admin's own login form, unless local logins are off (then: the app's sign-in page).
+    path("admin/login/", login_not_required(signin.admin_login)),
     path("admin/", admin.site.urls),
     path("", include("fleet.urls")),
 ]
