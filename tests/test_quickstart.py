@@ -48,23 +48,26 @@ def test_quick_start_from_a_clean_clone(tmp_path):
             time.sleep(1)
             output = (tmp_path / "demo.log").read_text()
         url = re.search(r"imdsweb is running:\s+(\S+)", output).group(1)
-        user, password = re.search(r"login:\s+(\S+) / (\S+)", output).groups()
+        logins = re.findall(r"login:\s+(\S+) / (\S+)\s+\(role: (\w+)\)", output)
+        assert [role for _, _, role in logins] == ["operator", "viewer", "admin"], output[-2000:]
         assert url == f"http://127.0.0.1:{web_port}/"
 
-        session = requests.Session()
-        login = session.get(f"{url}accounts/login/", timeout=10)
-        assert login.status_code == 200
-        response = session.post(
-            f"{url}accounts/login/",
-            data={"username": user, "password": password, "csrfmiddlewaretoken": session.cookies["csrftoken"]},
-            headers={"Referer": f"{url}accounts/login/"},
-            timeout=10,
-        )
-        assert response.status_code == 200 and response.url == url, response.url
-        assert "Fleet overview" in response.text
-        assert "1,500" in response.text  # the demo fleet's instances
-        for account in ("prod", "staging", "sandbox"):
-            assert account in response.text
+        for user, password, role in logins:  # every printed login works, with its role
+            session = requests.Session()
+            login = session.get(f"{url}accounts/login/", timeout=10)
+            assert login.status_code == 200
+            response = session.post(
+                f"{url}accounts/login/",
+                data={"username": user, "password": password, "csrfmiddlewaretoken": session.cookies["csrftoken"]},
+                headers={"Referer": f"{url}accounts/login/"},
+                timeout=10,
+            )
+            assert response.status_code == 200 and response.url == url, response.url
+            assert f'<span class="role">{role}</span>' in response.text
+            assert "Fleet overview" in response.text
+            assert "1,500" in response.text  # the demo fleet's instances
+            for account in ("prod", "staging", "sandbox"):
+                assert account in response.text
     finally:
         os.killpg(process.pid, signal.SIGINT)
         try:
