@@ -9,7 +9,8 @@ timeouts and the private-cache header.
   subject) (``OidcIdentity``), created on first sign-in, and their role is taken from the groups
   claim at every sign-in: removed from the group, removed from the role.
 - **Lockouts** are django-axes' (``AxesStandaloneBackend`` first, so a locked-out username or
-  address is refused before any password is hashed); this module only shapes the 429 answer.
+  address is refused before any password is hashed); this module shapes the 429 answer (with
+  when to retry) and logs every refused attempt.
 - **Sessions** end after ``IMDSWEB_SESSION_IDLE_MINUTES`` without a request and
   ``IMDSWEB_SESSION_MAX_HOURS`` after signing in, whatever happens in between.
 """
@@ -21,6 +22,8 @@ import time
 
 import jwt
 import requests
+from axes.models import AccessAttempt
+from axes.signals import user_locked_out
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth import logout
@@ -30,9 +33,11 @@ from django.contrib.auth.signals import user_logged_in
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import SuspiciousOperation
 from django.db import transaction
+from django.db.models import Max, Q
 from django.dispatch import receiver
 from django.http import Http404, HttpResponseNotAllowed
 from django.shortcuts import redirect, render, resolve_url
+from django.utils import timezone
 from django.utils.cache import patch_cache_control
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
 from mozilla_django_oidc.views import OIDCAuthenticationCallbackView, OIDCAuthenticationRequestView
@@ -271,14 +276,36 @@ class OidcCallbackView(OIDCAuthenticationCallbackView):
 # ---------------------------------------------------------------- lockouts
 
 
+def _retry_after_seconds(request, credentials):
+    """Until the newest recorded failure of this username or address leaves the window (attempts
+    during a lockout are not recorded, so they do not move it)."""
+    cooloff = settings.AXES_COOLOFF_TIME
+    username = (credentials or {}).get("username")
+    address = getattr(request, "axes_ip_address", None)
+    newest = AccessAttempt.objects.filter(
+        (Q(username=username) if username else Q(pk__in=[])) | (Q(ip_address=address) if address else Q(pk__in=[])),
+        attempt_time__gte=timezone.now() - cooloff,
+    ).aggregate(newest=Max("attempt_time"))["newest"]
+    if newest is None:
+        return int(cooloff.total_seconds())
+    return max(1, math.ceil((newest + cooloff - timezone.now()).total_seconds()))
+
+
 def lockout_response(request, original_response=None, credentials=None):
     """django-axes' answer to a locked-out username or address: 429, and when to try again."""
-    seconds = int(settings.AXES_COOLOFF_TIME.total_seconds())
+    seconds = _retry_after_seconds(request, credentials)
+    time.sleep(settings.IMDSWEB_LOCKOUT_DELAY_SECONDS)
     response = render(request, "registration/locked_out.html",
                       {"minutes": math.ceil(seconds / 60), "admin_site": request.path.startswith("/admin/")},
                       status=429)
     response["Retry-After"] = str(seconds)
     return response
+
+
+@receiver(user_locked_out, dispatch_uid="fleet.signin.log_locked_out")
+def _log_locked_out(sender, request=None, username=None, ip_address=None, **kwargs):
+    log.warning("sign-in refused, locked out: username %r from %s (%s)", username, ip_address,
+                getattr(request, "path", ""))
 
 
 # ---------------------------------------------------------------- sessions and caching

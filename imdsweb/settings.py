@@ -142,9 +142,14 @@ AXES_LOCKOUT_CALLABLE = "fleet.signin.lockout_response"
 AXES_RESET_ON_SUCCESS = True
 AXES_ENABLE_ACCESS_FAILURE_LOG = True
 AXES_ACCESS_FAILURE_LOG_PER_USER_LIMIT = 200
-# Every attempt during a lockout is recorded (AccessFailureLog, locked_out) and starts the window
-# again: a flood keeps its source locked out, and "try again in N minutes" is exact.
-AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = True
+# An attempt during a lockout is refused with reads only (axes would otherwise rewrite and commit
+# the attempt row, appending the request to it, at every refused attempt of a flood); it is
+# logged by fleet.signin, and the lockout itself is in the admin (Access attempts / failures).
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+# A refused attempt is answered after this pause (a tarpit, with no CPU used meanwhile): a flood
+# then runs at about one attempt per connection per second instead of as fast as the server can
+# refuse. Needs threaded workers (gunicorn --threads, as compose and the demo run it).
+IMDSWEB_LOCKOUT_DELAY_SECONDS = env.float("IMDSWEB_LOCKOUT_DELAY_SECONDS", default=1.0)
 # Behind N reverse proxies, the client is the N-th address from the right of X-Forwarded-For.
 # 0 (default): the connection's address; never trust the header without a proxy that sets it.
 IMDSWEB_PROXY_COUNT = env.int("IMDSWEB_PROXY_COUNT", default=0)

@@ -27,6 +27,8 @@ EXTERNAL_ID = "extid-reliability-7f3c9a1e5b"
 def _fast_password_hashing(settings):
     """Every test logs in fresh users; PBKDF2's deliberate slowness would dominate the run."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    # Likewise the lockout tarpit (test_signin_hardening checks it on its own).
+    settings.IMDSWEB_LOCKOUT_DELAY_SECONDS = 0
 
 
 @pytest.fixture

@@ -56,7 +56,12 @@ def test_failures_lock_the_username_out_with_429_and_when_to_retry(where, settin
     locked = attempt(url, "olivia", "wrong")
     assert locked.status_code == 429
     assert "Try again in 15 minutes" in locked.content.decode()
-    assert locked["Retry-After"] == "900"
+    assert 895 <= int(locked["Retry-After"]) <= 900
+    # The wait counts from the last recorded failure: five minutes later, ten are left.
+    AccessAttempt.objects.update(attempt_time=timezone.now() - timedelta(minutes=5))
+    later = attempt(url, "olivia", "wrong")
+    assert later.status_code == 429 and "Try again in 10 minutes" in later.content.decode()
+    assert 595 <= int(later["Retry-After"]) <= 600
     # Locked out: the right password does not get in either, from anywhere.
     assert attempt(url, "olivia", GOOD, address="10.9.9.9").status_code == 429
 
@@ -83,10 +88,14 @@ def test_a_successful_login_after_the_window_works(settings):
 def test_lockouts_are_logged_and_visible_to_admins(settings, caplog):
     UserFactory(username="rita", role="viewer")
     with caplog.at_level(logging.WARNING):
-        for _ in range(settings.AXES_FAILURE_LIMIT + 2):
+        for _ in range(settings.AXES_FAILURE_LIMIT + 3):
             attempt(LOGINS["app"], "rita", "wrong", address="10.0.0.42")
     assert any("Locking out" in record.getMessage() for record in caplog.records)
-    assert AccessFailureLog.objects.filter(username="rita", locked_out=True).count() >= 2
+    refused = [record.getMessage() for record in caplog.records if record.name == "fleet.signin"]
+    assert len(refused) == 4  # the attempt that reached the limit and the three after it
+    assert all("locked out: username 'rita' from 10.0.0.42" in line for line in refused)
+    assert AccessFailureLog.objects.filter(username="rita").count() == settings.AXES_FAILURE_LIMIT
+    assert AccessFailureLog.objects.filter(username="rita", locked_out=True).count() == 1
     admin = client_for("admin")
     for page in ("admin:axes_accessattempt_changelist", "admin:axes_accessfailurelog_changelist"):
         response = admin.get(reverse(page))
@@ -121,6 +130,18 @@ def test_a_locked_out_attempt_costs_no_password_hash(where, settings):
         assert attempt(url, "sam", "wrong").status_code == 429
         assert attempt(url, "nobody-by-that-name", "wrong", address="10.0.0.2").status_code == 429
     assert CountingHasher.calls == 0
+
+
+def test_a_locked_out_attempt_is_answered_after_the_tarpit_pause(settings):
+    settings.IMDSWEB_LOCKOUT_DELAY_SECONDS = 0.4
+    for _ in range(settings.AXES_FAILURE_LIMIT - 1):
+        started = time.monotonic()
+        attempt(LOGINS["app"], "xena", "wrong")
+        assert time.monotonic() - started < 0.4  # failures before the lockout: no pause
+    started = time.monotonic()
+    assert attempt(LOGINS["app"], "xena", "wrong").status_code == 429
+    assert time.monotonic() - started >= 0.4
+    assert settings.IMDSWEB_LOCKOUT_DELAY_SECONDS == 0.4  # (the suite's default is 0, production's 1 s)
 
 
 # ---------------------------------------------------------------- headers on every kind of response
