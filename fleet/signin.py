@@ -15,6 +15,7 @@ timeouts and the private-cache header.
   ``IMDSWEB_SESSION_MAX_HOURS`` after signing in, whatever happens in between.
 """
 
+import hashlib
 import logging
 import math
 import threading
@@ -22,15 +23,19 @@ import time
 
 import jwt
 import requests
+from axes.backends import AxesStandaloneBackend
+from axes.helpers import get_client_ip_address
 from axes.models import AccessAttempt
 from axes.signals import user_locked_out
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth import logout
 from django.contrib.auth import views as auth_views
+from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.models import User
-from django.contrib.auth.signals import user_logged_in
+from django.contrib.auth.signals import user_logged_in, user_login_failed
 from django.contrib.auth.views import redirect_to_login
+from django.core.cache import cache
 from django.core.exceptions import SuspiciousOperation
 from django.db import transaction
 from django.db.models import Max, Q
@@ -274,6 +279,56 @@ class OidcCallbackView(OIDCAuthenticationCallbackView):
 
 
 # ---------------------------------------------------------------- lockouts
+
+
+CHECK_LOCK_SECONDS = 15  # a lock left by a crashed request frees itself after this long
+
+
+class OneCheckAtATimeBackend(ModelBackend):
+    """Django's password check, one at a time per username and per client address.
+
+    Attempts of a flood that arrive together would all pass the lockout check before the first
+    failure is counted, and each would cost a password hash (about a second of CPU): here they wait
+    their turn sleeping, and each asks django-axes again once it is its turn, so only
+    AXES_FAILURE_LIMIT hashes are ever computed before the lockout. The lock is a cache key (Redis
+    in production; django's cache ``add`` is atomic there) held until axes has counted the attempt
+    (``user_login_failed``) or the user is signed in.
+    """
+
+    def authenticate(self, request, username=None, password=None, **kwargs):
+        if request is None or username is None or password is None:
+            return None
+        keys = sorted({f"signin-check:user:{hashlib.sha256(username.encode()).hexdigest()}",
+                       f"signin-check:address:{get_client_ip_address(request) or '-'}"})
+        request.signin_check_locks = []
+        try:
+            for key in keys:  # always in the same order: two attempts never wait on each other's
+                deadline = time.monotonic() + CHECK_LOCK_SECONDS
+                while not cache.add(key, 1, CHECK_LOCK_SECONDS) and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                request.signin_check_locks.append(key)
+            # Its turn: locked out meanwhile? Then refused here, without a hash (raises).
+            AxesStandaloneBackend().authenticate(request, username=username, password=password, **kwargs)
+            user = super().authenticate(request, username=username, password=password, **kwargs)
+        except BaseException:
+            release_check_locks(request)
+            raise
+        if user is not None:
+            release_check_locks(request)
+        return user  # on a failure, the locks go once axes has counted it (below)
+
+
+def release_check_locks(request, **kwargs):
+    for key in getattr(request, "signin_check_locks", ()):
+        cache.delete(key)
+    if request is not None:
+        request.signin_check_locks = []
+
+
+@receiver(user_login_failed, dispatch_uid="fleet.signin.release_check_locks")
+def _release_after_axes_counted(sender, credentials, request=None, **kwargs):
+    # Connected after axes' own receiver (axes comes first in INSTALLED_APPS): the failure is counted.
+    release_check_locks(request)
 
 
 def _retry_after_seconds(request, credentials):

@@ -130,7 +130,8 @@ OIDC_CALLBACK_CLASS = "fleet.signin.OidcCallbackView"
 AUTHENTICATION_BACKENDS = [
     # First: a locked-out username or address is refused before any password is hashed.
     "axes.backends.AxesStandaloneBackend",
-    *(["django.contrib.auth.backends.ModelBackend"] if IMDSWEB_LOCAL_LOGIN else []),
+    # Django's ModelBackend, with concurrent attempts for one username or address checked in turn.
+    *(["fleet.signin.OneCheckAtATimeBackend"] if IMDSWEB_LOCAL_LOGIN else []),
     *(["fleet.signin.OidcBackend"] if IMDSWEB_OIDC_ISSUER else []),
 ]
 

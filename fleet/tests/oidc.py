@@ -69,7 +69,7 @@ class OidcProvider:
         settings.OIDC_RP_SCOPES = "openid email profile groups"
         settings.AUTHENTICATION_BACKENDS = [
             "axes.backends.AxesStandaloneBackend",
-            "django.contrib.auth.backends.ModelBackend",
+            "fleet.signin.OneCheckAtATimeBackend",
             "fleet.signin.OidcBackend",
         ]
         for name, value in extra.items():

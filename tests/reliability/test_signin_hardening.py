@@ -132,6 +132,45 @@ def test_a_locked_out_attempt_costs_no_password_hash(where, settings):
     assert CountingHasher.calls == 0
 
 
+class SlowCountingHasher(CountingHasher):
+    """A tenth of a second per hash, so that concurrent attempts overlap as real ones would."""
+
+    def encode(self, password, salt):
+        time.sleep(0.1)
+        return super().encode(password, salt)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_burst_of_concurrent_attempts_costs_no_more_hashes_than_the_limit(settings, role_groups):
+    """8 connections at once: without the one-check-at-a-time backend all 8 first attempts hash
+    before the first failure is counted."""
+    import threading
+
+    from django.db import connection
+
+    settings.PASSWORD_HASHERS = [f"{__name__}.SlowCountingHasher"]
+    UserFactory(username="yara", role="viewer")
+    CountingHasher.calls = 0
+    statuses = []
+
+    def connection_of_the_flood(n):
+        try:
+            for attempt_number in range(3):
+                statuses.append(attempt(LOGINS["app"], "yara", f"wrong-{n}-{attempt_number}",
+                                        address="10.0.0.66").status_code)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=connection_of_the_flood, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(statuses) == 24
+    assert CountingHasher.calls <= settings.AXES_FAILURE_LIMIT, CountingHasher.calls
+    assert statuses.count(429) >= 24 - settings.AXES_FAILURE_LIMIT
+
+
 def test_a_locked_out_attempt_is_answered_after_the_tarpit_pause(settings):
     settings.IMDSWEB_LOCKOUT_DELAY_SECONDS = 0.4
     for _ in range(settings.AXES_FAILURE_LIMIT - 1):
