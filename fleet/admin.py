@@ -2,7 +2,7 @@
 
 from django.contrib import admin
 
-from .models import Account, ChangeBatch, ChangeItem, Instance, MetadataDefaults, SyncRun
+from .models import Account, ChangeBatch, ChangeItem, Instance, MetadataDefaults, OidcIdentity, SyncRun
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -92,3 +92,12 @@ class ChangeItemAdmin(ReadOnlyAdmin):
     list_filter = ("state", "error_code", "region", "batch")
     search_fields = ("instance__instance_id", "error_message", "request_id")
     list_select_related = ("account", "batch", "instance")
+
+
+@admin.register(OidcIdentity)
+class OidcIdentityAdmin(ReadOnlyAdmin):
+    """Who signed in through single sign-on, and the groups their last sign-in brought."""
+
+    list_display = ("user", "subject", "issuer", "groups", "first_sign_in", "last_sign_in")
+    search_fields = ("user__username", "subject")
+    list_select_related = ("user",)

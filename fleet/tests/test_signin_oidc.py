@@ -62,6 +62,11 @@ def test_first_sign_in_creates_the_user_with_the_role_of_its_group(sso):
     assert user.email == "alice@example.com" and not user.has_usable_password()
     identity = OidcIdentity.objects.get(user=user)
     assert (identity.issuer, identity.subject, identity.groups) == (sso.issuer, "alice", ["imdsweb-operator"])
+    admin = UserFactory(role="admin")
+    admin_client = Client()
+    admin_client.force_login(admin)
+    listing = admin_client.get(reverse("admin:fleet_oidcidentity_changelist")).content.decode()
+    assert "alice" in listing and "imdsweb-operator" in listing  # admins see who signed in, and why
     page = client.get(reverse("fleet:change_new"), {"ids": "i-0123456789abcdef0", "http_tokens": "required"})
     assert page.status_code != 403  # an operator's page
     assert client.get(reverse("fleet:overview")).context["user"] == user

@@ -308,6 +308,16 @@ def test_session_lifetime_is_configurable_and_password_reset_needs_email():
     assert configured["backend"] == "django.core.mail.backends.smtp.EmailBackend"
 
 
+def test_check_deploy_is_clean_with_single_sign_on_only():
+    env = production_env(IMDSWEB_OIDC_ISSUER="https://idp.example.com/realms/corp", IMDSWEB_OIDC_CLIENT_ID="imdsweb",
+                         IMDSWEB_OIDC_CLIENT_SECRET="s3cret", IMDSWEB_LOCAL_LOGIN="false", IMDSWEB_PROXY_COUNT="1",
+                         EMAIL_URL="smtp+tls://mailer:secret@smtp.example.com:587")
+    result = subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
+
+
 # ---------------------------------------------------------------- CSV and methods
 
 
