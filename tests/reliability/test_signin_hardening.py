@@ -171,16 +171,22 @@ def test_a_burst_of_concurrent_attempts_costs_no_more_hashes_than_the_limit(sett
     assert statuses.count(429) >= 24 - settings.AXES_FAILURE_LIMIT
 
 
-def test_a_locked_out_attempt_is_answered_after_the_tarpit_pause(settings):
-    settings.IMDSWEB_LOCKOUT_DELAY_SECONDS = 0.4
+def test_a_locked_out_attempt_is_answered_after_the_tarpit_pause(settings, monkeypatch):
+    settings.IMDSWEB_LOCKOUT_DELAY_SECONDS = 0.4  # (the suite's default is 0, production's 1 s)
+    real_sleep, pauses = time.sleep, []
+
+    def recorded_sleep(seconds):
+        if seconds == 0.4:
+            pauses.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(signin.time, "sleep", recorded_sleep)
     for _ in range(settings.AXES_FAILURE_LIMIT - 1):
-        started = time.monotonic()
         attempt(LOGINS["app"], "xena", "wrong")
-        assert time.monotonic() - started < 0.4  # failures before the lockout: no pause
+    assert pauses == []  # failures before the lockout: no pause
     started = time.monotonic()
     assert attempt(LOGINS["app"], "xena", "wrong").status_code == 429
-    assert time.monotonic() - started >= 0.4
-    assert settings.IMDSWEB_LOCKOUT_DELAY_SECONDS == 0.4  # (the suite's default is 0, production's 1 s)
+    assert time.monotonic() - started >= 0.4 and pauses == [0.4]
 
 
 # ---------------------------------------------------------------- headers on every kind of response
