@@ -304,9 +304,10 @@ class OneCheckAtATimeBackend(ModelBackend):
         try:
             for key in keys:  # always in the same order: two attempts never wait on each other's
                 deadline = time.monotonic() + CHECK_LOCK_SECONDS
-                while not cache.add(key, 1, CHECK_LOCK_SECONDS) and time.monotonic() < deadline:
+                while not (acquired := cache.add(key, 1, CHECK_LOCK_SECONDS)) and time.monotonic() < deadline:
                     time.sleep(0.02)
-                request.signin_check_locks.append(key)
+                if acquired:  # else its holder died: the key expires by itself, never ours to delete
+                    request.signin_check_locks.append(key)
             # Its turn: locked out meanwhile? Then refused here, without a hash (raises).
             AxesStandaloneBackend().authenticate(request, username=username, password=password, **kwargs)
             user = super().authenticate(request, username=username, password=password, **kwargs)
