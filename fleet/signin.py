@@ -16,6 +16,7 @@ timeouts and the private-cache header.
 """
 
 import hashlib
+import ipaddress
 import logging
 import math
 import threading
@@ -279,6 +280,23 @@ class OidcCallbackView(OIDCAuthenticationCallbackView):
 
 
 # ---------------------------------------------------------------- lockouts
+
+
+def client_address(request):
+    """The client's address for lockouts (django-axes' AXES_CLIENT_IP_CALLABLE): the connection's,
+    or behind IMDSWEB_PROXY_COUNT proxies the N-th address from the right of X-Forwarded-For (each
+    proxy appends the address it saw; anything further left was written by the client). Written
+    here because this is the whole rule, where django-ipware's proxy_count meaning changed between
+    its releases."""
+    count = settings.IMDSWEB_PROXY_COUNT
+    if count:
+        hops = [hop.strip() for hop in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if hop.strip()]
+        if len(hops) >= count:
+            try:
+                return str(ipaddress.ip_address(hops[-count]))
+            except ValueError:
+                log.warning("X-Forwarded-For %r is not an address: using the connection's", hops[-count][:100])
+    return request.META.get("REMOTE_ADDR")
 
 
 CHECK_LOCK_SECONDS = 15  # a lock left by a crashed request frees itself after this long

@@ -154,12 +154,7 @@ IMDSWEB_LOCKOUT_DELAY_SECONDS = env.float("IMDSWEB_LOCKOUT_DELAY_SECONDS", defau
 # Behind N reverse proxies, the client is the N-th address from the right of X-Forwarded-For.
 # 0 (default): the connection's address; never trust the header without a proxy that sets it.
 IMDSWEB_PROXY_COUNT = env.int("IMDSWEB_PROXY_COUNT", default=0)
-if IMDSWEB_PROXY_COUNT:
-    AXES_IPWARE_PROXY_COUNT = IMDSWEB_PROXY_COUNT
-    AXES_IPWARE_PROXY_ORDER = "right-most"
-    AXES_IPWARE_META_PRECEDENCE_ORDER = ("HTTP_X_FORWARDED_FOR", "REMOTE_ADDR")
-else:
-    AXES_IPWARE_META_PRECEDENCE_ORDER = ("REMOTE_ADDR",)
+AXES_CLIENT_IP_CALLABLE = "fleet.signin.client_address"
 
 # Sessions end after this long without a request (an idle timeout) and, active or not, this
 # long after signing in.

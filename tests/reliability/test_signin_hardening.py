@@ -74,6 +74,24 @@ def test_failures_lock_the_address_out_across_usernames(settings):
     assert attempt(LOGINS["app"], "peter", GOOD, address="10.0.0.8").status_code == 302  # others unaffected
 
 
+def test_behind_a_proxy_the_client_address_is_the_one_the_proxy_saw(settings):
+    """IMDSWEB_PROXY_COUNT=1: the address is the last one the proxy appended to X-Forwarded-For,
+    not the proxy's (shared by everyone) nor one the client wrote itself."""
+    settings.IMDSWEB_PROXY_COUNT = 1
+
+    def through_proxy(username, password, forwarded):
+        return Client(REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR=forwarded).post(
+            LOGINS["app"], {"username": username, "password": password})
+
+    for n in range(settings.AXES_FAILURE_LIMIT):
+        through_proxy(f"guess-{n}", "wrong", "203.0.113.5")
+    UserFactory(username="zoe", role="viewer")
+    assert through_proxy("zoe", GOOD, "203.0.113.5").status_code == 429
+    assert through_proxy("zoe", GOOD, "198.51.100.1, 203.0.113.5").status_code == 429  # a forged prefix
+    assert through_proxy("zoe", GOOD, "203.0.113.6").status_code == 302  # another client of the proxy
+    assert through_proxy("zoe", GOOD, "not-an-address").status_code == 302  # junk: the connection's, no 500
+
+
 def test_a_successful_login_after_the_window_works(settings):
     UserFactory(username="quinn", role="viewer")
     for _ in range(settings.AXES_FAILURE_LIMIT):
