@@ -14,6 +14,7 @@ from .models import (
     MetadataDefaults,
     NotificationEvent,
     NotificationRule,
+    OidcIdentity,
     SyncRun,
 )
 
@@ -177,3 +178,12 @@ class ApiTokenAdmin(admin.ModelAdmin):
     def revoke(self, request, queryset):
         for token in queryset.active():
             token.revoke()
+
+
+@admin.register(OidcIdentity)
+class OidcIdentityAdmin(ReadOnlyAdmin):
+    """Who signed in through single sign-on, and the groups their last sign-in brought."""
+
+    list_display = ("user", "subject", "issuer", "groups", "first_sign_in", "last_sign_in")
+    search_fields = ("user__username", "subject")
+    list_select_related = ("user",)

@@ -10,8 +10,11 @@ import csv
 
 from django.http import StreamingHttpResponse
 
-# A cell starting with one of these is a formula to Excel / LibreOffice / Sheets (OWASP).
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+# A cell starting with one of these is a formula (or a DDE command) to Excel / LibreOffice / Sheets
+# (OWASP's list, plus the full-width forms spreadsheets fold to ASCII, and | and ; which some
+# importers treat as commands or separators).
+FORMULA_CHARACTERS = ("=", "+", "-", "@", "|", ";", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+FORMULA_PREFIXES = (*FORMULA_CHARACTERS, "\t", "\r", "\n")
 
 COLUMNS = (
     ("account_id", lambda i: i.account.account_id),
@@ -43,7 +46,10 @@ def neutralise(value):
     if value is None:
         return ""
     text = str(value)
-    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
+    # Spreadsheets skip leading whitespace and line breaks before reading a formula.
+    if text.startswith(FORMULA_PREFIXES) or text.lstrip().startswith(FORMULA_CHARACTERS):
+        return "'" + text
+    return text
 
 
 class _Echo:

@@ -2,11 +2,16 @@
 
 Created after every ``migrate`` (and after a test database flush) by a post_migrate handler, so
 the groups always match this table. ``role_of`` and ``RoleRequired`` let a refusal say which role
-the user has and which one the page needs, from this same table.
+the user has and which one the page needs, from this same table; ``assign_role`` is the one way a
+user gets a role (the ``fleet_user`` command, single sign-on).
 """
 
 from django.contrib.auth.models import Group, Permission
 from django.core.exceptions import PermissionDenied
+from django.db.models import Q
+
+# Lowest to highest.
+ROLE_ORDER = ("viewer", "operator", "admin")
 
 ROLES = {
     "viewer": [],
@@ -17,6 +22,10 @@ ROLES = {
         "view_instance", "view_metadatadefaults", "view_syncrun", "view_changebatch", "view_changeitem",
         "add_notificationrule", "change_notificationrule", "delete_notificationrule", "view_notificationrule",
         "view_delivery", "view_notificationevent", "view_driftevent", "view_apitoken", "change_apitoken",
+        "view_oidcidentity",
+        # django-axes: see failed and locked-out sign-ins, unlock by deleting the attempt.
+        "axes.view_accessattempt", "axes.delete_accessattempt", "axes.view_accessfailurelog",
+        "axes.view_accesslog",
     ],
 }
 
@@ -51,8 +60,23 @@ class RoleRequired(PermissionDenied):
         super().__init__(f"{action} needs the {self.role} role.")
 
 
+def _permissions(codenames):
+    query = Q(pk__in=[])
+    for name in codenames:
+        app_label, _, codename = name.rpartition(".")
+        query |= Q(content_type__app_label=app_label or "fleet", codename=codename)
+    return Permission.objects.filter(query)
+
+
 def ensure_roles(**kwargs):
     """post_migrate handler (after auth's, which creates the permissions)."""
     for name, codenames in ROLES.items():
         group, _ = Group.objects.get_or_create(name=name)
-        group.permissions.set(Permission.objects.filter(content_type__app_label="fleet", codename__in=codenames))
+        group.permissions.set(_permissions(codenames))
+
+
+def assign_role(user, role):
+    """Put ``user`` in exactly one role group; admins (only) get the admin site."""
+    user.is_staff = role == "admin"
+    user.save(update_fields=["is_staff"] if user.pk else None)
+    user.groups.set([Group.objects.get(name=role)])

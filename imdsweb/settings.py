@@ -41,11 +41,14 @@ INSTALLED_APPS = [
     "django_htmx",
     "rest_framework",
     "drf_spectacular",
+    "axes",  # sign-in throttling (issue 17)
+    "mozilla_django_oidc",  # single sign-on (issue 17)
     "fleet",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",  # before whitenoise: static files get the policy too
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -53,8 +56,11 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "fleet.signin.SessionTimeoutMiddleware",
+    "fleet.signin.PrivateCacheMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "axes.middleware.AxesMiddleware",  # last, as django-axes asks
 ]
 
 ROOT_URLCONF = "imdsweb.urls"
@@ -97,6 +103,87 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "fleet:overview"
 LOGOUT_REDIRECT_URL = "login"
+
+# --- sign-in and hardening (issue 17): local logins, single sign-on, throttling, sessions, CSP ---
+# Local (username + password) logins; off = single sign-on only (the admin site included).
+IMDSWEB_LOCAL_LOGIN = env.bool("IMDSWEB_LOCAL_LOGIN", default=True)
+# OpenID Connect: set the issuer to turn single sign-on on. Endpoints come from the issuer's
+# discovery document (fleet/signin.py), so one URL configures Okta, Entra ID, Google or Keycloak.
+IMDSWEB_OIDC_ISSUER = env.str("IMDSWEB_OIDC_ISSUER", default="").rstrip("/")
+IMDSWEB_OIDC_PROVIDER_NAME = env.str("IMDSWEB_OIDC_PROVIDER_NAME", default="single sign-on")
+IMDSWEB_OIDC_USERNAME_CLAIM = env.str("IMDSWEB_OIDC_USERNAME_CLAIM", default="preferred_username")
+IMDSWEB_OIDC_GROUPS_CLAIM = env.str("IMDSWEB_OIDC_GROUPS_CLAIM", default="groups")
+# Provider group names (or ids, as Entra ID sends them) per role; the highest role matched wins.
+IMDSWEB_OIDC_ROLE_GROUPS = {
+    "admin": env.list("IMDSWEB_OIDC_ADMIN_GROUPS", default=["imdsweb-admin"]),
+    "operator": env.list("IMDSWEB_OIDC_OPERATOR_GROUPS", default=["imdsweb-operator"]),
+    "viewer": env.list("IMDSWEB_OIDC_VIEWER_GROUPS", default=["imdsweb-viewer"]),
+}
+OIDC_RP_CLIENT_ID = env.str("IMDSWEB_OIDC_CLIENT_ID", default="")
+OIDC_RP_CLIENT_SECRET = env.str("IMDSWEB_OIDC_CLIENT_SECRET", default="")
+OIDC_RP_SCOPES = env.str("IMDSWEB_OIDC_SCOPES", default="openid email profile")
+OIDC_RP_SIGN_ALGO = env.str("IMDSWEB_OIDC_SIGN_ALGO", default="RS256")
+OIDC_USE_PKCE = True
+OIDC_TIMEOUT = env.float("IMDSWEB_OIDC_TIMEOUT", default=10.0)
+# Filled from the discovery document on first use (fleet.signin.discovery); placeholders here.
+OIDC_OP_AUTHORIZATION_ENDPOINT = OIDC_OP_TOKEN_ENDPOINT = OIDC_OP_USER_ENDPOINT = OIDC_OP_JWKS_ENDPOINT = ""
+OIDC_AUTHENTICATE_CLASS = "fleet.signin.OidcSignInView"
+OIDC_CALLBACK_CLASS = "fleet.signin.OidcCallbackView"
+
+AUTHENTICATION_BACKENDS = [
+    # First: a locked-out username or address is refused before any password is hashed.
+    "axes.backends.AxesStandaloneBackend",
+    # Django's ModelBackend, with concurrent attempts for one username or address checked in turn.
+    *(["fleet.signin.OneCheckAtATimeBackend"] if IMDSWEB_LOCAL_LOGIN else []),
+    *(["fleet.signin.OidcBackend"] if IMDSWEB_OIDC_ISSUER else []),
+]
+
+# django-axes: failures counted per username and, separately, per client address.
+AXES_FAILURE_LIMIT = env.int("IMDSWEB_LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("IMDSWEB_LOGIN_LOCKOUT_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_LOCKOUT_CALLABLE = "fleet.signin.lockout_response"
+AXES_RESET_ON_SUCCESS = True
+AXES_ENABLE_ACCESS_FAILURE_LOG = True
+AXES_ACCESS_FAILURE_LOG_PER_USER_LIMIT = 200
+# An attempt during a lockout is refused with reads only (axes would otherwise rewrite and commit
+# the attempt row, appending the request to it, at every refused attempt of a flood); it is
+# logged by fleet.signin, and the lockout itself is in the admin (Access attempts / failures).
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+# A refused attempt is answered after this pause (a tarpit, with no CPU used meanwhile): a flood
+# then runs at about one attempt per connection per second instead of as fast as the server can
+# refuse. Needs threaded workers (gunicorn --threads, as compose and the demo run it).
+IMDSWEB_LOCKOUT_DELAY_SECONDS = env.float("IMDSWEB_LOCKOUT_DELAY_SECONDS", default=1.0)
+# Behind N reverse proxies, the client is the N-th address from the right of X-Forwarded-For.
+# 0 (default): the connection's address; never trust the header without a proxy that sets it.
+IMDSWEB_PROXY_COUNT = env.int("IMDSWEB_PROXY_COUNT", default=0)
+AXES_CLIENT_IP_CALLABLE = "fleet.signin.client_address"
+
+# Sessions end after this long without a request (an idle timeout) and, active or not, this
+# long after signing in.
+IMDSWEB_SESSION_IDLE_MINUTES = env.int("IMDSWEB_SESSION_IDLE_MINUTES", default=8 * 60)
+IMDSWEB_SESSION_MAX_HOURS = env.int("IMDSWEB_SESSION_MAX_HOURS", default=24)
+SESSION_COOKIE_AGE = IMDSWEB_SESSION_IDLE_MINUTES * 60
+
+# Email: the password-reset pages exist only when mail can be sent (EMAIL_URL, e.g. smtp+tls://...).
+# One mail configuration for both (and for notifications, below): EMAIL_URL, or its older name
+# IMDSWEB_EMAIL_URL.
+IMDSWEB_EMAIL_CONFIGURED = bool(env.str("EMAIL_URL", default="") or env.str("IMDSWEB_EMAIL_URL", default=""))
+
+# Content-Security-Policy (django-csp; Django 5.2 has none of its own): everything from here.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "frame-ancestors": ["'none'"],
+        "form-action": ["'self'"],
+        "base-uri": ["'none'"],
+        "object-src": ["'none'"],
+    },
+}
+# --- end of sign-in and hardening ---
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -211,7 +298,7 @@ IMDSWEB_HISTORY_RETENTION_DAYS = env.int("IMDSWEB_HISTORY_RETENTION_DAYS", defau
 IMDSWEB_HISTORY_HOURLY_DAYS = env.int("IMDSWEB_HISTORY_HOURLY_DAYS", default=7)
 # Outgoing mail for notification rules: django-environ's EMAIL_URL (smtp://user:pass@host:587,
 # submission://… for STARTTLS, smtp+ssl://…); unset prints mail to the worker's log.
-_email = env.email_url("IMDSWEB_EMAIL_URL", default="consolemail://")
+_email = env.email_url("EMAIL_URL", default=env.str("IMDSWEB_EMAIL_URL", default="consolemail://"))
 EMAIL_BACKEND = _email["EMAIL_BACKEND"]
 EMAIL_HOST = _email["EMAIL_HOST"] or "localhost"
 EMAIL_PORT = _email["EMAIL_PORT"] or 25
@@ -220,7 +307,7 @@ EMAIL_HOST_PASSWORD = _email["EMAIL_HOST_PASSWORD"] or ""
 EMAIL_USE_TLS = _email.get("EMAIL_USE_TLS", False)
 EMAIL_USE_SSL = _email.get("EMAIL_USE_SSL", False)
 EMAIL_TIMEOUT = 30
-DEFAULT_FROM_EMAIL = env.str("IMDSWEB_EMAIL_FROM", default="imdsweb@localhost")
+DEFAULT_FROM_EMAIL = env.str("IMDSWEB_EMAIL_FROM", default=env.str("DEFAULT_FROM_EMAIL", default="imdsweb@localhost"))
 # Links in notifications point here.
 IMDSWEB_BASE_URL = env.str("IMDSWEB_BASE_URL", default="http://127.0.0.1:8000")
 IMDSWEB_NOTIFY_SCAN_SECONDS = env.float("IMDSWEB_NOTIFY_SCAN_SECONDS", default=60.0)

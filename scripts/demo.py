@@ -5,8 +5,9 @@ accounts, runs a first sync, then starts the web server, a Celery worker and bea
 the URL and a login. Ctrl-C stops everything. Running it again reuses what is there: the
 database, and the simulated fleet with every change made to it (``var/imdssim-state.jsonl``).
 
-``--setup-only`` does the database, accounts, login and first sync against the simulator that
-AWS_ENDPOINT_URL names, then exits (the docker-compose ``setup`` service runs it).
+``--setup-only`` does the database, accounts and first sync against the simulator that
+AWS_ENDPOINT_URL names, then exits (the docker-compose ``setup`` service runs it); it creates the
+demo logins only when DJANGO_DEBUG is on, never in a production configuration.
 
 Embedded defaults: SQLite under var/; Redis on 127.0.0.1:6379 if it answers, else kombu's
 filesystem transport. DATABASE_URL and CELERY_BROKER_URL override both. The simulator is just
@@ -26,8 +27,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 VAR = ROOT / "var"
 SIM_STATE = VAR / "imdssim-state.jsonl"
-DEMO_USER = "demo"
-DEMO_PASSWORD = "imdsweb-demo"
+# The demo's known logins, one per role. Created by the demo (and by compose's setup only in a debug
+# configuration): a known password must never exist in a production deployment.
+DEMO_LOGINS = (("demo", "imdsweb-demo", "operator"), ("demo-viewer", "imdsweb-demo-viewer", "viewer"),
+               ("demo-admin", "imdsweb-demo-admin", "admin"))
 
 
 def log(message):
@@ -135,8 +138,13 @@ def wait_http(url, timeout=90, stack=None):
     raise SystemExit(f"[demo] {url} did not answer within {timeout}s")
 
 
-def setup(env, sim_url, stack=None):
-    """Migrate, register the simulator's demo accounts, create the demo login, sync once."""
+def debug_configured(env):
+    """DJANGO_DEBUG read as the settings read it (django-environ's true values; default true)."""
+    return env.get("DJANGO_DEBUG", "true").strip().lower() in ("true", "on", "ok", "y", "yes", "1")
+
+
+def setup(env, sim_url, stack=None, demo_logins=True):
+    """Migrate, register the simulator's demo accounts, create the demo logins, sync once."""
     log("migrating the database")
     manage(env, "migrate", "--noinput", "-v", "0")
     accounts = json.loads(wait_http(f"{sim_url}/_imdssim/demo", stack=stack))
@@ -146,7 +154,12 @@ def setup(env, sim_url, stack=None):
         if account.get("external_id"):
             args += ["--external-id", account["external_id"]]
         manage(env, *args)
-    manage(env, "fleet_user", "set", DEMO_USER, "--role", "operator", "--password", DEMO_PASSWORD)
+    if demo_logins:
+        for username, password, role in DEMO_LOGINS:
+            manage(env, "fleet_user", "set", username, "--role", role, "--password", password)
+    else:
+        log("DJANGO_DEBUG is off: no demo logins (known passwords) are created; make one with "
+            "`manage.py fleet_user set NAME --role admin` or configure single sign-on")
     log("first sync of the fleet")
     manage(env, "fleet_sync", "--usage")
     return accounts
@@ -156,7 +169,8 @@ def setup_only():
     sim_url = os.environ.get("AWS_ENDPOINT_URL")
     if not sim_url:
         raise SystemExit("[demo] --setup-only needs AWS_ENDPOINT_URL to name the simulator")
-    setup(dict(os.environ), sim_url)
+    env = dict(os.environ)
+    setup(env, sim_url, demo_logins=debug_configured(env))
 
 
 def main():
@@ -201,7 +215,8 @@ def main():
         print(
             "\n"
             f"  imdsweb is running:  {url}\n"
-            f"  login:               {DEMO_USER} / {DEMO_PASSWORD}   (role: operator)\n"
+            + "".join(f"  login:               {user} / {password}   (role: {role})\n"
+                      for user, password, role in DEMO_LOGINS) +
             f"  simulated AWS:       {sim_url}  ({len(accounts)} accounts)\n"
             "  logs:                var/demo-*.log\n"
             "  Press Ctrl-C to stop.\n",

@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 bash scripts/services.sh
 bash scripts/browser.sh
+bash scripts/oidc.sh  # the test identity provider (npm, pinned)
 
 export DJANGO_SETTINGS_MODULE=imdsweb.settings
 PY=.venv/bin/python

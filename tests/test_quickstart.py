@@ -56,9 +56,10 @@ def stop_demo(process):
         pytest.fail("make demo did not stop within 60 s of Ctrl-C")
 
 
-def login(output, web_port):
+def login(output, web_port, user=None, password=None):
     url = re.search(r"imdsweb is running:\s+(\S+)", output).group(1)
-    user, password = re.search(r"login:\s+(\S+) / (\S+)", output).groups()
+    if user is None:
+        user, password = re.search(r"login:\s+(\S+) / (\S+)", output).groups()
     assert url == f"http://127.0.0.1:{web_port}/"
     session = requests.Session()
     login = session.get(f"{url}accounts/login/", timeout=10)
@@ -91,6 +92,11 @@ def test_quick_start_from_a_clean_clone(tmp_path):
     env |= {"IMDSWEB_PORT": str(web_port), "IMDSWEB_SIM_PORT": str(sim_port), "PYTHONUNBUFFERED": "1"}
     process, output = start_demo(command, clone, env, tmp_path / "demo.log")
     try:
+        logins = re.findall(r"login:\s+(\S+) / (\S+)\s+\(role: (\w+)\)", output)
+        assert [role for _, _, role in logins] == ["operator", "viewer", "admin"], output[-2000:]
+        for user, password, role in logins:  # every printed login works, with its role
+            _session, _url, response = login(output, web_port, user, password)
+            assert f'<span class="role">{role}</span>' in response.text
         session, url, response = login(output, web_port)
         assert "Fleet overview" in response.text
         assert "1,500" in response.text  # the demo fleet's instances

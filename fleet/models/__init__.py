@@ -6,9 +6,10 @@ from .history import DriftEvent, FleetSnapshot, PostureSnapshot
 from .inventory import Account, Instance, MetadataDefaults, SyncRun, UsageReading
 from .notifications import Delivery, NotificationEvent, NotificationRule
 from .posture import RegionPosture
+from .signin import OidcIdentity
 
 __all__ = [
     "Account", "ApiToken", "ChangeBatch", "ChangeItem", "Delivery", "DriftEvent", "FleetSnapshot", "Instance",
-    "MetadataDefaults", "NotificationEvent", "NotificationRule", "PostureSnapshot", "RegionPosture", "SyncRun",
+    "MetadataDefaults", "NotificationEvent", "NotificationRule", "OidcIdentity", "PostureSnapshot", "RegionPosture", "SyncRun",
     "UsageReading",
 ]

@@ -7,6 +7,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views import View
+from django.views.decorators.http import require_safe
 from django.views.generic import DetailView
 from django_tables2 import RequestConfig
 
@@ -168,6 +169,9 @@ def progress_context(batch):
         rows = batch.items.filter(state=ItemState.HELD).values("outcome").annotate(n=Count("id")).order_by("-n")
         held_reasons = [(changes.Outcome(row["outcome"]) if row["outcome"] in changes.Outcome.values
                          else changes.Outcome.HELD_CALLS, row["n"]) for row in rows]
+    offset = 0.0
+    for segment in segments:  # the bar is an SVG (no inline style under the CSP): each rect's x
+        segment["x"], offset = offset, offset + segment["pct"]
     return {
         "batch": batch, "counts": counts, "status": status,
         "final": not counts["active"] and not waiting_for_start,
@@ -204,6 +208,7 @@ class ChangeDetailView(DetailView):
         )
 
 
+@require_safe
 def change_progress(request, pk):
     """The htmx partial polled while the batch runs: the progress panel with its action buttons,
     plus the items table (same filter and page as the page) swapped out of band. Once the batch

@@ -6,6 +6,7 @@ from django.http import Http404, HttpResponseBadRequest
 from django.shortcuts import redirect
 from django.urls import reverse
 from django.utils.http import urlencode
+from django.views.decorators.http import require_safe
 from django.views.generic import DetailView
 from django.views.generic.edit import FormMixin
 
@@ -70,6 +71,7 @@ class InstanceListView(FilteredTableView):
         return context | {"total": total, "total_at_least": at_least, "bad_cursor": self.bad_cursor}
 
 
+@require_safe
 def instance_export(request):
     """The filtered set as CSV, streamed row by row (the fleet may be large)."""
     filterset = InstanceFilterSet(request.GET, queryset=Instance.objects.select_related("account"))

@@ -27,17 +27,15 @@ EXTERNAL_ID = "extid-reliability-7f3c9a1e5b"
 def _fast_password_hashing(settings):
     """Every test logs in fresh users; PBKDF2's deliberate slowness would dominate the run."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    # Likewise the lockout tarpit (test_signin_hardening checks it on its own).
+    settings.IMDSWEB_LOCKOUT_DELAY_SECONDS = 0
 
 
 @pytest.fixture
 def role_groups(db):
     """The role groups, as the migration creates them. A transactional test's flush deletes them
     (content types and permissions come back through post_migrate, data migrations do not)."""
-    from django.contrib.auth.models import Group, Permission
-
-    for name, codenames in import_module("fleet.roles").ROLES.items():
-        group, _ = Group.objects.get_or_create(name=name)
-        group.permissions.set(Permission.objects.filter(content_type__app_label="fleet", codename__in=codenames))
+    import_module("fleet.roles").ensure_roles()
 
 
 def client_for(role, **kwargs):

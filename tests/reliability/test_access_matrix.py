@@ -36,7 +36,7 @@ INSTANCE_FORM = {"http_tokens": "required", "hop_limit": 2, "http_endpoint": "en
 MATRIX = {
     "overview": {"GET": (READ, None), "POST": (NO_POST, {})},
     "instance_list": {"GET": (READ, {"http_tokens": "optional"}), "POST": (NO_POST, {})},
-    "instance_export": {"GET": (READ, {"http_tokens": "optional"}), "POST": (READ_ANY_METHOD, {})},
+    "instance_export": {"GET": (READ, {"http_tokens": "optional"}), "POST": (NO_POST, {})},
     "instance_detail": {"GET": (READ, None), "POST": (OPERATOR_ACTION, INSTANCE_FORM)},
     "defaults": {"GET": (READ, None), "POST": (NO_POST, {})},
     "defaults_change": {
@@ -49,7 +49,7 @@ MATRIX = {
         "POST": (OPERATOR_ACTION, {"ids": "i-0123456789abcdef1", "http_tokens": "required"}),
     },
     "change_detail": {"GET": (READ, None), "POST": (NO_POST, {})},
-    "change_progress": {"GET": (READ, None), "POST": (READ_ANY_METHOD, {})},
+    "change_progress": {"GET": (READ, None), "POST": (NO_POST, {})},
     "change_cancel": {"GET": (ACTION_GET, None), "POST": (OPERATOR_ACTION, {})},
     "change_retry": {"GET": (ACTION_GET, None), "POST": (OPERATOR_ACTION, {})},
     "change_rollback": {"GET": (OPERATOR_PAGE, None), "POST": (OPERATOR_ACTION, {"comment": "undo"})},

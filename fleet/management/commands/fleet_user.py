@@ -3,13 +3,14 @@
 import getpass
 import sys
 
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import User
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-ROLES = ("viewer", "operator", "admin")
+from fleet.roles import ROLE_ORDER as ROLES
+from fleet.roles import assign_role
 
 
 class Command(BaseCommand):
@@ -38,7 +39,6 @@ class Command(BaseCommand):
         with transaction.atomic():
             if password is not None:
                 user.set_password(password)
-            user.is_staff = role == "admin"
             user.save()
-            user.groups.set([Group.objects.get(name=role)])
+            assign_role(user, role)
         self.stdout.write(f"{username}: {role}")
