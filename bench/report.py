@@ -25,8 +25,8 @@ CHANGES = """\
   instance into Python, build a `ChangeItem` per instance and `bulk_create` them 5,000 at a time:
   21 s and 27 queries for 100,000 instances (9 queries at 10,000: the count grew with the
   selection). On PostgreSQL one `INSERT ... SELECT` now decides every item's state and reason in
-  the database with the same rules, in the same order, and the same words as `_skip_reason`
-  (which SQLite still uses): 6 queries at any size. `fleet/tests/test_change_engine.py`,
+  the database, over the one decision rule of `fleet/changes/decision.py` (whose rows SQLite
+  bulk-creates): a fixed handful of queries at any size. `fleet/tests/test_change_engine.py`,
   `test_views_changes.py` and `test_usage.py` pass.
 - **`fleet/models/posture.py`, `fleet/posture.py` — the posture summary (P3).** See P3 below: the
   overview reads one maintained row per account/region instead of aggregating every instance.
