@@ -5,7 +5,7 @@ import logging
 from celery import shared_task
 from celery.signals import worker_init
 
-from . import apply, aws, posture, sync, usage
+from . import apply, aws, discovery, health, posture, sync, usage
 from .models import Account
 
 log = logging.getLogger(__name__)
@@ -93,3 +93,24 @@ def sync_usage_region(account_pk, region):
 def refresh_posture():
     """Safety net: recompute every account/region's posture summary."""
     posture.refresh_all()
+
+
+@shared_task(ignore_result=True)
+def discover_organizations():
+    """Beat: re-discover every organization source, then check the health of the accounts."""
+    discovery.discover_all()
+    check_health_all.delay()
+
+
+@shared_task(ignore_result=True)
+def check_health_all():
+    """Beat fan-out: one health check per enabled account."""
+    for pk in Account.objects.filter(enabled=True).values_list("pk", flat=True):
+        check_account_health.delay(pk)
+
+
+@shared_task(ignore_result=True)
+def check_account_health(account_pk):
+    account = Account.objects.filter(pk=account_pk, enabled=True).first()
+    if account is not None:
+        health.check_account(account)

@@ -168,6 +168,8 @@ IMDSWEB_MAX_ERROR_ATTEMPTS = env.int("IMDSWEB_MAX_ERROR_ATTEMPTS", default=25)
 IMDSWEB_SYNC_INTERVAL_MINUTES = env.int("IMDSWEB_SYNC_INTERVAL_MINUTES", default=15)
 IMDSWEB_USAGE_SYNC_INTERVAL_MINUTES = env.int("IMDSWEB_USAGE_SYNC_INTERVAL_MINUTES", default=360)
 IMDSWEB_USAGE_WINDOW_DAYS = env.int("IMDSWEB_USAGE_WINDOW_DAYS", default=14)
+IMDSWEB_DISCOVERY_INTERVAL_MINUTES = env.int("IMDSWEB_DISCOVERY_INTERVAL_MINUTES", default=1440)
+IMDSWEB_HEALTH_INTERVAL_MINUTES = env.int("IMDSWEB_HEALTH_INTERVAL_MINUTES", default=60)
 IMDSWEB_STALE_SYNC_MINUTES = env.int("IMDSWEB_STALE_SYNC_MINUTES", default=60)
 IMDSWEB_TRACK_PENDING_SECONDS = env.float("IMDSWEB_TRACK_PENDING_SECONDS", default=10.0)
 IMDSWEB_SWEEP_SECONDS = env.float("IMDSWEB_SWEEP_SECONDS", default=30.0)
@@ -199,6 +201,14 @@ CELERY_BEAT_SCHEDULE = {
     "sync-imdsv1-usage": {
         "task": "fleet.tasks.sync_usage_all",
         "schedule": timedelta(minutes=IMDSWEB_USAGE_SYNC_INTERVAL_MINUTES),
+    },
+    "discover-organizations": {
+        "task": "fleet.tasks.discover_organizations",
+        "schedule": timedelta(minutes=IMDSWEB_DISCOVERY_INTERVAL_MINUTES),
+    },
+    "check-account-health": {
+        "task": "fleet.tasks.check_health_all",
+        "schedule": timedelta(minutes=IMDSWEB_HEALTH_INTERVAL_MINUTES),
     },
     "refresh-posture": {
         "task": "fleet.tasks.refresh_posture",
