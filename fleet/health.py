@@ -84,10 +84,10 @@ def check_all():
     return [check_account(account) for account in Account.objects.filter(enabled=True)]
 
 
-def accounts_by_health():
-    """Enabled accounts with their health, failing first: unreadable, then missing a permission,
-    then never checked, then healthy. Two queries."""
-    accounts = list(Account.objects.filter(enabled=True).select_related("health"))
+def accounts_by_health(accounts=None):
+    """Enabled accounts (of ``accounts``, default all) with their health, failing first:
+    unreadable, then missing a permission, then never checked, then healthy. One query."""
+    accounts = list((accounts or Account.objects.all()).filter(enabled=True).select_related("health"))
 
     def rank(account):
         health = getattr(account, "health", None)

@@ -270,16 +270,22 @@ def recent_batches(limit=5):
     return batches
 
 
-def overview():
-    """Everything the overview page shows."""
-    region_rows = compliance_by_region()
+# The sync table lists this many account/regions, stale ones first (3,400 rows do not fit a page).
+SYNC_ROWS_SHOWN = 20
+
+
+def overview(ou="", page=1):
+    """Everything the overview page shows; the heat map at scope ``ou``, its accounts' ``page``."""
+    from .heatmap import scoped_heat_map
+
     syncs = sync_states()
     return {
         "totals": fleet_totals(),
-        "heat_map": heat_map(region_rows),
+        "heat_map": scoped_heat_map(ou, page),
         "hop_limits": hop_limit_distribution(),
         "defaults": defaults_summary(),
-        "syncs": syncs,
+        "syncs": sorted(syncs, key=lambda state: not state.stale)[:SYNC_ROWS_SHOWN],
+        "sync_count": len(syncs),
         "stale_syncs": sum(1 for state in syncs if state.stale),
         "recent_batches": recent_batches(),
     }
@@ -305,16 +311,20 @@ class DefaultsCell:
         return not (self.defaults and self.defaults.policy_managed)
 
 
-def defaults_matrix(keys=None):
+def defaults_matrix(keys=None, ou=None):
     """Every configured account/region with its defaults row (or None if never read). Two queries.
 
-    ``keys`` ("account_id/region" strings) narrows it to those cells.
+    ``keys`` ("account_id/region" strings) narrows it to those cells, ``ou`` to the accounts in
+    that OU or under it.
     """
+    from .filters import within_ou
+
+    accounts = within_ou(Account.objects.all(), ou) if ou else Account.objects.all()
     by_account = {}
-    for row in MetadataDefaults.objects.order_by("region"):
+    for row in MetadataDefaults.objects.filter(account__in=accounts).order_by("region"):
         by_account.setdefault(row.account_id, {})[row.region] = row
     cells = []
-    for account in Account.objects.all():
+    for account in accounts:
         rows = by_account.get(account.pk, {})
         for region in dict.fromkeys([*account.regions, *rows]):
             cell = DefaultsCell(account, region, rows.get(region))

@@ -13,6 +13,8 @@ ROLES = {
         "queue_change",
         "add_account", "change_account", "delete_account", "view_account",
         "view_instance", "view_metadatadefaults", "view_syncrun", "view_changebatch", "view_changeitem",
+        "add_organizationsource", "change_organizationsource", "view_organizationsource",
+        "view_discoveryrun", "view_accounthealth",
     ],
 }
 

@@ -103,6 +103,17 @@ def discover_organizations():
 
 
 @shared_task(ignore_result=True)
+def discover_source(source_pk):
+    """The admin's "Discover now": one source, then the health of the accounts."""
+    from .models import OrganizationSource
+
+    source = OrganizationSource.objects.filter(pk=source_pk).first()
+    if source is not None:
+        discovery.discover(source)
+        check_health_all.delay()
+
+
+@shared_task(ignore_result=True)
 def check_health_all():
     """Beat fan-out: one health check per enabled account."""
     for pk in Account.objects.filter(enabled=True).values_list("pk", flat=True):
