@@ -180,6 +180,8 @@ def org_pages():
         ("org list: OU filter", "/instances/?ou=Workloads/Prod"),
         ("org list: OU + tokens optional", "/instances/?ou=Workloads&http_tokens=optional"),
         ("org accounts page (health)", "/accounts/"),
+        # The same page as P3's "list: default, first page": how loaded the machine is right now.
+        ("calibration: list, default first page", "/instances/"),
     ]
 
 

@@ -93,6 +93,7 @@ def discover(source):
         seen = set()
         for data in listed:
             if data["Id"] == source.management_account_id and not source.include_management:
+                seen.add(data["Id"])  # left alone, not "departed", if it was registered before
                 continue
             parent = aws.organizations.list_parents(caller, data["Id"])
             ou_id = parent["Id"] if parent and parent["Type"] == "ORGANIZATIONAL_UNIT" else ""
@@ -122,11 +123,15 @@ def _apply(source, data, ou_id, ou_path, record):
         account = Account(
             account_id=data["Id"], name=(data.get("Name") or data["Id"])[:100], source=source,
             role_arn=source.role_arn_for(data["Id"]), external_id=source.external_id,
-            enabled=active, ou_id=ou_id, ou_path=ou_path, org_status=status, discovered_at=now, regions=[],
+            enabled=active, ou_id=ou_id, ou_path=ou_path, org_status=status, discovered_at=now,
+            # Until its regions can be read: the allow list, or the home region, so that the
+            # account's syncs (and their AWS error) show on the overview like any other's.
+            regions=list(source.regions_allow) or [source.home_region],
         )
         if active:
             regions, error = regions_for(source, account)
-            account.regions = regions if regions is not None else list(source.regions_allow)
+            if regions is not None:
+                account.regions = regions
         with transaction.atomic():
             account.save()
         record(account, DiscoveryChange.ADDED,

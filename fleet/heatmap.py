@@ -10,12 +10,12 @@ account x region matrix, paged.
 """
 
 from dataclasses import dataclass, field
-from urllib.parse import urlencode
+from html import escape
+from urllib.parse import quote, urlencode
 
 from django.core.paginator import Paginator
 from django.db.models import Count, Sum
 from django.urls import reverse
-from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
 from .filters import ou_q
@@ -63,18 +63,20 @@ def _texts(figures):
     figures["title"] = f"{figures['enforced']:,} of {figures['total']:,} enforced; {figures['enforced_applied']:,} applied"
 
 
-EMPTY_CELL = mark_safe('<td class="heat heat-none">—</td>')
+EMPTY_CELL = '<td class="heat heat-none">—</td>'
 
 
 def _cell_html(figures, href):
-    return format_html('<td class="heat heat-{}"><a href="{}" title="{}">{}<small>{}</small></a></td>',
-                       figures["level"], href, figures["title"], figures["pct_text"], figures["total_text"])
+    # Every interpolated value is escaped here (href is escaped by the caller); the texts are ours.
+    return (f'<td class="heat heat-{figures["level"]}"><a href="{href}" title="{figures["title"]}">'
+            f'{figures["pct_text"]}<small>{figures["total_text"]}</small></a></td>')
 
 
 def _finish(row, regions, list_url):
     """Figures and texts of the row and its cells, and the cells' HTML: one string per row, as
-    850 cells through the template engine cost more than the page's whole budget."""
-    scope = {"ou": row["ou_path"]} if row["kind"] == "ou" else {"account": row["account_id"]}
+    850 cells through the template engine (or format_html) cost more than the page's budget."""
+    scope = urlencode({"ou": row["ou_path"]} if row["kind"] == "ou" else {"account": row["account_id"]})
+    base = escape(f"{list_url}?{scope}")
     row["cells"], html = [], []
     for region in regions:
         cell = row["by_region"].get(region)
@@ -82,10 +84,10 @@ def _finish(row, regions, list_url):
             html.append(EMPTY_CELL)
         else:
             _texts(cell)
-            html.append(_cell_html(cell, f"{list_url}?{urlencode({**scope, 'region': region})}"))
+            html.append(_cell_html(cell, f"{base}&amp;region={escape(quote(region))}"))
         row["cells"].append(cell)
     _texts(row)
-    html.append(_cell_html(row, f"{list_url}?{urlencode(scope)}"))
+    html.append(_cell_html(row, base))
     row["cells_html"] = mark_safe("".join(html))
     row["enforced_applied_pct"] = percent(row["enforced_applied"], row["total"])
     return row

@@ -70,7 +70,7 @@ def test_one_command_onboards_the_organization(org_sim):
     assert "eu-south-1" in accounts["500000000007"].regions
     # The account without a role is registered, and why its regions are unknown is said.
     assert "500000000002  " in out and "AccessDenied" in out
-    assert accounts["500000000002"].regions == []
+    assert accounts["500000000002"].regions == ["us-east-1"]  # the home region until they can be read
     assert f"discovered {MEMBERS + 1} accounts: {MEMBERS} added" in out
     run_row = DiscoveryRun.objects.get()
     assert run_row.status == SyncStatus.SUCCEEDED and run_row.count(DiscoveryChange.ADDED) == MEMBERS
@@ -83,6 +83,10 @@ def test_allow_and_deny_lists_and_the_management_account(org_sim):
     assert Account.objects.get(account_id="500000000005").regions == ["af-south-1", "us-east-1"]
     assert Account.objects.get(account_id="500000000004").regions == ["us-east-1"]
     assert Account.objects.filter(account_id="900000000000", ou_path="").exists()
+    # Left out again later: kept as it is, not taken for an account that left the organization.
+    discover("--exclude-management")
+    management = Account.objects.get(account_id="900000000000")
+    assert management.enabled and management.org_status == OrgAccountStatus.ACTIVE
 
 
 def test_rediscovery_adds_disables_moves_and_follows_regions(org_sim):
