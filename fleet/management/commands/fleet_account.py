@@ -80,8 +80,9 @@ class Command(BaseCommand):
         for account in accounts:
             role = account.role_arn or "(ambient credentials)"
             state = "enabled" if account.enabled else "disabled"
+            ou = f"  ou={account.ou_path}" if account.ou_path else ""
             self.stdout.write(
-                f"{account.account_id}  {account.name:<20} {state:<8} {','.join(account.regions):<40} {role}"
+                f"{account.account_id}  {account.name:<20} {state:<8} {','.join(account.regions):<40} {role}{ou}"
             )
 
     def _get(self, account_id):
