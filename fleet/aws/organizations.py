@@ -59,9 +59,3 @@ def list_parents(source, child_id):
     parents = call(_organizations(source).list_parents, ChildId=child_id)["Parents"]
     return parents[0] if parents else None
 
-
-def describe_organizational_unit(source, ou_id):
-    """{"Id", "Name", "Arn"} of one OU."""
-    return call(_organizations(source).describe_organizational_unit, OrganizationalUnitId=ou_id)[
-        "OrganizationalUnit"
-    ]
