@@ -177,6 +177,8 @@ IMDSWEB_PENDING_TIMEOUT_MINUTES = env.int("IMDSWEB_PENDING_TIMEOUT_MINUTES", def
 IMDSWEB_AWS_CONNECT_TIMEOUT = env.float("IMDSWEB_AWS_CONNECT_TIMEOUT", default=5.0)
 IMDSWEB_AWS_READ_TIMEOUT = env.float("IMDSWEB_AWS_READ_TIMEOUT", default=30.0)
 IMDSWEB_AWS_MAX_ATTEMPTS = env.int("IMDSWEB_AWS_MAX_ATTEMPTS", default=5)
+# boto3 clients a process keeps (least recently used dropped first); about 0.8 MB each.
+IMDSWEB_AWS_CLIENT_CACHE_SIZE = env.int("IMDSWEB_AWS_CLIENT_CACHE_SIZE", default=512)
 # AWS EC2 token buckets (size, refill per second) per account/region/action; see AWS-FACTS.
 IMDSWEB_RATE_LIMITS = {
     "ModifyInstanceMetadataOptions": (
