@@ -127,3 +127,34 @@ class DeliveryStatus(models.TextChoices):
     QUEUED = "queued", "queued"
     SENT = "sent", "sent"
     FAILED = "failed", "failed"
+
+
+class OrgAccountStatus(models.TextChoices):
+    """An account's status in AWS Organizations (``ListAccounts``), plus ``DEPARTED`` for one that
+    is no longer listed (removed from or left the organization)."""
+
+    ACTIVE = "ACTIVE", "active"
+    SUSPENDED = "SUSPENDED", "suspended"
+    PENDING_CLOSURE = "PENDING_CLOSURE", "pending closure"
+    DEPARTED = "DEPARTED", "left the organization"
+
+
+class DiscoveryChange(models.TextChoices):
+    ADDED = "added", "added"
+    DISABLED = "disabled", "disabled"
+    REENABLED = "re-enabled", "enabled again"
+    MOVED = "moved", "moved to another OU"
+    REGIONS = "regions", "regions changed"
+    RENAMED = "renamed", "renamed"
+    ERROR = "error", "could not be read"
+
+
+class HealthCheck(models.TextChoices):
+    """What imdsweb needs in each account, in the order the health page shows it."""
+
+    ASSUME_ROLE = "sts:AssumeRole", "assume the role"
+    DESCRIBE_INSTANCES = "ec2:DescribeInstances", "read instances"
+    GET_DEFAULTS = "ec2:GetInstanceMetadataDefaults", "read account defaults"
+    GET_METRIC_DATA = "cloudwatch:GetMetricData", "read IMDSv1 usage"
+    MODIFY_OPTIONS = "ec2:ModifyInstanceMetadataOptions", "change instances (DryRun)"
+    MODIFY_DEFAULTS = "ec2:ModifyInstanceMetadataDefaults", "change account defaults (DryRun)"

@@ -54,6 +54,25 @@ class InstanceFilterForm(forms.Form):
         return clean_instance_desired(pairs)
 
 
+def ou_choices():
+    """Every OU path an account is in, and each of its ancestors (choosing an OU includes the OUs
+    under it). From the accounts table: one small query."""
+    paths = set()
+    for path in Account.objects.exclude(ou_path="").values_list("ou_path", flat=True).distinct():
+        parts = path.split("/")
+        paths.update("/".join(parts[: n + 1]) for n in range(len(parts)))
+    return [(path, path) for path in sorted(paths)]
+
+
+def ou_q(ou, prefix=""):
+    """Accounts in OU ``ou`` or any OU under it (``prefix`` reaches the account from another model)."""
+    return Q(**{f"{prefix}ou_path": ou}) | Q(**{f"{prefix}ou_path__startswith": f"{ou}/"})
+
+
+def within_ou(queryset, ou, prefix=""):
+    return queryset.filter(ou_q(ou, prefix))
+
+
 class InstanceFilterSet(django_filters.FilterSet):
     """Every field lives in the query string, so a filter is a URL: the list, the CSV export and
     "all N matching this filter" all read the same parameters."""
@@ -68,6 +87,7 @@ class InstanceFilterSet(django_filters.FilterSet):
     account = django_filters.ModelChoiceFilter(
         queryset=Account.objects.all(), to_field_name="account_id", empty_label="any account"
     )
+    ou = django_filters.ChoiceFilter(choices=ou_choices, method="filter_ou", label="OU", empty_label="any OU")
     region = django_filters.ChoiceFilter(choices=region_choices, empty_label="any region")
     POSTURE_CHOICES = [
         ("counted", "counted (not terminated or shutting down)"),
@@ -145,6 +165,9 @@ class InstanceFilterSet(django_filters.FilterSet):
         value = value.strip()
         return queryset.filter(Q(name__icontains=value) | Q(instance_id__istartswith=value)) if value else queryset
 
+    def filter_ou(self, queryset, name, value):
+        return within_ou(queryset, value, prefix="account__")
+
     def filter_v1_usage(self, queryset, name, value):
         return queryset.filter(V1_USAGE[value])
 
@@ -182,7 +205,7 @@ class InstanceFilterSet(django_filters.FilterSet):
         return queryset
 
     # Filters the posture summary rows are keyed by (it counts present instances).
-    SUMMARY_KEYS = {"account", "region", "gone"}
+    SUMMARY_KEYS = {"account", "ou", "region", "gone"}
 
     def summary_count(self):
         """This filter's count from the posture summary (account, region and what
@@ -199,9 +222,14 @@ class InstanceFilterSet(django_filters.FilterSet):
         if counter is None:
             return None
         account = data.get("account")
+        account_ids = [account.pk] if account else None
+        if data.get("ou"):
+            in_ou = within_ou(Account.objects.all(), data["ou"])
+            account_ids = list((in_ou.filter(pk=account.pk) if account else in_ou).values_list("pk", flat=True))
+            if not account_ids:
+                return 0
         return posture.present_count(
-            account_ids=[account.pk] if account else None, regions=[data["region"]] if data.get("region") else None,
-            counter=counter,
+            account_ids=account_ids, regions=[data["region"]] if data.get("region") else None, counter=counter,
         )
 
     @property

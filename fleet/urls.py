@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from .views import changes, defaults, history, instances, overview, tokens
+from .views import accounts, changes, defaults, history, instances, overview, tokens
 
 app_name = "fleet"
 urlpatterns = [
@@ -13,6 +13,7 @@ urlpatterns = [
     path("drift/", history.DriftListView.as_view(), name="drift_list"),
     path("tokens/", tokens.ApiTokenView.as_view(), name="api_tokens"),
     path("tokens/<int:pk>/revoke/", tokens.ApiTokenRevokeView.as_view(), name="api_token_revoke"),
+    path("accounts/", accounts.AccountHealthView.as_view(), name="account_health"),
     path("defaults/", defaults.DefaultsView.as_view(), name="defaults"),
     path("defaults/change/", defaults.DefaultsChangeView.as_view(), name="defaults_change"),
     path("changes/", changes.ChangeListView.as_view(), name="change_list"),

@@ -4,7 +4,8 @@
 faults, enforces the throttling buckets, answers the IMDS actions moto gets wrong (``ec2_imds``)
 and lets moto answer everything else, hooking RunInstances and StartInstances so account
 defaults and stopped-instance changes take effect. STS AssumeRole is checked against the demo
-roles' ExternalIds; CloudWatch and other services pass straight through.
+roles' ExternalIds and the organization's missing roles; DescribeRegions and read-only roles are
+answered by ``organization``; CloudWatch and other services pass straight through.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 from .admin import PREFIX, AdminEndpoint
 from .awsquery import Ec2Error, QueryRequest, new_request_id, read_query_request
 from .ec2_imds import ImdsModel
+from .organization import OrganizationModel
 from .throttle import Knobs, Stats, Throttler
 
 log = logging.getLogger(__name__)
@@ -45,13 +47,15 @@ class SimulatorApp:
         self.rng = rng or random.Random()
         self.demo_accounts: list[dict] = []
         self.role_external_ids: dict[str, str] = {}  # role ARN -> ExternalId its trust policy requires
+        self.org = OrganizationModel()
+        self.organization: dict = {}  # the seeded organization, as /_imdssim/organization shows it
 
     def __call__(self, environ, start_response):
         if environ.get("PATH_INFO", "").startswith(PREFIX + "/"):
             return self.admin(environ, start_response)
         request = read_query_request(environ)
         if request.service == "sts" and request.action == "AssumeRole":
-            denied = self._check_external_id(request)
+            denied = self.org.assume_role_denied(request) or self._check_external_id(request)
             if denied is not None:
                 start_response("403 Forbidden", _xml_headers(denied))
                 return [denied]
@@ -68,7 +72,11 @@ class SimulatorApp:
             time.sleep(self.knobs.latency_ms / 1000)
         try:
             self._inject_faults(request)
-            if action in ImdsModel.HANDLED:
+            self.org.check_authorized(request)
+            if action == "DescribeRegions":
+                body = self.org.describe_regions(request)
+                result = ("200 OK", _xml_headers(body), body)
+            elif action in ImdsModel.HANDLED:
                 body = self.imds.handle(request)
                 result = ("200 OK", _xml_headers(body), body)
             else:

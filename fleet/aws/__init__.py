@@ -4,10 +4,13 @@ One function per API call, every call rate-limited through the shared buckets, e
 translated into :class:`RetryableAwsError` or :class:`PermanentAwsError`.
 """
 
+from . import organizations, sts
 from .cloudwatch import get_metadata_usage
 from .ec2 import (
     describe_instance_pages,
     describe_instances_by_ids,
+    describe_regions,
+    first_instance_id,
     get_instance_metadata_defaults,
     modify_instance_metadata_defaults,
     modify_instance_metadata_options,
@@ -23,10 +26,14 @@ __all__ = [
     "RetryableAwsError",
     "describe_instance_pages",
     "describe_instances_by_ids",
+    "describe_regions",
+    "first_instance_id",
     "get_instance_metadata_defaults",
     "get_metadata_usage",
     "modify_instance_metadata_defaults",
     "modify_instance_metadata_options",
+    "organizations",
     "prepare_modify",
+    "sts",
     "warm_up",
 ]

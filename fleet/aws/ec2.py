@@ -100,3 +100,27 @@ def modify_instance_metadata_defaults(account, region, changes, dry_run=False, t
     ec2 = call(client, account, region, "ec2", max_attempts=1)
     response = call(ec2.modify_instance_metadata_defaults, DryRun=dry_run, **params)
     return response.get("ResponseMetadata", {}).get("RequestId", "")
+
+
+def describe_regions(account, region):
+    """Every region with its opt-in status (DescribeRegions, AllRegions=True):
+    [{"region": "us-east-1", "opt_in_status": "opt-in-not-required" | "opted-in" | "not-opted-in"}].
+
+    Only the first two can be called; ``not-opted-in`` regions are listed so that discovery can say
+    which regions it left out and why.
+    """
+    ratelimit.acquire(account.account_id, region, "DescribeRegions")
+    ec2 = call(client, account, region, "ec2", max_attempts=settings.IMDSWEB_AWS_MAX_ATTEMPTS)
+    regions = call(ec2.describe_regions, AllRegions=True)["Regions"]
+    return [{"region": r["RegionName"], "opt_in_status": r.get("OptInStatus", "opt-in-not-required")} for r in regions]
+
+
+def first_instance_id(account, region):
+    """One DescribeInstances call of the smallest page: an instance id, or None in an empty region.
+
+    The health check's read probe, and the instance its write DryRun is aimed at.
+    """
+    ratelimit.acquire(account.account_id, region, "DescribeInstances")
+    ec2 = call(client, account, region, "ec2", max_attempts=settings.IMDSWEB_AWS_MAX_ATTEMPTS)
+    reservations = call(ec2.describe_instances, MaxResults=5)["Reservations"]
+    return next((i["InstanceId"] for r in reservations for i in r["Instances"]), None)

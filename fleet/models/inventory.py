@@ -14,6 +14,7 @@ from ..choices import (
     InstanceState,
     ManagedBy,
     MetadataState,
+    OrgAccountStatus,
     SyncStatus,
     Toggle,
 )
@@ -39,6 +40,18 @@ class Account(models.Model):
     regions = models.JSONField(default=list, validators=[validate_regions])
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    # Set by organization discovery (fleet.discovery); blank for accounts registered by hand.
+    source = models.ForeignKey(
+        "fleet.OrganizationSource", null=True, blank=True, on_delete=models.SET_NULL, related_name="accounts"
+    )
+    ou_path = models.CharField(
+        max_length=1024, blank=True, db_index=True,
+        help_text="OU names from the root, e.g. Workloads/Prod; blank = directly under the root.",
+    )
+    ou_id = models.CharField(max_length=68, blank=True)
+    org_status = models.CharField(max_length=16, choices=OrgAccountStatus.choices, blank=True)
+    discovered_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["name", "account_id"]
