@@ -3,5 +3,18 @@
 from .changes import ChangeBatch, ChangeItem
 from .inventory import Account, Instance, MetadataDefaults, SyncRun
 from .posture import RegionPosture
+from .sources import Image, LaunchSource, LaunchTemplateVersion, SourceSyncState
 
-__all__ = ["Account", "ChangeBatch", "ChangeItem", "Instance", "MetadataDefaults", "RegionPosture", "SyncRun"]
+__all__ = [
+    "Account",
+    "ChangeBatch",
+    "ChangeItem",
+    "Image",
+    "Instance",
+    "LaunchSource",
+    "LaunchTemplateVersion",
+    "MetadataDefaults",
+    "RegionPosture",
+    "SourceSyncState",
+    "SyncRun",
+]

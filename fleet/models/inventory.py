@@ -6,6 +6,7 @@ from django.db.models.functions import Coalesce
 from django.urls import reverse
 
 from ..choices import (
+    DefaultsEnforced,
     DefaultsHttpTokens,
     DefaultsStatus,
     DefaultsToggle,
@@ -73,6 +74,11 @@ class Instance(models.Model):
     instance_type = models.CharField(max_length=32, blank=True)
     image_id = models.CharField(max_length=32, blank=True)
     launch_time = models.DateTimeField(null=True, blank=True)
+    # Where it came from, from AWS's own tags (aws:ec2launchtemplate:id / :version,
+    # aws:autoscaling:groupName); blank when AWS did not tag it.
+    launch_template_id = models.CharField(max_length=32, blank=True, default="")
+    launch_template_version = models.CharField(max_length=16, blank=True, default="")
+    autoscaling_group = models.CharField(max_length=255, blank=True, default="")
 
     http_tokens = models.CharField(max_length=8, choices=HttpTokens.choices)
     hop_limit = models.PositiveSmallIntegerField(null=True)
@@ -106,6 +112,8 @@ class Instance(models.Model):
             models.Index(fields=["instance_state"]),
             models.Index(fields=["hop_limit"]),
             models.Index(fields=["gone_at"]),
+            models.Index(fields=["account", "region", "launch_template_id"], name="instance_launch_template"),
+            models.Index(fields=["account", "region", "autoscaling_group"], name="instance_autoscaling_group"),
             # One per sortable column of the instance list, on exactly its keyset keys
             # (fleet.tables.InstanceTable.SORT_KEYS), so any page of any sort is an index seek.
             models.Index(fields=["instance_id", "id"], name="instance_sort_instance_id"),
@@ -145,6 +153,7 @@ class MetadataDefaults(models.Model):
     hop_limit = models.PositiveSmallIntegerField(null=True, blank=True)
     http_endpoint = models.CharField(max_length=16, choices=DefaultsToggle.choices, blank=True)
     instance_metadata_tags = models.CharField(max_length=16, choices=DefaultsToggle.choices, blank=True)
+    http_tokens_enforced = models.CharField(max_length=16, choices=DefaultsEnforced.choices, blank=True)
     managed_by = models.CharField(max_length=24, choices=ManagedBy.choices, blank=True)
     managed_exception_message = models.TextField(blank=True)
     error = models.TextField(blank=True)
