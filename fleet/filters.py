@@ -6,8 +6,18 @@ from django.db.models import Q
 from django.http import QueryDict
 
 from . import posture
-from .choices import ChangeKind, HttpTokens, InstanceState, ItemState, MetadataState, Toggle
-from .models import Account, ChangeBatch, ChangeItem, Instance
+from .choices import (
+    ChangeKind,
+    HttpTokens,
+    InstanceState,
+    ItemState,
+    LaunchVerdict,
+    ManagedOwner,
+    MetadataState,
+    SourceKind,
+    Toggle,
+)
+from .models import Account, ChangeBatch, ChangeItem, Instance, LaunchSource
 
 
 class IntegerFilter(django_filters.NumberFilter):
@@ -46,6 +56,10 @@ class InstanceFilterSet(django_filters.FilterSet):
         choices=V1_CHOICES, method="filter_v1_usage", label="IMDSv1 in use", empty_label="any"
     )
     gone = django_filters.ChoiceFilter(choices=GONE_CHOICES, method="filter_gone", label="Present", empty_label=None)
+    # Where instances came from (AWS's own tags), for the links of a source's page.
+    launch_template = django_filters.CharFilter(field_name="launch_template_id", label="Launch template", max_length=32)
+    launch_template_version = django_filters.CharFilter(label="Template version", max_length=16)
+    autoscaling_group = django_filters.CharFilter(label="Auto Scaling group", max_length=255)
 
     class Meta:
         model = Instance
@@ -141,3 +155,42 @@ class ChangeBatchFilterSet(django_filters.FilterSet):
     class Meta:
         model = ChangeBatch
         fields = []
+
+
+class LaunchSourceFilterSet(django_filters.FilterSet):
+    """The Sources page: launch templates, Auto Scaling groups and launch configurations."""
+
+    OWNER_CHOICES = [("none", "no managed owner"), *ManagedOwner.choices]
+    GONE_CHOICES = InstanceFilterSet.GONE_CHOICES
+
+    q = django_filters.CharFilter(
+        method="filter_q", label="Search", max_length=200,
+        widget=forms.TextInput(attrs={"placeholder": "name or lt- id", "type": "search"}),
+    )
+    account = django_filters.ModelChoiceFilter(
+        queryset=Account.objects.all(), to_field_name="account_id", empty_label="any account"
+    )
+    region = django_filters.ChoiceFilter(choices=region_choices, empty_label="any region")
+    kind = django_filters.ChoiceFilter(choices=SourceKind.choices, empty_label="any kind")
+    verdict = django_filters.ChoiceFilter(choices=LaunchVerdict.choices, label="Next launch", empty_label="any")
+    owner = django_filters.ChoiceFilter(choices=OWNER_CHOICES, method="filter_owner", empty_label="any owner")
+    gone = django_filters.ChoiceFilter(choices=GONE_CHOICES, method="filter_gone", label="Present", empty_label=None)
+
+    class Meta:
+        model = LaunchSource
+        fields = []
+
+    def __init__(self, data=None, *args, **kwargs):
+        data = data.copy() if isinstance(data, QueryDict) else QueryDict(mutable=True)
+        if not data.get("gone"):
+            data["gone"] = "present"
+        super().__init__(data, *args, **kwargs)
+
+    def filter_q(self, queryset, name, value):
+        value = value.strip()
+        return queryset.filter(Q(name__icontains=value) | Q(source_id__istartswith=value)) if value else queryset
+
+    def filter_owner(self, queryset, name, value):
+        return queryset.filter(owner="" if value == "none" else value)
+
+    filter_gone = InstanceFilterSet.filter_gone

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from .views import changes, defaults, instances, overview
+from .views import changes, defaults, instances, overview, sources
 
 app_name = "fleet"
 urlpatterns = [
@@ -10,6 +10,8 @@ urlpatterns = [
     path("instances/", instances.InstanceListView.as_view(), name="instance_list"),
     path("instances/export.csv", instances.instance_export, name="instance_export"),
     path("instances/<str:instance_id>/", instances.InstanceDetailView.as_view(), name="instance_detail"),
+    path("sources/", sources.SourceListView.as_view(), name="source_list"),
+    path("sources/<int:pk>/", sources.SourceDetailView.as_view(), name="source_detail"),
     path("defaults/", defaults.DefaultsView.as_view(), name="defaults"),
     path("defaults/change/", defaults.DefaultsChangeView.as_view(), name="defaults_change"),
     path("changes/", changes.ChangeListView.as_view(), name="change_list"),

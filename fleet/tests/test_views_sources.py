@@ -1,0 +1,180 @@
+"""The Sources pages, the overview tile and the source on an instance's page, for an outsider,
+a viewer and an operator."""
+
+import pytest
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+
+from fleet.choices import LaunchVerdict, ManagedOwner, SourceKind
+from fleet.tests.factories import (
+    AccountFactory,
+    InstanceFactory,
+    LaunchSourceFactory,
+    LaunchTemplateVersionFactory,
+    MetadataDefaultsFactory,
+    UserFactory,
+)
+
+pytestmark = pytest.mark.django_db
+LIST = reverse("fleet:source_list")
+
+
+@pytest.fixture
+def fleet():
+    prod = AccountFactory(account_id="111111111111", name="prod")
+    staging = AccountFactory(account_id="222222222222", name="staging")
+    web = LaunchSourceFactory(account=prod, name="web-prod", default_version=2, latest_version=3, next_version=2)
+    for number, tokens in ((1, "optional"), (2, ""), (3, "required")):
+        LaunchTemplateVersionFactory(template=web, version_number=number, http_tokens=tokens)
+    api = LaunchSourceFactory(account=prod, name="api-prod", verdict=LaunchVerdict.IMDSV2, next_http_tokens="required")
+    eks = LaunchSourceFactory(
+        account=staging, region="eu-west-1", name="eks-nodes", owner=ManagedOwner.EKS,
+        owner_detail="cluster staging, node group general",
+    )
+    group = LaunchSourceFactory(
+        account=prod, kind=SourceKind.AUTO_SCALING_GROUP, source_id="web-prod-asg", name="web-prod-asg",
+        template=web, template_ref=web.source_id, version_spec="$Default", next_version=2,
+    )
+    configuration = LaunchSourceFactory(
+        account=prod, kind=SourceKind.LAUNCH_CONFIGURATION, source_id="bastion-lc", name="bastion-lc",
+        http_tokens="optional", image_id="ami-0legacy",
+    )
+    gone = LaunchSourceFactory(account=prod, name="old-template", gone_at="2026-01-01T00:00:00Z")
+    old = InstanceFactory(
+        account=prod, launch_template_id=web.source_id, launch_template_version="1", autoscaling_group="web-prod-asg",
+        tags={"Name": "web-1", "eks:cluster-name": "prod", "eks:nodegroup-name": "general"},
+    )
+    new = InstanceFactory(
+        account=prod, launch_template_id=web.source_id, launch_template_version="2", http_tokens="required",
+        autoscaling_group="web-prod-asg",
+    )
+    MetadataDefaultsFactory(account=prod, region="us-east-1", http_tokens_enforced="enabled")
+    return locals()
+
+
+def client_for(role):
+    client = Client()
+    if role:
+        client.force_login(UserFactory(role=role))
+    return client
+
+
+def urls(fleet):
+    return [LIST, reverse("fleet:source_detail", args=[fleet["web"].pk]),
+            reverse("fleet:source_detail", args=[fleet["group"].pk]),
+            reverse("fleet:source_detail", args=[fleet["configuration"].pk])]
+
+
+def test_outsider_is_sent_to_login(fleet):
+    client = client_for(None)
+    for url in urls(fleet):
+        response = client.get(url)
+        assert response.status_code == 302 and response["Location"].startswith(reverse("login")), url
+
+
+@pytest.mark.parametrize("role", ["viewer", "operator"])
+def test_every_role_reads_the_pages(fleet, role):
+    client = client_for(role)
+    for url in urls(fleet):
+        assert client.get(url).status_code == 200, url
+
+
+def test_unknown_source_is_404(fleet):
+    assert client_for("viewer").get(reverse("fleet:source_detail", args=[999999])).status_code == 404
+
+
+def names(response):
+    return {row.record.name for row in response.context["table"].rows}
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("", {"web-prod", "api-prod", "eks-nodes", "web-prod-asg", "bastion-lc"}),
+        ("?account=222222222222", {"eks-nodes"}),
+        ("?region=eu-west-1", {"eks-nodes"}),
+        ("?kind=auto_scaling_group", {"web-prod-asg"}),
+        ("?kind=launch_configuration", {"bastion-lc"}),
+        ("?verdict=imdsv2", {"api-prod"}),
+        ("?owner=eks", {"eks-nodes"}),
+        ("?owner=none&verdict=imdsv1&account=111111111111", {"web-prod", "web-prod-asg", "bastion-lc"}),
+        ("?gone=gone", {"old-template"}),
+        ("?q=web", {"web-prod", "web-prod-asg"}),
+    ],
+)
+def test_filters(fleet, query, expected):
+    assert names(client_for("viewer").get(LIST + query)) == expected
+
+
+def test_bad_filter_is_a_form_error_not_a_500(fleet):
+    response = client_for("viewer").get(LIST + "?verdict=bogus")
+    assert response.status_code == 200
+    assert names(response) == set()
+    assert "The filter is not valid" in response.content.decode()
+
+
+def test_list_query_count_does_not_grow_with_rows(fleet):
+    client = client_for("viewer")
+
+    def count():
+        with CaptureQueriesContext(connection) as ctx:
+            assert client.get(LIST).status_code == 200
+        return len(ctx.captured_queries)
+
+    small = count()
+    LaunchSourceFactory.create_batch(30, account=fleet["prod"])
+    assert count() == small
+
+
+def test_template_page_shows_chain_versions_groups_and_instances(fleet):
+    web = fleet["web"]
+    html = client_for("viewer").get(reverse("fleet:source_detail", args=[web.pk])).content.decode()
+    assert "next launch: IMDSv1 allowed" in html
+    assert "LT leaves HttpTokens unset → EC2 default: HttpTokens optional → optional" in html
+    assert "web-prod-asg" in html  # the group using it
+    assert "default v2 · latest v3" in html
+    # Instances launched from it, by version, with links into the instance list.
+    assert "<strong>2</strong> present instances" in html and "<strong class=\"text-bad\">1</strong> still allowing" in html
+    assert f"/instances/?account=111111111111&amp;region=us-east-1&amp;launch_template={web.source_id}" in html
+    assert "http_tokens=optional&amp;http_endpoint=enabled" in html
+
+
+def test_instance_list_link_lists_exactly_the_instances_from_the_source(fleet):
+    web = fleet["web"]
+    response = client_for("viewer").get(
+        reverse("fleet:instance_list") + f"?account=111111111111&region=us-east-1&launch_template={web.source_id}"
+        "&http_tokens=optional"
+    )
+    assert [row.record.instance_id for row in response.context["table"].rows] == [fleet["old"].instance_id]
+
+
+def test_launch_configuration_page_says_it_cannot_be_modified(fleet):
+    html = client_for("viewer").get(reverse("fleet:source_detail", args=[fleet["configuration"].pk])).content.decode()
+    assert "cannot be modified, only replaced" in html and "migrating from launch configurations" in html
+
+
+def test_managed_source_shows_its_owner(fleet):
+    html = client_for("viewer").get(reverse("fleet:source_detail", args=[fleet["eks"].pk])).content.decode()
+    assert "Owned by Amazon EKS (cluster staging, node group general)" in html
+
+
+def test_overview_tile_counts_present_imdsv1_sources(fleet):
+    html = client_for("viewer").get(reverse("fleet:overview")).content.decode()
+    # web-prod, eks-nodes, web-prod-asg, bastion-lc (api-prod is IMDSv2, old-template is gone).
+    assert '<span class="tile-value">4</span><span class="tile-label">launch sources that still create IMDSv1' in html
+    assert f'href="{LIST}?verdict=imdsv1"' in html
+
+
+def test_instance_page_shows_its_source_and_owner(fleet):
+    html = client_for("viewer").get(reverse("fleet:instance_detail", args=[fleet["old"].instance_id])).content.decode()
+    assert f'href="{fleet["web"].get_absolute_url()}">web-prod</a>' in html
+    assert "(next launch uses v2: IMDSv1 allowed)" in html
+    assert f'href="{fleet["group"].get_absolute_url()}">web-prod-asg</a>' in html
+    assert "Amazon EKS" in html
+
+
+def test_defaults_page_shows_enforcement(fleet):
+    html = client_for("viewer").get(reverse("fleet:defaults")).content.decode()
+    assert "IMDSv2 enforced</th>" in html and '<span class="badge badge-good">enabled</span>' in html
