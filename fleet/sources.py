@@ -331,3 +331,19 @@ def sync_sources(account, region):
     state.synced_at, state.error = now, ""
     state.save(update_fields=["synced_at", "error"])
     return state
+
+
+def enforcement_blockers(pairs=None):
+    """{(account pk, region): [sources]} of present sources whose next launch does not resolve
+    to HttpTokens required (IMDSv1 allowed, or unknown): enabling HttpTokensEnforced there would
+    make EC2 refuse their launches. Sources already refused (enforcement on) are listed too.
+    One query; ``pairs`` narrows it to those (account pk, region) pairs."""
+    blockers = defaultdict(list)
+    rows = LaunchSource.objects.filter(gone_at__isnull=True).exclude(verdict=LaunchVerdict.IMDSV2).order_by("name")
+    if pairs is not None:
+        accounts = {account_pk for account_pk, _ in pairs}
+        rows = rows.filter(account_id__in=accounts)
+    for source in rows:
+        if pairs is None or (source.account_id, source.region) in pairs:
+            blockers[(source.account_id, source.region)].append(source)
+    return blockers

@@ -178,3 +178,19 @@ def test_instance_page_shows_its_source_and_owner(fleet):
 def test_defaults_page_shows_enforcement(fleet):
     html = client_for("viewer").get(reverse("fleet:defaults")).content.decode()
     assert "IMDSv2 enforced</th>" in html and '<span class="badge badge-good">enabled</span>' in html
+
+
+def test_defaults_page_names_the_sources_enforcement_would_stop(fleet):
+    html = client_for("viewer").get(reverse("fleet:defaults")).content.decode()
+    # prod/us-east-1: web-prod, web-prod-asg, bastion-lc resolve to optional (api-prod requires IMDSv2).
+    assert "3 (refused)" in html
+    assert "bastion-lc, web-prod, web-prod-asg" in html
+
+
+def test_enforcement_blockers_lists_what_does_not_resolve_to_required(fleet):
+    from fleet.sources import enforcement_blockers
+
+    prod = fleet["prod"]
+    blockers = enforcement_blockers({(prod.pk, "us-east-1")})
+    assert [s.name for s in blockers[(prod.pk, "us-east-1")]] == ["bastion-lc", "web-prod", "web-prod-asg"]
+    assert list(blockers) == [(prod.pk, "us-east-1")]

@@ -2,7 +2,7 @@
 
 from django.views.generic import TemplateView
 
-from .. import changes
+from .. import changes, sources
 from ..forms import DefaultsChangeForm
 from ..posture import defaults_matrix
 from .base import ConfirmActionView
@@ -13,6 +13,9 @@ class DefaultsView(TemplateView):
 
     def get_context_data(self, **kwargs):
         cells = defaults_matrix()
+        blockers = sources.enforcement_blockers()
+        for cell in cells:
+            cell.blockers = blockers.get((cell.account.pk, cell.region), [])
         return super().get_context_data(
             **kwargs, cells=cells, passing=sum(1 for cell in cells if cell.prowler_pass)
         )
