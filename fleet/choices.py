@@ -62,6 +62,7 @@ class SyncStatus(models.TextChoices):
 class ChangeKind(models.TextChoices):
     INSTANCE_OPTIONS = "instance_options", "instance metadata options"
     ACCOUNT_DEFAULTS = "account_defaults", "account defaults"
+    LAUNCH_TEMPLATE = "launch_template", "require IMDSv2 at the source (launch template)"
 
 
 class ItemState(models.TextChoices):
