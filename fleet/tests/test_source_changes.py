@@ -33,7 +33,7 @@ def run(batch, account):
 
 
 @pytest.fixture
-def region(sim, engine):
+def region(sim, engine):  # noqa: F811 - the fixture imported above
     a = Aws(sim.endpoint_url)
     image = a.ec2.register_image(Name="legacy")["ImageId"]
     web = a.ec2.create_launch_template(
