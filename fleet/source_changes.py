@@ -78,6 +78,8 @@ def request_source_fix(user, selected, *, hop_limit=None, update_pinned=False, o
     if not rows:
         raise ChangeRefused("No launch template selected.")
     desired = {"http_tokens": REQUIRED} | ({"hop_limit": hop_limit} if hop_limit is not None else {})
+    if update_pinned:
+        desired["update_pinned"] = True
     try:
         with transaction.atomic():
             batch = ChangeBatch.objects.create(
@@ -101,6 +103,15 @@ def request_source_fix(user, selected, *, hop_limit=None, update_pinned=False, o
     except IntegrityError as exc:
         raise ChangeRefused("A change of one of these launch templates is already in progress.") from exc
     return batch
+
+
+def rerun(batch, user, comment):
+    """A dry run's change, for real, on the same launch templates."""
+    return request_source_fix(
+        user, LaunchSource.objects.filter(pk__in=batch.items.values("source")).select_related("account"),
+        hop_limit=batch.desired.get("hop_limit"), update_pinned=batch.desired.get("update_pinned", False),
+        override_owner=batch.override_usage, comment=comment,
+    )
 
 
 def rollback(batch, user, comment=""):

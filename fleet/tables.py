@@ -174,6 +174,8 @@ class ChangeItemTable(BaseTable):
         row_attrs = {"class": lambda record: f"item-{record.state}"}
 
     def render_target(self, record):
+        if record.source_id:
+            return format_html('<a href="{}">{}</a>', record.source.get_absolute_url(), record.source.name)
         if record.instance_id:
             url = reverse("fleet:instance_detail", args=[record.instance.instance_id])
             return format_html('<a href="{}">{}</a>', url, record.instance.instance_id)

@@ -11,6 +11,7 @@ urlpatterns = [
     path("instances/export.csv", instances.instance_export, name="instance_export"),
     path("instances/<str:instance_id>/", instances.InstanceDetailView.as_view(), name="instance_detail"),
     path("sources/", sources.SourceListView.as_view(), name="source_list"),
+    path("sources/require-imdsv2/", sources.SourceFixView.as_view(), name="source_fix"),
     path("sources/<int:pk>/", sources.SourceDetailView.as_view(), name="source_detail"),
     path("defaults/", defaults.DefaultsView.as_view(), name="defaults"),
     path("defaults/change/", defaults.DefaultsChangeView.as_view(), name="defaults_change"),

@@ -194,3 +194,54 @@ def test_enforcement_blockers_lists_what_does_not_resolve_to_required(fleet):
     blockers = enforcement_blockers({(prod.pk, "us-east-1")})
     assert [s.name for s in blockers[(prod.pk, "us-east-1")]] == ["bastion-lc", "web-prod", "web-prod-asg"]
     assert list(blockers) == [(prod.pk, "us-east-1")]
+
+
+FIX = reverse("fleet:source_fix")
+
+
+def test_fix_confirmation_is_for_operators_only(fleet):
+    url = f"{FIX}?ids={fleet['web'].pk}"
+    assert client_for(None).get(url).status_code == 302
+    assert client_for("viewer").get(url).status_code == 403
+    assert client_for("viewer").post(FIX, {"ids": [fleet["web"].pk]}).status_code == 403
+    assert client_for("operator").get(url).status_code == 200
+
+
+def test_fix_confirmation_shows_what_changes_and_what_is_skipped(fleet):
+    from fleet.models import ChangeBatch
+
+    html = client_for("operator").get(
+        f"{FIX}?ids={fleet['web'].pk}&ids={fleet['eks'].pk}&ids={fleet['configuration'].pk}"
+    ).content.decode()
+    assert html.count("to change</span>") == 1  # web-prod
+    assert "Owned by Amazon EKS" in html and "cannot be modified, only replaced" in html
+    assert ChangeBatch.objects.count() == 0  # a GET queues nothing
+
+
+def test_fix_posts_a_batch_and_redirects_to_it(fleet, monkeypatch):
+    from fleet import source_changes
+    from fleet.choices import ChangeKind, ItemState
+
+    monkeypatch.setattr(source_changes, "_dispatch_on_commit", lambda batch: None)
+    response = client_for("operator").post(FIX, {"ids": [fleet["web"].pk], "comment": "fix web", "hop_limit": "2"})
+    assert response.status_code == 302
+    batch = fleet["web"].change_items.get().batch
+    assert response["Location"] == batch.get_absolute_url()
+    assert (batch.kind, batch.desired) == (ChangeKind.LAUNCH_TEMPLATE, {"http_tokens": "required", "hop_limit": 2})
+    item = batch.items.get()
+    assert item.state == ItemState.QUEUED and item.previous == {"default_version": 2, "groups": {}}
+    page = client_for("viewer").get(batch.get_absolute_url()).content.decode()
+    assert f'href="{fleet["web"].get_absolute_url()}">web-prod</a>' in page
+    source_page = client_for("viewer").get(fleet["web"].get_absolute_url()).content.decode()
+    assert f"#{batch.pk}</a>" in source_page  # its change history
+
+
+@pytest.mark.parametrize("query", ["", "?ids=abc", "?filter=verdict%3Dbogus", "?ids=999999", "?hop_limit=99&ids=1"])
+def test_bad_fix_requests_are_400_not_500(fleet, query):
+    assert client_for("operator").get(FIX + query).status_code in (200, 400)
+    assert client_for("operator").post(FIX + query, {}).status_code == 400
+
+
+def test_fix_by_filter_takes_only_launch_templates(fleet):
+    html = client_for("operator").get(f"{FIX}?filter=account%3D111111111111%26verdict%3Dimdsv1").content.decode()
+    assert "web-prod" in html and "bastion-lc" not in html and "web-prod-asg</a>" not in html

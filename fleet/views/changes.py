@@ -6,7 +6,7 @@ from django.views import View
 from django.views.generic import DetailView
 from django_tables2 import RequestConfig
 
-from .. import changes
+from .. import changes, source_changes
 from ..apply import STOPPED_REASON
 from ..choices import BatchStatus, ChangeKind, ItemState
 from ..filters import ChangeBatchFilterSet, ChangeItemFilterSet
@@ -79,7 +79,7 @@ def progress_context(batch):
 
 def items_table(request, batch):
     """The batch's items, filtered and paginated from the query string (the page and its poll)."""
-    items = batch.items.select_related("account", "instance")
+    items = batch.items.select_related("account", "instance", "source")
     filterset = ChangeItemFilterSet(request.GET or None, queryset=items)
     items = filterset.qs if filterset.is_valid() or not filterset.is_bound else items.none()
     table = RequestConfig(request, paginate={"per_page": 50}).configure(ChangeItemTable(items, exclude=("batch",)))
@@ -155,6 +155,8 @@ class BatchActionView(OperatorRequiredMixin, View):
         if batch.status not in FINAL:
             raise changes.ChangeRefused("The dry run has not finished yet; run it for real once it has.")
         comment = batch.comment or f"Run for real after dry run #{batch.pk}"
+        if batch.kind == ChangeKind.LAUNCH_TEMPLATE:
+            return source_changes.rerun(batch, self.request.user, comment)
         if batch.kind == ChangeKind.ACCOUNT_DEFAULTS:
             targets = [(item.account, item.region) for item in batch.items.select_related("account")]
             return changes.request_defaults_change(self.request.user, targets, batch.desired, comment=comment)

@@ -7,12 +7,14 @@ from django.urls import reverse
 from django.utils.http import urlencode
 from django.views.generic import DetailView
 
+from .. import source_changes
 from ..choices import SourceKind
 from ..filters import LaunchSourceFilterSet
+from ..forms import SourceFixForm
 from ..models import Image, Instance, LaunchSource, SourceSyncState
 from ..models.inventory import ENFORCED
 from ..tables import LaunchSourceTable, LaunchTemplateVersionTable, launch_spec
-from .base import FilteredTableView
+from .base import ConfirmActionView, FilteredTableView
 
 
 class SourceListView(FilteredTableView):
@@ -82,6 +84,7 @@ class SourceDetailView(DetailView):
             totals=totals, list_url=list_url, v1_url=v1_url, image_id=image_id, image=image,
             old_allow_v1=sum(row["allow_v1"] for row in by_version if row["launch_template_version"] != str(source.next_version or "")),
             sync_state=SourceSyncState.objects.filter(account=source.account, region=source.region).first(),
+            history=source.change_items.select_related("batch").order_by("-id")[:20],
         )
 
 
@@ -95,3 +98,25 @@ def source_for_instance(instance):
         )
     }
     return found.get(SourceKind.LAUNCH_TEMPLATE), found.get(SourceKind.AUTO_SCALING_GROUP)
+
+
+class SourceFixView(ConfirmActionView):
+    """``/sources/require-imdsv2/?ids=<pk>…`` or ``?filter=<Sources filter>``: what would change
+    (and what is skipped, and why), then queue the batch."""
+
+    form_class = SourceFixForm
+    template_name = "fleet/source_fix_confirm.html"
+
+    def preview(self, form):
+        data = form.cleaned_data
+        return source_changes.plan(form.sources, data["hop_limit"], data["update_pinned"], data["override_owner"])
+
+    def perform(self, form):
+        data = form.cleaned_data
+        return source_changes.request_source_fix(
+            self.request.user, form.sources, hop_limit=data["hop_limit"], update_pinned=data["update_pinned"],
+            override_owner=data["override_owner"], comment=data["comment"], dry_run=data["dry_run"],
+        )
+
+    def success_message(self, batch):
+        return f"Require IMDSv2 at the source queued as batch #{batch.pk}."
