@@ -17,7 +17,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from . import aws, posture, ratelimit, source_changes
+from . import aws, posture, ratelimit, targets
 from .choices import ChangeKind, InstanceState, ItemState, MetadataState
 from .models import Account, ChangeBatch, ChangeItem, Instance, MetadataDefaults
 from .models.inventory import INSTANCE_OPTION_FIELDS
@@ -175,9 +175,9 @@ def _preflight(item):
 
 
 def _call(item, dry_run, token_taken):
-    target = source_changes.target_for(item.batch.kind)  # kinds written as targets (fleet.source_changes)
+    target = targets.target_for(item.batch.kind)  # kinds written as target objects (fleet.targets)
     if target is not None:
-        return target.call(item, dry_run=dry_run, token_taken=token_taken)
+        return target().call(item, dry_run=dry_run, token_taken=token_taken)
     if item.batch.kind == ChangeKind.ACCOUNT_DEFAULTS:
         return {"request_id": aws.modify_instance_metadata_defaults(
             item.account, item.region, item.target_values, dry_run=dry_run, token_taken=token_taken)}
@@ -214,9 +214,9 @@ def submit(item):
         return None
     if item.batch.dry_run:  # the endpoint did not model DryRun and made the change: say so
         log.warning("endpoint ignored DryRun for item %s", item.pk)
-    target = source_changes.target_for(item.batch.kind)
+    target = targets.target_for(item.batch.kind)
     if target is not None:
-        target.record(item, result)
+        target().record(item, result)
         _finish(item, ItemState.APPLIED, request_id=result["request_id"], submitted_at=timezone.now(),
                 error_code="", error_message="")
         return None

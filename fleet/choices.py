@@ -63,6 +63,7 @@ class ChangeKind(models.TextChoices):
     INSTANCE_OPTIONS = "instance_options", "instance metadata options"
     ACCOUNT_DEFAULTS = "account_defaults", "account defaults"
     LAUNCH_TEMPLATE = "launch_template", "require IMDSv2 at the source (launch template)"
+    ENFORCEMENT = "enforcement", "IMDSv2 enforcement (account level)"
 
 
 class ItemState(models.TextChoices):

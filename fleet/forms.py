@@ -300,3 +300,27 @@ class SourceFixForm(forms.Form):
         if not self.sources:
             raise ValidationError("No launch template matches.")
         return data
+
+
+class EnforcementForm(forms.Form):
+    """Account-level IMDSv2 enforcement (HttpTokensEnforced) for one or more account/regions."""
+
+    targets = MultipleValueField(validator=target_validator, max_values=2000)
+    enable = forms.TypedChoiceField(
+        label="HttpTokensEnforced", choices=[("1", "enabled"), ("0", "disabled")], coerce=lambda v: v == "1",
+        initial="1", required=False, empty_value=True,  # enabling is what the page is for
+    )
+    override_held = forms.BooleanField(
+        required=False, label="Enforce even where launch sources would stop launching (or were never read)"
+    )
+    comment = forms.CharField(required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 2}))
+    dry_run = forms.BooleanField(required=False, label="Dry run first")
+
+    def clean_targets(self):
+        pairs = [parse_target(value) for value in self.cleaned_data["targets"]]
+        accounts = Account.objects.in_bulk({account_id for account_id, _ in pairs}, field_name="account_id")
+        unknown = [f"{a}/{r}" for a, r in pairs if a not in accounts or r not in accounts[a].regions]
+        if unknown:
+            raise ValidationError(f"Unknown account/region: {', '.join(unknown[:5])}")
+        self.resolved = [(accounts[a], r) for a, r in pairs]
+        return self.cleaned_data["targets"]

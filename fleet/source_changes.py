@@ -2,7 +2,7 @@
 
 A request writes a ChangeBatch (kind ``launch_template``) and one ChangeItem per template, rows
 first, like every change; the change engine's runner claims the items within the same per
-account/region runner and calls ``LaunchTemplateTarget`` through a narrow hook (``target_for``).
+account/region runner and calls ``LaunchTemplateTarget`` through a narrow hook (``fleet.targets``).
 For each template the item:
 
 1. reads the version in use (the default version) and creates a new version from it
@@ -142,9 +142,15 @@ def rollback(batch, user, comment=""):
 
 
 class LaunchTemplateTarget:
-    """What the runner calls for a ``launch_template`` item (see apply._call / apply.submit)."""
+    """What the runner calls for a ``launch_template`` item (see fleet.targets)."""
 
     kind = ChangeKind.LAUNCH_TEMPLATE
+
+    def rollback(self, batch, user, comment=""):
+        return rollback(batch, user, comment)
+
+    def rerun(self, batch, user, comment):
+        return rerun(batch, user, comment)
 
     def call(self, item, dry_run, token_taken):
         source, account, region = item.source, item.account, item.region
@@ -230,10 +236,3 @@ class LaunchTemplateTarget:
             ).update(version_spec=spec)
         sources.refresh_verdicts(source.account, source.region)
 
-
-TARGETS = {ChangeKind.LAUNCH_TEMPLATE: LaunchTemplateTarget()}
-
-
-def target_for(kind):
-    """The change target of a batch kind handled outside the instance/defaults code, or None."""
-    return TARGETS.get(kind)

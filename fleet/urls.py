@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from .views import changes, defaults, instances, overview, sources
+from .views import changes, defaults, enforcement, instances, overview, sources
 
 app_name = "fleet"
 urlpatterns = [
@@ -15,6 +15,7 @@ urlpatterns = [
     path("sources/<int:pk>/", sources.SourceDetailView.as_view(), name="source_detail"),
     path("defaults/", defaults.DefaultsView.as_view(), name="defaults"),
     path("defaults/change/", defaults.DefaultsChangeView.as_view(), name="defaults_change"),
+    path("defaults/enforce/", enforcement.EnforcementView.as_view(), name="enforce"),
     path("changes/", changes.ChangeListView.as_view(), name="change_list"),
     path("changes/new/", changes.ChangeNewView.as_view(), name="change_new"),
     path("changes/<int:pk>/", changes.ChangeDetailView.as_view(), name="change_detail"),

@@ -134,10 +134,11 @@ def retry_failed(batch, user):
 
 def rollback(batch, user, comment=""):
     """A new batch that restores each applied item's previous values."""
-    if batch.kind == ChangeKind.LAUNCH_TEMPLATE:  # a kind written as a target of its own
-        from ..source_changes import rollback as rollback_source_batch
+    from ..targets import target_for
 
-        return rollback_source_batch(batch, user, comment)
+    target = target_for(batch.kind)  # a kind written as a target object rolls itself back
+    if target is not None:
+        return target().rollback(batch, user, comment)
     applied = list(batch.items.filter(state=ItemState.APPLIED).select_related("account", "instance"))
     if not applied:
         raise ChangeRefused("Nothing in this batch was applied, so there is nothing to roll back.")

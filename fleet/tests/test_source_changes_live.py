@@ -78,3 +78,41 @@ def test_fix_at_the_source_scale_out_and_roll_back_through_a_worker(stack):
     assert (described["DefaultVersionNumber"], described["LatestVersionNumber"]) == (1, 2)
     group.refresh_from_db()
     assert group.verdict == LaunchVerdict.IMDSV1
+
+
+def test_enforcement_is_held_while_a_source_resolves_to_optional_then_enabled_once_fixed(stack):
+    from fleet import enforcement
+
+    a = Aws(stack.sim.endpoint_url)
+    image = a.ec2.register_image(Name="legacy")["ImageId"]
+    template_id = a.ec2.create_launch_template(
+        LaunchTemplateName="api", LaunchTemplateData={"ImageId": image}
+    )["LaunchTemplate"]["LaunchTemplateId"]
+    account = Account.objects.create(account_id=a.account_id, name="enf", regions=["us-east-1"], role_arn=a.role_arn)
+    sync.sync_region(account, "us-east-1")
+
+    held = enforcement.request_enforcement(None, [(account, "us-east-1")])
+    item = held.items.get()
+    assert item.state == ItemState.HELD
+    assert "1 launch source(s) would stop launching: api (IMDSv1 allowed)" in item.reason
+    assert "HttpTokensEnforced" not in a.ec2.get_instance_metadata_defaults()["AccountLevel"]  # nothing sent
+
+    fix = source_changes.request_source_fix(None, [LaunchSource.objects.get(account=account, source_id=template_id)])
+    wait_for(final(fix), message="fix applied", stack=stack)
+    enforce = enforcement.request_enforcement(None, [(account, "us-east-1")])
+    wait_for(final(enforce), message="enforcement applied", stack=stack)
+    assert enforce.items.get().state == ItemState.APPLIED
+    assert a.ec2.get_instance_metadata_defaults()["AccountLevel"]["HttpTokensEnforced"] == "enabled"
+    assert account.defaults.get(region="us-east-1").http_tokens_enforced == "enabled"
+
+    launched = a.ec2.run_instances(
+        MinCount=1, MaxCount=1, LaunchTemplate={"LaunchTemplateId": template_id}
+    )["Instances"][0]
+    assert launched["MetadataOptions"]["HttpTokens"] == "required"
+    # A launch that would allow IMDSv1 is refused now.
+    with pytest.raises(Exception, match="UnsupportedOperation"):
+        a.ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)
+
+    undo = changes.rollback(enforce, None)
+    wait_for(final(undo), message="rollback applied", stack=stack)
+    assert "HttpTokensEnforced" not in a.ec2.get_instance_metadata_defaults()["AccountLevel"]

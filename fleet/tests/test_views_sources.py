@@ -245,3 +245,47 @@ def test_bad_fix_requests_are_400_not_500(fleet, query):
 def test_fix_by_filter_takes_only_launch_templates(fleet):
     html = client_for("operator").get(f"{FIX}?filter=account%3D111111111111%26verdict%3Dimdsv1").content.decode()
     assert "web-prod" in html and "bastion-lc" not in html and "web-prod-asg</a>" not in html
+
+
+ENFORCE = reverse("fleet:enforce")
+
+
+def test_enforcement_page_access_and_held_preview(fleet):
+    from fleet.models import SourceSyncState
+
+    SourceSyncState.objects.create(account=fleet["prod"], region="us-east-1", synced_at="2026-01-01T00:00:00Z")
+    url = f"{ENFORCE}?targets=111111111111/us-east-1&targets=111111111111/eu-west-1"
+    assert client_for(None).get(url).status_code == 302
+    assert client_for("viewer").get(url).status_code == 403
+    html = client_for("operator").get(url).content.decode()
+    assert "3 launch source(s) would stop launching: bastion-lc (IMDSv1 allowed), web-prod (IMDSv1 allowed)" in html
+    assert "never been read: sync first" in html  # eu-west-1: fail closed
+
+
+def test_enforcement_post_holds_and_override_queues(fleet, monkeypatch):
+    from fleet import enforcement
+    from fleet.choices import ChangeKind, ItemState
+
+    monkeypatch.setattr(enforcement, "_dispatch_on_commit", lambda batch: None)
+    operator = client_for("operator")
+    response = operator.post(ENFORCE, {"targets": ["111111111111/us-east-1"], "enable": "1"})
+    assert response.status_code == 302
+    from fleet.models import ChangeBatch
+
+    batch = ChangeBatch.objects.get()
+    assert (batch.kind, batch.desired) == (ChangeKind.ENFORCEMENT, {"http_tokens_enforced": "enabled"})
+    assert batch.items.get().state == ItemState.HELD
+    batch.items.update(state=ItemState.CANCELLED)
+    operator.post(ENFORCE, {"targets": ["111111111111/us-east-1"], "enable": "1", "override_held": "on"})
+    assert ChangeBatch.objects.latest("pk").items.get().state == ItemState.QUEUED
+
+
+def test_enforcement_refuses_policy_managed_and_unknown_targets(fleet):
+    from fleet.models import MetadataDefaults
+
+    MetadataDefaults.objects.filter(account=fleet["prod"]).update(managed_by="declarative-policy", managed_exception_message="org policy")
+    operator = client_for("operator")
+    response = operator.post(ENFORCE, {"targets": ["111111111111/us-east-1"], "enable": "1"})
+    assert response.status_code == 409 and "org policy" in response.content.decode()
+    assert operator.post(ENFORCE, {"targets": ["999999999999/us-east-1"], "enable": "1"}).status_code == 400
+    assert operator.post(ENFORCE, {"targets": ["not-a-target"], "enable": "1"}).status_code == 400

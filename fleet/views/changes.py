@@ -6,7 +6,7 @@ from django.views import View
 from django.views.generic import DetailView
 from django_tables2 import RequestConfig
 
-from .. import changes, source_changes
+from .. import changes, targets
 from ..apply import STOPPED_REASON
 from ..choices import BatchStatus, ChangeKind, ItemState
 from ..filters import ChangeBatchFilterSet, ChangeItemFilterSet
@@ -155,8 +155,9 @@ class BatchActionView(OperatorRequiredMixin, View):
         if batch.status not in FINAL:
             raise changes.ChangeRefused("The dry run has not finished yet; run it for real once it has.")
         comment = batch.comment or f"Run for real after dry run #{batch.pk}"
-        if batch.kind == ChangeKind.LAUNCH_TEMPLATE:
-            return source_changes.rerun(batch, self.request.user, comment)
+        target = targets.target_for(batch.kind)
+        if target is not None:
+            return target().rerun(batch, self.request.user, comment)
         if batch.kind == ChangeKind.ACCOUNT_DEFAULTS:
             targets = [(item.account, item.region) for item in batch.items.select_related("account")]
             return changes.request_defaults_change(self.request.user, targets, batch.desired, comment=comment)
