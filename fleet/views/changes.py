@@ -6,7 +6,8 @@ from django.views import View
 from django.views.generic import DetailView
 from django_tables2 import RequestConfig
 
-from .. import changes, targets
+from .. import changes
+from ..targets import target_for
 from ..apply import STOPPED_REASON
 from ..choices import BatchStatus, ChangeKind, ItemState
 from ..filters import ChangeBatchFilterSet, ChangeItemFilterSet
@@ -155,7 +156,7 @@ class BatchActionView(OperatorRequiredMixin, View):
         if batch.status not in FINAL:
             raise changes.ChangeRefused("The dry run has not finished yet; run it for real once it has.")
         comment = batch.comment or f"Run for real after dry run #{batch.pk}"
-        target = targets.target_for(batch.kind)
+        target = target_for(batch.kind)
         if target is not None:
             return target().rerun(batch, self.request.user, comment)
         if batch.kind == ChangeKind.ACCOUNT_DEFAULTS:
