@@ -7,13 +7,13 @@ from django.views.generic import DetailView
 from django_tables2 import RequestConfig
 
 from .. import changes
-from ..targets import target_for
 from ..apply import STOPPED_REASON
 from ..choices import BatchStatus, ChangeKind, ItemState
 from ..filters import ChangeBatchFilterSet, ChangeItemFilterSet
 from ..forms import InstanceChangeForm, RollbackForm
 from ..models import ChangeBatch, Instance
 from ..tables import ChangeBatchTable, ChangeItemTable
+from ..targets import target_for
 from .base import ConfirmActionView, FilteredTableView, OperatorRequiredMixin
 
 FINAL = {BatchStatus.DONE, BatchStatus.DONE_WITH_ERRORS, BatchStatus.CANCELLED}
