@@ -234,5 +234,5 @@ class LaunchTemplateTarget:
             LaunchSource.objects.filter(
                 account=source.account, region=source.region, kind=SourceKind.AUTO_SCALING_GROUP, source_id=name
             ).update(version_spec=spec)
-        sources.refresh_verdicts(source.account, source.region)
+        sources.refresh_verdicts(source.account, source.region, template=source)
 

@@ -15,6 +15,7 @@ import logging
 from collections import defaultdict
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from . import aws, owners
@@ -289,17 +290,18 @@ def _unknown(reason):
     return Resolution(http_tokens=None, hop_limit=None, verdict=LaunchVerdict.UNKNOWN, chain=[f"{reason}: cannot tell"])
 
 
-def refresh_verdicts(account, region):
+def refresh_verdicts(account, region, template=None):
     """Recompute every present source's next launch in the account/region (after a sync, or
-    after the account defaults changed)."""
-    sources = list(
-        LaunchSource.objects.filter(account=account, region=region, gone_at__isnull=True)
-        .select_related("template", "launch_configuration")
-    )
-    versions = {
-        (v.template_id, v.version_number): v
-        for v in LaunchTemplateVersion.objects.filter(template__account=account, template__region=region)
-    }
+    after the account defaults changed); with ``template``, only that launch template's and the
+    groups launching from it (after a change of that template)."""
+    rows = LaunchSource.objects.filter(account=account, region=region, gone_at__isnull=True)
+    if template is not None:
+        rows = rows.filter(Q(pk=template.pk) | Q(template=template))
+    sources = list(rows.select_related("template", "launch_configuration"))
+    version_rows = LaunchTemplateVersion.objects.filter(template__account=account, template__region=region)
+    if template is not None:
+        version_rows = version_rows.filter(template=template)
+    versions = {(v.template_id, v.version_number): v for v in version_rows}
     images = {i.image_id: i for i in Image.objects.filter(account=account, region=region)}
     defaults = account_defaults(account, region)
     for source in sources:
