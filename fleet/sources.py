@@ -184,10 +184,8 @@ def _write(account, region, now, templates, versions, groups, configurations, im
             if v["LaunchTemplateId"] in ids
         ]
         if version_rows:
-            LaunchTemplateVersion.objects.bulk_create(
-                version_rows, update_conflicts=True, unique_fields=["template", "version_number"],
-                update_fields=["description", "image_id", "created_by", "created_at", "synced_at", *OPTION_FIELDS],
-            )
+            # Versions are immutable in AWS: a version already stored is never rewritten.
+            LaunchTemplateVersion.objects.bulk_create(version_rows, ignore_conflicts=True, batch_size=1000)
         group_rows = []
         for group in groups:
             tags = _tags(group.get("Tags"))
@@ -304,14 +302,16 @@ def refresh_verdicts(account, region, template=None):
     versions = {(v.template_id, v.version_number): v for v in version_rows}
     images = {i.image_id: i for i in Image.objects.filter(account=account, region=region)}
     defaults = account_defaults(account, region)
+    changed = []
     for source in sources:
         resolution, number = resolve_source(source, versions, images, defaults)
-        source.next_version = number
-        source.next_http_tokens = resolution.http_tokens or ""
-        source.next_hop_limit = resolution.hop_limit
-        source.verdict = resolution.verdict
-        source.chain = resolution.chain
-    LaunchSource.objects.bulk_update(sources, VERDICT_FIELDS, batch_size=500)
+        values = (number, resolution.http_tokens or "", resolution.hop_limit, resolution.verdict, resolution.chain)
+        if values != tuple(getattr(source, name) for name in VERDICT_FIELDS):
+            for name, value in zip(VERDICT_FIELDS, values, strict=True):
+                setattr(source, name, value)
+            changed.append(source)
+    # Only rows whose answer changed: a re-sync of an unchanged region writes nothing here.
+    LaunchSource.objects.bulk_update(changed, VERDICT_FIELDS, batch_size=500)
 
 
 def sync_sources(account, region):

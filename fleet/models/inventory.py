@@ -76,9 +76,10 @@ class Instance(models.Model):
     launch_time = models.DateTimeField(null=True, blank=True)
     # Where it came from, from AWS's own tags (aws:ec2launchtemplate:id / :version,
     # aws:autoscaling:groupName); blank when AWS did not tag it.
-    launch_template_id = models.CharField(max_length=32, blank=True, default="")
-    launch_template_version = models.CharField(max_length=16, blank=True, default="")
-    autoscaling_group = models.CharField(max_length=255, blank=True, default="")
+    # A database default too: bulk COPY paths that predate these columns leave them out.
+    launch_template_id = models.CharField(max_length=32, blank=True, default="", db_default="")
+    launch_template_version = models.CharField(max_length=16, blank=True, default="", db_default="")
+    autoscaling_group = models.CharField(max_length=255, blank=True, default="", db_default="")
 
     http_tokens = models.CharField(max_length=8, choices=HttpTokens.choices)
     hop_limit = models.PositiveSmallIntegerField(null=True)
