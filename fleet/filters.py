@@ -194,3 +194,4 @@ class LaunchSourceFilterSet(django_filters.FilterSet):
         return queryset.filter(owner="" if value == "none" else value)
 
     filter_gone = InstanceFilterSet.filter_gone
+    active_querystring = InstanceFilterSet.active_querystring

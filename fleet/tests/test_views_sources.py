@@ -289,3 +289,9 @@ def test_enforcement_refuses_policy_managed_and_unknown_targets(fleet):
     assert response.status_code == 409 and "org policy" in response.content.decode()
     assert operator.post(ENFORCE, {"targets": ["999999999999/us-east-1"], "enable": "1"}).status_code == 400
     assert operator.post(ENFORCE, {"targets": ["not-a-target"], "enable": "1"}).status_code == 400
+
+
+def test_list_offers_the_fix_for_the_filter_to_operators_only(fleet):
+    operator_html = client_for("operator").get(LIST + "?verdict=imdsv1&account=111111111111").content.decode()
+    assert f"{FIX}?filter=account%3D111111111111%26verdict%3Dimdsv1%26gone%3Dpresent" in operator_html
+    assert FIX not in client_for("viewer").get(LIST + "?verdict=imdsv1").content.decode()
