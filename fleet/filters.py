@@ -11,8 +11,19 @@ from django.http import QueryDict
 from django.utils import timezone
 
 from . import posture
-from .choices import ChangeKind, DriftKind, HttpTokens, InstanceState, ItemState, MetadataState, Toggle
-from .models import Account, ChangeBatch, ChangeItem, DriftEvent, Instance
+from .choices import (
+    ChangeKind,
+    DriftKind,
+    HttpTokens,
+    InstanceState,
+    ItemState,
+    LaunchVerdict,
+    ManagedOwner,
+    MetadataState,
+    SourceKind,
+    Toggle,
+)
+from .models import Account, ChangeBatch, ChangeItem, DriftEvent, Instance, LaunchSource
 from .models.inventory import V1_USAGE
 from .posture import NULL_KEY
 
@@ -143,6 +154,10 @@ class InstanceFilterSet(django_filters.FilterSet):
         method="filter_drift_since", label="Drift since", widget=forms.DateInput(attrs={"type": "date"}),
         help_text="New IMDSv1 launches and instances back to IMDSv1 allowed since this day",
     )
+    # Where instances came from (AWS's own tags), for the links of a source's page.
+    launch_template = django_filters.CharFilter(field_name="launch_template_id", label="Launch template", max_length=32)
+    launch_template_version = django_filters.CharFilter(label="Template version", max_length=16)
+    autoscaling_group = django_filters.CharFilter(label="Auto Scaling group", max_length=255)
 
     class Meta:
         model = Instance
@@ -319,3 +334,43 @@ class DriftEventFilterSet(django_filters.FilterSet):
         allowing = Q(instance__gone_at__isnull=True) & ~Q(instance__http_tokens=HttpTokens.REQUIRED) & ~Q(
             instance__http_endpoint=Toggle.DISABLED)
         return queryset.filter(allowing) if value else queryset.exclude(allowing)
+
+
+class LaunchSourceFilterSet(django_filters.FilterSet):
+    """The Sources page: launch templates, Auto Scaling groups and launch configurations."""
+
+    OWNER_CHOICES = [("none", "no managed owner"), *ManagedOwner.choices]
+    GONE_CHOICES = InstanceFilterSet.GONE_CHOICES
+
+    q = django_filters.CharFilter(
+        method="filter_q", label="Search", max_length=200,
+        widget=forms.TextInput(attrs={"placeholder": "name or lt- id", "type": "search"}),
+    )
+    account = django_filters.ModelChoiceFilter(
+        queryset=Account.objects.all(), to_field_name="account_id", empty_label="any account"
+    )
+    region = django_filters.ChoiceFilter(choices=region_choices, empty_label="any region")
+    kind = django_filters.ChoiceFilter(choices=SourceKind.choices, empty_label="any kind")
+    verdict = django_filters.ChoiceFilter(choices=LaunchVerdict.choices, label="Next launch", empty_label="any")
+    owner = django_filters.ChoiceFilter(choices=OWNER_CHOICES, method="filter_owner", empty_label="any owner")
+    gone = django_filters.ChoiceFilter(choices=GONE_CHOICES, method="filter_gone", label="Present", empty_label=None)
+
+    class Meta:
+        model = LaunchSource
+        fields = []
+
+    def __init__(self, data=None, *args, **kwargs):
+        data = data.copy() if isinstance(data, QueryDict) else QueryDict(mutable=True)
+        if not data.get("gone"):
+            data["gone"] = "present"
+        super().__init__(data, *args, **kwargs)
+
+    def filter_q(self, queryset, name, value):
+        value = value.strip()
+        return queryset.filter(Q(name__icontains=value) | Q(source_id__istartswith=value)) if value else queryset
+
+    def filter_owner(self, queryset, name, value):
+        return queryset.filter(owner="" if value == "none" else value)
+
+    filter_gone = InstanceFilterSet.filter_gone
+    active_querystring = InstanceFilterSet.active_querystring

@@ -2,8 +2,8 @@
 
 ``SimulatorApp`` sits in front of moto's own dispatcher. For EC2 calls it adds latency and random
 faults, enforces the throttling buckets, answers the IMDS actions moto gets wrong (``ec2_imds``)
-and lets moto answer everything else, hooking RunInstances and StartInstances so account
-defaults and stopped-instance changes take effect. STS AssumeRole is checked against the demo
+and lets moto answer everything else (with ``launches``' patches: what a new instance gets), hooking
+StartInstances so stopped-instance changes take effect. STS AssumeRole is checked against the demo
 roles' ExternalIds and the organization's missing roles; DescribeRegions and read-only roles are
 answered by ``organization``; CloudWatch and other services pass straight through.
 """
@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import time
 from xml.sax.saxutils import escape
 
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from . import launches
 from .admin import PREFIX, AdminEndpoint
 from .awsquery import Ec2Error, QueryRequest, new_request_id, read_query_request
 from .ec2_imds import ImdsModel
@@ -26,9 +26,6 @@ from .organization import OrganizationModel
 from .throttle import Knobs, Stats, Throttler
 
 log = logging.getLogger(__name__)
-
-_INSTANCE_ID_ELEMENT = re.compile(rb"<instanceId>(i-[0-9a-f]+)</instanceId>")
-
 
 def _status_code(status: str) -> int:
     return int(status.split(" ", 1)[0])
@@ -42,6 +39,7 @@ class SimulatorApp:
         self.stats = Stats()
         self.throttler = Throttler(self.knobs)
         self.imds = ImdsModel(self.knobs, on_modify=self.stats.record_modify)
+        launches.install(self.imds)
         self.moto = DomainDispatcherApplication(create_backend_app)
         self.admin = AdminEndpoint(self)
         self.rng = rng or random.Random()
@@ -118,10 +116,7 @@ class SimulatorApp:
             if hasattr(chunks, "close"):
                 chunks.close()
         if _status_code(captured["status"]) == 200 and not request.dry_run:
-            if request.action == "RunInstances":
-                ids = [m.decode() for m in _INSTANCE_ID_ELEMENT.findall(body)]
-                self.imds.on_launched(request, ids)
-            elif request.action in ("StartInstances", "StopInstances", "TerminateInstances"):
+            if request.action in ("StartInstances", "StopInstances", "TerminateInstances"):
                 ids = request.indexed("InstanceId")
                 if request.action == "StartInstances":
                     self.imds.on_started(request.account_id, request.region, ids)

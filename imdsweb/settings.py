@@ -290,6 +290,15 @@ IMDSWEB_RATE_LIMITS = {
     "ModifyInstanceMetadataDefaults": (2, 2.0),
     "DescribeInstances": (100, 20.0),
     "GetInstanceMetadataDefaults": (50, 10.0),
+    "DescribeLaunchTemplates": (100, 20.0),
+    "DescribeLaunchTemplateVersions": (100, 20.0),
+    "DescribeImages": (100, 20.0),
+    "CreateLaunchTemplateVersion": (50, 5.0),
+    "ModifyLaunchTemplate": (50, 5.0),
+    # Auto Scaling's own API; AWS does not publish its buckets: stay well under what it tolerates.
+    "DescribeAutoScalingGroups": (20, 5.0),
+    "DescribeLaunchConfigurations": (20, 5.0),
+    "UpdateAutoScalingGroup": (10, 2.0),
 }
 # Multiplies every refill rate: set it to the simulator's --time-scale.
 IMDSWEB_RATE_TIME_SCALE = env.float("IMDSWEB_RATE_TIME_SCALE", default=1.0)

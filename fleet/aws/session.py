@@ -29,7 +29,7 @@ _clients = OrderedDict()
 _loader = None
 
 # The services the workers call; their models are parsed by warm_up().
-SERVICES = ("ec2", "sts", "cloudwatch")
+SERVICES = ("ec2", "sts", "cloudwatch", "autoscaling")
 
 ROLE_SESSION_NAME = "imdsweb"
 ASSUME_ROLE_SECONDS = 3600

@@ -8,9 +8,10 @@ from .notifications import Delivery, NotificationEvent, NotificationRule
 from .organization import AccountHealth, DiscoveryRun, OrganizationSource
 from .posture import RegionPosture
 from .signin import OidcIdentity
+from .sources import Image, LaunchSource, LaunchTemplateVersion, SourceSyncState
 
 __all__ = [
-    "Account", "AccountHealth", "ApiToken", "ChangeBatch", "ChangeItem", "Delivery", "DriftEvent", "FleetSnapshot", "Instance",
+    "Account", "AccountHealth", "ApiToken", "ChangeBatch", "ChangeItem", "Delivery", "DriftEvent", "FleetSnapshot", "Image", "Instance", "LaunchSource", "LaunchTemplateVersion", "SourceSyncState",
     "MetadataDefaults", "NotificationEvent", "NotificationRule", "OidcIdentity", "PostureSnapshot", "RegionPosture", "SyncRun",
     "UsageReading", "DiscoveryRun", "OrganizationSource",
 ]

@@ -2,7 +2,7 @@
 
 from django.views.generic import TemplateView
 
-from .. import changes
+from .. import changes, sources
 from ..filters import ou_choices
 from ..forms import DefaultsChangeForm
 from ..posture import defaults_matrix
@@ -15,6 +15,9 @@ class DefaultsView(TemplateView):
     def get_context_data(self, **kwargs):
         ou = self.request.GET.get("ou", "")
         cells = defaults_matrix(ou=ou or None)
+        blockers = sources.enforcement_blockers()
+        for cell in cells:
+            cell.blockers = blockers.get((cell.account.pk, cell.region), [])
         return super().get_context_data(
             **kwargs, cells=cells, passing=sum(1 for cell in cells if cell.prowler_pass), ou=ou, ou_choices=ou_choices()
         )

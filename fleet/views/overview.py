@@ -4,6 +4,8 @@ from django.conf import settings
 from django.views.generic import TemplateView
 
 from .. import health, posture
+from ..choices import LaunchVerdict
+from ..models import LaunchSource
 from .history import burndown_context
 
 
@@ -18,4 +20,5 @@ class OverviewView(TemplateView):
             **kwargs, **posture.overview(params.get("ou", ""), params.get("page", 1)),
             account_health=health.summary(), sync_interval=settings.IMDSWEB_SYNC_INTERVAL_MINUTES,
             burndown=burndown_context(self.request.GET),
+            v1_sources=LaunchSource.objects.filter(gone_at__isnull=True, verdict=LaunchVerdict.IMDSV1).count(),
         )
