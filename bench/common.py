@@ -36,10 +36,13 @@ def setup_django():
     django.setup()
 
 
-def parse_args(description, argv=None):
+def parse_args(description, argv=None, extra=None):
+    """``--quick`` and ``--out``; ``extra(parser)`` adds a benchmark's own options."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test, not a measurement")
     parser.add_argument("--out", type=Path, help="write this benchmark's result (JSON) here")
+    if extra:
+        extra(parser)
     return parser.parse_args(argv)
 
 

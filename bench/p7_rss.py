@@ -27,12 +27,20 @@ class FakePaginator:
         return fleet_pages(self.owner_id, self.region, 0, self.total)
 
 
+class NoSources:
+    """The launch-source describes of the sync (templates, versions, AMIs, Auto Scaling): none."""
+
+    def paginate(self, **kwargs):
+        return iter([{}])
+
+
 class FakeEc2:
     def __init__(self, owner_id, region, total):
         self.paginator = FakePaginator(owner_id, region, total)
 
     def get_paginator(self, name):
-        assert name == "describe_instances"
+        if name != "describe_instances":
+            return NoSources()
         return self.paginator
 
     def get_instance_metadata_defaults(self):
@@ -45,6 +53,7 @@ def child(total):
 
     from bench.common import ensure_accounts, rss_mb, truncate_fleet
     from fleet import sync
+    from fleet.aws import autoscaling as aws_autoscaling
     from fleet.aws import ec2 as aws_ec2
     from fleet.models import Instance
 
@@ -52,6 +61,7 @@ def child(total):
     truncate_fleet()
     account, region = ensure_accounts(1, 1)[0]
     aws_ec2.client = lambda *args, **kwargs: FakeEc2(account.account_id, region, total)
+    aws_autoscaling.client = lambda *args, **kwargs: FakeEc2(account.account_id, region, 0)
     baseline = rss_mb()
     with Timer() as timer:
         run = sync.sync_region(account, region)

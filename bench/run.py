@@ -18,7 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHMARKS = ("p1_ingest", "p2_sync", "p3_views", "p4_bulk", "p5_apply", "p6_track", "p7_rss", "p8_flood")
+BENCHMARKS = ("p1_ingest", "p2_sync", "p3_views", "p4_bulk", "p5_apply", "p6_track", "p7_rss", "p8_sources",
+              "p9_flood")
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 
 

@@ -1,20 +1,25 @@
 """Admin site: accounts are editable; everything that comes from AWS or records a change is read-only."""
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.db import transaction
+from django.utils.html import format_html, format_html_join
 
 from .models import (
     Account,
+    AccountHealth,
     ApiToken,
     ChangeBatch,
     ChangeItem,
     Delivery,
+    DiscoveryRun,
     DriftEvent,
     Instance,
     MetadataDefaults,
     NotificationEvent,
     NotificationRule,
     OidcIdentity,
+    OrganizationSource,
     SyncRun,
 )
 
@@ -63,9 +68,10 @@ class AccountAdminForm(forms.ModelForm):
 @admin.register(Account)
 class AccountAdmin(admin.ModelAdmin):
     form = AccountAdminForm
-    list_display = ("account_id", "name", "enabled", "region_list", "role_arn")
-    list_filter = ("enabled",)
-    search_fields = ("account_id", "name", "role_arn")
+    list_display = ("account_id", "name", "enabled", "ou_path", "org_status", "region_list", "role_arn")
+    list_filter = ("enabled", "org_status", "source")
+    search_fields = ("account_id", "name", "role_arn", "ou_path")
+    readonly_fields = ("source", "ou_path", "ou_id", "org_status", "discovered_at")
     exclude = ()
 
     @admin.display(description="regions")
@@ -187,3 +193,84 @@ class OidcIdentityAdmin(ReadOnlyAdmin):
     list_display = ("user", "subject", "issuer", "groups", "first_sign_in", "last_sign_in")
     search_fields = ("user__username", "subject")
     list_select_related = ("user",)
+
+
+def _secret_widget(form, name):
+    form.base_fields[name].widget = forms.PasswordInput(render_value=False)
+    form.base_fields[name].required = False
+    form.base_fields[name].help_text = "Leave empty to keep the current value."
+
+
+@admin.register(OrganizationSource)
+class OrganizationSourceAdmin(admin.ModelAdmin):
+    """Where accounts are discovered from; "Discover now" queues the same discovery as the
+    ``fleet_account discover`` command and the daily beat task."""
+
+    list_display = ("name", "enabled", "management_account_id", "role_template", "include_management", "last_run")
+    readonly_fields = ("management_account_id",)
+    actions = ["discover_now"]
+
+    @admin.display(description="last discovery")
+    def last_run(self, obj):
+        run = obj.runs.first()
+        if run is None:
+            return "never"
+        return f"{run.started_at:%Y-%m-%d %H:%M} {run.status}: {len(run.changes)} change(s)"
+
+    def get_form(self, request, obj=None, **kwargs):
+        form = super().get_form(request, obj, **kwargs)
+        for name in ("management_external_id", "external_id"):
+            _secret_widget(form, name)
+        return form
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            stored = OrganizationSource.objects.get(pk=obj.pk)
+            for name in ("management_external_id", "external_id"):
+                if not form.cleaned_data.get(name):
+                    setattr(obj, name, getattr(stored, name))
+        super().save_model(request, obj, form, change)
+
+    @admin.action(description="Discover now (list the organization's accounts, OUs and regions)")
+    def discover_now(self, request, queryset):
+        from .tasks import discover_source
+
+        pks = list(queryset.values_list("pk", flat=True))
+        transaction.on_commit(lambda: [discover_source.delay(pk) for pk in pks])
+        self.message_user(
+            request, f"Discovery queued for {len(pks)} source(s); its changes appear under Discovery runs.",
+            messages.SUCCESS,
+        )
+
+
+@admin.register(DiscoveryRun)
+class DiscoveryRunAdmin(ReadOnlyAdmin):
+    list_display = ("source", "started_at", "finished_at", "status", "accounts_seen", "change_summary", "error")
+    list_filter = ("status", "source")
+    readonly_fields = ("change_table",)
+    exclude = ("changes",)
+
+    @admin.display(description="changes")
+    def change_summary(self, obj):
+        counts = {}
+        for item in obj.changes:
+            counts[item["change"]] = counts.get(item["change"], 0) + 1
+        return ", ".join(f"{n} {change}" for change, n in sorted(counts.items())) or "none"
+
+    @admin.display(description="what changed")
+    def change_table(self, obj):
+        if not obj.changes:
+            return "nothing"
+        rows = format_html_join(
+            "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            ((c["account_id"], c["name"], c["change"], c["detail"]) for c in obj.changes),
+        )
+        return format_html("<table><tr><th>account</th><th>name</th><th>change</th><th>detail</th></tr>{}</table>", rows)
+
+
+@admin.register(AccountHealth)
+class AccountHealthAdmin(ReadOnlyAdmin):
+    list_display = ("account", "healthy", "readable", "checked_at", "region", "first_error")
+    list_filter = ("healthy", "readable")
+    search_fields = ("account__account_id", "account__name")
+    list_select_related = ("account",)

@@ -29,7 +29,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from . import aws, posture, ratelimit
+from . import aws, posture, ratelimit, targets
 from .choices import ChangeKind, InstanceState, ItemState, MetadataState
 from .models import Account, ChangeBatch, ChangeItem, Instance, MetadataDefaults
 from .models.inventory import INSTANCE_OPTION_FIELDS
@@ -157,7 +157,35 @@ class AccountDefaultsTarget:
                 error_code="", error_message="")
 
 
-TARGETS = {ChangeKind.INSTANCE_OPTIONS: InstanceOptionsTarget(), ChangeKind.ACCOUNT_DEFAULTS: AccountDefaultsTarget()}
+class KindTarget:
+    """A kind written in its own module (fleet.targets: launch templates, account-level
+    enforcement), paced by the bucket of its first AWS action; the runner takes that token."""
+
+    def __init__(self, kind, action):
+        self.kind, self.action = kind, action
+
+    @property
+    def impl(self):
+        return targets.target_for(self.kind)()
+
+    def refusal(self, item):
+        return None
+
+    def call(self, item, dry_run):
+        return self.impl.call(item, dry_run=dry_run, token_taken=True)
+
+    def record(self, item, result):
+        self.impl.record(item, result)
+        _finish(item, ItemState.APPLIED, request_id=result["request_id"], submitted_at=timezone.now(),
+                error_code="", error_message="")
+
+
+TARGETS = {
+    ChangeKind.INSTANCE_OPTIONS: InstanceOptionsTarget(),
+    ChangeKind.ACCOUNT_DEFAULTS: AccountDefaultsTarget(),
+    ChangeKind.LAUNCH_TEMPLATE: KindTarget(ChangeKind.LAUNCH_TEMPLATE, "CreateLaunchTemplateVersion"),
+    ChangeKind.ENFORCEMENT: KindTarget(ChangeKind.ENFORCEMENT, MODIFY_DEFAULTS),
+}
 
 
 def target_of(item):

@@ -62,6 +62,8 @@ class SyncStatus(models.TextChoices):
 class ChangeKind(models.TextChoices):
     INSTANCE_OPTIONS = "instance_options", "instance metadata options"
     ACCOUNT_DEFAULTS = "account_defaults", "account defaults"
+    LAUNCH_TEMPLATE = "launch_template", "require IMDSv2 at the source (launch template)"
+    ENFORCEMENT = "enforcement", "IMDSv2 enforcement (account level)"
 
 
 class ItemState(models.TextChoices):
@@ -127,3 +129,65 @@ class DeliveryStatus(models.TextChoices):
     QUEUED = "queued", "queued"
     SENT = "sent", "sent"
     FAILED = "failed", "failed"
+
+
+class OrgAccountStatus(models.TextChoices):
+    """An account's status in AWS Organizations (``ListAccounts``), plus ``DEPARTED`` for one that
+    is no longer listed (removed from or left the organization)."""
+
+    ACTIVE = "ACTIVE", "active"
+    SUSPENDED = "SUSPENDED", "suspended"
+    PENDING_CLOSURE = "PENDING_CLOSURE", "pending closure"
+    DEPARTED = "DEPARTED", "left the organization"
+
+
+class DiscoveryChange(models.TextChoices):
+    ADDED = "added", "added"
+    DISABLED = "disabled", "disabled"
+    REENABLED = "re-enabled", "enabled again"
+    MOVED = "moved", "moved to another OU"
+    REGIONS = "regions", "regions changed"
+    RENAMED = "renamed", "renamed"
+    ERROR = "error", "could not be read"
+
+
+class HealthCheck(models.TextChoices):
+    """What imdsweb needs in each account, in the order the health page shows it."""
+
+    ASSUME_ROLE = "sts:AssumeRole", "assume the role"
+    DESCRIBE_INSTANCES = "ec2:DescribeInstances", "read instances"
+    GET_DEFAULTS = "ec2:GetInstanceMetadataDefaults", "read account defaults"
+    GET_METRIC_DATA = "cloudwatch:GetMetricData", "read IMDSv1 usage"
+    MODIFY_OPTIONS = "ec2:ModifyInstanceMetadataOptions", "change instances (DryRun)"
+    MODIFY_DEFAULTS = "ec2:ModifyInstanceMetadataDefaults", "change account defaults (DryRun)"
+
+class DefaultsEnforced(models.TextChoices):
+    """Account-level HttpTokensEnforced; ``no-preference`` is what an absent setting means."""
+
+    NO_PREFERENCE = "no-preference", "no preference"
+    ENABLED = "enabled", "enabled (launches must require IMDSv2)"
+    DISABLED = "disabled", "disabled"
+
+
+class SourceKind(models.TextChoices):
+    LAUNCH_TEMPLATE = "launch_template", "launch template"
+    AUTO_SCALING_GROUP = "auto_scaling_group", "Auto Scaling group"
+    LAUNCH_CONFIGURATION = "launch_configuration", "launch configuration"
+
+
+class ManagedOwner(models.TextChoices):
+    """A managed service that owns a source or an instance (from AWS's own tags)."""
+
+    EKS = "eks", "Amazon EKS"
+    ELASTIC_BEANSTALK = "elasticbeanstalk", "Elastic Beanstalk"
+    EMR = "emr", "Amazon EMR"
+    CLOUDFORMATION = "cloudformation", "CloudFormation"
+
+
+class LaunchVerdict(models.TextChoices):
+    """What the next launch from a source gets (fleet.resolver)."""
+
+    IMDSV2 = "imdsv2", "IMDSv2 only"
+    IMDSV1 = "imdsv1", "IMDSv1 allowed"
+    REFUSED = "refused", "launch refused (enforcement)"
+    UNKNOWN = "unknown", "unknown"

@@ -19,6 +19,7 @@ FORMULA_PREFIXES = (*FORMULA_CHARACTERS, "\t", "\r", "\n")
 COLUMNS = (
     ("account_id", lambda i: i.account.account_id),
     ("account_name", lambda i: i.account.name),
+    ("ou_path", lambda i: i.account.ou_path),
     ("region", lambda i: i.region),
     ("instance_id", lambda i: i.instance_id),
     ("name", lambda i: i.name),

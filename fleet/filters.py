@@ -11,8 +11,19 @@ from django.http import QueryDict
 from django.utils import timezone
 
 from . import posture
-from .choices import ChangeKind, DriftKind, HttpTokens, InstanceState, ItemState, MetadataState, Toggle
-from .models import Account, ChangeBatch, ChangeItem, DriftEvent, Instance
+from .choices import (
+    ChangeKind,
+    DriftKind,
+    HttpTokens,
+    InstanceState,
+    ItemState,
+    LaunchVerdict,
+    ManagedOwner,
+    MetadataState,
+    SourceKind,
+    Toggle,
+)
+from .models import Account, ChangeBatch, ChangeItem, DriftEvent, Instance, LaunchSource
 from .models.inventory import V1_USAGE
 from .posture import NULL_KEY
 
@@ -54,6 +65,25 @@ class InstanceFilterForm(forms.Form):
         return clean_instance_desired(pairs)
 
 
+def ou_choices():
+    """Every OU path an account is in, and each of its ancestors (choosing an OU includes the OUs
+    under it). From the accounts table: one small query."""
+    paths = set()
+    for path in Account.objects.exclude(ou_path="").values_list("ou_path", flat=True).distinct():
+        parts = path.split("/")
+        paths.update("/".join(parts[: n + 1]) for n in range(len(parts)))
+    return [(path, path) for path in sorted(paths)]
+
+
+def ou_q(ou, prefix=""):
+    """Accounts in OU ``ou`` or any OU under it (``prefix`` reaches the account from another model)."""
+    return Q(**{f"{prefix}ou_path": ou}) | Q(**{f"{prefix}ou_path__startswith": f"{ou}/"})
+
+
+def within_ou(queryset, ou, prefix=""):
+    return queryset.filter(ou_q(ou, prefix))
+
+
 class InstanceFilterSet(django_filters.FilterSet):
     """Every field lives in the query string, so a filter is a URL: the list, the CSV export and
     "all N matching this filter" all read the same parameters."""
@@ -68,6 +98,7 @@ class InstanceFilterSet(django_filters.FilterSet):
     account = django_filters.ModelChoiceFilter(
         queryset=Account.objects.all(), to_field_name="account_id", empty_label="any account"
     )
+    ou = django_filters.ChoiceFilter(choices=ou_choices, method="filter_ou", label="OU", empty_label="any OU")
     region = django_filters.ChoiceFilter(choices=region_choices, empty_label="any region")
     POSTURE_CHOICES = [
         ("counted", "counted (not terminated or shutting down)"),
@@ -123,6 +154,10 @@ class InstanceFilterSet(django_filters.FilterSet):
         method="filter_drift_since", label="Drift since", widget=forms.DateInput(attrs={"type": "date"}),
         help_text="New IMDSv1 launches and instances back to IMDSv1 allowed since this day",
     )
+    # Where instances came from (AWS's own tags), for the links of a source's page.
+    launch_template = django_filters.CharFilter(field_name="launch_template_id", label="Launch template", max_length=32)
+    launch_template_version = django_filters.CharFilter(label="Template version", max_length=16)
+    autoscaling_group = django_filters.CharFilter(label="Auto Scaling group", max_length=255)
 
     class Meta:
         model = Instance
@@ -144,6 +179,9 @@ class InstanceFilterSet(django_filters.FilterSet):
     def filter_q(self, queryset, name, value):
         value = value.strip()
         return queryset.filter(Q(name__icontains=value) | Q(instance_id__istartswith=value)) if value else queryset
+
+    def filter_ou(self, queryset, name, value):
+        return within_ou(queryset, value, prefix="account__")
 
     def filter_v1_usage(self, queryset, name, value):
         return queryset.filter(V1_USAGE[value])
@@ -182,7 +220,7 @@ class InstanceFilterSet(django_filters.FilterSet):
         return queryset
 
     # Filters the posture summary rows are keyed by (it counts present instances).
-    SUMMARY_KEYS = {"account", "region", "gone"}
+    SUMMARY_KEYS = {"account", "ou", "region", "gone"}
 
     def summary_count(self):
         """This filter's count from the posture summary (account, region and what
@@ -199,9 +237,14 @@ class InstanceFilterSet(django_filters.FilterSet):
         if counter is None:
             return None
         account = data.get("account")
+        account_ids = [account.pk] if account else None
+        if data.get("ou"):
+            in_ou = within_ou(Account.objects.all(), data["ou"])
+            account_ids = list((in_ou.filter(pk=account.pk) if account else in_ou).values_list("pk", flat=True))
+            if not account_ids:
+                return 0
         return posture.present_count(
-            account_ids=[account.pk] if account else None, regions=[data["region"]] if data.get("region") else None,
-            counter=counter,
+            account_ids=account_ids, regions=[data["region"]] if data.get("region") else None, counter=counter,
         )
 
     @property
@@ -291,3 +334,43 @@ class DriftEventFilterSet(django_filters.FilterSet):
         allowing = Q(instance__gone_at__isnull=True) & ~Q(instance__http_tokens=HttpTokens.REQUIRED) & ~Q(
             instance__http_endpoint=Toggle.DISABLED)
         return queryset.filter(allowing) if value else queryset.exclude(allowing)
+
+
+class LaunchSourceFilterSet(django_filters.FilterSet):
+    """The Sources page: launch templates, Auto Scaling groups and launch configurations."""
+
+    OWNER_CHOICES = [("none", "no managed owner"), *ManagedOwner.choices]
+    GONE_CHOICES = InstanceFilterSet.GONE_CHOICES
+
+    q = django_filters.CharFilter(
+        method="filter_q", label="Search", max_length=200,
+        widget=forms.TextInput(attrs={"placeholder": "name or lt- id", "type": "search"}),
+    )
+    account = django_filters.ModelChoiceFilter(
+        queryset=Account.objects.all(), to_field_name="account_id", empty_label="any account"
+    )
+    region = django_filters.ChoiceFilter(choices=region_choices, empty_label="any region")
+    kind = django_filters.ChoiceFilter(choices=SourceKind.choices, empty_label="any kind")
+    verdict = django_filters.ChoiceFilter(choices=LaunchVerdict.choices, label="Next launch", empty_label="any")
+    owner = django_filters.ChoiceFilter(choices=OWNER_CHOICES, method="filter_owner", empty_label="any owner")
+    gone = django_filters.ChoiceFilter(choices=GONE_CHOICES, method="filter_gone", label="Present", empty_label=None)
+
+    class Meta:
+        model = LaunchSource
+        fields = []
+
+    def __init__(self, data=None, *args, **kwargs):
+        data = data.copy() if isinstance(data, QueryDict) else QueryDict(mutable=True)
+        if not data.get("gone"):
+            data["gone"] = "present"
+        super().__init__(data, *args, **kwargs)
+
+    def filter_q(self, queryset, name, value):
+        value = value.strip()
+        return queryset.filter(Q(name__icontains=value) | Q(source_id__istartswith=value)) if value else queryset
+
+    def filter_owner(self, queryset, name, value):
+        return queryset.filter(owner="" if value == "none" else value)
+
+    filter_gone = InstanceFilterSet.filter_gone
+    active_querystring = InstanceFilterSet.active_querystring

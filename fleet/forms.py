@@ -238,3 +238,78 @@ class DefaultsChangeForm(forms.Form):
 
 class RollbackForm(forms.Form):
     comment = forms.CharField(required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 2}))
+
+
+def source_pk_validator(value):
+    if not value.isdigit():
+        raise ValidationError("not a source id")
+
+
+class SourceFixForm(forms.Form):
+    """"Require IMDSv2 at the source": launch templates chosen by id (``?ids=<pk>``) or by a
+    Sources filter query string (only the launch templates it matches)."""
+
+    ids = MultipleValueField(validator=source_pk_validator, max_values=MAX_SELECTED_IDS, required=False)
+    filter = forms.CharField(required=False, max_length=4000, widget=forms.HiddenInput)
+    hop_limit = forms.IntegerField(
+        label="Also set the hop limit", required=False, min_value=1, max_value=64,
+        help_text="Leave empty to keep each template's own hop limit.",
+    )
+    update_pinned = forms.BooleanField(
+        required=False, label="Also point Auto Scaling groups pinned to a version number at the new version"
+    )
+    override_owner = forms.BooleanField(
+        required=False, label="Change templates owned by a managed service (EKS, Beanstalk, EMR, CloudFormation) anyway"
+    )
+    comment = forms.CharField(required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 2}))
+    dry_run = forms.BooleanField(required=False, label="Dry run first")
+
+    def clean_ids(self):
+        return [int(value) for value in self.cleaned_data["ids"]]
+
+    def clean(self):
+        from .filters import LaunchSourceFilterSet
+        from .models import LaunchSource
+
+        data = super().clean()
+        if self.errors:
+            return data
+        if data.get("ids"):
+            queryset = LaunchSource.objects.filter(pk__in=data["ids"])
+            self.selection = f"{len(data['ids'])} selected source(s)"
+        elif data.get("filter"):
+            filterset = LaunchSourceFilterSet(QueryDict(data["filter"]), queryset=LaunchSource.objects.all())
+            if not filterset.is_valid():
+                raise ValidationError("The Sources filter is not valid.")
+            queryset = filterset.qs.filter(kind="launch_template")
+            self.selection = f"launch templates matching {data['filter']}"
+        else:
+            raise ValidationError("Choose the launch templates to change.")
+        self.sources = list(queryset.select_related("account").order_by("account__name", "region", "name")[:MAX_SELECTED_IDS])
+        if not self.sources:
+            raise ValidationError("No launch template matches.")
+        return data
+
+
+class EnforcementForm(forms.Form):
+    """Account-level IMDSv2 enforcement (HttpTokensEnforced) for one or more account/regions."""
+
+    targets = MultipleValueField(validator=target_validator, max_values=2000)
+    enable = forms.TypedChoiceField(
+        label="HttpTokensEnforced", choices=[("1", "enabled"), ("0", "disabled")], coerce=lambda v: v == "1",
+        initial="1", required=False, empty_value=True,  # enabling is what the page is for
+    )
+    override_held = forms.BooleanField(
+        required=False, label="Enforce even where launch sources would stop launching (or were never read)"
+    )
+    comment = forms.CharField(required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 2}))
+    dry_run = forms.BooleanField(required=False, label="Dry run first")
+
+    def clean_targets(self):
+        pairs = [parse_target(value) for value in self.cleaned_data["targets"]]
+        accounts = Account.objects.in_bulk({account_id for account_id, _ in pairs}, field_name="account_id")
+        unknown = [f"{a}/{r}" for a, r in pairs if a not in accounts or r not in accounts[a].regions]
+        if unknown:
+            raise ValidationError(f"Unknown account/region: {', '.join(unknown[:5])}")
+        self.resolved = [(accounts[a], r) for a, r in pairs]
+        return self.cleaned_data["targets"]

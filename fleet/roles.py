@@ -26,6 +26,8 @@ ROLES = {
         # django-axes: see failed and locked-out sign-ins, unlock by deleting the attempt.
         "axes.view_accessattempt", "axes.delete_accessattempt", "axes.view_accessfailurelog",
         "axes.view_accesslog",
+        "add_organizationsource", "change_organizationsource", "view_organizationsource",
+        "view_discoveryrun", "view_accounthealth",
     ],
 }
 

@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from . import aws, history, posture
+from . import aws, history, owners, posture, sources
 from .choices import DefaultsStatus, SyncStatus
 from .models import Instance, MetadataDefaults, SyncRun
 from .models.inventory import INSTANCE_OPTION_FIELDS
@@ -30,6 +30,9 @@ SYNCED_FIELDS = (
     "instance_type",
     "image_id",
     "launch_time",
+    "launch_template_id",
+    "launch_template_version",
+    "autoscaling_group",
     *INSTANCE_OPTION_FIELDS,
     "metadata_state",
     "last_seen",
@@ -47,6 +50,7 @@ def instance_fields(data):
     """DescribeInstances' instance dict -> Instance field values."""
     tags = {tag["Key"]: tag["Value"] for tag in data.get("Tags", [])}
     options = aws.ec2.options_from_aws(data.get("MetadataOptions", {}))
+    launch_template_id, launch_template_version, autoscaling_group = owners.attribution(tags)
     return {
         "instance_id": data["InstanceId"],
         "name": tags.get("Name", "")[:256],
@@ -55,6 +59,9 @@ def instance_fields(data):
         "instance_type": data.get("InstanceType", ""),
         "image_id": data.get("ImageId", ""),
         "launch_time": data.get("LaunchTime"),
+        "launch_template_id": launch_template_id,
+        "launch_template_version": launch_template_version,
+        "autoscaling_group": autoscaling_group,
         # Absent members stay None (NULL), never "": see Instance's option fields.
         **{field: options[field] for field in INSTANCE_OPTION_FIELDS},
         "metadata_state": options["metadata_state"],
@@ -181,6 +188,7 @@ def sync_defaults(account, region, token_taken=False):
             "hop_limit": values["hop_limit"] if values["hop_limit"] not in (None, -1) else None,
             "http_endpoint": values["http_endpoint"],
             "instance_metadata_tags": values["instance_metadata_tags"],
+            "http_tokens_enforced": values.get("http_tokens_enforced"),
             "managed_by": values["managed_by"],
             "managed_exception_message": values["managed_exception_message"],
             "error": "",
@@ -209,6 +217,7 @@ def sync_region(account, region):
             .update(gone_at=timezone.now())
         )
         sync_defaults(account, region)
+        sources.sync_sources(account, region)  # records its own failure; never fails the run
         run.status = SyncStatus.SUCCEEDED
     except aws.AwsError as exc:
         log.warning("sync %s/%s failed: %s", account.account_id, region, exc)

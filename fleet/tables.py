@@ -1,13 +1,14 @@
-"""django-tables2 tables: instances, change batches, change items. Cells are escaped by the library."""
+"""django-tables2 tables: instances, change batches, change items, launch sources and template
+versions. Cells are escaped by the library."""
 
 import django_tables2 as tables
 from django.core.paginator import Paginator
 from django.db.models.functions import Coalesce
 from django.urls import reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
-from .choices import DriftKind, ItemState
-from .models import ChangeBatch, ChangeItem, DriftEvent, Instance
+from .choices import DriftKind, ItemState, LaunchVerdict, SourceKind
+from .models import ChangeBatch, ChangeItem, DriftEvent, Instance, LaunchSource, LaunchTemplateVersion
 from .pagination import Ordering
 from .posture import percent
 
@@ -182,6 +183,8 @@ class ChangeItemTable(BaseTable):
         row_attrs = {"class": lambda record: f"item-{record.state}"}
 
     def render_target(self, record):
+        if record.source_id:
+            return format_html('<a href="{}">{}</a>', record.source.get_absolute_url(), record.source.name)
         if record.instance_id:
             url = reverse("fleet:instance_detail", args=[record.instance.instance_id])
             return format_html('<a href="{}">{}</a>', url, record.instance.instance_id)
@@ -236,3 +239,79 @@ class DriftEventTable(BaseTable):
         if instance.enforced:
             return badge("IMDSv2 enforced", "good")
         return badge(f"HttpTokens {instance.http_tokens}", "bad")
+
+
+VERDICT_LEVEL = {
+    LaunchVerdict.IMDSV2: "good",
+    LaunchVerdict.IMDSV1: "bad",
+    LaunchVerdict.REFUSED: "bad",
+    LaunchVerdict.UNKNOWN: "warn",
+}
+
+
+def verdict_badge(source):
+    return badge(LaunchVerdict(source.verdict).label, VERDICT_LEVEL.get(source.verdict, "neutral"))
+
+
+class LaunchSourceTable(BaseTable):
+    name = tables.Column(linkify=True, verbose_name="Source")
+    kind = tables.Column()
+    account = tables.Column(accessor="account__name", verbose_name="Account", order_by=("account__name", "region"))
+    region = tables.Column(attrs={"td": {"class": "nowrap"}})
+    launches = tables.Column(empty_values=(), orderable=False, verbose_name="Launches from")
+    next_http_tokens = tables.Column(verbose_name="Next HttpTokens", default="unknown")
+    next_hop_limit = tables.Column(verbose_name="Hops", default="?")
+    verdict = tables.Column(verbose_name="Next launch")
+    owner = tables.Column(default="", verbose_name="Owner")
+
+    class Meta(BaseTable.Meta):
+        model = LaunchSource
+        fields = ()
+        sequence = ("name", "kind", "account", "region", "launches", "next_http_tokens", "next_hop_limit", "verdict", "owner")
+
+    def render_name(self, value, record):
+        return format_html('{} <small class="muted mono">{}</small>', value, record.source_id) if record.source_id != value else value
+
+    def render_launches(self, record):
+        return launch_spec(record)
+
+    def render_verdict(self, record):
+        return verdict_badge(record)
+
+    def render_owner(self, record):
+        return format_html('<span title="{}">{}</span>', record.owner_detail, record.get_owner_display())
+
+
+def launch_spec(source):
+    """What a source launches from, in words (one line)."""
+    if source.kind == SourceKind.LAUNCH_TEMPLATE:
+        return f"default v{source.default_version} · latest v{source.latest_version}"
+    if source.kind == SourceKind.LAUNCH_CONFIGURATION:
+        return f"AMI {source.image_id or '?'}"
+    if source.launch_configuration_name and not source.template_ref:
+        return f"launch configuration {source.launch_configuration_name}"
+    resolved = f" → v{source.next_version}" if source.next_version else ""
+    mixed = " (mixed instances policy)" if source.mixed_instances_policy else ""
+    return f"{source.template_ref} {source.version_spec or '$Default'}{resolved}{mixed}"
+
+
+class LaunchTemplateVersionTable(BaseTable):
+    version_number = tables.Column(verbose_name="Version")
+    role = tables.Column(empty_values=(), orderable=False, verbose_name="")
+    description = tables.Column(default="")
+    image_id = tables.Column(verbose_name="AMI", default="—")
+    http_tokens = tables.Column(verbose_name="HttpTokens", default="unset")
+    hop_limit = tables.Column(verbose_name="Hops", default="unset")
+    http_endpoint = tables.Column(verbose_name="Endpoint", default="unset")
+    created_at = tables.DateTimeColumn(verbose_name="Created", format="Y-m-d H:i", default="—")
+
+    class Meta(BaseTable.Meta):
+        model = LaunchTemplateVersion
+        fields = ()
+        sequence = ("version_number", "role", "description", "image_id", "http_tokens", "hop_limit", "http_endpoint", "created_at")
+
+    def render_role(self, record):
+        template = record.template
+        roles = [name for name, number in (("default", template.default_version), ("latest", template.latest_version))
+                 if number == record.version_number]
+        return format_html_join(" ", '<span class="badge badge-neutral">{}</span>', ((r,) for r in roles))

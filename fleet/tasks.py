@@ -6,7 +6,7 @@ from celery import shared_task
 from celery.signals import task_prerun, worker_init, worker_ready
 from django.conf import settings
 
-from . import apply, aws, history, posture, sync, usage, workers
+from . import apply, aws, discovery, health, history, posture, sync, usage, workers
 from . import notify as notify_service
 from .choices import SyncStatus
 from .models import Account
@@ -156,3 +156,35 @@ def send_delivery(self, delivery_pk, attempt=0):
         notify_service.send(delivery_pk, attempt=attempt, final=self.request.retries >= self.max_retries)
     except notify_service.DeliveryFailed as exc:
         raise self.retry(args=(delivery_pk, attempt + 1), exc=exc, countdown=min(600, 5 * 2**self.request.retries)) from exc
+
+
+@shared_task(ignore_result=True)
+def discover_organizations():
+    """Beat: re-discover every organization source, then check the health of the accounts."""
+    discovery.discover_all()
+    check_health_all.delay()
+
+
+@shared_task(ignore_result=True)
+def discover_source(source_pk):
+    """The admin's "Discover now": one source, then the health of the accounts."""
+    from .models import OrganizationSource
+
+    source = OrganizationSource.objects.filter(pk=source_pk).first()
+    if source is not None:
+        discovery.discover(source)
+        check_health_all.delay()
+
+
+@shared_task(ignore_result=True)
+def check_health_all():
+    """Beat fan-out: one health check per enabled account."""
+    for pk in Account.objects.filter(enabled=True).values_list("pk", flat=True):
+        check_account_health.delay(pk)
+
+
+@shared_task(ignore_result=True)
+def check_account_health(account_pk):
+    account = Account.objects.filter(pk=account_pk, enabled=True).first()
+    if account is not None:
+        health.check_account(account)

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from .views import changes, defaults, history, instances, overview, tokens
+from .views import accounts, changes, defaults, enforcement, history, instances, overview, sources, tokens
 
 app_name = "fleet"
 urlpatterns = [
@@ -13,8 +13,13 @@ urlpatterns = [
     path("drift/", history.DriftListView.as_view(), name="drift_list"),
     path("tokens/", tokens.ApiTokenView.as_view(), name="api_tokens"),
     path("tokens/<int:pk>/revoke/", tokens.ApiTokenRevokeView.as_view(), name="api_token_revoke"),
+    path("accounts/", accounts.AccountHealthView.as_view(), name="account_health"),
+    path("sources/", sources.SourceListView.as_view(), name="source_list"),
+    path("sources/require-imdsv2/", sources.SourceFixView.as_view(), name="source_fix"),
+    path("sources/<int:pk>/", sources.SourceDetailView.as_view(), name="source_detail"),
     path("defaults/", defaults.DefaultsView.as_view(), name="defaults"),
     path("defaults/change/", defaults.DefaultsChangeView.as_view(), name="defaults_change"),
+    path("defaults/enforce/", enforcement.EnforcementView.as_view(), name="enforce"),
     path("changes/", changes.ChangeListView.as_view(), name="change_list"),
     path("changes/new/", changes.ChangeNewView.as_view(), name="change_new"),
     path("changes/<int:pk>/", changes.ChangeDetailView.as_view(), name="change_detail"),

@@ -48,3 +48,13 @@ def validate_regions(value):
         region_validator(region)
     if len(set(value)) != len(value):
         raise ValidationError("A region is listed twice.", code="duplicate_region")
+
+
+def validate_region_list(value):
+    """A possibly empty list of region codes (an allow or deny list)."""
+    from django.core.exceptions import ValidationError
+
+    if not isinstance(value, list):
+        raise ValidationError("Give a list of regions.", code="not_a_list")
+    for region in value:
+        region_validator(region)

@@ -43,6 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed-demo", action="store_true", help="create the demo fleet (3 accounts, ~1,500 instances)"
     )
     parser.add_argument(
+        "--seed-org",
+        type=int,
+        default=0,
+        metavar="N",
+        help="create an AWS Organization of N member accounts (at least 4) in nested OUs",
+    )
+    parser.add_argument(
+        "--org-instances",
+        type=int,
+        default=3,
+        metavar="K",
+        help="instances per region in each readable organization account (default: %(default)s)",
+    )
+    parser.add_argument(
         "--apply-delay",
         type=_non_negative,
         default=3.0,
@@ -130,6 +144,18 @@ def main(argv: list[str] | None = None) -> int:
         replayed = state.restore(app.imds, created_at)
         app.imds.journal = state
         print(f"state file {state.path}: {replayed} change{'' if replayed == 1 else 's'} replayed", flush=True)
+    if args.seed_org:
+        from .organization import seed_organization
+
+        if args.seed_org < 4:
+            print("--seed-org needs at least 4 accounts", file=sys.stderr)
+            return 2
+        app.organization = seed_organization(app.org, app.imds, args.seed_org, args.org_instances)
+        print(
+            f"organization: management account {app.organization['management_account_id']} "
+            f"({app.organization['management_role_arn']}), {args.seed_org} member accounts",
+            flush=True,
+        )
 
     server = make_simulator_server(app, args.host, args.port)
     # SIGTERM (SimulatorProcess.stop, docker stop) should end the process as cleanly as Ctrl-C.

@@ -2,7 +2,8 @@
 
 Lets tests, benchmarks and demo operators read and change the knobs at runtime, mark an
 account/region as managed by a declarative policy, read and reset call statistics, wait for
-readiness and discover the seeded demo accounts. JSON in, JSON out; nothing here is AWS-shaped.
+readiness and discover the seeded demo accounts; read the seeded organization, opt an account in
+or out of a region and make an account's role missing or read-only. JSON in, JSON out; nothing here is AWS-shaped.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ _routes = Map(
         Rule(f"{PREFIX}/stats", endpoint="stats", methods=["GET"]),
         Rule(f"{PREFIX}/stats/reset", endpoint="reset_stats", methods=["POST"]),
         Rule(f"{PREFIX}/demo", endpoint="demo", methods=["GET"]),
+        Rule(f"{PREFIX}/organization", endpoint="organization", methods=["GET"]),
+        Rule(f"{PREFIX}/regions", endpoint="set_region", methods=["POST"]),
+        Rule(f"{PREFIX}/role", endpoint="set_role", methods=["POST"]),
     ]
 )
 
@@ -123,3 +127,28 @@ class AdminEndpoint:
 
     def demo(self, request: Request) -> Response:
         return _json(self.sim.demo_accounts)
+
+    def organization(self, request: Request) -> Response:
+        return _json(self.sim.organization)
+
+    def set_region(self, request: Request) -> Response:
+        body = _json_body(request)
+        account_id, region, opted_in = body.get("account_id"), body.get("region"), body.get("opted_in", True)
+        if not isinstance(account_id, str) or not isinstance(region, str) or not isinstance(opted_in, bool):
+            raise BadRequest("account_id and region (strings) and opted_in (true or false) are required")
+        try:
+            self.sim.org.set_region(account_id, region, opted_in)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        return _json({"account_id": account_id, "opted_in_regions": sorted(self.sim.org.opted_in(account_id))})
+
+    def set_role(self, request: Request) -> Response:
+        body = _json_body(request)
+        account_id, access = body.get("account_id"), body.get("access")
+        if not isinstance(account_id, str) or not isinstance(access, str):
+            raise BadRequest("account_id and access are required strings")
+        try:
+            self.sim.org.set_role_access(account_id, access)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        return _json({"account_id": account_id, "access": self.sim.org.role_access(account_id)})

@@ -2,8 +2,9 @@
 
 Owns the behaviour moto lacks (see docs/simulator.md): ModifyInstanceMetadataOptions that keeps
 unsent settings, validates, honours DryRun and reports ``pending`` until the change is applied;
-Get/ModifyInstanceMetadataDefaults per account and region, including accounts whose defaults are
-managed by a declarative policy; and account defaults applied to instances launched later.
+Get/ModifyInstanceMetadataDefaults per account and region (``HttpTokensEnforced`` included),
+including accounts whose defaults are managed by a declarative policy. What launches get from
+these defaults is ``imdssim.launches``.
 
 State lives on moto's own objects wherever moto serialises it: each instance's ``metadata_options``
 is replaced by ``SimMetadataOptions``, whose ``state`` is computed when read, so DescribeInstances,
@@ -37,6 +38,7 @@ DEFAULT_VALUES = {
     "HttpTokens": ("optional", "required", "no-preference"),
     "HttpEndpoint": ("enabled", "disabled", "no-preference"),
     "InstanceMetadataTags": ("enabled", "disabled", "no-preference"),
+    "HttpTokensEnforced": ("enabled", "disabled", "no-preference"),
 }
 HOP_LIMIT = "HttpPutResponseHopLimit"
 # Wire name -> attribute name on moto's MetadataOptions.
@@ -199,6 +201,10 @@ class ImdsModel:
                 else:
                     settings[name] = value
 
+    def enforced(self, account_id: str, region: str) -> bool:
+        with self._lock:
+            return self.defaults(account_id, region).settings.get("HttpTokensEnforced") == "enabled"
+
     def set_policy(self, account_id: str, region: str, managed: bool, message: str | None) -> None:
         with self._lock:
             entry = self.defaults(account_id, region)
@@ -264,19 +270,6 @@ class ImdsModel:
                 if instance is not None:
                     self.journal.instance_state(account_id, region, instance)
 
-    def on_launched(self, request: QueryRequest, instance_ids: list[str]) -> None:
-        """Account defaults fill each setting the RunInstances call did not specify itself."""
-        settings = dict(self.defaults(request.account_id, request.region).settings)
-        launch_changes = {
-            name: value for name, value in settings.items() if f"MetadataOptions.{name}" not in request.params
-        }
-        backend = ec2_backends[request.account_id][request.region]
-        for instance_id in instance_ids:
-            instance = backend.get_instance_by_id(instance_id)
-            if instance is not None:
-                # Always install SimMetadataOptions so the metadata-options.* filters work.
-                self.set_instance_options(instance, launch_changes, pending=False)
-
     # --- API handlers -----------------------------------------------------------------------
     def handle(self, request: QueryRequest) -> bytes:
         handler = {
@@ -300,6 +293,11 @@ class ImdsModel:
                 "IncorrectInstanceState",
                 f"The instance '{instance_id}' is not in a state from which it can be modified.",
             )
+        if changes.get("HttpTokens") == "optional" and self.enforced(request.account_id, request.region):
+            raise Ec2Error(
+                "UnsupportedOperation",
+                "You can't enable IMDSv1 on this instance because httpTokensEnforced is enabled for this account.",
+            )
         if request.dry_run:
             raise dry_run_error()
         with self._lock:
@@ -320,6 +318,7 @@ class ImdsModel:
                 "httpPutResponseHopLimit": entry.settings.get(HOP_LIMIT),
                 "httpEndpoint": entry.settings.get("HttpEndpoint"),
                 "instanceMetadataTags": entry.settings.get("InstanceMetadataTags"),
+                "httpTokensEnforced": entry.settings.get("HttpTokensEnforced"),
                 "managedBy": "declarative-policy" if entry.policy_message else "account",
                 "managedExceptionMessage": entry.policy_message,
             }

@@ -2,7 +2,9 @@
 
 Three accounts reachable through ``sts:AssumeRole``, three regions each, about 1,500 instances in a
 realistic mix of IMDS postures, IMDSv1 usage in CloudWatch, account defaults in some regions and
-one region managed by a declarative policy. Instances are created with one RunInstances-sized call
+one region managed by a declarative policy (with IMDSv2 enforced), and in every region the launch
+sources new instances come from: launch templates, Auto Scaling groups, a launch configuration
+and AMIs with and without ``ImdsSupport``. Instances are created with one RunInstances-sized call
 per group straight on moto's backend and then adjusted in place: one API call per instance would
 make start-up take minutes.
 
@@ -22,6 +24,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from moto.autoscaling.models import autoscaling_backends
 from moto.cloudwatch.models import cloudwatch_backends
 from moto.core.utils import utcnow
 from moto.ec2.models import ec2_backends
@@ -76,7 +79,11 @@ DEMO_ACCOUNTS = (
 DEMO_DEFAULTS = {
     ("111111111111", "us-east-1"): {"HttpTokens": "required", "HttpPutResponseHopLimit": 2},
     ("222222222222", "eu-west-1"): {"HttpTokens": "required"},
-    ("333333333333", "ap-southeast-2"): {"HttpTokens": "required", "HttpPutResponseHopLimit": 2},
+    ("333333333333", "ap-southeast-2"): {
+        "HttpTokens": "required",
+        "HttpPutResponseHopLimit": 2,
+        "HttpTokensEnforced": "enabled",
+    },
 }
 DEMO_POLICIES = {
     ("333333333333", "ap-southeast-2"): (
@@ -118,6 +125,8 @@ def _seed_region(
     imds: ImdsModel, account: DemoAccount, region: str, count: int, rng: random.Random, clock: _Clock
 ) -> None:
     backend = ec2_backends[account.account_id][region]
+    # The Auto Scaling groups' instances count towards the region's total.
+    count -= _seed_sources(account, region)
     instances = []
     # Several small reservations, like auto scaling groups and hand launches make, so that
     # DescribeInstances pagination (moto pages by reservation) has many pages to walk.
@@ -209,14 +218,97 @@ class _Clock:
         return time.monotonic() + seconds_after_creation - self.elapsed
 
 
+def _seed_sources(account: DemoAccount, region: str) -> int:
+    """Launch templates, Auto Scaling groups, a launch configuration and AMIs in mixed posture.
+
+    Created on moto's backends like the instances, after the account defaults, so the groups'
+    instances get what AWS's order of precedence gives them (``imdssim.launches``). Returns the
+    number of instances the groups launched (a group whose launch enforcement refuses has none).
+    """
+    ec2 = ec2_backends[account.account_id][region]
+    autoscaling = autoscaling_backends[account.account_id][region]
+    env = account.name
+    v2_ami = ec2.register_image(f"al2023-{env}-imdsv2", "Amazon Linux 2023, ImdsSupport v2.0")
+    v2_ami.imds_support = "v2.0"
+    legacy_ami = ec2.register_image(f"ubuntu-18.04-{env}-legacy", "no ImdsSupport")
+    gone_ami = ec2.register_image(f"centos-7-{env}-retired", "deregistered since")
+    ec2.deregister_image(gone_ami.id)
+
+    def template(name, versions, tags=None, default=1):
+        lt = ec2.create_launch_template(
+            name, "", {"ImageId": versions[0][0], "InstanceType": "m5.large", **versions[0][1]},
+            {"launch-template": tags or {}},
+        )
+        for image_id, data in versions[1:]:
+            # Each later version from the previous one, as CreateLaunchTemplateVersion's SourceVersion does.
+            lt.create_version({**lt.latest_version().data, "ImageId": image_id, **data}, "")
+        lt.default_version_number = default
+        return lt
+
+    def options(**values):
+        return {"MetadataOptions": values}
+
+    web = template(
+        f"web-{env}",
+        [(legacy_ami.id, options(HttpTokens="optional")), (legacy_ami.id, {"MetadataOptions": {}}),
+         (v2_ami.id, options(HttpTokens="required", HttpPutResponseHopLimit=2))],
+        default=2,
+    )
+    api = template(f"api-{env}", [(legacy_ami.id, options(HttpTokens="required", HttpPutResponseHopLimit=2))])
+    batch = template(f"batch-{env}", [(v2_ami.id, {}), (gone_ami.id, options(HttpPutResponseHopLimit=3))])
+    eks = template(
+        f"eks-{env}-nodes", [(legacy_ami.id, options(HttpTokens="optional", HttpPutResponseHopLimit=2))],
+        tags={"eks:cluster-name": f"{env}-cluster", "eks:nodegroup-name": "general"},
+    )
+    template(
+        f"cfn-{env}-queue-workers", [(legacy_ami.id, {})],
+        tags={"aws:cloudformation:stack-name": f"{env}-queue", "aws:cloudformation:logical-id": "WorkerTemplate"},
+    )
+    autoscaling.create_launch_configuration(
+        f"bastion-{env}-lc", legacy_ami.id, None, "", "", [], None, "t3.micro", False, None, None, False, False,
+        [], metadata_options={"HttpTokens": "optional", "HttpPutResponseHopLimit": 1},
+    )
+
+    def group(name, size, team, **spec):
+        tags = [
+            {"Key": key, "Value": value, "PropagateAtLaunch": True, "ResourceId": name,
+             "ResourceType": "auto-scaling-group"}
+            for key, value in {"Name": name, "Team": team, "Env": env, **spec.pop("tags", {})}.items()
+        ]
+        created = autoscaling.create_auto_scaling_group(
+            name, [f"{region}a"], size, 10, 0, spec.pop("launch_config_name", None), spec.pop("launch_template", None),
+            None, None, None, None, [], [], None, [], tags, mixed_instances_policy=spec.pop("mixed", None),
+        )
+        return len(created.instance_states)
+
+    launched = group(f"web-{env}-asg", 3, "web", launch_template={"LaunchTemplateId": web.id, "Version": "$Default"})
+    launched += group(f"api-{env}-asg", 2, "payments", launch_template={"LaunchTemplateId": api.id, "Version": "$Latest"})
+    launched += group(
+        f"batch-{env}-asg", 2, "data",
+        mixed={"LaunchTemplate": {"LaunchTemplateSpecification": {"LaunchTemplateId": batch.id, "Version": "1"},
+                                  "Overrides": [{"InstanceType": "c6i.xlarge"}, {"InstanceType": "c5.xlarge"}]}},
+    )
+    launched += group(
+        f"eks-{env}-general", 2, "platform", launch_template={"LaunchTemplateId": eks.id, "Version": "1"},
+        tags={"eks:cluster-name": f"{env}-cluster", "eks:nodegroup-name": "general"},
+    )
+    launched += group(f"bastion-{env}-asg", 1, "security", launch_config_name=f"bastion-{env}-lc")
+    return launched
+
+
 def seed_demo_fleet(imds: ImdsModel, created_at: datetime | None = None) -> list[dict]:
     """Create the demo fleet in moto's backends; returns the accounts as ``/_imdssim/demo`` shows them.
 
-    ``created_at`` (UTC) is when this fleet was first created; default now.
+    ``created_at`` (UTC) is when this fleet was first created; default now. The account defaults
+    come first, so the Auto Scaling groups' instances get what AWS's order of precedence gives them.
     """
     started = time.monotonic()
     rng = random.Random(SEED)
     clock = _Clock(created_at or utcnow())
+    for (account_id, region), settings in DEMO_DEFAULTS.items():
+        imds.set_defaults(account_id, region, settings)
+    for (account_id, region), message in DEMO_POLICIES.items():
+        imds.set_policy(account_id, region, True, message)
     mock_random.seed(SEED)
     try:
         for account in DEMO_ACCOUNTS:
@@ -224,10 +316,6 @@ def seed_demo_fleet(imds: ImdsModel, created_at: datetime | None = None) -> list
                 _seed_region(imds, account, region, count, rng, clock)
     finally:
         mock_random.seed()  # from the OS again: ids of later launches, access keys, request ids
-    for (account_id, region), settings in DEMO_DEFAULTS.items():
-        imds.set_defaults(account_id, region, settings)
-    for (account_id, region), message in DEMO_POLICIES.items():
-        imds.set_policy(account_id, region, True, message)
     total = sum(sum(a.instances_per_region.values()) for a in DEMO_ACCOUNTS)
     log.info("seeded %d demo instances in %.1f s", total, time.monotonic() - started)
     return [account.as_dict() for account in DEMO_ACCOUNTS]

@@ -2,31 +2,30 @@
 
 ``SimulatorApp`` sits in front of moto's own dispatcher. For EC2 calls it adds latency and random
 faults, enforces the throttling buckets, answers the IMDS actions moto gets wrong (``ec2_imds``)
-and lets moto answer everything else, hooking RunInstances and StartInstances so account
-defaults and stopped-instance changes take effect. STS AssumeRole is checked against the demo
-roles' ExternalIds; CloudWatch and other services pass straight through.
+and lets moto answer everything else (with ``launches``' patches: what a new instance gets), hooking
+StartInstances so stopped-instance changes take effect. STS AssumeRole is checked against the demo
+roles' ExternalIds and the organization's missing roles; DescribeRegions and read-only roles are
+answered by ``organization``; CloudWatch and other services pass straight through.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import re
 import time
 from xml.sax.saxutils import escape
 
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from . import launches
 from .admin import PREFIX, AdminEndpoint
 from .awsquery import Ec2Error, QueryRequest, new_request_id, read_query_request
 from .ec2_imds import ImdsModel
+from .organization import OrganizationModel
 from .throttle import Knobs, Stats, Throttler
 
 log = logging.getLogger(__name__)
-
-_INSTANCE_ID_ELEMENT = re.compile(rb"<instanceId>(i-[0-9a-f]+)</instanceId>")
-
 
 def _status_code(status: str) -> int:
     return int(status.split(" ", 1)[0])
@@ -40,18 +39,21 @@ class SimulatorApp:
         self.stats = Stats()
         self.throttler = Throttler(self.knobs)
         self.imds = ImdsModel(self.knobs, on_modify=self.stats.record_modify)
+        launches.install(self.imds)
         self.moto = DomainDispatcherApplication(create_backend_app)
         self.admin = AdminEndpoint(self)
         self.rng = rng or random.Random()
         self.demo_accounts: list[dict] = []
         self.role_external_ids: dict[str, str] = {}  # role ARN -> ExternalId its trust policy requires
+        self.org = OrganizationModel()
+        self.organization: dict = {}  # the seeded organization, as /_imdssim/organization shows it
 
     def __call__(self, environ, start_response):
         if environ.get("PATH_INFO", "").startswith(PREFIX + "/"):
             return self.admin(environ, start_response)
         request = read_query_request(environ)
         if request.service == "sts" and request.action == "AssumeRole":
-            denied = self._check_external_id(request)
+            denied = self.org.assume_role_denied(request) or self._check_external_id(request)
             if denied is not None:
                 start_response("403 Forbidden", _xml_headers(denied))
                 return [denied]
@@ -68,7 +70,11 @@ class SimulatorApp:
             time.sleep(self.knobs.latency_ms / 1000)
         try:
             self._inject_faults(request)
-            if action in ImdsModel.HANDLED:
+            self.org.check_authorized(request)
+            if action == "DescribeRegions":
+                body = self.org.describe_regions(request)
+                result = ("200 OK", _xml_headers(body), body)
+            elif action in ImdsModel.HANDLED:
                 body = self.imds.handle(request)
                 result = ("200 OK", _xml_headers(body), body)
             else:
@@ -110,10 +116,7 @@ class SimulatorApp:
             if hasattr(chunks, "close"):
                 chunks.close()
         if _status_code(captured["status"]) == 200 and not request.dry_run:
-            if request.action == "RunInstances":
-                ids = [m.decode() for m in _INSTANCE_ID_ELEMENT.findall(body)]
-                self.imds.on_launched(request, ids)
-            elif request.action in ("StartInstances", "StopInstances", "TerminateInstances"):
+            if request.action in ("StartInstances", "StopInstances", "TerminateInstances"):
                 ids = request.indexed("InstanceId")
                 if request.action == "StartInstances":
                     self.imds.on_started(request.account_id, request.region, ids)

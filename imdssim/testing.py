@@ -175,6 +175,18 @@ class SimulatorProcess:
             {"account_id": account_id, "region": region, "instance_ids": list(instance_ids), "members": list(members)},
         )
 
+    def organization(self) -> dict:
+        """The seeded organization: management_account_id, management_role_arn, ou_ids, accounts."""
+        return self._request("GET", "/organization")
+
+    def set_region(self, account_id: str, region: str, opted_in: bool = True) -> dict:
+        """Opt an account in to (or out of) an opt-in region."""
+        return self._request("POST", "/regions", {"account_id": account_id, "region": region, "opted_in": opted_in})
+
+    def set_role(self, account_id: str, access: str) -> dict:
+        """Make the account's role ``full``, ``read-only`` or ``missing``."""
+        return self._request("POST", "/role", {"account_id": account_id, "access": access})
+
     def demo_accounts(self) -> list[dict]:
         """The seeded accounts: account_id, name, role_arn, external_id, regions, instances_per_region."""
         return self._request("GET", "/demo")

@@ -262,6 +262,8 @@ IMDSWEB_USAGE_WINDOW_DAYS = env.int("IMDSWEB_USAGE_WINDOW_DAYS", default=14)
 IMDSWEB_USAGE_STALE_MINUTES = env.int(
     "IMDSWEB_USAGE_STALE_MINUTES", default=2 * IMDSWEB_USAGE_SYNC_INTERVAL_MINUTES
 )
+IMDSWEB_DISCOVERY_INTERVAL_MINUTES = env.int("IMDSWEB_DISCOVERY_INTERVAL_MINUTES", default=1440)
+IMDSWEB_HEALTH_INTERVAL_MINUTES = env.int("IMDSWEB_HEALTH_INTERVAL_MINUTES", default=60)
 IMDSWEB_STALE_SYNC_MINUTES = env.int("IMDSWEB_STALE_SYNC_MINUTES", default=60)
 # The beat's tracking round over every region with pending items: the safety net. A region's own
 # rounds run IMDSWEB_TRACK_FAST_SECONDS after a submit AWS answered pending, and as often while
@@ -277,6 +279,8 @@ IMDSWEB_PENDING_TIMEOUT_MINUTES = env.int("IMDSWEB_PENDING_TIMEOUT_MINUTES", def
 IMDSWEB_AWS_CONNECT_TIMEOUT = env.float("IMDSWEB_AWS_CONNECT_TIMEOUT", default=5.0)
 IMDSWEB_AWS_READ_TIMEOUT = env.float("IMDSWEB_AWS_READ_TIMEOUT", default=30.0)
 IMDSWEB_AWS_MAX_ATTEMPTS = env.int("IMDSWEB_AWS_MAX_ATTEMPTS", default=5)
+# boto3 clients a process keeps (least recently used dropped first); about 0.8 MB each.
+IMDSWEB_AWS_CLIENT_CACHE_SIZE = env.int("IMDSWEB_AWS_CLIENT_CACHE_SIZE", default=512)
 # AWS EC2 token buckets (size, refill per second) per account/region/action; see AWS-FACTS.
 IMDSWEB_RATE_LIMITS = {
     "ModifyInstanceMetadataOptions": (
@@ -286,6 +290,15 @@ IMDSWEB_RATE_LIMITS = {
     "ModifyInstanceMetadataDefaults": (2, 2.0),
     "DescribeInstances": (100, 20.0),
     "GetInstanceMetadataDefaults": (50, 10.0),
+    "DescribeLaunchTemplates": (100, 20.0),
+    "DescribeLaunchTemplateVersions": (100, 20.0),
+    "DescribeImages": (100, 20.0),
+    "CreateLaunchTemplateVersion": (50, 5.0),
+    "ModifyLaunchTemplate": (50, 5.0),
+    # Auto Scaling's own API; AWS does not publish its buckets: stay well under what it tolerates.
+    "DescribeAutoScalingGroups": (20, 5.0),
+    "DescribeLaunchConfigurations": (20, 5.0),
+    "UpdateAutoScalingGroup": (10, 2.0),
 }
 # Multiplies every refill rate: set it to the simulator's --time-scale.
 IMDSWEB_RATE_TIME_SCALE = env.float("IMDSWEB_RATE_TIME_SCALE", default=1.0)
@@ -350,6 +363,14 @@ CELERY_BEAT_SCHEDULE = {
     "sync-imdsv1-usage": {
         "task": "fleet.tasks.sync_usage_all",
         "schedule": timedelta(minutes=IMDSWEB_USAGE_SYNC_INTERVAL_MINUTES),
+    },
+    "discover-organizations": {
+        "task": "fleet.tasks.discover_organizations",
+        "schedule": timedelta(minutes=IMDSWEB_DISCOVERY_INTERVAL_MINUTES),
+    },
+    "check-account-health": {
+        "task": "fleet.tasks.check_health_all",
+        "schedule": timedelta(minutes=IMDSWEB_HEALTH_INTERVAL_MINUTES),
     },
     "refresh-posture": {
         "task": "fleet.tasks.refresh_posture",

@@ -10,6 +10,7 @@ from boto3's own ``AWS_ENDPOINT_URL`` handling.
 
 import os
 import threading
+from collections import OrderedDict
 
 import boto3
 import botocore.session
@@ -21,11 +22,14 @@ from . import counters
 
 _lock = threading.Lock()
 _sessions = {}
-_clients = {}
+# Least recently used first: bounded by IMDSWEB_AWS_CLIENT_CACHE_SIZE, since a client costs
+# about 0.8 MB and a worker of a 3,400 account/region fleet otherwise keeps one per
+# account/region/service for its whole life (docs/benchmarks.md, organization scale).
+_clients = OrderedDict()
 _loader = None
 
 # The services the workers call; their models are parsed by warm_up().
-SERVICES = ("ec2", "sts", "cloudwatch")
+SERVICES = ("ec2", "sts", "cloudwatch", "autoscaling")
 
 ROLE_SESSION_NAME = "imdsweb"
 ASSUME_ROLE_SECONDS = 3600
@@ -118,11 +122,14 @@ def client(account, region, service, max_attempts=None):
     key = (account.account_id, account.role_arn, account.external_id, region, service, attempts)
     with _lock:
         cached = _clients.get(key)
-    if cached is not None:
-        return cached
+        if cached is not None:
+            _clients.move_to_end(key)
+            return cached
     new = counters.instrument(session_for(account).client(service, region_name=region, config=_config(attempts)))
     with _lock:
         _clients[key] = new
+        while len(_clients) > settings.IMDSWEB_AWS_CLIENT_CACHE_SIZE:
+            _clients.popitem(last=False)
     return new
 
 

@@ -217,8 +217,12 @@ def rollback(batch, user, comment="", request_token=None):
     See :func:`fleet.changes.rollbacks.plan_rollback` for what is restored and what is skipped.
     The batch row is locked for the decision, so two rollbacks of one batch cannot both go ahead.
     """
+    from ..targets import target_for
     from .rollbacks import plan_rollback
 
+    target = target_for(batch.kind)  # a kind written as a target object rolls itself back
+    if target is not None:
+        return target().rollback(batch, user, comment)
     if replayed := _replayed(request_token):
         raise AlreadySubmitted(f"This rollback was already submitted: batch #{replayed.pk}.", batch=replayed)
     try:

@@ -5,11 +5,13 @@ from .changes import ChangeBatch, ChangeItem
 from .history import DriftEvent, FleetSnapshot, PostureSnapshot
 from .inventory import Account, Instance, MetadataDefaults, SyncRun, UsageReading
 from .notifications import Delivery, NotificationEvent, NotificationRule
+from .organization import AccountHealth, DiscoveryRun, OrganizationSource
 from .posture import RegionPosture
 from .signin import OidcIdentity
+from .sources import Image, LaunchSource, LaunchTemplateVersion, SourceSyncState
 
 __all__ = [
-    "Account", "ApiToken", "ChangeBatch", "ChangeItem", "Delivery", "DriftEvent", "FleetSnapshot", "Instance",
+    "Account", "AccountHealth", "ApiToken", "ChangeBatch", "ChangeItem", "Delivery", "DriftEvent", "FleetSnapshot", "Image", "Instance", "LaunchSource", "LaunchTemplateVersion", "SourceSyncState",
     "MetadataDefaults", "NotificationEvent", "NotificationRule", "OidcIdentity", "PostureSnapshot", "RegionPosture", "SyncRun",
-    "UsageReading",
+    "UsageReading", "DiscoveryRun", "OrganizationSource",
 ]

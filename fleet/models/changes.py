@@ -136,6 +136,10 @@ class ChangeItem(models.Model):
     instance = models.ForeignKey(
         Instance, null=True, blank=True, on_delete=models.PROTECT, related_name="change_items"
     )
+    # A launch template for "require IMDSv2 at the source" (fleet.source_changes); null otherwise.
+    source = models.ForeignKey(
+        "fleet.LaunchSource", null=True, blank=True, on_delete=models.PROTECT, related_name="change_items"
+    )
     # Values this item sets when they differ per item (a rollback); empty = the batch's desired.
     desired = models.JSONField(default=dict, blank=True)
     # The values of the changed parameters before the change, for rollback and audit.
@@ -177,8 +181,13 @@ class ChangeItem(models.Model):
             ),
             models.UniqueConstraint(
                 fields=["account", "region"],
-                condition=Q(state__in=["queued", "submitting", "pending"], instance__isnull=True),
+                condition=Q(state__in=["queued", "submitting", "pending"], instance__isnull=True, source__isnull=True),
                 name="one_active_defaults_item_per_region",
+            ),
+            models.UniqueConstraint(
+                fields=["source"],
+                condition=Q(state__in=["queued", "submitting", "pending"], source__isnull=False),
+                name="one_active_item_per_source",
             ),
         ]
         indexes = [
@@ -187,6 +196,8 @@ class ChangeItem(models.Model):
         ]
 
     def __str__(self):
+        if self.source_id:
+            return f"{self.source.source_id}: {self.state}"
         target = self.instance.instance_id if self.instance else f"{self.account.account_id}/{self.region} defaults"
         return f"{target}: {self.state}"
 

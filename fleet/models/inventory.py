@@ -7,6 +7,7 @@ from django.db.models.functions import Coalesce
 from django.urls import reverse
 
 from ..choices import (
+    DefaultsEnforced,
     DefaultsHttpTokens,
     DefaultsStatus,
     DefaultsToggle,
@@ -14,6 +15,7 @@ from ..choices import (
     InstanceState,
     ManagedBy,
     MetadataState,
+    OrgAccountStatus,
     SyncStatus,
     Toggle,
 )
@@ -39,6 +41,18 @@ class Account(models.Model):
     regions = models.JSONField(default=list, validators=[validate_regions])
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    # Set by organization discovery (fleet.discovery); blank for accounts registered by hand.
+    source = models.ForeignKey(
+        "fleet.OrganizationSource", null=True, blank=True, on_delete=models.SET_NULL, related_name="accounts"
+    )
+    ou_path = models.CharField(
+        max_length=1024, blank=True, db_index=True,
+        help_text="OU names from the root, e.g. Workloads/Prod; blank = directly under the root.",
+    )
+    ou_id = models.CharField(max_length=68, blank=True)
+    org_status = models.CharField(max_length=16, choices=OrgAccountStatus.choices, blank=True)
+    discovered_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["name", "account_id"]
@@ -109,6 +123,12 @@ class Instance(models.Model):
     instance_type = models.CharField(max_length=32, blank=True)
     image_id = models.CharField(max_length=32, blank=True)
     launch_time = models.DateTimeField(null=True, blank=True)
+    # Where it came from, from AWS's own tags (aws:ec2launchtemplate:id / :version,
+    # aws:autoscaling:groupName); blank when AWS did not tag it.
+    # A database default too: bulk COPY paths that predate these columns leave them out.
+    launch_template_id = models.CharField(max_length=32, blank=True, default="", db_default="")
+    launch_template_version = models.CharField(max_length=16, blank=True, default="", db_default="")
+    autoscaling_group = models.CharField(max_length=255, blank=True, default="", db_default="")
 
     # A member DescribeInstances left out of MetadataOptions is NULL: one value for "absent", so
     # the filters, the posture summary and the CSV export all count it the same way.
@@ -151,6 +171,8 @@ class Instance(models.Model):
             models.Index(fields=["instance_state"]),
             models.Index(fields=["hop_limit"]),
             models.Index(fields=["gone_at"]),
+            models.Index(fields=["account", "region", "launch_template_id"], name="instance_launch_template"),
+            models.Index(fields=["account", "region", "autoscaling_group"], name="instance_autoscaling_group"),
             # One per sortable column of the instance list, on exactly its keyset keys
             # (fleet.tables.InstanceTable.SORT_KEYS), so any page of any sort is an index seek.
             models.Index(fields=["instance_id", "id"], name="instance_sort_instance_id"),
@@ -204,6 +226,7 @@ class MetadataDefaults(models.Model):
     hop_limit = models.PositiveSmallIntegerField(null=True, blank=True)
     http_endpoint = models.CharField(max_length=16, choices=DefaultsToggle.choices, null=True, blank=True)  # noqa: DJ001
     instance_metadata_tags = models.CharField(max_length=16, choices=DefaultsToggle.choices, null=True, blank=True)  # noqa: DJ001
+    http_tokens_enforced = models.CharField(max_length=16, choices=DefaultsEnforced.choices, null=True, blank=True)  # noqa: DJ001
     managed_by = models.CharField(max_length=24, choices=ManagedBy.choices, blank=True)
     managed_exception_message = models.TextField(blank=True)
     error = models.TextField(blank=True)

@@ -6,8 +6,16 @@ import factory
 from django.contrib.auth.models import Group, User
 from django.utils import timezone
 
-from fleet.choices import HttpTokens, InstanceState, MetadataState, Toggle
-from fleet.models import Account, ChangeBatch, ChangeItem, Instance, MetadataDefaults
+from fleet.choices import HttpTokens, InstanceState, LaunchVerdict, MetadataState, SourceKind, Toggle
+from fleet.models import (
+    Account,
+    ChangeBatch,
+    ChangeItem,
+    Instance,
+    LaunchSource,
+    LaunchTemplateVersion,
+    MetadataDefaults,
+)
 
 _ids = itertools.count(1)
 
@@ -98,3 +106,33 @@ class ChangeItemFactory(factory.django.DjangoModelFactory):
     )
     account = factory.LazyAttribute(lambda o: o.instance.account)
     region = factory.LazyAttribute(lambda o: o.instance.region)
+
+
+class LaunchSourceFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = LaunchSource
+
+    account = factory.SubFactory(AccountFactory)
+    region = "us-east-1"
+    kind = SourceKind.LAUNCH_TEMPLATE
+    source_id = factory.LazyFunction(lambda: f"lt-{next(_ids):017x}")
+    name = factory.Sequence(lambda n: f"template-{n}")
+    default_version = 1
+    latest_version = 1
+    verdict = LaunchVerdict.IMDSV1
+    next_version = 1
+    next_http_tokens = "optional"
+    next_hop_limit = 1
+    chain = factory.LazyFunction(lambda: ["LT leaves HttpTokens unset → EC2 default: HttpTokens optional → optional"])
+    first_seen = factory.LazyFunction(timezone.now)
+    last_seen = factory.LazyFunction(timezone.now)
+
+
+class LaunchTemplateVersionFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = LaunchTemplateVersion
+
+    template = factory.SubFactory(LaunchSourceFactory)
+    version_number = 1
+    image_id = "ami-12345678"
+    synced_at = factory.LazyFunction(timezone.now)

@@ -23,3 +23,17 @@ def test_warm_up_parses_the_models_a_worker_needs(aws_env):
     loader = session._shared_loader()
     cached = {key[1:3] for key in loader._cache if key[0] == "load_service_model"}
     assert {(service, "service-2") for service in session.SERVICES} <= cached
+
+
+def test_client_cache_keeps_only_the_most_recently_used(aws_env, settings, db):
+    settings.IMDSWEB_AWS_CLIENT_CACHE_SIZE = 2
+    session.reset_caches()
+    account = AccountFactory(role_arn="")
+    first = session.client(account, "us-east-1", "ec2")
+    session.client(account, "eu-west-1", "ec2")
+    assert session.client(account, "us-east-1", "ec2") is first  # used again: now the most recent
+    session.client(account, "ap-southeast-2", "ec2")  # evicts eu-west-1, the least recently used
+    assert len(session._clients) == 2
+    assert session.client(account, "us-east-1", "ec2") is first
+    assert {key[3] for key in session._clients} == {"us-east-1", "ap-southeast-2"}
+    session.reset_caches()

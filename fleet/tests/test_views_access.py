@@ -38,6 +38,7 @@ def read_urls(fleet):
         reverse("fleet:instance_export"),
         reverse("fleet:instance_detail", args=[fleet["instance"].instance_id]),
         reverse("fleet:defaults"),
+        reverse("fleet:account_health"),
         reverse("fleet:change_list"),
         reverse("fleet:change_detail", args=[fleet["batch"].pk]),
         reverse("fleet:change_progress", args=[fleet["batch"].pk]),

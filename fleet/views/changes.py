@@ -17,6 +17,7 @@ from ..filters import ChangeBatchFilterSet, ChangeItemFilterSet
 from ..forms import InstanceChangeForm, RollbackForm
 from ..models import Account, ChangeBatch, Instance, UsageReading
 from ..tables import ChangeBatchTable, ChangeItemTable
+from ..targets import target_for
 from .base import ConfirmActionView, FilteredTableView, OperatorRequiredMixin, refusal_message
 
 FINAL = {BatchStatus.DONE, BatchStatus.DONE_WITH_ERRORS, BatchStatus.CANCELLED}
@@ -186,7 +187,7 @@ def progress_context(batch):
 
 def items_table(request, batch):
     """The batch's items, filtered and paginated from the query string (the page and its poll)."""
-    items = batch.items.select_related("account", "instance")
+    items = batch.items.select_related("account", "instance", "source")
     filterset = ChangeItemFilterSet(request.GET or None, queryset=items)
     items = filterset.qs if filterset.is_valid() or not filterset.is_bound else items.none()
     table = RequestConfig(request, paginate={"per_page": 50}).configure(ChangeItemTable(items, exclude=("batch",)))
@@ -257,6 +258,9 @@ class BatchActionView(OperatorRequiredMixin, View):
         if batch.status not in FINAL:
             raise changes.ChangeRefused("The dry run has not finished yet; run it for real once it has.")
         comment = batch.comment or f"Run for real after dry run #{batch.pk}"
+        target = target_for(batch.kind)
+        if target is not None:
+            return target().rerun(batch, self.request.user, comment)
         if batch.kind == ChangeKind.ACCOUNT_DEFAULTS:
             targets = [(item.account, item.region) for item in batch.items.select_related("account")]
             return changes.request_defaults_change(self.request.user, targets, batch.desired, comment=comment)

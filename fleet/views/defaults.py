@@ -2,7 +2,8 @@
 
 from django.views.generic import TemplateView
 
-from .. import changes
+from .. import changes, sources
+from ..filters import ou_choices
 from ..forms import DefaultsChangeForm
 from ..posture import defaults_matrix
 from .base import ConfirmActionView
@@ -12,9 +13,13 @@ class DefaultsView(TemplateView):
     template_name = "fleet/defaults.html"
 
     def get_context_data(self, **kwargs):
-        cells = defaults_matrix()
+        ou = self.request.GET.get("ou", "")
+        cells = defaults_matrix(ou=ou or None)
+        blockers = sources.enforcement_blockers()
+        for cell in cells:
+            cell.blockers = blockers.get((cell.account.pk, cell.region), [])
         return super().get_context_data(
-            **kwargs, cells=cells, passing=sum(1 for cell in cells if cell.prowler_pass)
+            **kwargs, cells=cells, passing=sum(1 for cell in cells if cell.prowler_pass), ou=ou, ou_choices=ou_choices()
         )
 
 

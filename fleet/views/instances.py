@@ -10,7 +10,8 @@ from django.views.decorators.http import require_safe
 from django.views.generic import DetailView
 from django.views.generic.edit import FormMixin
 
-from .. import csv_export, pagination
+from .. import csv_export, owners, pagination
+from ..choices import ManagedOwner
 from ..filters import InstanceFilterSet
 from ..forms import InstanceOptionsForm
 from ..models import Instance
@@ -18,6 +19,7 @@ from ..roles import RoleRequired
 from ..tables import ChangeItemTable, InstanceTable, per_page_in_range
 from ..validators import instance_id_validator
 from .base import QUEUE_CHANGE, FilteredTableView
+from .sources import source_for_instance
 
 
 class InstanceListView(FilteredTableView):
@@ -110,7 +112,12 @@ class InstanceDetailView(FormMixin, DetailView):
         table = ChangeItemTable(items, exclude=("target", "account", "region", "request_id"), orderable=False)
         # The latest enforcement after which this instance's IMDSv1 calls started being refused.
         breakage = next((item for item in items if item.breakage_suspected), None)
-        return super().get_context_data(**kwargs, history=table, breakage=breakage)
+        launch_template, group = source_for_instance(self.object)
+        owner, owner_detail = owners.managed_owner(self.object.tags)
+        return super().get_context_data(
+            **kwargs, history=table, breakage=breakage, source_template=launch_template, source_group=group,
+            owner=ManagedOwner(owner).label if owner else "", owner_detail=owner_detail,
+        )
 
     def post(self, request, *args, **kwargs):
         self.object = self.get_object()

@@ -131,3 +131,24 @@ def test_imdsv1_usage_is_in_cloudwatch(prod):
     assert 0 < len(with_calls) < len(results)
     assert all(len(r["Timestamps"]) == len(r["Values"]) for r in results)
     assert max(len(r["Values"]) for r in with_calls) >= 10
+
+
+def test_launch_sources_are_seeded_in_mixed_posture(prod):
+    ec2 = prod.client("ec2", config=NO_RETRIES)
+    autoscaling = prod.client("autoscaling", config=NO_RETRIES)
+    templates = {t["LaunchTemplateName"]: t for t in ec2.describe_launch_templates()["LaunchTemplates"]}
+    assert {"web-prod", "api-prod", "batch-prod", "eks-prod-nodes", "cfn-prod-queue-workers"} <= set(templates)
+    assert templates["web-prod"]["DefaultVersionNumber"] == 2 and templates["web-prod"]["LatestVersionNumber"] == 3
+    eks_tags = {t["Key"] for t in templates["eks-prod-nodes"]["Tags"]}
+    assert "eks:cluster-name" in eks_tags
+    groups = {g["AutoScalingGroupName"]: g for g in autoscaling.describe_auto_scaling_groups()["AutoScalingGroups"]}
+    assert groups["batch-prod-asg"]["MixedInstancesPolicy"]["LaunchTemplate"]["LaunchTemplateSpecification"]["Version"] == "1"
+    assert groups["bastion-prod-asg"]["LaunchConfigurationName"] == "bastion-prod-lc"
+    configs = autoscaling.describe_launch_configurations()["LaunchConfigurations"]
+    assert configs[0]["MetadataOptions"]["HttpTokens"] == "optional"
+    images = ec2.describe_images(Owners=["self"])["Images"]
+    assert sorted(i.get("ImdsSupport", "") for i in images) == ["", "v2.0"]
+    # The account default (required, hop limit 2) fills what web-prod v2 leaves unset.
+    web_ids = [i["InstanceId"] for i in groups["web-prod-asg"]["Instances"]]
+    reservations = ec2.describe_instances(InstanceIds=web_ids)["Reservations"]
+    assert {i["MetadataOptions"]["HttpTokens"] for r in reservations for i in r["Instances"]} == {"required"}

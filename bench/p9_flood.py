@@ -1,4 +1,4 @@
-"""P8: a signed-in viewer's overview during a wrong-password flood (GitHub issue 17).
+"""P9: a signed-in viewer's overview during a wrong-password flood (GitHub issue 17).
 
 gunicorn with production settings (DJANGO_DEBUG off, 3 workers x 8 threads as compose's ``web``) over
 the benchmark database (20 accounts x 3 regions, 10,000 instances; the overview reads the posture
@@ -252,7 +252,7 @@ def main(argv=None):
                     f"({figures['without_lockout']['ratio_p50']}x its alone p50)")
     refused = statuses.get("429", 0)
     write_result(args.out, {
-        "id": "P8",
+        "id": "P9",
         "title": f"viewer's overview during an {CONCURRENCY}-connection wrong-password flood (gunicorn, production settings)",
         "figures": figures,
         "measured": f"p50 {flooded['p50_ms']:.0f} ms during the flood ({ratio:.2f}x); "

@@ -1,0 +1,108 @@
+"""Organization scale: discover a simulated organization and sync every account/region with 2 workers.
+
+Real processes (``fleet.tests.live.LiveStack``): a private Redis, the simulator seeded with an
+organization (``--seed-org``, 200 member accounts by default: 17 default regions each, so 3,400
+account/regions, minus the suspended one and the one without a role), and 2 Celery workers of one
+process each. The benchmark runs the discovery in this process, then the beat's ``sync_all``
+fan-out, and waits until every account/region has a finished sync run. It reports the discovery
+time, the sync span (first start to last finish), syncs per second, the failed ones (the account
+without a role: AccessDenied) and the workers' peak RSS (each caches a botocore client per
+account/region). Not part of ``bench.run``: ``python -m bench.org_sync [--quick] [--accounts N]``.
+"""
+
+import time
+from pathlib import Path
+
+from bench.common import Timer, parse_args, setup_django, truncate_fleet, write_result
+
+MANAGEMENT_ROLE = "arn:aws:iam::900000000000:role/imdsweb-org-reader"
+
+
+def rss_mb(pid):
+    """VmHWM (peak RSS) of a process and its children, in MB."""
+    total = 0
+    for status in [Path(f"/proc/{pid}/status"), *Path("/proc").glob("[0-9]*/status")]:
+        try:
+            text = status.read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+        if status.parent.name == str(pid) or fields.get("PPid", "").strip() == str(pid):
+            total += int(fields.get("VmHWM", "0 kB").split()[0])
+    return round(total / 1024)
+
+
+def main(argv=None):
+    args = parse_args(__doc__, argv, extra=lambda p: p.add_argument("--accounts", type=int, default=200))
+    setup_django()
+    from django.conf import settings
+    from django.db.models import Max, Min
+
+    from fleet import discovery, sync
+    from fleet.choices import SyncStatus
+    from fleet.models import Account, OrganizationSource, SyncRun
+    from fleet.tasks import sync_all
+    from fleet.tests.live import LiveStack, wait_for
+
+    accounts = 8 if args.quick else args.accounts
+    truncate_fleet()
+    Account.objects.all().delete()
+    OrganizationSource.objects.all().delete()
+    stack = LiveStack(settings, apply_delay=0.5, sim_args=("--seed-org", str(accounts), "--org-instances", "2"))
+    try:
+        stack.start(workers=0, beat=False)
+        for _ in range(2):
+            stack.start_worker(concurrency=1)
+        source = OrganizationSource.objects.create(management_role_arn=MANAGEMENT_ROLE)
+        with Timer() as discovering:
+            run = discovery.discover(source)
+        pairs = list(sync.targets())
+        print(f"org sync: discovery of {run.accounts_seen} accounts in {discovering.seconds:.1f}s, "
+              f"{len(pairs)} account/regions", flush=True)
+        started = time.monotonic()
+        sync_all.delay()
+
+        def done():
+            return SyncRun.objects.exclude(status=SyncStatus.RUNNING).count() >= len(pairs)
+
+        wait_for(done, timeout=3600, interval=1.0, message="every account/region synced", stack=stack)
+        wall = time.monotonic() - started
+        span = SyncRun.objects.aggregate(first=Min("started_at"), last=Max("finished_at"))
+        span_s = (span["last"] - span["first"]).total_seconds()
+        failed = list(SyncRun.objects.filter(status=SyncStatus.FAILED).values_list("account__account_id", "error"))
+        seen = sum(SyncRun.objects.values_list("seen", flat=True))
+        worker_rss = [rss_mb(worker.pid) for worker in stack.workers]
+    finally:
+        stack.stop()
+    truncate_fleet()
+    figures = {
+        "member_accounts": accounts,
+        "account_regions": len(pairs),
+        "workers": 2,
+        "worker_concurrency": 1,
+        "discovery_s": round(discovering.seconds, 1),
+        "discovery_changes": len(run.changes),
+        "sync_wall_s": round(wall, 1),
+        "sync_span_s": round(span_s, 1),
+        "syncs_per_s": round(len(pairs) / span_s, 1) if span_s else None,
+        "instances_seen": seen,
+        "failed": len(failed),
+        "failed_accounts": sorted({account for account, _ in failed}),
+        "failed_error_example": failed[0][1][:200] if failed else "",
+        "worker_peak_rss_mb": worker_rss,
+    }
+    write_result(args.out, {
+        "id": "ORG",
+        "title": f"discover and sync {len(pairs):,} simulated account/regions with 2 workers",
+        "figures": figures,
+        "measured": f"discovery {figures['discovery_s']} s; sync of {len(pairs):,} account/regions in "
+                    f"{figures['sync_span_s']} s ({figures['syncs_per_s']}/s), {len(failed)} failed",
+        "compare": "—",
+        "target": "report (issue 16)",
+        "met": True,
+        "limits": "one simulator process (moto, single Python process) answers every call; the machine is shared",
+    })
+
+
+if __name__ == "__main__":
+    main()
