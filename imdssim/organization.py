@@ -235,7 +235,7 @@ def seed_organization(model: OrganizationModel, imds, count: int = 40, instances
     ``/_imdssim/organization`` shows."""
     import random
 
-    from .seed import SEED, DemoAccount, _seed_region
+    from .seed import SEED, DemoAccount, _Clock, _seed_region
 
     backend = organizations_backends[MANAGEMENT_ACCOUNT_ID]["aws"]
     backend.create_organization(region="us-east-1", FeatureSet="ALL")
@@ -264,6 +264,7 @@ def seed_organization(model: OrganizationModel, imds, count: int = 40, instances
         for region in member.opted_in:
             model.set_region(member.account_id, region, True)
     rng = random.Random(SEED + 1)
+    clock = _Clock(utcnow())
     for member in members:
         if instances_per_region and member.status == "ACTIVE" and member.role_access != "missing":
             regions = ("us-east-1", "eu-west-1", *member.opted_in)
@@ -271,7 +272,7 @@ def seed_organization(model: OrganizationModel, imds, count: int = 40, instances
             env = {"Workloads/Prod": "prod", "Security": "prod", "Sandbox": "sandbox"}.get(member.ou_path, "staging")
             demo = DemoAccount(member.account_id, env, dict.fromkeys(regions, instances_per_region))
             for region in regions:
-                _seed_region(imds, demo, region, instances_per_region, rng)
+                _seed_region(imds, demo, region, instances_per_region, rng, clock, sources=False)
     log.info("seeded an organization of %d member accounts in %d OUs", len(members), len(OU_TREE))
     return {
         "management_account_id": MANAGEMENT_ACCOUNT_ID,

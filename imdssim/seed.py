@@ -122,11 +122,13 @@ def _posture(rng: random.Random, containers: bool, env: str) -> dict[str, object
 
 
 def _seed_region(
-    imds: ImdsModel, account: DemoAccount, region: str, count: int, rng: random.Random, clock: _Clock
+    imds: ImdsModel, account: DemoAccount, region: str, count: int, rng: random.Random, clock: _Clock,
+    sources: bool = True,
 ) -> None:
     backend = ec2_backends[account.account_id][region]
     # The Auto Scaling groups' instances count towards the region's total.
-    count -= _seed_sources(account, region)
+    if sources:
+        count -= _seed_sources(account, region)
     instances = []
     # Several small reservations, like auto scaling groups and hand launches make, so that
     # DescribeInstances pagination (moto pages by reservation) has many pages to walk.

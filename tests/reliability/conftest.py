@@ -63,5 +63,11 @@ def world(db):
     applied = ChangeItemFactory(batch=batch, instance=instance, state="applied", previous={"http_tokens": "optional"})
     failed = ChangeItemFactory(batch=batch, instance=other, state="failed", error_code="Throttling",
                                error_message="gave up", previous={"http_tokens": "optional"})
+    from fleet.models import LaunchSource
+
+    source = LaunchSource.objects.create(
+        account=account, region="us-east-1", kind="launch_template", source_id="lt-0123456789abcdef0", name="web",
+        default_version=1, latest_version=1, first_seen=timezone.now(), last_seen=timezone.now(),
+    )
     return {"account": account, "instance": instance, "other": other, "batch": batch,
-            "items": [applied, failed]}
+            "items": [applied, failed], "source": source}

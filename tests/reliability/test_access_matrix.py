@@ -57,6 +57,14 @@ MATRIX = {
                       "POST": (OPERATOR_ACTION, {"targets": "ACCOUNT_PK/us-east-1", "next": "/changes/"})},
     "measure_usage_status": {"GET": (READ, {"targets": "ACCOUNT_PK/us-east-1"}), "POST": (READ_ANY_METHOD, {})},
     "drift_list": {"GET": (READ, None), "POST": (NO_POST, {})},
+    "account_health": {"GET": (READ, None), "POST": (NO_POST, {})},
+    "source_list": {"GET": (READ, None), "POST": (NO_POST, {})},
+    "source_detail": {"GET": (READ, None), "POST": (NO_POST, {})},
+    "source_fix": {"GET": (OPERATOR_PAGE, {"ids": "SOURCE_PK"}), "POST": (OPERATOR_ACTION, {"ids": "SOURCE_PK"})},
+    "enforce": {
+        "GET": (OPERATOR_PAGE, {"targets": f"{ACCOUNT_ID}/us-east-1"}),
+        "POST": (OPERATOR_ACTION, {"targets": f"{ACCOUNT_ID}/us-east-1", "enable": "1", "override_held": "on"}),
+    },
     # Every signed-in user manages their own API tokens (they carry that user's role).
     "api_tokens": {"GET": (READ, None), "POST": (READ, {"name": "report script"})},
     # Another user's token (the fixture has none of this user's): 404, nothing revoked.
@@ -66,7 +74,7 @@ MATRIX = {
 }
 # POSTs that change rows when allowed; the others must never change anything.
 WRITES = {"instance_detail": False, "defaults_change": True, "change_new": True, "change_cancel": True,
-          "change_retry": True, "change_rollback": True}
+          "change_retry": True, "change_rollback": True, "source_fix": True, "enforce": True}
 
 
 def url_names():
@@ -79,7 +87,7 @@ def url_for(name, world):
     if "instance_id" in pattern.pattern.converters:
         kwargs["instance_id"] = INSTANCE_ID
     if "pk" in pattern.pattern.converters:
-        kwargs["pk"] = world["batch"].pk if name != "api_token_revoke" else 987654
+        kwargs["pk"] = {"api_token_revoke": 987654, "source_detail": world["source"].pk}.get(name, world["batch"].pk)
     return reverse(f"fleet:{name}", kwargs=kwargs)
 
 
@@ -113,6 +121,8 @@ def test_matrix(world, name, method, role, expected):
     data = MATRIX[name][method][1]
     if data and "targets" in data:
         data = data | {"targets": data["targets"].replace("ACCOUNT_PK", str(world["account"].pk))}
+    if data and data.get("ids") == "SOURCE_PK":
+        data = data | {"ids": str(world["source"].pk)}
     before = fingerprint()
     response = client.get(url, data) if method == "GET" else client.post(url, data or {})
     if expected == LOGIN:
