@@ -1,14 +1,24 @@
 #!/usr/bin/env bash
 # The whole test suite: on the real PostgreSQL and Redis, then the model/sync part on SQLite
 # (the embedded default). Called by `make test` and by .ci/run.
+#
+# --fast (make test-fast): the unit tier only, the same checks without the tests marked slow
+# (those start a live stack, a browser or a clean clone). Other arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+TIER=() LABEL=""
+if [ "${1:-}" = "--fast" ]; then
+    shift
+    TIER=(-m "not slow") LABEL=" (unit tier: not slow)"
+fi
+
 bash scripts/services.sh
-bash scripts/browser.sh
+if [ -z "$LABEL" ]; then bash scripts/browser.sh; fi
 
 export DJANGO_SETTINGS_MODULE=imdsweb.settings
 PY=.venv/bin/python
+mkdir -p var
 
 echo "== lint"
 .venv/bin/ruff check .
@@ -17,13 +27,13 @@ echo "== migrations match the models"
 $PY manage.py makemigrations --check --dry-run >/dev/null
 $PY manage.py collectstatic --noinput -v 0
 
-echo "== test suite on PostgreSQL"
+echo "== test suite on PostgreSQL$LABEL"
 DATABASE_URL=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/imdsweb} \
-    $PY -m pytest -q -p no:cacheprovider "$@"
+    $PY -m pytest -q -p no:cacheprovider ${TIER[@]+"${TIER[@]}"} "$@"
 
-echo "== models, sync, commands, posture and the change service on SQLite (the embedded default)"
+echo "== models, sync, commands, posture and the change service on SQLite (the embedded default)$LABEL"
 rm -f var/test-sqlite.sqlite3
 DATABASE_URL=sqlite:///var/test-sqlite.sqlite3 \
-    $PY -m pytest -q -p no:cacheprovider fleet/tests/test_sync.py fleet/tests/test_models.py \
+    $PY -m pytest -q -p no:cacheprovider ${TIER[@]+"${TIER[@]}"} fleet/tests/test_sync.py fleet/tests/test_models.py \
     fleet/tests/test_commands.py fleet/tests/test_posture.py fleet/tests/test_views_changes.py \
     fleet/tests/test_views_overview.py fleet/tests/test_apply_pacing.py fleet/tests/test_instance_pages.py
