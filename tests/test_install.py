@@ -10,6 +10,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+from packaging.markers import Marker
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -18,16 +19,25 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)( ;[^\\]*)?( \\)?$")
 
 
-def pins(name):
-    """{package: (version, hashes)} of a lock file."""
-    found, current = {}, None
+def entries(name):
+    """[(package, version, marker, hashes)] of a lock file. A universal lock may pin a package
+    twice, for different Pythons (``django==5.2.19 ; python_full_version < '3.12'``)."""
+    found = []
     for line in (ROOT / "requirements" / name).read_text().splitlines():
         if match := PIN.match(line):
-            current = canonicalize_name(match.group(1))
-            found[current] = (match.group(2), [])
+            marker = (match.group(3) or "").strip(" ;")
+            found.append((canonicalize_name(match.group(1)), match.group(2), marker, []))
         elif line.strip().startswith("--hash=sha256:"):
-            found[current][1].append(line.strip())
+            found[-1][3].append(line.strip())
     return found
+
+
+def pins(name, python=None):
+    """{package: (version, hashes)} of a lock file, as it installs on ``python`` ("3.12"; by
+    default the one running)."""
+    environment = {"python_version": python, "python_full_version": f"{python}.0"} if python else None
+    return {package: (version, hashes) for package, version, marker, hashes in entries(name)
+            if not marker or Marker(marker).evaluate(environment)}
 
 
 def requirements(*extras):
@@ -48,25 +58,30 @@ def assert_pinned(lock, wanted, name):
         )
 
 
+PYTHONS = ("3.11", "3.12", "3.13")  # requires-python >= 3.11: the locks are universal
+
+
 def test_dev_lock_pins_everything_pyproject_asks_for_with_hashes():
-    lock = pins("dev.txt")
-    assert_pinned(lock, requirements("sim", "dev"), "dev.txt")
-    assert "psycopg-binary" in lock and "flask" in lock  # the extras' own packages come along
-    assert all(hashes for _, hashes in lock.values()), [k for k, (_, h) in lock.items() if not h]
+    for python in PYTHONS:
+        lock = pins("dev.txt", python)
+        assert_pinned(lock, requirements("sim", "dev"), "dev.txt")
+        assert "psycopg-binary" in lock and "flask" in lock  # the extras' own packages come along
+    assert all(hashes for *_, hashes in entries("dev.txt"))
 
 
 def test_demo_lock_is_the_runtime_and_simulator_at_the_dev_versions():
-    demo, dev = pins("demo.txt"), pins("dev.txt")
-    assert_pinned(demo, requirements("sim"), "demo.txt")
-    test_tools = {"pytest", "pytest-django", "playwright", "hypothesis", "factory-boy", "ruff"}
-    assert not test_tools & set(demo), test_tools & set(demo)
-    assert {k: v for k, (v, _) in demo.items()} == {k: dev[k][0] for k in demo}, "run `make lock`"
-    assert all(hashes for _, hashes in demo.values())
+    for python in PYTHONS:
+        demo, dev = pins("demo.txt", python), pins("dev.txt", python)
+        assert_pinned(demo, requirements("sim"), "demo.txt")
+        test_tools = {"pytest", "pytest-django", "playwright", "hypothesis", "factory-boy", "ruff"}
+        assert not test_tools & set(demo), test_tools & set(demo)
+        assert {k: v for k, (v, _) in demo.items()} == {k: dev[k][0] for k in demo}, "run `make lock`"
+    assert all(hashes for *_, hashes in entries("demo.txt"))
 
 
 def test_installer_is_pinned_and_builds_the_spdx_license():
     tools = pins("tools.txt")
-    assert set(tools) == {"uv", "setuptools"} and all(hashes for _, hashes in tools.values())
+    assert set(tools) == {"uv", "setuptools"} and all(hashes for *_, hashes in entries("tools.txt"))
     build_requires = [Requirement(r) for r in PYPROJECT["build-system"]["requires"]]
     setuptools = next(r for r in build_requires if r.name == "setuptools")
     assert setuptools.specifier.contains(tools["setuptools"][0])
