@@ -8,11 +8,15 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
+# The demo's lock (make lock): the exact versions make demo installs, hashes checked; then the
+# project itself, without resolving anything again.
+COPY requirements/demo.txt ./requirements/
+RUN pip install --require-hashes -r requirements/demo.txt
 COPY pyproject.toml README.md ./
 COPY imdsweb ./imdsweb
 COPY fleet ./fleet
 COPY imdssim ./imdssim
-RUN pip install '.[sim]'
+RUN pip install --no-deps .
 COPY manage.py ./
 COPY templates ./templates
 COPY static ./static

@@ -1,8 +1,10 @@
-"""The README's run command, from a clean clone: it installs, starts, prints a URL and a login
-that work, shows the demo fleet, and stops everything on Ctrl-C."""
+"""The README's run command, from a clean clone: it installs what the demo needs (exactly as
+requirements/demo.txt pins it, and no test tools), saying so as it goes, starts, prints a URL and
+a login that work, shows the demo fleet, and stops everything on Ctrl-C."""
 
 import csv
 import io
+import json
 import os
 import re
 import signal
@@ -14,6 +16,8 @@ from pathlib import Path
 import boto3
 import pytest
 import requests
+
+from .test_install import pins
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,6 +102,7 @@ def test_quick_start_from_a_clean_clone(tmp_path):
             _session, _url, response = login(output, web_port, user, password)
             assert f'<span class="role">{role}</span>' in response.text
         session, url, response = login(output, web_port)
+        assert_installed_as_locked(clone, output)
         assert "Fleet overview" in response.text
         assert "1,500" in response.text  # the demo fleet's instances
         for account in ("prod", "staging", "sandbox"):
@@ -133,3 +138,23 @@ def test_quick_start_from_a_clean_clone(tmp_path):
     assert all(row["gone_at"] == "" for row in again.values())
     assert again[changed]["http_tokens"] == "required"
     assert "[demo] stopped" in (tmp_path / "demo-again.log").read_text()
+
+
+def assert_installed_as_locked(clone, output):
+    """The clone's virtualenv holds the demo lock's versions, the pinned installer and the project:
+    nothing else (no test tools), and the install said what it was doing."""
+    listing = subprocess.run(
+        [clone / ".venv" / "bin" / "python", "-c",
+         "import importlib.metadata as m, json; print(json.dumps({d.name: d.version for d in m.distributions()}))"],
+        capture_output=True, text=True, check=True,
+    )
+    installed = {re.sub(r"[-_.]+", "-", name).lower(): version for name, version in json.loads(listing.stdout).items()}
+    locked = {name: version for name, (version, _) in pins("demo.txt").items()}
+    tools = {name: version for name, (version, _) in pins("tools.txt").items()}
+    extra = set(installed) - set(locked) - set(tools) - {"imdsweb", "pip"}
+    assert not extra, f"installed but not in requirements/demo.txt: {sorted(extra)}"
+    assert "pytest" not in installed and "playwright" not in installed
+    assert {n: v for n, v in installed.items() if n in locked} == {n: locked[n] for n in installed if n in locked}
+    assert installed["uv"] == tools["uv"] and installed["imdsweb"]
+    assert "install: the project and the simulator, as requirements/demo.txt pins them" in output
+    assert re.search(r"Installed \d+ packages", output), output[-4000:]  # uv's progress, not a silent wait

@@ -1,10 +1,7 @@
 """Helpers for the browser tests: Debian's Chromium through Playwright, the demo fleet registered
 from the simulator, a login through the real form, and the README's screenshots."""
 
-import os
 from pathlib import Path
-
-from django.test import override_settings
 
 from fleet import sync, usage
 from fleet.models import Account
@@ -14,40 +11,6 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 VIEWPORT = {"width": 1400, "height": 1000}
 PASSWORD = "pw-imdsweb-test"
-
-
-class ModuleSettings:
-    """What LiveStack expects of pytest-django's ``settings``, for a whole module: every assignment
-    is an ``override_settings`` undone by ``restore()``."""
-
-    def __init__(self):
-        object.__setattr__(self, "_overrides", [])
-
-    def __setattr__(self, name, value):
-        override = override_settings(**{name: value})
-        override.enable()
-        self._overrides.append(override)
-
-    def restore(self):
-        while self._overrides:
-            self._overrides.pop().disable()
-
-
-class SavedEnviron:
-    """Put back the environment variables LiveStack sets in this process."""
-
-    NAMES = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
-             "AWS_SESSION_TOKEN", "DJANGO_ALLOW_ASYNC_UNSAFE")
-
-    def __init__(self):
-        self.saved = {name: os.environ.get(name) for name in self.NAMES}
-
-    def restore(self):
-        for name, value in self.saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def register_demo_fleet(stack, instances=(), defaults=True):

@@ -1,8 +1,14 @@
 """A whole imdsweb stack in real processes for end-to-end tests: a private Redis, the simulator,
-Celery workers and beat, all on loopback, all stopped when the test ends.
+Celery workers and beat, all on loopback, all stopped when the tests using it end.
 
 The test process and the workers share the pytest test database (tests using this must be
 ``transactional_db`` so the rows are committed where the workers can see them).
+
+Starting a stack takes seconds (the simulator imports moto, each Celery process imports Django),
+so a module's tests share one: ``module_stack()`` makes the module-scoped fixture, and
+``LiveStack.fresh()`` puts it back as each test expects to find it. Tests keep out of each
+other's way by each working in accounts of their own (the simulator's state and the rate
+buckets in Redis are per account); the database is emptied between tests as usual.
 """
 
 import os
@@ -14,8 +20,10 @@ import time
 from pathlib import Path
 
 import boto3
+import pytest
 import redis
 from django.db import connection
+from django.test import override_settings
 
 from imdssim.testing import SimulatorProcess
 
@@ -55,6 +63,10 @@ class RedisServer:
             self.process.wait(10)
         self.process = None
 
+    @property
+    def running(self):
+        return self.process is not None and self.process.poll() is None
+
 
 def database_url():
     db = connection.settings_dict
@@ -76,12 +88,15 @@ class LiveStack:
             seed_demo=seed_demo,
         )
         self.workers = []
+        self.worker_count = 0
         self.beat = None
         self.tmp = Path(tempfile.mkdtemp(prefix="imdsweb-live-"))
+        self._spawned = 0
 
     # ------------------------------------------------------------ lifecycle
 
     def start(self, workers=1, beat=True):
+        self.worker_count = workers
         self.redis.start()
         self.sim.start()
         self._configure_this_process()
@@ -147,7 +162,8 @@ class LiveStack:
         )
 
     def start_worker(self, concurrency=2):
-        name = f"worker{len(self.workers)}"
+        name = f"worker{self._spawned}"  # a new log (and Celery node name) for every worker ever started
+        self._spawned += 1
         process = self._spawn(
             # -O fair, as deployed: a resumed runner never waits in a busy pool process's pipe.
             ["worker", "-l", "info", "-c", str(concurrency), "-O", "fair", "-n", f"{name}@%h", "--without-gossip",
@@ -165,6 +181,39 @@ class LiveStack:
         os.killpg(process.pid, sig)
         process.wait(10)
         self.workers.remove(process)
+
+    def stop_worker(self, process):
+        """Stop a worker the way a deploy does (SIGTERM: it finishes its tasks first)."""
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        self.workers.remove(process)
+
+    def restart_dead_workers(self):
+        """A new worker for each one that has exited, as compose's ``restart: unless-stopped`` does."""
+        for process in [p for p in self.workers if p.poll() is not None]:
+            self.workers.remove(process)
+            self.start_worker()
+
+    def fresh(self):
+        """Put a shared stack back as a test expects to find it: Redis answering, the workers it was
+        started with (and no more), the simulator's fault knobs off and its counters zeroed (which
+        refills its throttle buckets). What earlier tests left in the simulated accounts stays:
+        each test uses accounts of its own."""
+        if not self.redis.running:
+            self.redis.start()
+        for process in self.workers[self.worker_count:]:
+            self.stop_worker(process)
+        self.restart_dead_workers()
+        while len(self.workers) < self.worker_count:
+            self.start_worker()
+        self.sim.configure(throttle_rate=0, error_rate=0, latency_ms=0)
+        self.sim.reset_stats()
+        return self
 
     def stop(self):
         for process in [*self.workers, self.beat]:
@@ -203,6 +252,70 @@ class LiveStack:
             i["InstanceId"]: i["MetadataOptions"]
             for page in pages for r in page["Reservations"] for i in r["Instances"]
         }
+
+
+class ModuleSettings:
+    """What LiveStack expects of pytest-django's ``settings``, for a whole module: every assignment
+    is an ``override_settings`` undone by ``restore()``."""
+
+    def __init__(self):
+        object.__setattr__(self, "_overrides", [])
+
+    def __setattr__(self, name, value):
+        override = override_settings(**{name: value})
+        override.enable()
+        self._overrides.append(override)
+
+    def restore(self):
+        while self._overrides:
+            self._overrides.pop().disable()
+
+
+class SavedEnviron:
+    """Put back the environment variables LiveStack sets in this process."""
+
+    NAMES = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+             "AWS_SESSION_TOKEN", "CELERY_BROKER_URL", "DJANGO_ALLOW_ASYNC_UNSAFE")
+
+    def __init__(self):
+        self.saved = {name: os.environ.get(name) for name in self.NAMES}
+
+    def restore(self):
+        for name, value in self.saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def module_stack(stack_class=LiveStack, workers=1, beat=True, **options):
+    """A module-scoped fixture: one ``stack_class(settings, **options)`` started for all the tests
+    of the module that ask for it, stopped after the last one, with this process's settings and
+    environment put back. Tests take it through a function fixture that calls ``fresh()``::
+
+        live_stack = module_stack(time_scale=10)
+
+        @pytest.fixture
+        def stack(live_stack):
+            return live_stack.fresh()
+    """
+
+    @pytest.fixture(scope="module")
+    def live_stack(django_db_setup):  # the workers connect to the test database: it must exist first
+        from fleet.aws.session import reset_caches
+
+        settings, environ = ModuleSettings(), SavedEnviron()
+        stack = stack_class(settings, **options)
+        try:
+            stack.start(workers=workers, beat=beat)
+            yield stack
+        finally:
+            stack.stop()
+            settings.restore()
+            environ.restore()
+            reset_caches()
+
+    return live_stack
 
 
 def wait_for(predicate, timeout=60, interval=0.25, message="condition", stack=None):

@@ -4,7 +4,6 @@ server, with the simulator as AWS and a real Celery worker and beat (LiveStack) 
 The run also refreshes the README's screenshots in docs/screenshots/.
 """
 
-import os
 import re
 
 import pytest
@@ -13,15 +12,13 @@ from fleet.tests.browser import (
     CHROMIUM,
     CHROMIUM_ARGS,
     VIEWPORT,
-    ModuleSettings,
-    SavedEnviron,
     every_region,
     login,
     register_demo_fleet,
     screenshot,
 )
 from fleet.tests.factories import UserFactory
-from fleet.tests.live import LiveStack, wait_for
+from fleet.tests.live import module_stack, wait_for
 
 pytestmark = [
     pytest.mark.browser,
@@ -34,23 +31,22 @@ PROD, STAGING, SANDBOX = "111111111111", "222222222222", "333333333333"
 XSS_NAME = "web-<script>alert(1)</script>"  # imdssim.seed.XSS_NAME, in prod/us-east-1
 
 
-@pytest.fixture(scope="module")
-def stack(django_db_setup):
-    """One simulator (demo fleet) + Redis + worker + beat for the module; each test registers the
-    accounts again, as the transactional database is emptied between tests."""
-    settings, environ = ModuleSettings(), SavedEnviron()
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"  # Playwright's sync API runs an event loop here
-    live = LiveStack(settings, time_scale=50, apply_delay=0.5, seed_demo=True)
-    try:
-        live.start(workers=1, beat=True)
-        yield live
-    finally:
-        live.stop()
-        settings.restore()
-        environ.restore()
-        from fleet.aws.session import reset_caches
+# One simulator (demo fleet) + Redis + worker + beat for the module; each test registers the
+# accounts again, as the transactional database is emptied between tests.
+live_stack = module_stack(time_scale=50, apply_delay=0.5, seed_demo=True)
 
-        reset_caches()
+
+@pytest.fixture(scope="module", autouse=True)
+def _async_unsafe():
+    """Playwright's sync API runs an event loop in this thread: let the ORM be called from it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        yield
+
+
+@pytest.fixture
+def stack(live_stack):
+    return live_stack.fresh()
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
 """The change engine end to end: the simulator as AWS, real Celery workers and beat, a private Redis.
 
 Each test queues work through the same service the UI uses and waits for the rows to reach
-their final states, then compares them with what the simulated AWS really holds.
+their final states, then compares them with what the simulated AWS really holds. The tests share
+one stack (``module_stack``), each in an account of its own.
 """
 
 import itertools
@@ -12,19 +13,20 @@ from fleet import changes, sync, usage
 from fleet.choices import ItemState
 from fleet.models import Account, ChangeItem, Instance, MetadataDefaults
 from fleet.tests.factories import InstanceFactory
-from fleet.tests.live import LiveStack, wait_for
+from fleet.tests.live import module_stack, wait_for
+from imdssim.testing import image_id
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 _accounts = (f"5555{n:08d}" for n in itertools.count(1))
 
 
+live_stack = module_stack(time_scale=10, apply_delay=0.5)
+
+
 @pytest.fixture
-def stack(settings):
-    live = LiveStack(settings, time_scale=10, apply_delay=0.5)
-    live.start(workers=1, beat=True)
-    yield live
-    live.stop()
+def stack(live_stack):
+    return live_stack.fresh()
 
 
 def seed(stack, regions=("us-east-1",), count=10, **options):
@@ -32,7 +34,7 @@ def seed(stack, regions=("us-east-1",), count=10, **options):
     account_id = next(_accounts)
     for region in regions:
         ec2 = stack.ec2(account_id, region)
-        image = ec2.describe_images()["Images"][0]["ImageId"]
+        image = image_id(ec2)
         kwargs = {"MetadataOptions": options} if options else {}
         ec2.run_instances(ImageId=image, MinCount=count, MaxCount=count, **kwargs)
     account = Account.objects.create(
@@ -106,7 +108,7 @@ def test_dry_run_changes_nothing(stack):
 def test_rollback_restores_exactly_the_previous_values(stack):
     account = seed(stack, count=3, HttpTokens="optional", HttpPutResponseHopLimit=1)
     extra = stack.ec2(account.account_id, "us-east-1")
-    image = extra.describe_images()["Images"][0]["ImageId"]
+    image = image_id(extra)
     extra.run_instances(ImageId=image, MinCount=2, MaxCount=2,
                         MetadataOptions={"HttpTokens": "optional", "HttpPutResponseHopLimit": 3})
     sync.sync_region(account, "us-east-1")
@@ -171,7 +173,14 @@ def test_queued_while_redis_is_down_is_applied_once_it_returns(stack):
     batch = changes.request_change(None, Instance.objects.filter(account=account), changes.REQUIRE_IMDSV2)
     assert batch.counts()[ItemState.QUEUED] == 8  # the request itself succeeded: rows are the truth
     stack.redis.start()
-    wait_for(final(batch), timeout=120, message="applied after Redis returned", stack=stack)
+
+    def applied():
+        # A worker acknowledging a message as Redis went can die in kombu's reconnect ("'NoneType'
+        # object has no attribute 'hostname'"); compose starts it again, and so does this.
+        stack.restart_dead_workers()
+        return final(batch)()
+
+    wait_for(applied, timeout=120, message="applied after Redis returned", stack=stack)
     assert batch.counts()[ItemState.APPLIED] == 8
 
 

@@ -1,5 +1,6 @@
 """IMDSv1 usage evidence from CloudWatch, the readiness gate (held items) and the breakage flag."""
 
+import itertools
 from datetime import timedelta
 
 import boto3
@@ -9,38 +10,39 @@ from django.utils import timezone
 from fleet import changes, sync, usage
 from fleet.choices import ItemState
 from fleet.models import Account, ChangeItem, Instance
-from fleet.tests.live import LiveStack
+from fleet.tests.live import module_stack
+from imdssim.testing import image_id
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
-ACCOUNT_ID = "666600000001"
 REGION = "eu-west-1"
+_accounts = (f"6666{n:08d}" for n in itertools.count(1))  # one per test: the simulator is shared
+
+live_stack = module_stack(workers=0, beat=False, apply_delay=0.2)
 
 
 @pytest.fixture
-def stack(settings):
-    live = LiveStack(settings, apply_delay=0.2)
-    live.start(workers=0, beat=False)
-    yield live
-    live.stop()
+def stack(live_stack):
+    return live_stack.fresh()
 
 
 @pytest.fixture
 def fleet(stack):
-    ec2 = stack.ec2(ACCOUNT_ID, REGION)
-    image = ec2.describe_images()["Images"][0]["ImageId"]
+    account_id = next(_accounts)
+    ec2 = stack.ec2(account_id, REGION)
+    image = image_id(ec2)
     ec2.run_instances(ImageId=image, MinCount=6, MaxCount=6)
-    account = Account.objects.create(account_id=ACCOUNT_ID, name="usage", regions=[REGION],
-                                     role_arn=f"arn:aws:iam::{ACCOUNT_ID}:role/imdsweb-reader")
+    account = Account.objects.create(account_id=account_id, name="usage", regions=[REGION],
+                                     role_arn=f"arn:aws:iam::{account_id}:role/imdsweb-reader")
     sync.sync_region(account, REGION)
     return account, list(Instance.objects.filter(account=account).order_by("instance_id"))
 
 
-def put_metric(stack, metric, instance_id, value, when=None):
+def put_metric(stack, metric, instance, value, when=None):
 
 
     sts = boto3.client("sts", region_name="us-east-1", endpoint_url=stack.sim.endpoint_url)
-    creds = sts.assume_role(RoleArn=f"arn:aws:iam::{ACCOUNT_ID}:role/imdsweb-reader",
+    creds = sts.assume_role(RoleArn=f"arn:aws:iam::{instance.account.account_id}:role/imdsweb-reader",
                             RoleSessionName="metrics")["Credentials"]
     cloudwatch = boto3.client(
         "cloudwatch", region_name=REGION, endpoint_url=stack.sim.endpoint_url,
@@ -48,15 +50,15 @@ def put_metric(stack, metric, instance_id, value, when=None):
         aws_session_token=creds["SessionToken"],
     )
     cloudwatch.put_metric_data(Namespace="AWS/EC2", MetricData=[{
-        "MetricName": metric, "Dimensions": [{"Name": "InstanceId", "Value": instance_id}],
+        "MetricName": metric, "Dimensions": [{"Name": "InstanceId", "Value": instance.instance_id}],
         "Timestamp": when or timezone.now() - timedelta(hours=1), "Value": value, "Unit": "Count",
     }])
 
 
 def test_usage_sync_records_imdsv1_calls_per_instance(stack, fleet):
     account, instances = fleet
-    put_metric(stack, "MetadataNoToken", instances[0].instance_id, 7)
-    put_metric(stack, "MetadataNoToken", instances[1].instance_id, 3,
+    put_metric(stack, "MetadataNoToken", instances[0], 7)
+    put_metric(stack, "MetadataNoToken", instances[1], 3,
                when=timezone.now() - timedelta(days=3))
     measured, calling, flagged = usage.sync_usage(account, REGION)
     assert (measured, calling, flagged) == (6, 2, 0)
@@ -70,7 +72,7 @@ def test_usage_sync_records_imdsv1_calls_per_instance(stack, fleet):
 
 def test_instances_calling_imdsv1_are_held_unless_overridden(stack, fleet):
     account, instances = fleet
-    put_metric(stack, "MetadataNoToken", instances[0].instance_id, 12)
+    put_metric(stack, "MetadataNoToken", instances[0], 12)
     usage.sync_usage(account, REGION)
     selection = Instance.objects.filter(account=account)
 
@@ -96,7 +98,7 @@ def test_refused_imdsv1_calls_after_enforcement_flag_a_breakage(stack, fleet):
     submitted = timezone.now() - timedelta(hours=2)
     ChangeItem.objects.filter(batch=batch).update(state=ItemState.APPLIED, submitted_at=submitted,
                                                   finished_at=submitted)
-    put_metric(stack, "MetadataNoTokenRejected", victim.instance_id, 40)
+    put_metric(stack, "MetadataNoTokenRejected", victim, 40)
 
     assert usage.sync_usage(account, REGION)[2] == 1
 

@@ -25,6 +25,7 @@ from fleet.choices import ItemState
 from fleet.models import Account, Instance
 from fleet.tests.conftest import free_port
 from fleet.tests.live import ROOT, LiveStack, wait_for
+from imdssim.testing import image_id
 
 from .pgserver import PrivatePostgres
 
@@ -53,7 +54,7 @@ def test_throttling_and_5xx_together_fail_nothing_and_apply_once(settings):
         regions = ("us-east-1", "eu-west-1")
         for region in regions:
             ec2 = stack.ec2(account_id, region)
-            image = ec2.describe_images()["Images"][0]["ImageId"]
+            image = image_id(ec2)
             ec2.run_instances(ImageId=image, MinCount=30, MaxCount=30, MetadataOptions={"HttpTokens": "optional"})
         account = Account.objects.create(account_id=account_id, name="storm", regions=list(regions),
                                          role_arn=f"arn:aws:iam::{account_id}:role/imdsweb-reader")
@@ -159,7 +160,7 @@ def test_postgres_restart_mid_batch_loses_nothing_and_applies_once(settings):
         stack.manage("migrate", "--noinput", "-v", "0")
         account_id, count = next(_accounts), 120
         ec2 = stack.ec2(account_id, "us-east-1")
-        image = ec2.describe_images()["Images"][0]["ImageId"]
+        image = image_id(ec2)
         ec2.run_instances(ImageId=image, MinCount=count, MaxCount=count, MetadataOptions={"HttpTokens": "optional"})
         stack.manage("fleet_account", "add", account_id, "--name", "pg-restart", "--regions", "us-east-1",
                      "--role-arn", f"arn:aws:iam::{account_id}:role/imdsweb-reader")

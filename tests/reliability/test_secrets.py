@@ -14,6 +14,7 @@ from fleet import urls as fleet_urls
 from fleet.choices import ItemState
 from fleet.models import Account, ChangeBatch, Instance, SyncRun
 from fleet.tests.live import LiveStack, wait_for
+from imdssim.testing import image_id
 
 from .conftest import client_for
 
@@ -56,7 +57,7 @@ def every_page(client, account, instance, batch):
 def test_external_id_and_credentials_never_logged_nor_rendered(stack, role_groups, caplog):
     caplog.set_level(logging.DEBUG)  # everything our loggers emit, at the most verbose level
     ec2 = stack.ec2(ACCOUNT, "us-east-1")
-    image = ec2.describe_images()["Images"][0]["ImageId"]
+    image = image_id(ec2)
     ec2.run_instances(ImageId=image, MinCount=4, MaxCount=4, MetadataOptions={"HttpTokens": "optional"})
 
     out = io.StringIO()
