@@ -45,7 +45,14 @@ from .choices import (
     Toggle,
 )
 from .models import Account, ChangeBatch, ChangeItem, Instance, MetadataDefaults, RegionPosture, SyncRun
-from .models.inventory import CONFIG_NON_COMPLIANT, ENFORCED, ENFORCED_AND_APPLIED, NOT_COUNTED, RISK, V1_USAGE
+from .models.inventory import (
+    CONFIG_NON_COMPLIANT,
+    ENFORCED,
+    ENFORCED_AND_APPLIED,
+    NOT_COUNTED,
+    RISK,
+    V1_USAGE,
+)
 from .models.posture import COUNTERS
 
 

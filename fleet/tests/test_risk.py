@@ -113,3 +113,19 @@ def test_the_confirmation_page_splits_the_instances_to_change_by_risk(operator, 
     for risk, n in plan.risk_split:
         assert f'data-risk="{risk.value}" data-count="{n}"' in html
         assert operator.get(f"{queued}&risk={risk.value}").context["total"] == n
+
+
+def test_the_api_gives_each_instance_its_risk_and_filters_by_it(client, ranked):
+    from fleet.models import ApiToken
+    from fleet.tests.factories import UserFactory
+
+    _, key = ApiToken.issue(UserFactory(role="viewer"), "test")
+    headers = {"Authorization": f"Bearer {key}"}
+    body = client.get("/api/v1/instances/", {"risk": "role_public", "posture": "counted"}, headers=headers).json()
+    rows = {row["name"]: row for row in body["results"]}
+    assert set(rows) == {"rp", "absent"}
+    assert (rows["rp"]["iam_instance_profile_arn"], rows["rp"]["public_ip"], rows["rp"]["risk"]) == (
+        PROFILE, "198.51.100.7", "role_public")
+    assert client.get(f"/api/v1/instances/{ranked['enforced'].instance_id}/", headers=headers).json()["risk"] is None
+    posture.refresh_all()
+    assert client.get("/api/v1/posture/", headers=headers).json()["totals"]["risk_role_public"] == 2
