@@ -129,3 +129,10 @@ def test_the_api_gives_each_instance_its_risk_and_filters_by_it(client, ranked):
     assert client.get(f"/api/v1/instances/{ranked['enforced'].instance_id}/", headers=headers).json()["risk"] is None
     posture.refresh_all()
     assert client.get("/api/v1/posture/", headers=headers).json()["totals"]["risk_role_public"] == 2
+
+
+def test_the_instance_page_shows_its_profile_public_ip_and_risk(viewer, ranked):
+    html = viewer.get(ranked["role_public"].get_absolute_url()).content.decode()
+    assert PROFILE in html and "198.51.100.7" in html
+    assert re.search(r'id="risk"><span class="badge badge-bad">IAM role \+ public IP<', html)
+    assert "none: IMDSv2 enforced" in viewer.get(ranked["enforced"].get_absolute_url()).content.decode()
