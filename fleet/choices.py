@@ -20,6 +20,14 @@ class MetadataState(models.TextChoices):
     APPLIED = "applied", "applied"
 
 
+class Risk(models.TextChoices):
+    """How much an instance that allows IMDSv1 hands an SSRF, highest first (fleet.models.inventory.RISKS)."""
+
+    ROLE_PUBLIC = "role_public", "IAM role + public IP"
+    ROLE = "role", "IAM role"
+    NO_ROLE = "no_role", "no role"
+
+
 class InstanceState(models.TextChoices):
     PENDING = "pending", "pending"
     RUNNING = "running", "running"

@@ -33,6 +33,10 @@ COLUMNS = (
     ("metadata_state", lambda i: i.metadata_state),
     ("imdsv2_enforced", lambda i: "yes" if i.enforced else "no"),
     ("v1_calls", lambda i: i.v1_calls),
+    ("iam_instance_profile_arn", lambda i: i.iam_instance_profile_arn),
+    ("public_ip", lambda i: i.public_ip),
+    # The ``risk`` annotation (Instance.objects.with_risk()); empty when IMDSv2 is enforced.
+    ("imdsv1_risk", lambda i: i.risk),
     ("v1_last_seen", lambda i: i.v1_last_seen.isoformat() if i.v1_last_seen else ""),
     ("last_seen", lambda i: i.last_seen.isoformat() if i.last_seen else ""),
     ("gone_at", lambda i: i.gone_at.isoformat() if i.gone_at else ""),

@@ -20,11 +20,12 @@ from .choices import (
     LaunchVerdict,
     ManagedOwner,
     MetadataState,
+    Risk,
     SourceKind,
     Toggle,
 )
 from .models import Account, ChangeBatch, ChangeItem, DriftEvent, Instance, LaunchSource
-from .models.inventory import V1_USAGE
+from .models.inventory import RISKS, V1_USAGE
 from .posture import NULL_KEY
 
 INSTANCE_ID = re.compile(r"i-([0-9a-f]{8}|[0-9a-f]{17})")
@@ -132,6 +133,10 @@ class InstanceFilterSet(django_filters.FilterSet):
     v1_usage = django_filters.ChoiceFilter(
         choices=V1_CHOICES, method="filter_v1_usage", label="IMDSv1 in use", empty_label="any"
     )
+    # The SSRF risk of instances that allow IMDSv1 (fleet.models.inventory.RISKS), highest first.
+    risk = django_filters.ChoiceFilter(
+        choices=Risk.choices, method="filter_risk", label="IMDSv1 risk", empty_label="any"
+    )
     gone = django_filters.ChoiceFilter(choices=GONE_CHOICES, method="filter_gone", label="Present", empty_label=None)
     # A selection by instance ids (the confirmation page's links for an ids selection).
     ids = django_filters.CharFilter(method="filter_ids", label="Instance ids", max_length=12000,
@@ -185,6 +190,9 @@ class InstanceFilterSet(django_filters.FilterSet):
 
     def filter_v1_usage(self, queryset, name, value):
         return queryset.filter(V1_USAGE[value])
+
+    def filter_risk(self, queryset, name, value):
+        return queryset.filter(RISKS[value])
 
     def filter_posture(self, queryset, name, value):
         return queryset.filter(posture.SCOPES[value])
@@ -353,6 +361,10 @@ class LaunchSourceFilterSet(django_filters.FilterSet):
     kind = django_filters.ChoiceFilter(choices=SourceKind.choices, empty_label="any kind")
     verdict = django_filters.ChoiceFilter(choices=LaunchVerdict.choices, label="Next launch", empty_label="any")
     owner = django_filters.ChoiceFilter(choices=OWNER_CHOICES, method="filter_owner", empty_label="any owner")
+    # The SSRF risk of instances that allow IMDSv1 (fleet.models.inventory.RISKS), highest first.
+    risk = django_filters.ChoiceFilter(
+        choices=Risk.choices, method="filter_risk", label="IMDSv1 risk", empty_label="any"
+    )
     gone = django_filters.ChoiceFilter(choices=GONE_CHOICES, method="filter_gone", label="Present", empty_label=None)
 
     class Meta:

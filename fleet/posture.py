@@ -40,11 +40,19 @@ from .choices import (
     ItemState,
     ManagedBy,
     MetadataState,
+    Risk,
     SyncStatus,
     Toggle,
 )
 from .models import Account, ChangeBatch, ChangeItem, Instance, MetadataDefaults, RegionPosture, SyncRun
-from .models.inventory import CONFIG_NON_COMPLIANT, ENFORCED, ENFORCED_AND_APPLIED, NOT_COUNTED, V1_USAGE
+from .models.inventory import (
+    CONFIG_NON_COMPLIANT,
+    ENFORCED,
+    ENFORCED_AND_APPLIED,
+    NOT_COUNTED,
+    RISK,
+    V1_USAGE,
+)
 from .models.posture import COUNTERS
 
 
@@ -90,6 +98,7 @@ def _value_keys():
     for name, values in FIELD_VALUES.items():
         yield name, [*values, NULL_KEY] if name in NULLABLE_FIELDS else list(values)
     yield "v1_usage", list(V1_USAGE)
+    yield "risk", Risk.values  # enforced instances have none (NULL), which the list does not filter by
 
 
 def _flag(condition):
@@ -109,7 +118,7 @@ GROUP_FLAGS = {
 
 def _groups(instances):
     v1_usage = Case(*(When(q, then=Value(key)) for key, q in V1_USAGE.items()), output_field=CharField())
-    annotations = {name: _flag(q) for name, q in GROUP_FLAGS.items()} | {"v1_usage": v1_usage}
+    annotations = {name: _flag(q) for name, q in GROUP_FLAGS.items()} | {"v1_usage": v1_usage, "risk": RISK}
     return instances.annotate(**annotations).values(*GROUP_FIELDS, *annotations).annotate(n=Count("id")).order_by()
 
 
@@ -121,7 +130,7 @@ def summarise(groups):
     for group in groups:
         n, counted = group["n"], not group["not_counted"]
         cells = value_counts["counted" if counted else "not_counted"]
-        for name in (*GROUP_FIELDS, "v1_usage"):
+        for name in (*GROUP_FIELDS, "v1_usage", "risk"):
             key = NULL_KEY if group[name] is None else str(group[name])
             cells.setdefault(name, {}).setdefault(key, 0)
             cells[name][key] += n
@@ -145,6 +154,7 @@ def summarise(groups):
         "stopped": cell("counted", "instance_state", InstanceState.STOPPED),
         "hop_limit_over_1": sum(n for key, n in counted_hops.items() if key != NULL_KEY and int(key) > 1),
         "v1_in_use": cell("counted", "v1_usage", "yes"),
+        "risk_role_public": cell("counted", "risk", Risk.ROLE_PUBLIC),
         "v1_measured": counts["total"] - cell("counted", "v1_usage", "unknown"),
         "terminated": cell("not_counted", "instance_state", InstanceState.TERMINATED),
         "shutting_down": cell("not_counted", "instance_state", InstanceState.SHUTTING_DOWN),
@@ -302,8 +312,10 @@ def summary_counter(filters):
         return None
 
     def count(row):
-        if not row.value_counts and row.total:
-            raise NotSummarised  # a row from before value_counts existed, until its next refresh
+        # A row from before value_counts (or this field) existed, until its next refresh: every
+        # counted group adds a cell to every field, so a field missing there was never counted.
+        if row.total and name not in row.value_counts.get("counted", {}):
+            raise NotSummarised
         return sum(row.value_counts.get(group, {}).get(name, {}).get(value, 0) for group in groups)
 
     return count

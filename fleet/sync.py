@@ -33,13 +33,18 @@ SYNCED_FIELDS = (
     "launch_template_id",
     "launch_template_version",
     "autoscaling_group",
+    "iam_instance_profile_arn",
+    "public_ip",
     *INSTANCE_OPTION_FIELDS,
     "metadata_state",
     "last_seen",
     "gone_at",
 )
 # Fields whose change makes an instance count as "changed" in a run.
-COMPARED_FIELDS = ("name", "tags", "instance_state", "instance_type", *INSTANCE_OPTION_FIELDS, "metadata_state")
+COMPARED_FIELDS = (
+    "name", "tags", "instance_state", "instance_type", "iam_instance_profile_arn", "public_ip",
+    *INSTANCE_OPTION_FIELDS, "metadata_state",
+)
 
 
 class SyncAlreadyRunning(Exception):
@@ -62,6 +67,9 @@ def instance_fields(data):
         "launch_template_id": launch_template_id,
         "launch_template_version": launch_template_version,
         "autoscaling_group": autoscaling_group,
+        # The SSRF risk's inputs (fleet.models.inventory.RISKS); absent is None (NULL).
+        "iam_instance_profile_arn": data.get("IamInstanceProfile", {}).get("Arn") or None,
+        "public_ip": data.get("PublicIpAddress") or None,
         # Absent members stay None (NULL), never "": see Instance's option fields.
         **{field: options[field] for field in INSTANCE_OPTION_FIELDS},
         "metadata_state": options["metadata_state"],

@@ -55,6 +55,8 @@ class InstanceTable(BaseTable):
     metadata_state = tables.Column(verbose_name="Options", orderable=False)
     instance_metadata_tags = tables.Column(verbose_name="Tags", orderable=False)
     v1_calls = tables.Column(verbose_name="IMDSv1 calls", default="not measured")
+    # The queryset's ``risk`` annotation (Instance.objects.with_risk(), fleet.models.inventory.RISK).
+    risk = tables.Column(verbose_name="IMDSv1 risk", orderable=False, default="—")
     last_seen = tables.DateTimeColumn(verbose_name="Last seen", format="Y-m-d H:i", attrs={"td": {"class": "nowrap"}})
 
     class Meta(BaseTable.Meta):
@@ -62,7 +64,8 @@ class InstanceTable(BaseTable):
         fields = ()
         sequence = (
             "ids", "instance_id", "name", "account", "region", "instance_state", "http_tokens",
-            "http_endpoint", "hop_limit", "metadata_state", "instance_metadata_tags", "v1_calls", "last_seen",
+            "http_endpoint", "hop_limit", "metadata_state", "instance_metadata_tags", "v1_calls", "risk",
+            "last_seen",
         )
         # Its rows are written out in the template (cell by cell rendering was most of the page's time).
         template_name = "fleet/partials/keyset_table.html"

@@ -3,7 +3,7 @@
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from ..choices import ItemState
+from ..choices import ItemState, Risk
 from ..models import ChangeBatch, ChangeItem, DriftEvent, Instance, MetadataDefaults, RegionPosture
 
 
@@ -11,13 +11,17 @@ class InstanceSerializer(serializers.ModelSerializer):
     account_id = serializers.CharField(source="account.account_id")
     account_name = serializers.CharField(source="account.name")
     enforced = serializers.BooleanField(help_text="Tokens required or the endpoint disabled (Prowler's rule).")
+    risk = serializers.ChoiceField(
+        choices=Risk.choices, allow_null=True, read_only=True,
+        help_text="IMDSv1 risk: IAM role + public IP, IAM role or no role; null when IMDSv2 is enforced.",
+    )
 
     class Meta:
         model = Instance
         fields = [
             "instance_id", "name", "account_id", "account_name", "region", "instance_state", "instance_type",
             "image_id", "launch_time", "tags", "http_tokens", "hop_limit", "http_endpoint", "http_protocol_ipv6",
-            "instance_metadata_tags", "metadata_state", "enforced", "v1_calls", "v1_rejected", "v1_last_seen",
+            "instance_metadata_tags", "metadata_state", "enforced", "iam_instance_profile_arn", "public_ip", "risk", "v1_calls", "v1_rejected", "v1_last_seen",
             "usage_synced_at", "first_seen", "last_seen", "gone_at",
         ]
 
@@ -41,6 +45,7 @@ class PostureTotalsSerializer(serializers.Serializer):
     safe_to_enforce = serializers.IntegerField()
     not_enforced_in_use = serializers.IntegerField()
     not_enforced_unmeasured = serializers.IntegerField()
+    risk_role_public = serializers.IntegerField(help_text="Allow IMDSv1 with an IAM role and a public IP.")
     enforced_pct = serializers.FloatField(allow_null=True)
     enforced_applied_pct = serializers.FloatField(allow_null=True)
 

@@ -109,7 +109,7 @@ class InstanceListView(generics.ListAPIView):
     pagination_class = KeysetPagination
 
     def get_queryset(self):
-        return filtered(InstanceFilterSet, self.request, Instance.objects.select_related("account")).qs
+        return filtered(InstanceFilterSet, self.request, Instance.objects.select_related("account").with_risk()).qs
 
 
 class InstanceDetailView(generics.RetrieveAPIView):
@@ -117,7 +117,7 @@ class InstanceDetailView(generics.RetrieveAPIView):
     lookup_field = "instance_id"
 
     def get_object(self):
-        instance = (Instance.objects.select_related("account").filter(instance_id=self.kwargs["instance_id"])
+        instance = (Instance.objects.select_related("account").with_risk().filter(instance_id=self.kwargs["instance_id"])
                     .order_by("gone_at").first())
         if instance is None:
             raise NotFound("No such instance in the inventory.")

@@ -12,7 +12,8 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from .. import ratelimit
-from ..choices import HttpTokens, InstanceState, Toggle
+from ..choices import HttpTokens, InstanceState, Risk, Toggle
+from ..models.inventory import RISKS
 from .decision import Outcome, decide
 from .validation import clean_instance_desired
 
@@ -51,6 +52,9 @@ class Plan:
     unreachable: int = 0
     stopped: int = 0
     hop_limit_one_containers: int = 0
+    # [(Risk, count)] of the instances to change, highest risk first, zeros included
+    # (fleet.models.inventory.RISKS); those already enforced have no risk class.
+    risk_split: list = field(default_factory=list)
     # {Outcome value: count} for every outcome, zeros included.
     outcomes: dict = field(default_factory=dict)
     # [(Outcome, count)] of the held outcomes with instances, for "held by reason".
@@ -60,6 +64,11 @@ class Plan:
     unmeasured_regions: list = field(default_factory=list)
     estimated_seconds: int = 0
     warnings: list = field(default_factory=list)
+
+    @property
+    def to_change_enforced(self):
+        """Instances to change that already enforce IMDSv2 (another option changes): no risk class."""
+        return self.to_change - sum(n for _, n in self.risk_split)
 
     @property
     def reconciles(self):
@@ -79,6 +88,7 @@ def plan_change(instances, desired, override_usage=False):
     extra = decided.aggregate(
         stopped=Count("pk", filter=queued & Q(instance_state__in=STOPPED)),
         hop_one=Count("pk", filter=queued & container_hosts_hop_one()),
+        **{f"risk_{risk}": Count("pk", filter=queued & q) for risk, q in RISKS.items()},
     )
     outcomes = dict.fromkeys(Outcome.values, 0)
     regions = {}
@@ -101,6 +111,7 @@ def plan_change(instances, desired, override_usage=False):
         unreachable=sum(outcomes[code] for code in Outcome.unreachable()),
         stopped=extra["stopped"],
         hop_limit_one_containers=extra["hop_one"] if desired.get("hop_limit", 1) == 1 else 0,
+        risk_split=[(Risk(risk), extra[f"risk_{risk}"]) for risk in RISKS],
         outcomes=outcomes,
         held_by_reason=[(Outcome(code), outcomes[code]) for code in Outcome.held() if outcomes[code]],
         per_region=list(regions.values()),

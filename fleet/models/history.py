@@ -34,6 +34,8 @@ class PostureCounters(models.Model):
     safe_to_enforce = models.PositiveIntegerField(default=0)
     not_enforced_unmeasured = models.PositiveIntegerField(default=0)
     not_enforced_in_use = models.PositiveIntegerField(default=0)
+    # 0 in the buckets from before instance profiles and public IPs were read.
+    risk_role_public = models.PositiveIntegerField(default=0, db_default=0)
     terminated = models.PositiveIntegerField(default=0)
     shutting_down = models.PositiveIntegerField(default=0)
 

@@ -2,7 +2,7 @@
 
 from django.core.exceptions import ValidationError
 from django.db import models
-from django.db.models import F, Q
+from django.db.models import Case, CharField, F, Q, Value, When
 from django.db.models.functions import Coalesce
 from django.urls import reverse
 
@@ -16,6 +16,7 @@ from ..choices import (
     ManagedBy,
     MetadataState,
     OrgAccountStatus,
+    Risk,
     SyncStatus,
     Toggle,
 )
@@ -94,6 +95,17 @@ ENFORCED_AND_APPLIED = ENFORCED & Q(metadata_state=MetadataState.APPLIED)
 CONFIG_NON_COMPLIANT = Q(http_tokens=HttpTokens.OPTIONAL)
 # IMDSv1 evidence from CloudWatch: calls seen, none seen, or never measured.
 V1_USAGE = {"yes": Q(v1_calls__gt=0), "no": Q(v1_calls=0), "unknown": Q(v1_calls__isnull=True)}
+# The SSRF risk of an instance that allows IMDSv1 (not ENFORCED): an instance profile's role
+# credentials are what IMDSv1 hands out, and a public IP puts the instance in reach of the
+# internet. Enforced instances have no risk class (NULL). Tried in order, first match wins; the
+# list filter, the posture summary, the CSV and the confirmation page all use these.
+HAS_ROLE = Q(iam_instance_profile_arn__isnull=False)
+RISKS = {
+    Risk.ROLE_PUBLIC: ~ENFORCED & HAS_ROLE & Q(public_ip__isnull=False),
+    Risk.ROLE: ~ENFORCED & HAS_ROLE & Q(public_ip__isnull=True),
+    Risk.NO_ROLE: ~ENFORCED & ~HAS_ROLE,
+}
+RISK = Case(*(When(q, then=Value(key.value)) for key, q in RISKS.items()), default=None, output_field=CharField())
 
 
 class InstanceQuerySet(models.QuerySet):
@@ -112,6 +124,10 @@ class InstanceQuerySet(models.QuerySet):
     def not_enforced(self):
         return self.exclude(ENFORCED)
 
+    def with_risk(self):
+        """Each row with ``risk``: its ``Risk`` value, or None when IMDSv2 is enforced."""
+        return self.annotate(risk=RISK)
+
 
 class Instance(models.Model):
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="instances")
@@ -129,6 +145,10 @@ class Instance(models.Model):
     launch_template_id = models.CharField(max_length=32, blank=True, default="", db_default="")
     launch_template_version = models.CharField(max_length=16, blank=True, default="", db_default="")
     autoscaling_group = models.CharField(max_length=255, blank=True, default="", db_default="")
+    # DescribeInstances' IamInstanceProfile.Arn and PublicIpAddress; NULL when AWS leaves them out
+    # (no instance profile, no public IP), and for bulk COPY paths that predate the columns.
+    iam_instance_profile_arn = models.CharField(max_length=2048, null=True, blank=True)  # noqa: DJ001
+    public_ip = models.GenericIPAddressField(null=True, blank=True)
 
     # A member DescribeInstances left out of MetadataOptions is NULL: one value for "absent", so
     # the filters, the posture summary and the CSV export all count it the same way.

@@ -33,6 +33,7 @@ COUNTERS = (
     "safe_to_enforce",
     "not_enforced_unmeasured",
     "not_enforced_in_use",
+    "risk_role_public",
     "terminated",
     "shutting_down",
 )
@@ -57,6 +58,8 @@ class RegionPosture(models.Model):
     safe_to_enforce = models.PositiveIntegerField(default=0)
     not_enforced_unmeasured = models.PositiveIntegerField(default=0)
     not_enforced_in_use = models.PositiveIntegerField(default=0)
+    # Allow IMDSv1 with an IAM instance profile and a public IP (inventory.RISKS): fix these first.
+    risk_role_public = models.PositiveIntegerField(default=0, db_default=0)
     # Present but not part of the posture (neither Prowler nor AWS Config evaluates them).
     terminated = models.PositiveIntegerField(default=0)
     shutting_down = models.PositiveIntegerField(default=0)

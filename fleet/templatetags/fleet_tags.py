@@ -2,6 +2,7 @@
 
 from django import template
 
+from ..choices import Risk
 from ..posture import posture_level
 
 register = template.Library()
@@ -69,6 +70,12 @@ def hop_limit_bars(distribution):
             "level": "neutral" if hops == 1 else "warn",
         })
     return {"bars": bars, "height": height, "total_width": max(len(bars), 1) * (width + gap), "width": width}
+
+
+@register.filter
+def risk_label(value):
+    """A ``Risk`` value as its words ("IAM role + public IP")."""
+    return Risk(value).label if value in Risk.values else value
 
 
 @register.filter

@@ -39,6 +39,9 @@ def fleet():
             account=accounts[n % 2], region=("us-east-1", "eu-west-1")[n % 3 % 2], name=f"node-{n % 4}",
             hop_limit=None if n % 7 == 0 else 1 + n % 3, v1_calls=None if n % 5 == 0 else n % 3,
             last_seen=seen - timezone.timedelta(minutes=n % 6),
+            # Every IMDSv1 risk class (fleet.models.inventory.RISKS) among them.
+            iam_instance_profile_arn=None if n % 3 == 0 else f"arn:aws:iam::{accounts[n % 2].account_id}:instance-profile/p",
+            public_ip=f"198.51.100.{n}" if n % 2 == 0 else None,
         )
         for n in range(31)
     ]

@@ -73,6 +73,14 @@ def build(sim, ec2, cloudwatch, account_id, region, k):
         ["HttpProtocolIpv6", "InstanceMetadataTags", "HttpPutResponseHopLimit"],
     )
     sim.omit_options(account_id, region, terminated[:1], ["HttpTokens", "HttpEndpoint"])
+    # The SSRF risk's inputs (issue 19): an instance profile, with and without a public IP.
+    iam = client_in(sim.endpoint_url, "iam", account_id, "us-east-1")
+    profile = iam.create_instance_profile(InstanceProfileName=f"app-{region}")["InstanceProfile"]["Arn"]
+    run = dict(ImageId="ami-12345678", IamInstanceProfile={"Arn": profile})
+    ec2.run_instances(**run, MinCount=1 + k % 2, MaxCount=1 + k % 2)  # a public IP in the default subnet
+    ec2.run_instances(**run, MinCount=1, MaxCount=1, MetadataOptions={"HttpTokens": "required"})  # no risk
+    subnet = ec2.describe_subnets()["Subnets"][0]["SubnetId"]
+    ec2.run_instances(**run, MinCount=1, MaxCount=1, NetworkInterfaces=[{"DeviceIndex": 0, "SubnetId": subnet, "AssociatePublicIpAddress": False}])
     # IMDSv1 calls on some not-enforced instances (and on a terminated one, which must not count).
     optional = [i for i in raw_instances(ec2) if i["MetadataOptions"].get("HttpTokens") == "optional"]
     calling = [i["InstanceId"] for i in optional if i["State"]["Name"] == "running"][: 1 + k] + terminated[1:2]
@@ -117,10 +125,14 @@ def config_non_compliant(options):
 
 
 def cloudwatch_in(endpoint, account_id, region):
+    return client_in(endpoint, "cloudwatch", account_id, region)
+
+
+def client_in(endpoint, service, account_id, region):
     sts = boto3.client("sts", region_name="us-east-1", endpoint_url=endpoint)
     creds = sts.assume_role(RoleArn=f"arn:aws:iam::{account_id}:role/raw", RoleSessionName="raw")["Credentials"]
     return boto3.client(
-        "cloudwatch", region_name=region, endpoint_url=endpoint, aws_access_key_id=creds["AccessKeyId"],
+        service, region_name=region, endpoint_url=endpoint, aws_access_key_id=creds["AccessKeyId"],
         aws_secret_access_key=creds["SecretAccessKey"], aws_session_token=creds["SessionToken"],
     )
 
@@ -152,6 +164,8 @@ def mixed_fleet(simulator, aws_env, monkeypatch, settings):
                     "evaluated": instance["State"]["Name"] not in NOT_EVALUATED,
                     "prowler_pass": prowler_pass(options), "config_non_compliant": config_non_compliant(options),
                     "v1_calls": calls[instance["InstanceId"]],
+                    "role_public": bool(instance.get("IamInstanceProfile", {}).get("Arn"))
+                    and bool(instance.get("PublicIpAddress")),
                 })
     return rows
 
@@ -182,6 +196,7 @@ def expected_links(rows):
         "posture=not_enforced&v1_usage=no": count(fail, lambda row: row["v1_calls"] == 0),
         "posture=not_enforced&v1_usage=yes": count(fail, lambda row: row["v1_calls"] > 0),
         "posture=not_enforced&v1_usage=unknown": 0,  # every account/region was measured
+        "posture=counted&risk=role_public": count(fail, lambda row: row["role_public"]),
     }
     for account_id in ACCOUNTS:
         mine = [row for row in evaluated if row["account_id"] == account_id]

@@ -157,3 +157,35 @@ def test_abandoned_running_sync_does_not_block_forever(moto_endpoint, settings):
     stale.refresh_from_db()
     assert stale.status == SyncStatus.FAILED and "abandoned" in stale.error
     assert run.status == SyncStatus.SUCCEEDED
+
+
+def test_instance_profile_and_public_ip_are_read_and_absent_is_null(moto_endpoint):
+    """DescribeInstances' IamInstanceProfile.Arn and PublicIpAddress (issue 19, risk first),
+    through the PostgreSQL COPY path and the bulk-create path alike."""
+    import boto3
+
+    iam = boto3.client("iam", region_name="us-east-1", endpoint_url=moto_endpoint)
+    iam.create_role(RoleName="web", AssumeRolePolicyDocument="{}")
+    profile = iam.create_instance_profile(InstanceProfileName="web")["InstanceProfile"]["Arn"]
+    iam.add_role_to_instance_profile(InstanceProfileName="web", RoleName="web")
+    ec2 = ec2_in(moto_endpoint, AMBIENT_ACCOUNT, "us-east-1")
+    image = ec2.describe_images()["Images"][0]["ImageId"]
+    subnet = ec2.describe_subnets()["Subnets"][0]["SubnetId"]
+    run = dict(ImageId=image, MinCount=1, MaxCount=1, InstanceType="t3.micro")
+    public = ec2.run_instances(**run, IamInstanceProfile={"Arn": profile})["Instances"][0]["InstanceId"]
+    private = ec2.run_instances(
+        **run, NetworkInterfaces=[{"DeviceIndex": 0, "SubnetId": subnet, "AssociatePublicIpAddress": False}]
+    )["Instances"][0]["InstanceId"]
+    account = register(AMBIENT_ACCOUNT)
+
+    assert sync.sync_region(account, "us-east-1").status == SyncStatus.SUCCEEDED
+    rows = {i.instance_id: (i.iam_instance_profile_arn, i.public_ip) for i in Instance.objects.all()}
+    assert rows[public][0] == profile and rows[public][1]
+    assert rows[private] == (None, None)
+    assert RegionPosture.objects.get(account=account, region="us-east-1").risk_role_public == 1
+
+    # The bulk-create path (SQLite) stores the same values from the same page.
+    page = [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
+    Instance.objects.all().delete()
+    sync._upsert_bulk_create(account, "us-east-1", [sync.instance_fields(i) for i in page], sync.timezone.now())
+    assert {i.instance_id: (i.iam_instance_profile_arn, i.public_ip) for i in Instance.objects.all()} == rows

@@ -26,7 +26,7 @@ class InstanceListView(FilteredTableView):
     """The fleet, a page at a time at any depth (keyset pagination, ``fleet.pagination``): the
     pager links carry the row a page starts after (``after``) or ends before (``before``)."""
 
-    queryset = Instance.objects.select_related("account")
+    queryset = Instance.objects.select_related("account").with_risk()
     filterset_class = InstanceFilterSet
     table_class = InstanceTable
     template_name = "fleet/instance_list.html"
@@ -76,7 +76,7 @@ class InstanceListView(FilteredTableView):
 @require_safe
 def instance_export(request):
     """The filtered set as CSV, streamed row by row (the fleet may be large)."""
-    filterset = InstanceFilterSet(request.GET, queryset=Instance.objects.select_related("account"))
+    filterset = InstanceFilterSet(request.GET, queryset=Instance.objects.select_related("account").with_risk())
     if not filterset.is_valid():
         errors = "; ".join(f"{name}: {' '.join(msgs)}" for name, msgs in filterset.errors.items())
         return HttpResponseBadRequest(f"Invalid filter: {errors}", content_type="text/plain")
@@ -97,7 +97,7 @@ class InstanceDetailView(FormMixin, DetailView):
             raise Http404("Not an EC2 instance id.") from None
         # AWS ids are unique; should the cache hold a gone row and a present one, show the present one.
         instance = (
-            Instance.objects.select_related("account").filter(instance_id=instance_id)
+            Instance.objects.select_related("account").with_risk().filter(instance_id=instance_id)
             .order_by(F("gone_at").asc(nulls_first=True)).first()
         )
         if instance is None:
