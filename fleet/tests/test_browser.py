@@ -134,7 +134,7 @@ def test_require_imdsv2_for_a_filtered_set_and_watch_it_apply(page, live_server,
     page.wait_for_url(re.compile(r"/changes/new/\?"))
     expect(page.locator("h2").first).to_contain_text("http_tokens=required")
     assert tile(page, "selected") == matching
-    to_change, held = tile(page, "to change"), tile(page, "held (IMDSv1 in use)")
+    to_change, held = tile(page, "to change"), tile(page, "held (readiness gate)")
     assert to_change > 0 and to_change + held == matching  # nothing already compliant in this filter
     expect(page.locator(".warnings")).to_contain_text("held back unless you override")
     page.get_by_label("Comment").fill("CIS 5.6: IMDSv2 everywhere in prod us-east-1")

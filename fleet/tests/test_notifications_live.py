@@ -12,6 +12,7 @@ from fleet.choices import DeliveryStatus, EventKind, SyncStatus
 from fleet.models import Account, Delivery, NotificationRule, SyncRun
 from fleet.tests.live import LiveStack, wait_for
 from fleet.tests.receivers import SmtpReceiver, WebhookReceiver
+from imdssim.testing import image_id
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -19,32 +20,51 @@ ACCOUNT = "666600000001"
 REGION = "us-east-1"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def receivers():
     with SmtpReceiver() as smtp, WebhookReceiver() as webhook:
         yield smtp, webhook
 
 
-@pytest.fixture
-def stack(settings, receivers, monkeypatch):
+@pytest.fixture(scope="module")
+def live_stack(django_db_setup, receivers):
+    """One stack for the module (as ``fleet.tests.live.module_stack`` makes them), whose worker
+    mails to this module's SMTP server; this process's settings and environment are put back."""
+    from fleet.aws.session import reset_caches
+    from fleet.tests.live import ModuleSettings, SavedEnviron
+
     smtp, _ = receivers
-    monkeypatch.setenv("IMDSWEB_EMAIL_URL", smtp.url)  # the worker's mail goes to our SMTP server
-    monkeypatch.setenv("IMDSWEB_NOTIFY_SCAN_SECONDS", "1")
-    live = LiveStack(settings)
-    live.start(workers=1, beat=True)
-    yield live
-    live.stop()
+    settings, environ = ModuleSettings(), SavedEnviron()
+    live = LiveStack(settings, env={"IMDSWEB_EMAIL_URL": smtp.url, "IMDSWEB_NOTIFY_SCAN_SECONDS": "1"})
+    try:
+        live.start(workers=1, beat=True)
+        yield live
+    finally:
+        live.stop()
+        settings.restore()
+        environ.restore()
+        reset_caches()
+
+
+@pytest.fixture
+def stack(live_stack):
+    return live_stack.fresh()
 
 
 def run_instances(stack, count):
     ec2 = stack.ec2(ACCOUNT, REGION)
-    image = ec2.describe_images()["Images"][0]["ImageId"]
+    image = image_id(ec2)
     return [i["InstanceId"] for i in ec2.run_instances(ImageId=image, MinCount=count, MaxCount=count)["Instances"]]
 
 
 def sync_in_worker(stack, account):
     before = SyncRun.objects.filter(account=account).count()
-    tasks.sync_account_region.delay(account.pk, REGION)
+    from imdsweb.celery import app
+
+    # Published on a connection to this stack's broker itself: the process-wide producer pool may
+    # still hold a connection an earlier module's stack opened.
+    with app.connection_for_write(stack.env()["CELERY_BROKER_URL"]) as connection:
+        tasks.sync_account_region.apply_async((account.pk, REGION), connection=connection)
     return wait_for(lambda: SyncRun.objects.filter(account=account, status=SyncStatus.SUCCEEDED).count() > before,
                     message="the worker's sync", stack=stack)
 

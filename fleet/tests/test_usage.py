@@ -78,7 +78,7 @@ def test_instances_calling_imdsv1_are_held_unless_overridden(stack, fleet):
 
     plan = changes.plan_change(selection, changes.REQUIRE_IMDSV2)
     assert (plan.held, plan.to_change) == (1, 5)
-    assert any("held back" in warning for warning in plan.warnings)
+    assert any("held back" in text for _bucket, text in plan.warnings)
 
     batch = changes.request_change(None, selection, changes.REQUIRE_IMDSV2)
     held = batch.items.get(state=ItemState.HELD)
@@ -94,10 +94,12 @@ def test_instances_calling_imdsv1_are_held_unless_overridden(stack, fleet):
 def test_refused_imdsv1_calls_after_enforcement_flag_a_breakage(stack, fleet):
     account, instances = fleet
     victim = instances[2]
+    usage.sync_usage(account, REGION)  # measured: no IMDSv1 calls yet, so the gate lets it through
     batch = changes.request_change(None, Instance.objects.filter(pk=victim.pk), changes.REQUIRE_IMDSV2)
     submitted = timezone.now() - timedelta(hours=2)
     ChangeItem.objects.filter(batch=batch).update(state=ItemState.APPLIED, submitted_at=submitted,
                                                   finished_at=submitted)
+    Instance.objects.filter(pk=victim.pk).update(http_tokens="required")  # as the tracker records it
     put_metric(stack, "MetadataNoTokenRejected", victim, 40)
 
     assert usage.sync_usage(account, REGION)[2] == 1
