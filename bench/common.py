@@ -253,8 +253,11 @@ def truncate_fleet():
     from django.db import connection
 
     with connection.cursor() as cursor:
+        # Every table with a foreign key to one of these goes too (drift and notification events
+        # point at instances and sync runs): PostgreSQL refuses to truncate a referenced table alone.
         cursor.execute(
-            "TRUNCATE fleet_changeitem, fleet_changebatch, fleet_instance, fleet_syncrun, fleet_metadatadefaults"
+            "TRUNCATE fleet_driftevent, fleet_notificationevent, fleet_changeitem, fleet_changebatch,"
+            " fleet_instance, fleet_syncrun, fleet_metadatadefaults"
         )
 
 
