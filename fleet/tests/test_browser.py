@@ -161,8 +161,15 @@ def test_require_imdsv2_for_a_filtered_set_and_watch_it_apply(page, live_server,
     expect(page.locator("#items-table")).to_contain_text("applied")
     expect(page.locator(".notes")).to_contain_text(f"{held} held")
     assert page.get_by_role("button", name=re.compile("Cancel")).count() == 0
-    expect(page.get_by_role("button", name=f"Roll back {to_change} applied")).to_be_visible()
+    rollback = page.get_by_role("link", name=f"Roll back {to_change} applied")
+    expect(rollback).to_be_visible()
     screenshot(page, "batch-done.png", full_page=False)
+    # The rollback's own confirmation page says what goes back before anything is queued.
+    rollback.click()
+    expect(page.locator("#rollback-plan")).to_contain_text(
+        f"{to_change:,} instances go back to http_tokens=optional (they will allow IMDSv1 again)")
+    screenshot(page, "rollback.png", full_page=False)
+    page.go_back()
 
     # One of the changed instances: required now, the batch in its history.
     page.locator("#items-table tr.item-applied td a").first.click()
@@ -176,7 +183,7 @@ def test_require_imdsv2_for_a_filtered_set_and_watch_it_apply(page, live_server,
     screenshot(page, "changes.png")
 
     page.goto("/")
-    cell = page.locator("td.heat", has=page.locator(f'a[href$="account={PROD}&region=us-east-1"]'))
+    cell = page.locator("td.heat", has=page.locator(f'a[href*="account={PROD}&region=us-east-1"]'))
     expect(cell).not_to_have_class(re.compile("heat-bad"))  # prod/us-east-1: most now enforced
     assert page.locator("td.heat-bad").count() > 0  # the rest of the fleet still allows IMDSv1
     screenshot(page, "overview.png")
