@@ -128,7 +128,7 @@ def _seed_region(
     backend = ec2_backends[account.account_id][region]
     # The Auto Scaling groups' instances count towards the region's total.
     if sources:
-        count -= _seed_sources(account, region)
+        count -= _seed_sources(account, region, clock)
     instances = []
     # Several small reservations, like auto scaling groups and hand launches make, so that
     # DescribeInstances pagination (moto pages by reservation) has many pages to walk.
@@ -211,21 +211,29 @@ class _Clock:
         self.elapsed = (utcnow() - created_at.replace(tzinfo=None)).total_seconds()
         # Its own generator: launch times were added later, and must not shift the fleet's mix.
         self._rng = random.Random(f"{SEED}-launch-times")
+        # The Auto Scaling groups' instances came later still: theirs must not shift the others'.
+        self._group_rng = random.Random(f"{SEED}-group-launch-times")
 
     def launch_time(self) -> datetime:
         return self.created_at.replace(tzinfo=None) - timedelta(seconds=self._rng.uniform(3600, 400 * 86400))
+
+    def group_launch_time(self) -> datetime:
+        """An Auto Scaling group's instance: launched (or replaced) in the last few weeks."""
+        return self.created_at.replace(tzinfo=None) - timedelta(seconds=self._group_rng.uniform(600, 30 * 86400))
 
     def monotonic_at(self, seconds_after_creation: float) -> float:
         """The monotonic time of a moment this long after creation (in the past on a later start)."""
         return time.monotonic() + seconds_after_creation - self.elapsed
 
 
-def _seed_sources(account: DemoAccount, region: str) -> int:
+def _seed_sources(account: DemoAccount, region: str, clock: _Clock) -> int:
     """Launch templates, Auto Scaling groups, a launch configuration and AMIs in mixed posture.
 
     Created on moto's backends like the instances, after the account defaults, so the groups'
     instances get what AWS's order of precedence gives them (``imdssim.launches``). Returns the
     number of instances the groups launched (a group whose launch enforcement refuses has none).
+    Their launch times come from the fleet's clock like the other instances' (moto stamps them
+    with the current time, which would differ on every start).
     """
     ec2 = ec2_backends[account.account_id][region]
     autoscaling = autoscaling_backends[account.account_id][region]
@@ -281,6 +289,8 @@ def _seed_sources(account: DemoAccount, region: str) -> int:
             name, [f"{region}a"], size, 10, 0, spec.pop("launch_config_name", None), spec.pop("launch_template", None),
             None, None, None, None, [], [], None, [], tags, mixed_instances_policy=spec.pop("mixed", None),
         )
+        for state in created.instance_states:
+            state.instance.launch_time = clock.group_launch_time()
         return len(created.instance_states)
 
     launched = group(f"web-{env}-asg", 3, "web", launch_template={"LaunchTemplateId": web.id, "Version": "$Default"})

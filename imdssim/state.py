@@ -16,10 +16,11 @@ The header also carries a fingerprint of the fleet the lines belong to (a hash o
 present before replay). A file written for another fleet (an older seed, or a simulator started
 without ``--seed-demo``) is set aside as ``<file>.stale`` and a new one begun, never half applied.
 
-Not kept: instances launched with RunInstances after start-up, tag changes and anything outside the IMDS
-actions above. Written by hand because moto's own recorder (``/moto-api/recorder``) records raw
-HTTP requests, Describe calls included, replays them to the recorded host and port, and never sees
-the IMDS actions this layer answers itself.
+Not kept: instances launched after start-up (by RunInstances, or by an Auto Scaling group replacing
+an instance terminated under it), tag changes and anything outside the IMDS actions above. Written
+by hand because moto's own recorder (``/moto-api/recorder``) records raw HTTP requests, Describe
+calls included, replays them to the recorded host and port, and never sees the IMDS actions this
+layer answers itself.
 """
 
 from __future__ import annotations

@@ -29,8 +29,9 @@ VAR = ROOT / "var"
 SIM_STATE = VAR / "imdssim-state.jsonl"
 # The demo's known logins, one per role. Created by the demo (and by compose's setup only in a debug
 # configuration): a known password must never exist in a production deployment.
-DEMO_LOGINS = (("demo", "imdsweb-demo", "operator"), ("demo-viewer", "imdsweb-demo-viewer", "viewer"),
-               ("demo-admin", "imdsweb-demo-admin", "admin"))
+# Each passes AUTH_PASSWORD_VALIDATORS, which fleet_user set applies (not like the username either).
+DEMO_LOGINS = (("demo", "imdsweb-demo", "operator"), ("demo-viewer", "imdsweb-read-only", "viewer"),
+               ("demo-admin", "imdsweb-all-access", "admin"))
 
 
 def log(message):

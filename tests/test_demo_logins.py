@@ -50,3 +50,13 @@ def test_compose_setup_in_debug_and_the_demo_create_one_login_per_role(demo, mon
     demo.calls.clear()
     demo.setup({}, "http://127.0.0.1:4566")  # make demo: always
     assert len(created_logins(demo.calls)) == 3
+
+
+def test_the_demo_logins_pass_the_password_validators(demo):
+    """fleet_user set refuses what AUTH_PASSWORD_VALIDATORS refuse: a demo password like its
+    username (demo-viewer / imdsweb-demo-viewer) stopped make demo at its first login."""
+    from django.contrib.auth.models import User
+    from django.contrib.auth.password_validation import validate_password
+
+    for user, password, _role in demo.DEMO_LOGINS:
+        validate_password(password, user=User(username=user))

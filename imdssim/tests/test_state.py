@@ -35,6 +35,8 @@ def fleet(sim) -> dict[tuple[str, str, str], dict]:
                             "state": instance["State"]["Name"],
                             "launch_time": instance["LaunchTime"],
                             "options": instance["MetadataOptions"],
+                            "group": next((tag["Value"] for tag in instance.get("Tags", [])
+                                           if tag["Key"] == "aws:autoscaling:groupName"), None),
                         }
     return found
 
@@ -60,9 +62,12 @@ def test_a_restart_keeps_the_fleet_and_the_changes(tmp_path):
         prod = ec2(sim, PROD, "us-east-1")
         running = pick(before, PROD, "us-east-1", "running", HttpTokens="optional", HttpPutResponseHopLimit=1)
         stopped = pick(before, PROD, "us-east-1", "stopped", HttpTokens="optional")
+        # Outside the Auto Scaling groups: a group replaces an instance terminated under it with a fresh
+        # launch (as in AWS), and launches after start-up are not kept across a restart.
         to_stop, to_terminate = [
             key[2] for key, seen in sorted(before.items())
             if key[:2] == (PROD.account_id, "us-east-1") and seen["state"] == "running" and key[2] != running
+            and seen["group"] is None
         ][:2]
         prod.modify_instance_metadata_options(InstanceId=running, HttpTokens="required", HttpPutResponseHopLimit=2)
         prod.modify_instance_metadata_options(InstanceId=running, InstanceMetadataTags="enabled")
