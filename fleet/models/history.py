@@ -13,31 +13,14 @@ from django.db import models
 
 from ..choices import DriftKind
 from .inventory import Account, Instance, SyncRun
+from .posture import PostureCounterFields
 
 
-class PostureCounters(models.Model):
-    """The :data:`fleet.models.posture.COUNTERS` of one hourly bucket (start of the hour, UTC)."""
+class PostureCounters(PostureCounterFields):
+    """The :data:`fleet.models.posture.COUNTERS` of one hourly bucket (start of the hour, UTC);
+    ``risk_role_public`` is 0 in the buckets from before instance profiles and public IPs were read."""
 
     bucket = models.DateTimeField()
-    total = models.PositiveIntegerField(default=0)
-    enforced = models.PositiveIntegerField(default=0)
-    enforced_applied = models.PositiveIntegerField(default=0)
-    tokens_required = models.PositiveIntegerField(default=0)
-    tokens_optional = models.PositiveIntegerField(default=0)
-    pending = models.PositiveIntegerField(default=0)
-    endpoint_disabled = models.PositiveIntegerField(default=0)
-    hop_limit_over_1 = models.PositiveIntegerField(default=0)
-    tags_enabled = models.PositiveIntegerField(default=0)
-    stopped = models.PositiveIntegerField(default=0)
-    v1_in_use = models.PositiveIntegerField(default=0)
-    v1_measured = models.PositiveIntegerField(default=0)
-    safe_to_enforce = models.PositiveIntegerField(default=0)
-    not_enforced_unmeasured = models.PositiveIntegerField(default=0)
-    not_enforced_in_use = models.PositiveIntegerField(default=0)
-    # 0 in the buckets from before instance profiles and public IPs were read.
-    risk_role_public = models.PositiveIntegerField(default=0, db_default=0)
-    terminated = models.PositiveIntegerField(default=0)
-    shutting_down = models.PositiveIntegerField(default=0)
 
     class Meta:
         abstract = True

@@ -39,9 +39,10 @@ COUNTERS = (
 )
 
 
-class RegionPosture(models.Model):
-    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="posture")
-    region = models.CharField(max_length=32)
+class PostureCounterFields(models.Model):
+    """The :data:`COUNTERS` as columns: the summary row of an account/region and each history
+    bucket (fleet.models.history) are the same counters, declared once."""
+
     total = models.PositiveIntegerField(default=0)
     enforced = models.PositiveIntegerField(default=0)
     enforced_applied = models.PositiveIntegerField(default=0)
@@ -63,6 +64,14 @@ class RegionPosture(models.Model):
     # Present but not part of the posture (neither Prowler nor AWS Config evaluates them).
     terminated = models.PositiveIntegerField(default=0)
     shutting_down = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        abstract = True
+
+
+class RegionPosture(PostureCounterFields):
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="posture")
+    region = models.CharField(max_length=32)
     # {"1": n, "2": n, "none": n}: counted instances per hop limit.
     hop_limits = models.JSONField(default=dict)
     # {"counted" | "not_counted": {field: {value or "null": n}}}, zero counts left out.
