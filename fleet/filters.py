@@ -204,16 +204,10 @@ class InstanceFilterSet(django_filters.FilterSet):
         return queryset  # read by filter_outcome
 
     def filter_outcome(self, queryset, name, value):
-        from .changes import REQUIRE_IMDSV2, Outcome, container_hosts_hop_one, decide
+        from .changes import REQUIRE_IMDSV2, decide, outcome_group
 
         decided = decide(queryset, self.form.cleaned_data.get("change") or REQUIRE_IMDSV2)
-        groups = {
-            "held": Q(outcome__in=Outcome.held()),
-            "unreachable": Q(outcome__in=Outcome.unreachable()),
-            "stopped": Q(outcome=Outcome.QUEUED, instance_state__in=[InstanceState.STOPPED, InstanceState.STOPPING]),
-            "containers": Q(outcome=Outcome.QUEUED) & container_hosts_hop_one(),
-        }
-        return queryset.filter(pk__in=decided.filter(groups.get(value, Q(outcome=value))).values("pk"))
+        return queryset.filter(pk__in=decided.filter(outcome_group(value)).values("pk"))
 
     def filter_drift_since(self, queryset, name, value):
         # The few instances with drift since that day (the detected_at index), not a probe per listed row.

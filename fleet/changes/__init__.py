@@ -8,7 +8,7 @@ second active item even if two requests race.
 """
 
 from .decision import Outcome, decide
-from .planning import Plan, container_hosts_hop_one, estimate_seconds, plan_change
+from .planning import Plan, container_hosts_hop_one, estimate_seconds, outcome_group, plan_change
 from .requests import (
     cancel_queued,
     instances_for,
@@ -40,6 +40,7 @@ __all__ = [
     "decide",
     "estimate_seconds",
     "instances_for",
+    "outcome_group",
     "plan_change",
     "plan_rollback",
     "request_change",

@@ -32,6 +32,19 @@ def container_hosts_hop_one():
     )
 
 
+def outcome_group(name):
+    """The decided instances (``fleet.changes.decision``) in one of the confirmation page's
+    buckets: an Outcome value, or ``held`` / ``unreachable`` / ``stopped`` / ``containers``. The
+    plan counts with these and the instance list's ``outcome=`` filter lists with them."""
+    groups = {
+        "held": Q(outcome__in=Outcome.held()),
+        "unreachable": Q(outcome__in=Outcome.unreachable()),
+        "stopped": Q(outcome=Outcome.QUEUED, instance_state__in=STOPPED),
+        "containers": Q(outcome=Outcome.QUEUED) & container_hosts_hop_one(),
+    }
+    return groups.get(name, Q(outcome=name))
+
+
 def estimate_seconds(per_region_counts):
     """Time to submit, from AWS's bucket for ModifyInstanceMetadataOptions: account/regions run
     in parallel, each spends its burst at once and then the refill rate."""
@@ -86,8 +99,8 @@ def plan_change(instances, desired, override_usage=False):
     )
     queued = Q(outcome=Outcome.QUEUED)
     extra = decided.aggregate(
-        stopped=Count("pk", filter=queued & Q(instance_state__in=STOPPED)),
-        hop_one=Count("pk", filter=queued & container_hosts_hop_one()),
+        stopped=Count("pk", filter=outcome_group("stopped")),
+        hop_one=Count("pk", filter=outcome_group("containers")),
         **{f"risk_{risk}": Count("pk", filter=queued & q) for risk, q in RISKS.items()},
     )
     outcomes = dict.fromkeys(Outcome.values, 0)
