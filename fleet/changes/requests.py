@@ -53,11 +53,12 @@ def _in_progress(instance_pks, default="Another change for some of these instanc
     return ChangeRefused(f"These instances are already in progress in batch #{holder.pk}.", batch=holder)
 
 
-def _replayed(request_token):
-    """The batch a confirmation form already created, or None."""
-    if not request_token:
-        return None
-    return ChangeBatch.objects.filter(request_token=request_token).first()
+def _refuse_replay(request_token, what="confirmation"):
+    """Raise AlreadySubmitted when a form with this one-time token already created a batch (before
+    the request, and again when its INSERT lost the race on the token's unique index)."""
+    replayed = ChangeBatch.objects.filter(request_token=request_token).first() if request_token else None
+    if replayed is not None:
+        raise AlreadySubmitted(f"This {what} was already submitted: batch #{replayed.pk}.", batch=replayed)
 
 
 def _nothing_to_queue(batch):
@@ -89,8 +90,7 @@ def request_change(user, instances, desired, *, comment="", selection="", dry_ru
         desired = clean_instance_desired(desired)
     except ValidationError as exc:
         raise ChangeRefused(" ".join(exc.messages)) from exc
-    if replayed := _replayed(request_token):
-        raise AlreadySubmitted(f"This confirmation was already submitted: batch #{replayed.pk}.", batch=replayed)
+    _refuse_replay(request_token)
     try:
         with transaction.atomic():
             batch = ChangeBatch.objects.create(
@@ -110,9 +110,7 @@ def request_change(user, instances, desired, *, comment="", selection="", dry_ru
                 raise _nothing_to_queue(batch)  # rolls the batch back too
             _dispatch_on_commit(batch)
     except IntegrityError as exc:
-        if replayed := _replayed(request_token):
-            raise AlreadySubmitted(f"This confirmation was already submitted: batch #{replayed.pk}.",
-                                batch=replayed) from exc
+        _refuse_replay(request_token)
         raise _in_progress(instances.order_by().values("pk")) from exc
     log.info("batch %s queued by %s: %s on %d instance(s)", batch.pk, user, desired, count)
     return batch
@@ -124,8 +122,7 @@ def request_defaults_change(user, targets, desired, *, comment="", dry_run=False
         desired = clean_defaults_desired(desired)
     except ValidationError as exc:
         raise ChangeRefused(" ".join(exc.messages)) from exc
-    if replayed := _replayed(request_token):
-        raise AlreadySubmitted(f"This confirmation was already submitted: batch #{replayed.pk}.", batch=replayed)
+    _refuse_replay(request_token)
     if not targets:
         raise ChangeRefused("No account/region selected.")
     managed = {
@@ -165,9 +162,7 @@ def request_defaults_change(user, targets, desired, *, comment="", dry_run=False
             )
             _dispatch_on_commit(batch)
     except IntegrityError as exc:
-        if replayed := _replayed(request_token):
-            raise AlreadySubmitted(f"This confirmation was already submitted: batch #{replayed.pk}.",
-                                batch=replayed) from exc
+        _refuse_replay(request_token)
         holder = _defaults_holder(targets)
         if holder is None:
             raise ChangeRefused("A defaults change for one of these account/regions was queued at the same "
@@ -223,8 +218,7 @@ def rollback(batch, user, comment="", request_token=None):
     target = target_for(batch.kind)  # a kind written as a target object rolls itself back
     if target is not None:
         return target().rollback(batch, user, comment)
-    if replayed := _replayed(request_token):
-        raise AlreadySubmitted(f"This rollback was already submitted: batch #{replayed.pk}.", batch=replayed)
+    _refuse_replay(request_token, "rollback")
     try:
         with transaction.atomic():
             locked = ChangeBatch.objects.select_for_update().get(pk=batch.pk)
@@ -259,8 +253,7 @@ def rollback(batch, user, comment="", request_token=None):
             )
             _dispatch_on_commit(rollback_batch)
     except IntegrityError as exc:
-        if replayed := _replayed(request_token):
-            raise AlreadySubmitted(f"This rollback was already submitted: batch #{replayed.pk}.", batch=replayed) from exc
+        _refuse_replay(request_token, "rollback")
         raise _in_progress(batch.items.values("instance_id")) from exc
     return rollback_batch
 
