@@ -1,8 +1,8 @@
-"""P6: DescribeInstances calls in one poll round of ``fleet.apply.track_region`` for 1,000 pending
+"""P6: DescribeInstances calls in one poll round of ``fleet.tracking.track_region`` for 1,000 pending
 items of one account/region, counted by the simulator's stats; compared with one call per instance.
 
 The items are made pending for real: a change is requested through ``fleet.changes.request_change``
-and submitted by ``fleet.apply.run_region`` in this process against the simulator (no throttling,
+and submitted by ``fleet.runner.run_region`` in this process against the simulator (no throttling,
 and a long apply delay so AWS keeps reporting ``pending`` during the poll).
 """
 
@@ -26,8 +26,9 @@ def main(argv=None):
     setup_django()
     from django.conf import settings
 
-    from fleet import apply, changes, sync
+    from fleet import changes, sync
     from fleet.choices import ItemState
+    from fleet.engine import runner, tracking
     from fleet.models import Account, Instance
     from imdssim.testing import SimulatorProcess
 
@@ -43,13 +44,13 @@ def main(argv=None):
         batch = changes.request_change(None, Instance.objects.filter(account=account), changes.REQUIRE_IMDSV2,
                                        override_usage=True)  # measures apply, not the readiness gate
         with Timer() as submitting:
-            while apply.run_region(account.pk, REGION, budget=600) is not None:
+            while runner.run_region(account.pk, REGION, budget=600) is not None:
                 pass
         counts = batch.counts()
         assert counts[ItemState.PENDING] == total, counts
         sim.reset_stats()
         with Timer() as poll:
-            tracked = apply.track_region(account, REGION)
+            tracked = tracking.track_region(account, REGION)
         stats = sim.stats()["actions"]
     truncate_fleet()
     calls = stats.get("DescribeInstances", {}).get("calls", 0)

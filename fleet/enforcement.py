@@ -5,7 +5,8 @@ With enforcement enabled EC2 refuses every launch whose HttpTokens does not reso
 ``required`` (docs/launch-precedence.md). So a request to enable it holds each account/region
 where a present launch source's next launch does not resolve to required — naming those sources
 — or where the sources were never read or could not be read (fail closed), unless the user
-overrides. Rows first like every change; the runner calls ``EnforcementTarget`` (fleet.targets).
+overrides. Rows first like every change; the runner calls ``EnforcementTarget``, this kind's
+target (fleet.engine.targets).
 """
 
 from django.db import IntegrityError, transaction
@@ -15,6 +16,7 @@ from . import aws, sources
 from .changes import ChangeRefused
 from .changes.requests import _author, _dispatch_on_commit
 from .choices import ChangeKind, DefaultsEnforced, ItemState, ManagedBy
+from .engine.targets.base import Target
 from .models import ChangeBatch, ChangeItem, MetadataDefaults, SourceSyncState
 
 ENABLED = DefaultsEnforced.ENABLED
@@ -86,20 +88,24 @@ def request_enforcement(user, targets, *, enable=True, override_held=False, comm
     return batch
 
 
-class EnforcementTarget:
-    kind = ChangeKind.ENFORCEMENT
+class EnforcementTarget(Target):
+    """ModifyInstanceMetadataDefaults with HttpTokensEnforced, paced by that action's bucket."""
 
-    def call(self, item, dry_run, token_taken):
+    kind = ChangeKind.ENFORCEMENT
+    action = "ModifyInstanceMetadataDefaults"
+
+    def call(self, item, dry_run):
         return {"request_id": aws.modify_instance_metadata_defaults(
-            item.account, item.region, item.target_values, dry_run=dry_run, token_taken=token_taken)}
+            item.account, item.region, item.target_values, dry_run=dry_run, token_taken=True)}
 
     def record(self, item, result):
         from .sync import sync_defaults
 
         sync_defaults(item.account, item.region)
         sources.refresh_verdicts(item.account, item.region)
+        super().record(item, result)
 
-    def rollback(self, batch, user, comment=""):
+    def rollback(self, batch, user, comment="", request_token=None):
         applied = list(batch.items.filter(state=ItemState.APPLIED).select_related("account"))
         if not applied:
             raise ChangeRefused("Nothing in this batch was applied, so there is nothing to roll back.")

@@ -2,7 +2,7 @@
 
 A request writes a ChangeBatch (kind ``launch_template``) and one ChangeItem per template, rows
 first, like every change; the change engine's runner claims the items within the same per
-account/region runner and calls ``LaunchTemplateTarget`` through a narrow hook (``fleet.targets``).
+account/region runner and calls ``LaunchTemplateTarget``, this kind's target (fleet.engine.targets).
 For each template the item:
 
 1. reads the version in use (the default version) and creates a new version from it
@@ -27,6 +27,7 @@ from . import aws, sources
 from .changes import ChangeRefused
 from .changes.requests import _author, _dispatch_on_commit
 from .choices import ChangeKind, ItemState, SourceKind
+from .engine.targets.base import Target
 from .models import ChangeBatch, ChangeItem, LaunchSource, LaunchTemplateVersion
 
 REQUIRED = "required"
@@ -141,18 +142,20 @@ def rollback(batch, user, comment=""):
     return new
 
 
-class LaunchTemplateTarget:
-    """What the runner calls for a ``launch_template`` item (see fleet.targets)."""
+class LaunchTemplateTarget(Target):
+    """What the runner calls for a ``launch_template`` item, paced by CreateLaunchTemplateVersion."""
 
     kind = ChangeKind.LAUNCH_TEMPLATE
+    action = "CreateLaunchTemplateVersion"
 
-    def rollback(self, batch, user, comment=""):
+    def rollback(self, batch, user, comment="", request_token=None):
         return rollback(batch, user, comment)
 
     def rerun(self, batch, user, comment):
         return rerun(batch, user, comment)
 
-    def call(self, item, dry_run, token_taken):
+    def call(self, item, dry_run):
+        token_taken = True  # the runner took this item's token
         source, account, region = item.source, item.account, item.region
         if item.batch.rollback_of_id:
             return self._restore(item, dry_run, token_taken)
@@ -235,4 +238,5 @@ class LaunchTemplateTarget:
                 account=source.account, region=source.region, kind=SourceKind.AUTO_SCALING_GROUP, source_id=name
             ).update(version_spec=spec)
         sources.refresh_verdicts(source.account, source.region, template=source)
+        super().record(item, result)
 

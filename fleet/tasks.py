@@ -6,9 +6,11 @@ from celery import shared_task
 from celery.signals import task_prerun, worker_init, worker_ready
 from django.conf import settings
 
-from . import apply, aws, discovery, health, history, posture, sync, usage, workers
+from . import aws, discovery, health, history, posture, sync, usage, workers
 from . import notify as notify_service
 from .choices import SyncStatus
+from .engine import runner, tracking
+from .engine import sweep as sweeper
 from .models import Account
 
 log = logging.getLogger(__name__)
@@ -58,26 +60,26 @@ def sync_all():
 @shared_task(ignore_result=True)
 def dispatch_batch(batch_pk):
     """Start a runner for every account/region a new batch touches."""
-    for account_pk, region in apply.regions_of_batch(batch_pk):
+    for account_pk, region in runner.regions_of_batch(batch_pk):
         apply_region.delay(account_pk, region)
 
 
 @shared_task(ignore_result=True)
 def apply_region(account_pk, region):
-    again = apply.run_region(account_pk, region)
+    again = runner.run_region(account_pk, region)
     if again is not None:
         apply_region.apply_async((account_pk, region), countdown=again)
     # AWS answered pending: the region's first tracking round a second from now (unless one is
     # already on its way), not at the beat's next round.
-    if apply.tracking_wanted(account_pk, region):
+    if tracking.tracking_wanted(account_pk, region):
         track_pending_region.apply_async((account_pk, region), countdown=settings.IMDSWEB_TRACK_FAST_SECONDS)
 
 
 @shared_task(ignore_result=True)
 def track_pending():
     """Beat: a tracking round for every region with pending items that has none on its way."""
-    for account_pk, region in apply.pending_regions():
-        if apply.claim_tracking(account_pk, region):
+    for account_pk, region in tracking.pending_regions():
+        if tracking.claim_tracking(account_pk, region):
             track_pending_region.delay(account_pk, region)
 
 
@@ -89,19 +91,19 @@ def track_pending_region(account_pk, region):
     checked = 0
     try:
         if account is not None:
-            checked = apply.track_region(account, region)
-    except apply.aws.AwsError as exc:
+            checked = tracking.track_region(account, region)
+    except aws.AwsError as exc:
         log.warning("tracking %s/%s failed, will retry at the beat's round: %s", account.account_id, region, exc)
         return
     finally:
-        apply.release_tracking(account_pk, region)
-    if apply.tracking_wanted(account_pk, region):
-        track_pending_region.apply_async((account_pk, region), countdown=apply.next_round_in(checked))
+        tracking.release_tracking(account_pk, region)
+    if tracking.tracking_wanted(account_pk, region):
+        track_pending_region.apply_async((account_pk, region), countdown=tracking.next_round_in(checked))
 
 
 @shared_task(ignore_result=True)
 def sweep():
-    for account_pk, region in apply.sweep():
+    for account_pk, region in sweeper.sweep():
         apply_region.delay(account_pk, region)
 
 
@@ -119,7 +121,7 @@ def sync_usage_region(account_pk, region):
         return
     try:
         usage.sync_usage(account, region)
-    except apply.aws.AwsError as exc:
+    except aws.AwsError as exc:
         log.warning("usage %s/%s failed, will retry next round: %s", account.account_id, region, exc)
 
 

@@ -14,6 +14,7 @@ from .requests import (
     instances_for,
     request_change,
     request_defaults_change,
+    rerun,
     retry_failed,
     rollback,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "plan_rollback",
     "request_change",
     "request_defaults_change",
+    "rerun",
     "retry_failed",
     "rollback",
 ]

@@ -11,7 +11,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from ..choices import ChangeKind, ItemState
+from ..choices import BatchStatus, ChangeKind, ItemState, ManagedBy
+from ..engine.targets import target_for
 from ..models import ChangeBatch, ChangeItem, Instance, MetadataDefaults
 from .items import BULK_SIZE, create_items
 from .validation import AlreadySubmitted, ChangeRefused, clean_defaults_desired, clean_instance_desired
@@ -127,7 +128,7 @@ def request_defaults_change(user, targets, desired, *, comment="", dry_run=False
         raise ChangeRefused("No account/region selected.")
     managed = {
         (d.account_id, d.region): d.managed_exception_message
-        for d in MetadataDefaults.objects.filter(managed_by="declarative-policy")
+        for d in MetadataDefaults.objects.filter(managed_by=ManagedBy.DECLARATIVE_POLICY)
     }
     for account, region in targets:
         if region not in account.regions:
@@ -206,18 +207,33 @@ def retry_failed(batch, user):
     return count
 
 
+# A dry run can be run for real once it has finished.
+RERUNNABLE = {BatchStatus.DONE, BatchStatus.DONE_WITH_ERRORS, BatchStatus.CANCELLED}
+
+
+def rerun(batch, user):
+    """The same change on the same targets, for real: the next step after a clean dry run."""
+    if not batch.dry_run:
+        raise ChangeRefused("Only a dry run can be run again for real.")
+    if batch.status not in RERUNNABLE:
+        raise ChangeRefused("The dry run has not finished yet; run it for real once it has.")
+    comment = batch.comment or f"Run for real after dry run #{batch.pk}"
+    return target_for(batch.kind).rerun(batch, user, comment)
+
+
 def rollback(batch, user, comment="", request_token=None):
+    """A new batch that undoes ``batch``: what its kind's target does (``Target.rollback``)."""
+    return target_for(batch.kind).rollback(batch, user, comment, request_token=request_token)
+
+
+def restore_previous(batch, user, comment="", request_token=None):
     """A new batch that restores what ``batch`` changed, where nothing has changed it since.
 
     See :func:`fleet.changes.rollbacks.plan_rollback` for what is restored and what is skipped.
     The batch row is locked for the decision, so two rollbacks of one batch cannot both go ahead.
     """
-    from ..targets import target_for
     from .rollbacks import plan_rollback
 
-    target = target_for(batch.kind)  # a kind written as a target object rolls itself back
-    if target is not None:
-        return target().rollback(batch, user, comment)
     _refuse_replay(request_token, "rollback")
     try:
         with transaction.atomic():

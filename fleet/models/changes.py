@@ -5,8 +5,9 @@ Rows are the source of truth for work: the broker only carries hints. Rows are n
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Count, Q
+from django.db.models import Count, F, Q
 from django.urls import reverse
+from django.utils import timezone
 
 from ..choices import BatchStatus, ChangeKind, ItemState
 from .inventory import Account, Instance
@@ -114,6 +115,29 @@ class ChangeBatch(models.Model):
         return self.counts()["active"]
 
 
+class ChangeItemQuerySet(models.QuerySet):
+    """The engine's transitions of many items at once (one UPDATE each)."""
+
+    def fail_region(self, batch, account, region, error):
+        """The preflight found the principal may not do this here: the batch's unsent items of this
+        account/region fail with its answer."""
+        return self.filter(
+            batch=batch, account=account, region=region, state__in=[ItemState.QUEUED, ItemState.SUBMITTING]
+        ).update(
+            state=ItemState.FAILED,
+            error_code=error.code,
+            error_message=f"preflight (DryRun) failed for {account.account_id}/{region}: {error.message}"[:2000],
+            request_id=error.request_id,
+            finished_at=timezone.now(),
+        )
+
+    def return_abandoned(self, cutoff):
+        """Items claimed before ``cutoff`` and never answered (their worker died) go back to the queue."""
+        return self.filter(state=ItemState.SUBMITTING, claimed_at__lt=cutoff).update(
+            state=ItemState.QUEUED, claimed_at=None
+        )
+
+
 class ChangeItem(models.Model):
     # No database constraint on these two: a bulk request inserts up to a million items in one
     # INSERT ... SELECT whose batch is the row it just created and whose accounts come from the
@@ -169,6 +193,8 @@ class ChangeItem(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     breakage_suspected = models.BooleanField(default=False)
 
+    objects = ChangeItemQuerySet.as_manager()
+
     class Meta:
         ordering = ["batch_id", "id"]
         constraints = [
@@ -204,3 +230,34 @@ class ChangeItem(models.Model):
     @property
     def target_values(self):
         return self.desired or self.batch.desired
+
+    # ---- the engine's transitions of one item: conditional UPDATEs, so only the holder moves it
+
+    def claim(self):
+        """queued -> submitting with a conditional UPDATE: False when another worker took it first."""
+        now = timezone.now()
+        claimed = ChangeItem.objects.filter(pk=self.pk, state=ItemState.QUEUED).update(
+            state=ItemState.SUBMITTING, claimed_at=now, attempts=F("attempts") + 1
+        )
+        if claimed:
+            self.state, self.claimed_at, self.attempts = ItemState.SUBMITTING, now, self.attempts + 1
+        return bool(claimed)
+
+    def unclaim(self):
+        """Give a claimed item back to the queue without counting an attempt (its call is still ahead)."""
+        ChangeItem.objects.filter(pk=self.pk, state=ItemState.SUBMITTING).update(
+            state=ItemState.QUEUED, claimed_at=None, attempts=F("attempts") - 1
+        )
+
+    def finish(self, state, **fields):
+        """Move an item we hold (submitting) to its next state."""
+        final = state in ItemState.final()
+        ChangeItem.objects.filter(pk=self.pk, state=ItemState.SUBMITTING).update(
+            state=state, finished_at=timezone.now() if final else None, **fields
+        )
+
+    def requeue(self, error):
+        """AWS refused for now (throttled, unavailable): back to the queue with the error shown."""
+        ChangeItem.objects.filter(pk=self.pk, state=ItemState.SUBMITTING).update(
+            state=ItemState.QUEUED, claimed_at=None, error_code=error.code, error_message=error.message[:2000]
+        )

@@ -4,8 +4,9 @@ import time
 
 import pytest
 
-from fleet import apply, aws, changes, ratelimit
+from fleet import aws, changes, ratelimit
 from fleet.choices import ItemState
+from fleet.engine import runner
 from fleet.models import Instance
 from fleet.tests.factories import AccountFactory, InstanceFactory
 
@@ -35,7 +36,7 @@ def test_runner_paces_modify_calls_to_the_bucket(settings, monkeypatch):
     start = time.monotonic()
     deadline = start + 10
     while batch.items.filter(state=ItemState.QUEUED).exists() and time.monotonic() < deadline:
-        again = apply.run_region(account.pk, "us-east-1", budget=5)
+        again = runner.run_region(account.pk, "us-east-1", budget=5)
         if again:
             time.sleep(again)
     assert batch.counts()[ItemState.APPLIED] == 30
@@ -78,7 +79,7 @@ def test_runner_builds_its_aws_client_before_taking_a_token(settings, monkeypatc
     real_try_take = ratelimit.try_take
     monkeypatch.setattr(ratelimit, "try_take", lambda *args: events.append("take") or real_try_take(*args))
     monkeypatch.setattr(aws, "modify_instance_metadata_options", _fake_modify(events))
-    assert apply.run_region(account.pk, "us-east-1", budget=5) is None
+    assert runner.run_region(account.pk, "us-east-1", budget=5) is None
     assert events[:2] == ["prepare", "take"] and events.count("prepare") == 1
     assert events.count("modify") == 1
 
@@ -99,7 +100,7 @@ def test_runner_db_statements_per_item(settings, monkeypatch, aws_env):
             InstanceFactory(account=account)
         batch = changes.request_change(None, Instance.objects.filter(account=account), changes.REQUIRE_IMDSV2)
         with CaptureQueriesContext(connection) as queries:
-            assert apply.run_region(account.pk, "us-east-1", budget=5) is None
+            assert runner.run_region(account.pk, "us-east-1", budget=5) is None
         assert batch.counts()[ItemState.PENDING] == size
         counts[size] = [q["sql"] for q in queries if not q["sql"].upper().startswith(("SAVEPOINT", "RELEASE"))]
     per_item = (len(counts[15]) - len(counts[5])) / 10

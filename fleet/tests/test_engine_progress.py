@@ -12,8 +12,10 @@ from django.core.management import call_command
 from django.urls import reverse
 from django.utils import timezone
 
-from fleet import apply, aws, changes, ratelimit, tasks, workers
-from fleet.choices import BatchStatus, ItemState
+from fleet import aws, changes, ratelimit, tasks, workers
+from fleet.choices import BatchStatus, ChangeKind, ItemState
+from fleet.engine import runner, tracking
+from fleet.engine.targets import defaults, target_for
 from fleet.models import ChangeBatch, ChangeItem, Instance
 from fleet.tests.factories import (
     AccountFactory,
@@ -25,6 +27,8 @@ from fleet.tests.factories import (
 
 pytestmark = pytest.mark.django_db
 
+MODIFY_OPTIONS = target_for(ChangeKind.INSTANCE_OPTIONS).action
+MODIFY_DEFAULTS = target_for(ChangeKind.ACCOUNT_DEFAULTS).action
 REGION = "us-east-1"
 
 
@@ -115,7 +119,7 @@ def test_stopped_instance_waits_for_its_start_and_never_times_out_while_stopped(
     item = pending_item(instance, submitted_minutes_ago=3 * 24 * 60)  # stopped for three days
     answers[instance.instance_id] = described(instance, state="stopped")
 
-    apply.track_region(account, REGION)
+    tracking.track_region(account, REGION)
     item.refresh_from_db()
     assert item.state == ItemState.PENDING and item.awaiting_start
     assert item.batch.status == BatchStatus.AWAITING_START
@@ -124,13 +128,13 @@ def test_stopped_instance_waits_for_its_start_and_never_times_out_while_stopped(
     # make the item stuck at once for the days it was stopped.
     answers[instance.instance_id] = described(instance, state="running")
     cache.clear()  # the stopped-instances check is due again
-    apply.track_region(account, REGION)
+    tracking.track_region(account, REGION)
     item.refresh_from_db()
     assert item.state == ItemState.PENDING and not item.awaiting_start and item.pending_since
     assert item.batch.status == BatchStatus.PENDING
 
     answers[instance.instance_id] = described(instance, state="running", metadata_state="applied")
-    apply.track_region(account, REGION)
+    tracking.track_region(account, REGION)
     item.refresh_from_db()
     assert item.state == ItemState.APPLIED and item.finished_at
 
@@ -143,7 +147,7 @@ def test_started_instance_still_pending_past_the_timeout_is_stuck(settings, aws_
     item = pending_item(instance, submitted_minutes_ago=600, awaiting_start=False,
                         pending_since=timezone.now() - timedelta(minutes=31))
     answers[instance.instance_id] = described(instance)
-    apply.track_region(account, REGION)
+    tracking.track_region(account, REGION)
     item.refresh_from_db()
     assert item.state == ItemState.STUCK and "on a running instance" in item.reason
 
@@ -154,7 +158,7 @@ def test_terminated_while_waiting_fails_at_once(aws_answers):
     instance = InstanceFactory(account=account, instance_state="stopped")
     item = pending_item(instance, awaiting_start=True)
     answers[instance.instance_id] = described(instance, state="terminated")
-    apply.track_region(account, REGION)
+    tracking.track_region(account, REGION)
     item.refresh_from_db()
     assert item.state == ItemState.FAILED and item.error_code == "InstanceTerminated" and not item.awaiting_start
     assert item.batch.status == BatchStatus.DONE_WITH_ERRORS
@@ -170,7 +174,7 @@ def test_stopped_instances_are_checked_rarely_running_ones_every_round(settings,
     answers[stopped.instance_id] = described(stopped, state="stopped")
     answers[running.instance_id] = described(running)
     for _ in range(3):
-        apply.track_region(account, REGION)
+        tracking.track_region(account, REGION)
     assert calls == [{stopped.instance_id, running.instance_id}, {running.instance_id}, {running.instance_id}]
 
 
@@ -224,7 +228,7 @@ def test_a_tracking_round_follows_itself_while_changes_move_then_stops(
     running = InstanceFactory(account=account)
     item = pending_item(running)
     answers[running.instance_id] = described(running)
-    assert apply.claim_tracking(account.pk, REGION)  # as whoever scheduled this round did
+    assert tracking.claim_tracking(account.pk, REGION)  # as whoever scheduled this round did
 
     tasks.track_pending_region(account.pk, REGION)
     assert scheduled == [((account.pk, REGION), 1.0)]  # still pending: the next round in a second
@@ -233,7 +237,7 @@ def test_a_tracking_round_follows_itself_while_changes_move_then_stops(
     tasks.track_pending_region(account.pk, REGION)
     item.refresh_from_db()
     assert item.state == ItemState.APPLIED
-    assert len(scheduled) == 1 and apply.claim_tracking(account.pk, REGION)  # chain ended, guard free
+    assert len(scheduled) == 1 and tracking.claim_tracking(account.pk, REGION)  # chain ended, guard free
 
 
 def test_rounds_keep_to_half_the_describe_rate_when_many_are_pending(settings):
@@ -241,8 +245,8 @@ def test_rounds_keep_to_half_the_describe_rate_when_many_are_pending(settings):
     settings.IMDSWEB_RATE_HEADROOM = 1.0
     settings.IMDSWEB_RATE_TIME_SCALE = 1.0
     # DescribeInstances refills at 20/s; 200 ids a call.
-    assert apply.next_round_in(1) == apply.next_round_in(1_000) == 1.0  # 5 calls a second: a quarter
-    assert apply.next_round_in(10_000) == 5.0  # 50 calls every 5 s: half
+    assert tracking.next_round_in(1) == tracking.next_round_in(1_000) == 1.0  # 5 calls a second: a quarter
+    assert tracking.next_round_in(10_000) == 5.0  # 50 calls every 5 s: half
 
 
 def test_only_stopped_instances_left_no_fast_rounds(settings, aws_answers, scheduled):
@@ -251,7 +255,7 @@ def test_only_stopped_instances_left_no_fast_rounds(settings, aws_answers, sched
     stopped = InstanceFactory(account=account, instance_state="stopped")
     pending_item(stopped)
     answers[stopped.instance_id] = described(stopped, state="stopped")
-    assert apply.claim_tracking(account.pk, REGION)
+    assert tracking.claim_tracking(account.pk, REGION)
     tasks.track_pending_region(account.pk, REGION)
     assert scheduled == []  # the beat's rounds check it every IMDSWEB_TRACK_STOPPED_SECONDS
 
@@ -316,15 +320,15 @@ def test_account_defaults_take_their_own_tokens_not_instance_options(
     MetadataDefaultsFactory(account=account, region=REGION)
     # Another batch has spent this region's whole instance-options bucket.
     for _ in range(100):
-        ratelimit.try_take(account.account_id, REGION, apply.MODIFY)
+        ratelimit.try_take(account.account_id, REGION, MODIFY_OPTIONS)
     batch = changes.request_defaults_change(None, [(account, REGION)], {"http_tokens": "required"})
     tokens.clear()
 
-    assert apply.run_region(account.pk, REGION, budget=5) is None
+    assert runner.run_region(account.pk, REGION, budget=5) is None
     assert batch.counts()[ItemState.APPLIED] == 1
     assert fake_ec2 == [("modify", True), ("modify", False), ("get", False)]  # preflight, change, read back
     # One defaults token per call (the bucket's 2), one for the read-back; no instance-options token.
-    assert tokens == [apply.MODIFY_DEFAULTS, apply.MODIFY_DEFAULTS, apply.GET_DEFAULTS]
+    assert tokens == [MODIFY_DEFAULTS, MODIFY_DEFAULTS, defaults.GET_DEFAULTS]
     assert batch.items.get().request_id == "req-defaults"
 
 
@@ -332,25 +336,25 @@ def test_no_worker_sleeps_waiting_for_a_defaults_token(local_buckets, locmem_cac
     account = AccountFactory()
     MetadataDefaultsFactory(account=account, region=REGION)
     batch = changes.request_defaults_change(None, [(account, REGION)], {"http_tokens": "required"})
-    ratelimit.try_take(account.account_id, REGION, apply.MODIFY_DEFAULTS)
-    ratelimit.try_take(account.account_id, REGION, apply.MODIFY_DEFAULTS)  # the bucket is empty
+    ratelimit.try_take(account.account_id, REGION, MODIFY_DEFAULTS)
+    ratelimit.try_take(account.account_id, REGION, MODIFY_DEFAULTS)  # the bucket is empty
 
-    again = apply.run_region(account.pk, REGION, budget=5)
+    again = runner.run_region(account.pk, REGION, budget=5)
     # The runner yields the worker and asks to run again when the token is there (0.5 s at 2/s).
     assert 0.2 < again <= 0.5
-    assert not [s for s in sleeps if s > apply.MAX_SLEEP] and fake_ec2 == []
+    assert not [s for s in sleeps if s > runner.MAX_SLEEP] and fake_ec2 == []
     assert batch.counts()[ItemState.QUEUED] == 1
     item = batch.items.get()
     assert item.attempts == 0 and item.claimed_at is None
 
     # The preflight spends the token it found; the change waits for the next one, again yielding.
     ratelimit._local = ratelimit._LocalBuckets()
-    ratelimit.try_take(account.account_id, REGION, apply.MODIFY_DEFAULTS)  # one left
-    again = apply.run_region(account.pk, REGION, budget=5)
+    ratelimit.try_take(account.account_id, REGION, MODIFY_DEFAULTS)  # one left
+    again = runner.run_region(account.pk, REGION, budget=5)
     assert 0.2 < again <= 0.5 and fake_ec2 == [("modify", True)]
     item.refresh_from_db()
     assert item.state == ItemState.QUEUED and item.attempts == 0
-    assert not [s for s in sleeps if s > apply.MAX_SLEEP]
+    assert not [s for s in sleeps if s > runner.MAX_SLEEP]
 
 
 # ---------------------------------------------------------------- fleet_change --wait

@@ -6,8 +6,9 @@ import time
 
 import pytest
 
-from fleet import apply, aws, changes, ratelimit, source_changes, sync
+from fleet import aws, changes, ratelimit, source_changes, sync
 from fleet.choices import ChangeKind, ItemState, LaunchVerdict, SourceKind
+from fleet.engine import runner
 from fleet.models import LaunchSource
 from fleet.tests.factories import AccountFactory
 from fleet.tests.test_sources_sync import Aws, sim, simulator  # noqa: F401 - fixtures
@@ -26,7 +27,7 @@ def engine(settings, monkeypatch):
 def run(batch, account):
     deadline = time.monotonic() + 30
     while batch.items.filter(state__in=ItemState.active()).exists() and time.monotonic() < deadline:
-        again = apply.run_region(account.pk, "us-east-1", budget=5)
+        again = runner.run_region(account.pk, "us-east-1", budget=5)
         if again:
             time.sleep(min(again, 1))
     return {item.source.name: item for item in batch.items.select_related("source")}
@@ -138,7 +139,7 @@ def test_a_retry_after_a_throttled_step_does_not_create_a_second_version(region,
         return real(*args, **kwargs)
 
     monkeypatch.setattr(aws, "modify_launch_template", flaky)
-    monkeypatch.setattr(apply, "_backoff", lambda *args: 0.01)
+    monkeypatch.setattr(runner, "backoff", lambda *args: 0.01)
     batch = source_changes.request_source_fix(None, sources_named(account, "web"))
     item = run(batch, account)["web"]
     assert item.state == ItemState.APPLIED and item.attempts == 2

@@ -12,15 +12,13 @@ from django.views.generic import DetailView
 from django_tables2 import RequestConfig
 
 from .. import changes, usage
-from ..choices import BatchStatus, ChangeKind, ItemState
+from ..choices import ItemState
 from ..filters import ChangeBatchFilterSet, ChangeItemFilterSet
 from ..forms import InstanceChangeForm, RollbackForm
-from ..models import Account, ChangeBatch, Instance, UsageReading
+from ..models import Account, ChangeBatch, UsageReading
 from ..tables import ChangeBatchTable, ChangeItemTable
-from ..targets import target_for
 from .base import ConfirmActionView, FilteredTableView, OperatorRequiredMixin, refusal_message
 
-FINAL = {BatchStatus.DONE, BatchStatus.DONE_WITH_ERRORS, BatchStatus.CANCELLED}
 # The live view asks every POLL_ACTIVE seconds while items move, every POLL_AWAITING while only
 # stopped instances are left (nothing moves until one starts), and not at all once every item is final.
 POLL_ACTIVE, POLL_AWAITING = 2, 30
@@ -253,21 +251,7 @@ class BatchActionView(OperatorRequiredMixin, View):
 
     def rerun(self, batch):
         """The same change on the same targets, for real: the next step after a clean dry run."""
-        if not batch.dry_run:
-            raise changes.ChangeRefused("Only a dry run can be run again for real.")
-        if batch.status not in FINAL:
-            raise changes.ChangeRefused("The dry run has not finished yet; run it for real once it has.")
-        comment = batch.comment or f"Run for real after dry run #{batch.pk}"
-        target = target_for(batch.kind)
-        if target is not None:
-            return target().rerun(batch, self.request.user, comment)
-        if batch.kind == ChangeKind.ACCOUNT_DEFAULTS:
-            targets = [(item.account, item.region) for item in batch.items.select_related("account")]
-            return changes.request_defaults_change(self.request.user, targets, batch.desired, comment=comment)
-        return changes.request_change(
-            self.request.user, Instance.objects.filter(pk__in=batch.items.values("instance")), batch.desired,
-            comment=comment, selection=f"as dry run #{batch.pk}: {batch.selection}", override_usage=batch.override_usage,
-        )
+        return changes.rerun(batch, self.request.user)
 
 
 class RollbackView(ConfirmActionView):

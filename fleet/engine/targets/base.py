@@ -1,0 +1,44 @@
+"""The interface every kind of change implements (see fleet.engine.targets)."""
+
+from django.utils import timezone
+
+from ...choices import ItemState
+
+
+class Target:
+    """One kind of change.
+
+    - ``kind``: its ``ChangeKind``;
+    - ``action``: the AWS action whose token bucket paces its items (the runner takes that token
+      before ``call``, without waiting for it);
+    - ``refusal(item)``: ``(code, message)`` to fail the item without calling AWS, or None;
+    - ``call(item, dry_run)``: the AWS call(s) of one item, its token taken; raises the project's
+      AWS errors (``DryRunSucceeded`` for an accepted DryRun) or returns the answer;
+    - ``record(item, result)``: writes what AWS now has and finishes the item;
+    - ``rollback(batch, user, comment, request_token)`` and ``rerun(batch, user, comment)``: the
+      batches that undo a batch of this kind, and run a dry run of it for real.
+    """
+
+    kind = None
+    action = None
+
+    def refusal(self, item):
+        return None
+
+    def call(self, item, dry_run):
+        raise NotImplementedError
+
+    def record(self, item, result):
+        """AWS applied it at once: the item is applied."""
+        item.finish(ItemState.APPLIED, request_id=result["request_id"], submitted_at=timezone.now(),
+                    error_code="", error_message="")
+
+    def rollback(self, batch, user, comment="", request_token=None):
+        """Restore each item's previous values where nothing changed them since (the rollback
+        plan of fleet.changes.rollbacks)."""
+        from ...changes.requests import restore_previous
+
+        return restore_previous(batch, user, comment, request_token=request_token)
+
+    def rerun(self, batch, user, comment):
+        raise NotImplementedError

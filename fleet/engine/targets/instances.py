@@ -1,0 +1,40 @@
+"""The instance-options kind: ModifyInstanceMetadataOptions on one instance. AWS answers
+``pending`` or ``applied``; pending items are followed by the tracker (fleet.engine.tracking)."""
+
+from django.db import transaction
+from django.utils import timezone
+
+from ... import aws
+from ...choices import ChangeKind, ItemState, MetadataState
+from ...models import Instance
+from ...models.inventory import INSTANCE_OPTION_FIELDS
+from .base import Target
+
+
+class InstanceOptionsTarget(Target):
+    kind = ChangeKind.INSTANCE_OPTIONS
+    action = "ModifyInstanceMetadataOptions"
+
+    def call(self, item, dry_run):
+        return aws.modify_instance_metadata_options(
+            item.account, item.region, item.instance.instance_id, item.target_values, dry_run=dry_run,
+            token_taken=True,
+        )
+
+    def record(self, item, result):
+        state = ItemState.APPLIED if result["metadata_state"] == MetadataState.APPLIED else ItemState.PENDING
+        with transaction.atomic():  # one commit for the item and its instance
+            Instance.objects.filter(pk=item.instance_id).update(
+                metadata_state=result["metadata_state"] or MetadataState.PENDING,
+                **{name: result[name] for name in INSTANCE_OPTION_FIELDS if result.get(name) is not None},
+            )
+            item.finish(state, request_id=result["request_id"], submitted_at=timezone.now(), error_code="",
+                        error_message="")
+
+    def rerun(self, batch, user, comment):
+        from ...changes import request_change
+
+        return request_change(
+            user, Instance.objects.filter(pk__in=batch.items.values("instance")), batch.desired,
+            comment=comment, selection=f"as dry run #{batch.pk}: {batch.selection}", override_usage=batch.override_usage,
+        )

@@ -1,0 +1,146 @@
+"""Following pending items until AWS reports ``applied``: tracking rounds of batched
+DescribeInstances.
+
+A region's round runs about a second after a submit that AWS answered ``pending`` and again every
+second while changes are pending on running instances, one round per region at a time (a guard
+in the cache); the beat's round every ``IMDSWEB_TRACK_PENDING_SECONDS`` is the safety net. Items
+on stopped instances (``ChangeItem.awaiting_start``) are checked only every
+``IMDSWEB_TRACK_STOPPED_SECONDS``: nothing changes for them until someone starts the instance.
+"""
+
+from django.conf import settings
+from django.core.cache import cache
+from django.utils import timezone
+
+from .. import aws, posture, ratelimit
+from ..choices import InstanceState, ItemState, MetadataState
+from ..models import ChangeItem
+from ..sync import upsert_instances
+from .locks import posture_refresh_due
+
+# A region's tracking guard outlives a round and the countdown to the next; if the worker that
+# carries the chain dies, the beat's round takes over once it has expired.
+TRACKING_TTL = 60
+
+
+def _tracking_key(account_pk, region):
+    return f"imdsweb:tracking:{account_pk}:{region}"
+
+
+def claim_tracking(account_pk, region):
+    """Take the region's tracking guard: True when the caller should run (or schedule) a round.
+    At most one round per account/region is scheduled or running at a time."""
+    return cache.add(_tracking_key(account_pk, region), 1, TRACKING_TTL)
+
+
+def release_tracking(account_pk, region):
+    cache.delete(_tracking_key(account_pk, region))
+
+
+def tracking_wanted(account_pk, region):
+    """Take the guard if changes are pending on running instances here and no round is already
+    on its way: True when the caller should schedule one (``IMDSWEB_TRACK_FAST_SECONDS`` from now)."""
+    if cache.get(_tracking_key(account_pk, region)) is not None:
+        return False
+    moving = ChangeItem.objects.filter(
+        account_id=account_pk, region=region, state=ItemState.PENDING, awaiting_start=False,
+        instance__isnull=False,
+    ).exists()
+    return moving and claim_tracking(account_pk, region)
+
+
+def next_round_in(checked):
+    """Seconds until a region's next tracking round after one that checked ``checked`` items:
+    IMDSWEB_TRACK_FAST_SECONDS, or longer when the rounds would use more than half of the
+    region's DescribeInstances refill rate (≤ 200 ids a call), which the inventory sync shares."""
+    calls = -(-checked // aws.ec2.IDS_PER_FILTER)
+    _capacity, rate = ratelimit.limits_for("DescribeInstances")
+    return max(settings.IMDSWEB_TRACK_FAST_SECONDS, calls / (rate / 2))
+
+
+def _stopped_check_due(account_pk, region):
+    """True at most once per IMDSWEB_TRACK_STOPPED_SECONDS per account/region, across workers."""
+    return cache.add(f"imdsweb:track-stopped:{account_pk}:{region}", 1, settings.IMDSWEB_TRACK_STOPPED_SECONDS)
+
+
+def track_region(account, region):
+    """Check this account/region's pending items with batched DescribeInstances (≤ 200 ids a
+    call). Returns how many items were checked.
+
+    - applied with the values we set: applied; applied with others: failed (changed elsewhere);
+    - the instance gone, terminated or shutting down: failed, the change can never apply;
+    - stopped or stopping: ``awaiting_start``. AWS applies the change when it next starts, and the
+      pending timeout does not run while it is stopped: its clock starts over (``pending_since``)
+      when the instance is seen running again. These items are checked only every
+      ``IMDSWEB_TRACK_STOPPED_SECONDS``;
+    - running and pending for longer than ``IMDSWEB_PENDING_TIMEOUT_MINUTES``: stuck.
+    """
+    pending = ChangeItem.objects.filter(
+        account=account, region=region, state=ItemState.PENDING, instance__isnull=False
+    ).select_related("instance", "batch")
+    if not _stopped_check_due(account.pk, region):
+        pending = pending.filter(awaiting_start=False)
+    items = list(pending)
+    if not items:
+        return 0
+    now = timezone.now()
+    seen = {
+        data["InstanceId"]: data
+        for data in aws.describe_instances_by_ids(account, region, {item.instance.instance_id for item in items})
+    }
+    _new, changed = upsert_instances(account, region, list(seen.values()), now)
+    timeout = now - timezone.timedelta(minutes=settings.IMDSWEB_PENDING_TIMEOUT_MINUTES)
+    applied, stuck, to_await, started = [], [], [], []
+    failed = {}
+    for item in items:
+        data = seen.get(item.instance.instance_id)
+        if data is None:
+            failed[item.pk] = ("InvalidInstanceID.NotFound", "the instance no longer exists in AWS")
+            continue
+        options = aws.ec2.options_from_aws(data.get("MetadataOptions", {}))
+        instance_state = data.get("State", {}).get("Name")
+        if options["metadata_state"] == MetadataState.APPLIED:
+            wrong = {k: options[k] for k, v in item.target_values.items() if options[k] != v}
+            if wrong:
+                failed[item.pk] = ("Overwritten", f"AWS reports applied but with {wrong}: changed elsewhere")
+            else:
+                applied.append(item.pk)
+        elif instance_state in (InstanceState.TERMINATED, InstanceState.SHUTTING_DOWN):
+            failed[item.pk] = ("InstanceTerminated", f"the instance is {instance_state}: the change can never apply")
+        elif instance_state in (InstanceState.STOPPED, InstanceState.STOPPING):
+            if not item.awaiting_start:
+                to_await.append(item.pk)  # by design: AWS applies it at the next start
+        elif item.awaiting_start:
+            started.append(item.pk)  # started again: AWS applies it now, the timeout starts over
+        elif (item.pending_since or item.submitted_at or now) < timeout:
+            stuck.append(item.pk)
+    still_pending = ChangeItem.objects.filter(state=ItemState.PENDING)
+    if applied:
+        still_pending.filter(pk__in=applied).update(
+            state=ItemState.APPLIED, finished_at=now, reason="", awaiting_start=False)
+    if stuck:
+        still_pending.filter(pk__in=stuck).update(
+            state=ItemState.STUCK, finished_at=now,
+            reason=f"still pending after {settings.IMDSWEB_PENDING_TIMEOUT_MINUTES} minutes on a running instance")
+    if to_await:
+        still_pending.filter(pk__in=to_await).update(awaiting_start=True)
+    if started:
+        still_pending.filter(pk__in=started).update(awaiting_start=False, pending_since=now)
+    for pk, (code, message) in failed.items():
+        still_pending.filter(pk=pk).update(
+            state=ItemState.FAILED, error_code=code, error_message=message, finished_at=now, awaiting_start=False)
+    finished = len(applied) + len(stuck) + len(failed)
+    # Rounds come every second while changes are pending: refresh the summary when the last of
+    # them finished, else at most every few seconds.
+    if (finished or changed) and (finished == len(items) or posture_refresh_due(account.pk, region)):
+        posture.refresh_region(account.pk, region)
+    return len(items)
+
+
+def pending_regions():
+    return (
+        ChangeItem.objects.filter(state=ItemState.PENDING, instance__isnull=False)
+        .values_list("account_id", "region")
+        .distinct()
+        .order_by()
+    )
