@@ -29,6 +29,7 @@ from .changes.requests import _author, _dispatch_on_commit
 from .choices import ChangeKind, ItemState, SourceKind
 from .engine.targets.base import Target
 from .models import ChangeBatch, ChangeItem, LaunchSource, LaunchTemplateVersion
+from .source_kinds import kind_of
 
 REQUIRED = "required"
 
@@ -43,7 +44,7 @@ def plan(selected, hop_limit=None, update_pinned=False, override_owner=False):
     selected = list(selected)
     versions = {
         (v.template_id, v.version_number): v
-        for v in LaunchTemplateVersion.objects.filter(template__in=[s for s in selected if s.kind == SourceKind.LAUNCH_TEMPLATE])
+        for v in LaunchTemplateVersion.objects.filter(template__in=selected)  # only templates have versions
     }
     groups_of = {}
     for group in LaunchSource.objects.filter(template__in=selected, gone_at__isnull=True).order_by("name"):
@@ -53,9 +54,8 @@ def plan(selected, hop_limit=None, update_pinned=False, override_owner=False):
         groups = groups_of.get(source.pk, [])
         pinned = [g for g in groups if _pinned(g.version_spec)] if update_pinned else []
         version = versions.get((source.pk, source.default_version))
-        if source.kind != SourceKind.LAUNCH_TEMPLATE:
-            reason = source.read_only_reason if source.kind == SourceKind.LAUNCH_CONFIGURATION else (
-                "an Auto Scaling group is fixed through its launch template")
+        if kind_of(source).not_changed_in_place:
+            reason = kind_of(source).not_changed_in_place
         elif source.gone_at:
             reason = "the launch template is gone from AWS"
         elif source.owner and not override_owner:

@@ -7,10 +7,11 @@ from django.db.models.functions import Coalesce
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from .choices import DriftKind, ItemState, LaunchVerdict, SourceKind
+from .choices import BatchStatus, DriftKind, ItemState, LaunchVerdict
 from .models import ChangeBatch, ChangeItem, DriftEvent, Instance, LaunchSource, LaunchTemplateVersion
 from .pagination import Ordering
 from .posture import percent
+from .source_kinds import kind_of
 
 MAX_PER_PAGE = 200
 
@@ -139,13 +140,13 @@ BREAKAGE_BADGE = format_html(
     '<span class="badge badge-bad" title="{}">likely breakage</span>', "IMDSv1 calls are being refused since this change"
 )
 STATUS_LEVEL = {
-    "queued": "neutral",
-    "running": "warn",
-    "pending": "warn",
-    "awaiting_start": "good",
-    "done": "good",
-    "done_with_errors": "bad",
-    "cancelled": "neutral",
+    BatchStatus.QUEUED: "neutral",
+    BatchStatus.RUNNING: "warn",
+    BatchStatus.PENDING: "warn",
+    BatchStatus.AWAITING_START: "good",
+    BatchStatus.DONE: "good",
+    BatchStatus.DONE_WITH_ERRORS: "bad",
+    BatchStatus.CANCELLED: "neutral",
 }
 ITEM_STATE_LEVEL = {
     ItemState.QUEUED: "neutral",
@@ -214,7 +215,11 @@ class ChangeItemTable(BaseTable):
         return format_html("<code>{}</code> {}", record.error_code, record.error_message)
 
 
-# ---- issue 18: drift
+# ---- drift
+
+
+# A regression (back to IMDSv1 allowed) is worse than a new instance that allows it.
+DRIFT_TONE = {DriftKind.REGRESSED: "bad", DriftKind.NEW_V1: "warn"}
 
 
 class DriftEventTable(BaseTable):
@@ -233,7 +238,7 @@ class DriftEventTable(BaseTable):
         sequence = ("detected_at", "kind", "instance", "name", "account", "region", "launch_time", "now")
 
     def render_kind(self, record):
-        return badge(record.get_kind_display(), "bad" if record.kind == DriftKind.REGRESSED else "warn")
+        return badge(record.get_kind_display(), DRIFT_TONE.get(record.kind, "warn"))
 
     def render_now(self, record):
         instance = record.instance
@@ -276,26 +281,13 @@ class LaunchSourceTable(BaseTable):
         return format_html('{} <small class="muted mono">{}</small>', value, record.source_id) if record.source_id != value else value
 
     def render_launches(self, record):
-        return launch_spec(record)
+        return kind_of(record).spec(record)
 
     def render_verdict(self, record):
         return verdict_badge(record)
 
     def render_owner(self, record):
         return format_html('<span title="{}">{}</span>', record.owner_detail, record.get_owner_display())
-
-
-def launch_spec(source):
-    """What a source launches from, in words (one line)."""
-    if source.kind == SourceKind.LAUNCH_TEMPLATE:
-        return f"default v{source.default_version} · latest v{source.latest_version}"
-    if source.kind == SourceKind.LAUNCH_CONFIGURATION:
-        return f"AMI {source.image_id or '?'}"
-    if source.launch_configuration_name and not source.template_ref:
-        return f"launch configuration {source.launch_configuration_name}"
-    resolved = f" → v{source.next_version}" if source.next_version else ""
-    mixed = " (mixed instances policy)" if source.mixed_instances_policy else ""
-    return f"{source.template_ref} {source.version_spec or '$Default'}{resolved}{mixed}"
 
 
 class LaunchTemplateVersionTable(BaseTable):

@@ -13,8 +13,9 @@ once: to redo its change, roll back the rollback.
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ..choices import ChangeKind, HttpTokens, InstanceState, ItemState
-from ..models import ChangeItem, MetadataDefaults
+from ..choices import HttpTokens, ItemState
+from ..engine.targets import target_for
+from ..models import ChangeItem
 from .validation import ChangeRefused
 
 # Items whose change AWS accepted: what a rollback restores.
@@ -58,14 +59,15 @@ class RollbackPlan:
     def summary(self):
         """What goes back to which values, in words: ["716 instances go back to http_tokens=optional
         (they will allow IMDSv1 again)"]."""
-        noun = "account/region" if self.batch.kind == ChangeKind.ACCOUNT_DEFAULTS else "instance"
+        target = target_for(self.batch.kind)
+        noun = target.noun
         groups = Counter(tuple(sorted(entry.restore.items())) for entry in self.restore)
         lines = []
         for values, count in groups.most_common():
             text = ", ".join(f"{name}={value}" for name, value in values)
             line = f"{count:,} {noun}{'s' if count != 1 else ''} go back to {text}"
             if dict(values).get("http_tokens") == HttpTokens.OPTIONAL:
-                line += " (they will allow IMDSv1 again)" if noun == "instance" else " (new launches may allow IMDSv1)"
+                line += f" ({target.allows_imdsv1_again})"
             lines.append(line)
         return lines
 
@@ -77,26 +79,14 @@ class RollbackPlan:
             raise ChangeRefused("Nothing to roll back" + (f": {reasons}." if reasons else "."))
 
 
-def _later_changes(items, kind):
-    """{target key: the latest later batch's pk} of changes that reached AWS after these items."""
+def _later_changes(items, target):
+    """{target key: (pk, batch pk, state) of the latest later item} of changes that reached AWS
+    (or are on their way) after these items."""
     if not items:
         return {}
     first = min(item.pk for item in items)
-    batch_pk = items[0].batch_id
     later = ChangeItem.objects.filter(pk__gt=first, state__in=[*REACHED_AWS, ItemState.QUEUED, ItemState.SUBMITTING])
-    later = later.exclude(batch_id=batch_pk)
-    if kind == ChangeKind.ACCOUNT_DEFAULTS:
-        later = later.filter(instance__isnull=True, account_id__in={item.account_id for item in items})
-        rows = later.values_list("pk", "account_id", "region", "batch_id", "state")
-        return {(account_pk, region): (pk, batch, state) for pk, account_pk, region, batch, state in rows.order_by("pk")}
-    later = later.filter(instance_id__in=[item.instance_id for item in items])
-    rows = later.values_list("pk", "instance_id", "batch_id", "state").order_by("pk").iterator(chunk_size=5000)
-    return {instance_pk: (pk, batch, state) for pk, instance_pk, batch, state in rows}
-
-
-def _current_defaults(items):
-    rows = MetadataDefaults.objects.filter(account_id__in={item.account_id for item in items})
-    return {(row.account_id, row.region): row.values for row in rows}
+    return target.later_changes(later.exclude(batch_id=items[0].batch_id), items)
 
 
 def plan_rollback(batch):
@@ -114,16 +104,13 @@ def plan_rollback(batch):
         return plan
     plan.cancelled_queued = batch.items.filter(state=ItemState.QUEUED).count()
     items = list(batch.items.filter(state__in=REACHED_AWS).select_related("account", "instance", "batch"))
-    defaults = batch.kind == ChangeKind.ACCOUNT_DEFAULTS
-    later = _later_changes(items, batch.kind)
-    current_defaults = _current_defaults(items) if defaults else {}
+    target = target_for(batch.kind)
+    later = _later_changes(items, target)
+    current_of = target.current_values(items)
     for item in items:
         restore = {name: value for name, value in item.previous.items() if value is not None}
-        key = (item.account_id, item.region) if defaults else item.instance_id
-        if defaults:
-            current_all = current_defaults.get(key, {})
-        else:
-            current_all = item.instance.options if item.instance else {}
+        key = target.rollback_key(item)
+        current_all = current_of.get(key, {})
         current = {name: current_all.get(name) for name in restore}
         entry = Entry(item=item, restore=restore, current=current)
         set_by_batch = item.target_values
@@ -132,9 +119,8 @@ def plan_rollback(batch):
         newer = later.get(key)
         if not restore:
             entry.reason = "no previous values recorded"
-        elif not defaults and (item.instance is None or item.instance.gone_at or item.instance.instance_state in (
-                InstanceState.TERMINATED, InstanceState.SHUTTING_DOWN)):
-            entry.reason = "instance no longer exists in AWS (or is terminated)"
+        elif gone := target.gone_reason(item):
+            entry.reason = gone
         elif newer and newer[2] in ItemState.active():
             entry.reason = f"another change is in progress (batch #{newer[1]})"
         elif newer:

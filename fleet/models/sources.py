@@ -96,16 +96,10 @@ class LaunchSource(MetadataOptionsFields):
 
     @property
     def read_only_reason(self):
-        """Why imdsweb will not change this source in place (None when it may)."""
-        if self.kind == SourceKind.LAUNCH_CONFIGURATION:
-            return (
-                "A launch configuration cannot be modified, only replaced: create a launch template "
-                "that requires IMDSv2 and move the Auto Scaling groups onto it (AWS recommends "
-                "migrating from launch configurations to launch templates)."
-            )
-        if self.owner:
-            return f"Owned by {self.get_owner_display()} ({self.owner_detail}): change it through its owner."
-        return None
+        """Why imdsweb will not change this source in place (None when it may): its kind's answer."""
+        from ..source_kinds import kind_of
+
+        return kind_of(self).read_only_reason(self)
 
 
 class LaunchTemplateVersion(MetadataOptionsFields):

@@ -11,9 +11,10 @@ from .. import source_changes
 from ..choices import SourceKind
 from ..filters import LaunchSourceFilterSet
 from ..forms import SourceFixForm
-from ..models import Image, Instance, LaunchSource, SourceSyncState
+from ..models import Image, LaunchSource, SourceSyncState
 from ..models.inventory import ENFORCED
-from ..tables import LaunchSourceTable, LaunchTemplateVersionTable, launch_spec
+from ..source_kinds import kind_of
+from ..tables import LaunchSourceTable, LaunchTemplateVersionTable
 from .base import ConfirmActionView, FilteredTableView
 
 
@@ -29,19 +30,6 @@ class SourceListView(FilteredTableView):
         return super().get_context_data(**kwargs, failed_syncs=list(failed))
 
 
-def instances_from(source):
-    """The present instances launched from ``source`` (AWS's attribution tags), and the instance
-    list's filter that shows them."""
-    instances = Instance.objects.present().filter(account=source.account, region=source.region)
-    query = {"account": source.account.account_id, "region": source.region}
-    if source.kind == SourceKind.LAUNCH_TEMPLATE:
-        return instances.filter(launch_template_id=source.source_id), query | {"launch_template": source.source_id}
-    if source.kind == SourceKind.AUTO_SCALING_GROUP:
-        return instances.filter(autoscaling_group=source.source_id), query | {"autoscaling_group": source.source_id}
-    groups = list(source.groups_on_configuration.values_list("source_id", flat=True))
-    return instances.filter(autoscaling_group__in=groups), None
-
-
 class SourceDetailView(DetailView):
     template_name = "fleet/source_detail.html"
     context_object_name = "source"
@@ -53,7 +41,8 @@ class SourceDetailView(DetailView):
 
     def get_context_data(self, **kwargs):
         source = self.object
-        instances, query = instances_from(source)
+        kind = kind_of(source)
+        instances, query = kind.instances(source)
         not_enforced = ~ENFORCED
         by_version = list(
             instances.values("launch_template_version")
@@ -64,15 +53,11 @@ class SourceDetailView(DetailView):
         if query:
             list_url = f"{reverse('fleet:instance_list')}?{urlencode(query)}"
             v1_url = f"{list_url}&{urlencode({'http_tokens': 'optional', 'http_endpoint': 'enabled'})}"
-        template = source if source.kind == SourceKind.LAUNCH_TEMPLATE else source.template
-        versions = groups = None
-        if source.kind == SourceKind.LAUNCH_TEMPLATE:
-            versions = LaunchTemplateVersionTable(
-                source.versions.select_related("template"), orderable=False, empty_text="No version read yet."
-            )
-            groups = source.groups_on_template.filter(gone_at__isnull=True).order_by("name")
-        elif source.kind == SourceKind.LAUNCH_CONFIGURATION:
-            groups = source.groups_on_configuration.filter(gone_at__isnull=True).order_by("name")
+        template = kind.template(source)
+        versions = LaunchTemplateVersionTable(
+            source.versions.select_related("template"), orderable=False, empty_text="No version read yet."
+        ) if kind.has_versions else None
+        groups = kind.groups(source)
         next_version = (
             template.versions.filter(version_number=source.next_version).first() if template and source.next_version else None
         )
@@ -80,7 +65,7 @@ class SourceDetailView(DetailView):
         image = Image.objects.filter(account=source.account, region=source.region, image_id=image_id).first()
         totals = instances.aggregate(total=Count("id"), allow_v1=Count("id", filter=not_enforced))
         return super().get_context_data(
-            **kwargs, launch_spec=launch_spec(source), versions=versions, groups=groups, by_version=by_version,
+            **kwargs, launch_spec=kind.spec(source), versions=versions, groups=groups, by_version=by_version,
             totals=totals, list_url=list_url, v1_url=v1_url, image_id=image_id, image=image,
             old_allow_v1=sum(row["allow_v1"] for row in by_version if row["launch_template_version"] != str(source.next_version or "")),
             sync_state=SourceSyncState.objects.filter(account=source.account, region=source.region).first(),

@@ -17,10 +17,18 @@ class Target:
     - ``record(item, result)``: writes what AWS now has and finishes the item;
     - ``rollback(batch, user, comment, request_token)`` and ``rerun(batch, user, comment)``: the
       batches that undo a batch of this kind, and run a dry run of it for real.
+
+    The default rollback (restore the previous values, fleet.changes.rollbacks) asks the kind for
+    ``noun``, ``allows_imdsv1_again`` (what going back to optional means, in words),
+    ``rollback_key(item)`` (what one item changes), ``current_values(items)`` ({key: the values
+    there now}), ``later_changes(later, items)`` ({key: (pk, batch pk, state)} of the latest of
+    ``later`` per key) and ``gone_reason(item)`` (why there is nothing left to restore, or "").
     """
 
     kind = None
     action = None
+    noun = "item"
+    allows_imdsv1_again = "IMDSv1 is allowed again"
 
     def refusal(self, item):
         return None
@@ -42,3 +50,6 @@ class Target:
 
     def rerun(self, batch, user, comment):
         raise NotImplementedError
+
+    def gone_reason(self, item):
+        return ""

@@ -14,6 +14,8 @@ GET_DEFAULTS = "GetInstanceMetadataDefaults"
 class AccountDefaultsTarget(Target):
     kind = ChangeKind.ACCOUNT_DEFAULTS
     action = "ModifyInstanceMetadataDefaults"
+    noun = "account/region"
+    allows_imdsv1_again = "new launches may allow IMDSv1"
 
     def refusal(self, item):
         managed = MetadataDefaults.objects.filter(
@@ -39,3 +41,17 @@ class AccountDefaultsTarget(Target):
 
         targets = [(item.account, item.region) for item in batch.items.select_related("account")]
         return request_defaults_change(user, targets, batch.desired, comment=comment)
+
+    # ---- the default rollback (restore previous values) keys items by account/region
+
+    def rollback_key(self, item):
+        return (item.account_id, item.region)
+
+    def current_values(self, items):
+        rows = MetadataDefaults.objects.filter(account_id__in={item.account_id for item in items})
+        return {(row.account_id, row.region): row.values for row in rows}
+
+    def later_changes(self, later, items):
+        later = later.filter(instance__isnull=True, account_id__in={item.account_id for item in items})
+        rows = later.values_list("pk", "account_id", "region", "batch_id", "state").order_by("pk")
+        return {(account_pk, region): (pk, batch, state) for pk, account_pk, region, batch, state in rows}

@@ -5,7 +5,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from ... import aws
-from ...choices import ChangeKind, ItemState, MetadataState
+from ...choices import ChangeKind, InstanceState, ItemState, MetadataState
 from ...models import Instance
 from ...models.inventory import INSTANCE_OPTION_FIELDS
 from .base import Target
@@ -14,6 +14,8 @@ from .base import Target
 class InstanceOptionsTarget(Target):
     kind = ChangeKind.INSTANCE_OPTIONS
     action = "ModifyInstanceMetadataOptions"
+    noun = "instance"
+    allows_imdsv1_again = "they will allow IMDSv1 again"
 
     def call(self, item, dry_run):
         return aws.modify_instance_metadata_options(
@@ -38,3 +40,23 @@ class InstanceOptionsTarget(Target):
             user, Instance.objects.filter(pk__in=batch.items.values("instance")), batch.desired,
             comment=comment, selection=f"as dry run #{batch.pk}: {batch.selection}", override_usage=batch.override_usage,
         )
+
+    # ---- the default rollback (restore previous values) keys items by instance
+
+    def rollback_key(self, item):
+        return item.instance_id
+
+    def current_values(self, items):
+        return {item.instance_id: item.instance.options for item in items if item.instance}
+
+    def later_changes(self, later, items):
+        later = later.filter(instance_id__in=[item.instance_id for item in items])
+        rows = later.values_list("pk", "instance_id", "batch_id", "state").order_by("pk").iterator(chunk_size=5000)
+        return {instance_pk: (pk, batch, state) for pk, instance_pk, batch, state in rows}
+
+    def gone_reason(self, item):
+        instance = item.instance
+        if instance is None or instance.gone_at or instance.instance_state in (
+                InstanceState.TERMINATED, InstanceState.SHUTTING_DOWN):
+            return "instance no longer exists in AWS (or is terminated)"
+        return ""

@@ -1,0 +1,115 @@
+"""What differs between the three kinds of launch source (``SourceKind``), in one place: which
+instances a source launched, how it launches (in words), its launch template and groups, and
+whether imdsweb may change it in place.
+
+The pages, the tables, the model and the "require IMDSv2 at the source" planner ask the source's
+kind (``kind_of``) instead of branching on ``LaunchSource.kind``. What the next launch from each
+kind gets is resolved in ``fleet.sources.resolve_source``, the sync's own per-kind code.
+"""
+
+from .choices import SourceKind
+from .models import Instance
+
+
+class _SourceKind:
+    kind = None
+    has_versions = False  # launch template versions to show
+    # Why imdsweb changes a source of this kind only through something else ("" when it may).
+    not_changed_in_place = ""
+
+    def instances(self, source):
+        """The present instances this source launched (AWS's attribution tags), and the instance
+        list's filter that shows them (None when the list cannot filter that way)."""
+        raise NotImplementedError
+
+    def spec(self, source):
+        """What the source launches from, in words (one line)."""
+        raise NotImplementedError
+
+    def template(self, source):
+        """The launch template whose versions the source launches, or None."""
+        return None
+
+    def groups(self, source):
+        """The present Auto Scaling groups that launch from this source, or None."""
+        return None
+
+    def read_only_reason(self, source):
+        """Why imdsweb will not change this source in place (None when it may)."""
+        if source.owner:
+            return f"Owned by {source.get_owner_display()} ({source.owner_detail}): change it through its owner."
+        return None
+
+    @staticmethod
+    def _present(source):
+        return Instance.objects.present().filter(account=source.account, region=source.region)
+
+    @staticmethod
+    def _query(source, **narrow):
+        return {"account": source.account.account_id, "region": source.region} | narrow
+
+
+class LaunchTemplateKind(_SourceKind):
+    kind = SourceKind.LAUNCH_TEMPLATE
+    has_versions = True
+
+    def instances(self, source):
+        return (self._present(source).filter(launch_template_id=source.source_id),
+                self._query(source, launch_template=source.source_id))
+
+    def spec(self, source):
+        return f"default v{source.default_version} · latest v{source.latest_version}"
+
+    def template(self, source):
+        return source
+
+    def groups(self, source):
+        return source.groups_on_template.filter(gone_at__isnull=True).order_by("name")
+
+
+class AutoScalingGroupKind(_SourceKind):
+    kind = SourceKind.AUTO_SCALING_GROUP
+    not_changed_in_place = "an Auto Scaling group is fixed through its launch template"
+
+    def instances(self, source):
+        return (self._present(source).filter(autoscaling_group=source.source_id),
+                self._query(source, autoscaling_group=source.source_id))
+
+    def spec(self, source):
+        if source.launch_configuration_name and not source.template_ref:
+            return f"launch configuration {source.launch_configuration_name}"
+        resolved = f" → v{source.next_version}" if source.next_version else ""
+        mixed = " (mixed instances policy)" if source.mixed_instances_policy else ""
+        return f"{source.template_ref} {source.version_spec or '$Default'}{resolved}{mixed}"
+
+    def template(self, source):
+        return source.template
+
+
+class LaunchConfigurationKind(_SourceKind):
+    kind = SourceKind.LAUNCH_CONFIGURATION
+    not_changed_in_place = (
+        "A launch configuration cannot be modified, only replaced: create a launch template "
+        "that requires IMDSv2 and move the Auto Scaling groups onto it (AWS recommends "
+        "migrating from launch configurations to launch templates)."
+    )
+
+    def instances(self, source):
+        groups = list(source.groups_on_configuration.values_list("source_id", flat=True))
+        return self._present(source).filter(autoscaling_group__in=groups), None
+
+    def spec(self, source):
+        return f"AMI {source.image_id or '?'}"
+
+    def groups(self, source):
+        return source.groups_on_configuration.filter(gone_at__isnull=True).order_by("name")
+
+    def read_only_reason(self, source):
+        return self.not_changed_in_place
+
+
+KINDS = {kind.kind: kind() for kind in (LaunchTemplateKind, AutoScalingGroupKind, LaunchConfigurationKind)}
+
+
+def kind_of(source):
+    return KINDS[source.kind]
