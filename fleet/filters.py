@@ -239,14 +239,14 @@ class InstanceFilterSet(django_filters.FilterSet):
         if counter is None:
             return None
         account = data.get("account")
-        account_ids = [account.pk] if account else None
+        account_pks = [account.pk] if account else None
         if data.get("ou"):
             in_ou = within_ou(Account.objects.all(), data["ou"])
-            account_ids = list((in_ou.filter(pk=account.pk) if account else in_ou).values_list("pk", flat=True))
-            if not account_ids:
+            account_pks = list((in_ou.filter(pk=account.pk) if account else in_ou).values_list("pk", flat=True))
+            if not account_pks:
                 return 0
         return posture.present_count(
-            account_ids=account_ids, regions=[data["region"]] if data.get("region") else None, counter=counter,
+            account_pks=account_pks, regions=[data["region"]] if data.get("region") else None, counter=counter,
         )
 
     @property
@@ -295,7 +295,7 @@ class ChangeBatchFilterSet(django_filters.FilterSet):
         fields = []
 
 
-# ---- issue 18: drift ("new since …")
+# ---- drift ("new since …")
 
 
 def _days_ago(days):

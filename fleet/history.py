@@ -64,13 +64,13 @@ def _snapshot_fleet(bucket):
     _upsert(FleetSnapshot, [FleetSnapshot(bucket=bucket, **{k: v or 0 for k, v in totals.items()})], ["bucket"])
 
 
-def snapshot_region(account_id, region, now=None):
+def snapshot_region(account_pk, region, now=None):
     """Copy one account/region's summary into the current bucket, and the fleet row with it."""
     bucket = bucket_of(now or timezone.now())
-    row = RegionPosture.objects.filter(account_id=account_id, region=region).values(*COUNTERS).first()
+    row = RegionPosture.objects.filter(account_id=account_pk, region=region).values(*COUNTERS).first()
     with transaction.atomic():  # one commit for both rows
         if row is not None:
-            _upsert(PostureSnapshot, [PostureSnapshot(account_id=account_id, region=region, bucket=bucket,
+            _upsert(PostureSnapshot, [PostureSnapshot(account_id=account_pk, region=region, bucket=bucket,
                                                       **_counter_values(row))], ["account", "region", "bucket"])
         _snapshot_fleet(bucket)
 

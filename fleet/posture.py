@@ -166,12 +166,12 @@ def summarise(groups):
 NOT_ENFORCED_BY_USAGE = {"no": "safe_to_enforce", "yes": "not_enforced_in_use", "unknown": "not_enforced_unmeasured"}
 
 
-def refresh_region(account_id, region):
+def refresh_region(account_pk, region):
     """Recompute one account/region's summary: one GROUP BY over its present instances."""
-    instances = Instance.objects.present().filter(account_id=account_id, region=region)
+    instances = Instance.objects.present().filter(account_id=account_pk, region=region)
     counts, hops, value_counts = summarise(_groups(instances))
     RegionPosture.objects.update_or_create(
-        account_id=account_id, region=region,
+        account_id=account_pk, region=region,
         defaults={**counts, "hop_limits": hops, "value_counts": value_counts, "refreshed_at": timezone.now()},
     )
 
@@ -180,8 +180,8 @@ def refresh_all():
     """Recompute every summary row (the periodic safety net, and after bulk loads)."""
     pairs = set(Instance.objects.values_list("account_id", "region").distinct().order_by())
     pairs |= set(RegionPosture.objects.values_list("account_id", "region"))
-    for account_id, region in sorted(pairs):
-        refresh_region(account_id, region)
+    for account_pk, region in sorted(pairs):
+        refresh_region(account_pk, region)
     return len(pairs)
 
 
@@ -258,8 +258,8 @@ def heat_map(region_rows):
 
 
 def _hop_limit_sums():
-    """[(hop limit key, instances)] summed over every summary row by the database (one query);
-    reading 3,400 JSON objects into Python was 10-50 ms of the overview."""
+    """[(hop limit key, instances)] summed over every summary row by the database (one query),
+    not by reading every row's JSON object into Python."""
     table = connection.ops.quote_name(RegionPosture._meta.db_table)
     each = "jsonb_each_text(hop_limits)" if connection.vendor == "postgresql" else "json_each(hop_limits)"
     cast = "CAST(value AS integer)"
@@ -335,13 +335,13 @@ def summary_filters(hop_limits=(1, 2)):
                 yield {**({"posture": scope} if scope else {}), name: value}
 
 
-def present_count(account_ids=None, regions=None, counter=None):
+def present_count(account_pks=None, regions=None, counter=None):
     """How many present instances match, from the summary rows: account and region, and the rest
     through ``counter`` (from :func:`summary_counter`; all present instances without one). None
     when a row cannot tell yet."""
     rows = RegionPosture.objects.order_by()
-    if account_ids:
-        rows = rows.filter(account_id__in=account_ids)
+    if account_pks:
+        rows = rows.filter(account_id__in=account_pks)
     if regions:
         rows = rows.filter(region__in=regions)
     counter = counter or summary_counter({})
@@ -388,8 +388,8 @@ def _sync_verdicts(now):
         default=Value(RECENT),
     )
     runs = {
-        (account_id, region): (pk, status, age)
-        for pk, account_id, region, status, age in SyncRun.objects.filter(id__in=Subquery(latest_ids))
+        (account_pk, region): (pk, status, age)
+        for pk, account_pk, region, status, age in SyncRun.objects.filter(id__in=Subquery(latest_ids))
         .annotate(last_success=Subquery(last_success.values("finished_at")[:1]), success_age=success_age)
         .values_list("pk", "account_id", "region", "status", "success_age")
     }
@@ -420,8 +420,8 @@ def _states(verdicts):
     pks = [pk for _, _, pk, *_ in verdicts if pk is not None]
     runs = SyncRun.objects.in_bulk(pks)
     successes = {
-        (account_id, region): finished
-        for account_id, region, finished in SyncRun.objects.filter(
+        (account_pk, region): finished
+        for account_pk, region, finished in SyncRun.objects.filter(
             status=SyncStatus.SUCCEEDED, account_id__in={runs[pk].account_id for pk in pks},
             region__in={runs[pk].region for pk in pks},
         ).values("account_id", "region").annotate(last=Max("finished_at")).values_list("account_id", "region", "last")
