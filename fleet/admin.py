@@ -128,7 +128,7 @@ class ChangeItemAdmin(ReadOnlyAdmin):
     list_select_related = ("account", "batch", "instance")
 
 
-# ---- issue 18: notification rules (edited here), what they sent and the drift they report (read-only)
+# ---- notification rules (edited here), what they sent and the drift they report (read-only)
 
 
 @admin.register(NotificationRule)

@@ -1,6 +1,6 @@
 """Token buckets per account/region/action, shared by every worker through Redis.
 
-AWS throttles EC2 per account, per region and per action with token buckets (AWS-FACTS.md).
+AWS throttles EC2 per account, per region and per action with token buckets (the EC2 API reference, "Request throttling").
 Taking our own token before each call keeps a whole worker fleet under AWS's refill rate, so
 calls are paced instead of being refused with ``RequestLimitExceeded``. No maintained library
 offers a Redis token bucket with a burst size and a fractional refill rate, hence this small

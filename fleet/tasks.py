@@ -131,7 +131,7 @@ def refresh_posture():
     posture.refresh_all()
 
 
-# ---- issue 18: posture history and notifications (fleet.history, fleet.notify)
+# ---- posture history and notifications (fleet.history, fleet.notify)
 
 
 @shared_task(ignore_result=True)

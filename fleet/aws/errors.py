@@ -22,8 +22,6 @@ RETRYABLE_CODES = frozenset(
 
 
 class AwsError(Exception):
-    retryable = False
-
     def __init__(self, code, message, request_id=""):
         super().__init__(f"{code}: {message}")
         self.code = code
@@ -32,11 +30,11 @@ class AwsError(Exception):
 
 
 class RetryableAwsError(AwsError):
-    retryable = True
+    """Worth trying again later (throttled, unavailable, timed out)."""
 
 
 class PermanentAwsError(AwsError):
-    retryable = False
+    """Trying again will not help (refused, invalid, not found)."""
 
 
 class DryRunSucceeded(Exception):

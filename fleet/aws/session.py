@@ -71,7 +71,7 @@ def warm_up():
     """Parse the models of the services the workers call (a worker process calls this at start).
 
     Building the first EC2 client otherwise parses them while a runner holds a fresh token and
-    the whole batch waits: measured at about 2 s with four cold worker processes on two cores.
+    the whole batch waits (seconds with several cold worker processes).
     """
     loader = _shared_loader()
     loader.load_data("endpoints")

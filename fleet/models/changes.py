@@ -142,8 +142,8 @@ class ChangeItem(models.Model):
     # No database constraint on these two: a bulk request inserts up to a million items in one
     # INSERT ... SELECT whose batch is the row it just created and whose accounts come from the
     # instance rows, and PostgreSQL would re-check that same batch row and those few account rows
-    # once per item at COMMIT (1.5-1.9 s of a 4.3 s request at 100,000 items, docs/benchmarks.md
-    # P4). Batches and accounts with items are never deleted: PROTECT refuses it in Django, and
+    # once per item at COMMIT, a large share of a bulk request's time (benchmark P4 measures the
+    # request). Batches and accounts with items are never deleted: PROTECT refuses it in Django, and
     # the admin and commands delete through Django. The instance keeps its database constraint.
     # Nor an index of their own (one less per item to write): (batch, state) and (state, account,
     # region) below serve the engine's and the pages' lookups; only removing an account counts its
@@ -202,17 +202,17 @@ class ChangeItem(models.Model):
             # refuses a second one even if two requests race.
             models.UniqueConstraint(
                 fields=["instance"],
-                condition=Q(state__in=["queued", "submitting", "pending"], instance__isnull=False),
+                condition=Q(state__in=ItemState.active(), instance__isnull=False),
                 name="one_active_item_per_instance",
             ),
             models.UniqueConstraint(
                 fields=["account", "region"],
-                condition=Q(state__in=["queued", "submitting", "pending"], instance__isnull=True, source__isnull=True),
+                condition=Q(state__in=ItemState.active(), instance__isnull=True, source__isnull=True),
                 name="one_active_defaults_item_per_region",
             ),
             models.UniqueConstraint(
                 fields=["source"],
-                condition=Q(state__in=["queued", "submitting", "pending"], source__isnull=False),
+                condition=Q(state__in=ItemState.active(), source__isnull=False),
                 name="one_active_item_per_source",
             ),
         ]

@@ -83,7 +83,7 @@ def get_item(mapping, key):
     """``{{ links|get_item:bucket }}``: a dict lookup by a variable key."""
     return (mapping or {}).get(key, "")
 
-# ---- issue 18: the burndown (fleet.history)
+# ---- the burndown (fleet.history)
 
 LINE_WIDTH, LINE_HEIGHT, LINE_LEFT, LINE_BOTTOM = 560, 140, 48, 22
 
