@@ -13,10 +13,12 @@ from django.core.cache import cache
 from django.utils import timezone
 
 from .. import aws, posture, ratelimit
-from ..choices import InstanceState, ItemState, MetadataState
+from ..choices import ItemState
 from ..models import ChangeItem
 from ..sync import upsert_instances
 from .locks import posture_refresh_due
+from .targets import target_of
+from .targets.base import Tracked
 
 # A region's tracking guard outlives a round and the countdown to the next; if the worker that
 # carries the chain dies, the beat's round takes over once it has expired.
@@ -65,7 +67,8 @@ def _stopped_check_due(account_pk, region):
 
 def track_region(account, region):
     """Check this account/region's pending items with batched DescribeInstances (≤ 200 ids a
-    call). Returns how many items were checked.
+    call). Returns how many items were checked. Each item's target reads the answer
+    (``Target.verify``); for instance options:
 
     - applied with the values we set: applied; applied with others: failed (changed elsewhere);
     - the instance gone, terminated or shutting down: failed, the change can never apply;
@@ -92,28 +95,14 @@ def track_region(account, region):
     timeout = now - timezone.timedelta(minutes=settings.IMDSWEB_PENDING_TIMEOUT_MINUTES)
     applied, stuck, to_await, started = [], [], [], []
     failed = {}
+    moves = {Tracked.APPLIED: applied, Tracked.STUCK: stuck, Tracked.AWAITING_START: to_await,
+             Tracked.STARTED: started}
     for item in items:
-        data = seen.get(item.instance.instance_id)
-        if data is None:
-            failed[item.pk] = ("InvalidInstanceID.NotFound", "the instance no longer exists in AWS")
-            continue
-        options = aws.ec2.options_from_aws(data.get("MetadataOptions", {}))
-        instance_state = data.get("State", {}).get("Name")
-        if options["metadata_state"] == MetadataState.APPLIED:
-            wrong = {k: options[k] for k, v in item.target_values.items() if options[k] != v}
-            if wrong:
-                failed[item.pk] = ("Overwritten", f"AWS reports applied but with {wrong}: changed elsewhere")
-            else:
-                applied.append(item.pk)
-        elif instance_state in (InstanceState.TERMINATED, InstanceState.SHUTTING_DOWN):
-            failed[item.pk] = ("InstanceTerminated", f"the instance is {instance_state}: the change can never apply")
-        elif instance_state in (InstanceState.STOPPED, InstanceState.STOPPING):
-            if not item.awaiting_start:
-                to_await.append(item.pk)  # by design: AWS applies it at the next start
-        elif item.awaiting_start:
-            started.append(item.pk)  # started again: AWS applies it now, the timeout starts over
-        elif (item.pending_since or item.submitted_at or now) < timeout:
-            stuck.append(item.pk)
+        verdict, error = target_of(item).verify(item, seen.get(item.instance.instance_id), now, timeout)
+        if verdict is Tracked.FAILED:
+            failed[item.pk] = error
+        elif verdict is not None:
+            moves[verdict].append(item.pk)
     still_pending = ChangeItem.objects.filter(state=ItemState.PENDING)
     if applied:
         still_pending.filter(pk__in=applied).update(

@@ -1,8 +1,20 @@
 """The interface every kind of change implements (see fleet.engine.targets)."""
 
+import enum
+
 from django.utils import timezone
 
 from ...choices import ItemState
+
+
+class Tracked(enum.Enum):
+    """What a tracking round saw of a pending item (``Target.verify``)."""
+
+    APPLIED = "applied"
+    FAILED = "failed"  # with (error code, message)
+    STUCK = "stuck"  # pending past the timeout on a running instance
+    AWAITING_START = "awaiting_start"  # its instance is stopped: AWS applies it at the next start
+    STARTED = "started"  # its instance runs again: the pending timeout starts over
 
 
 class Target:
@@ -15,6 +27,9 @@ class Target:
     - ``call(item, dry_run)``: the AWS call(s) of one item, its token taken; raises the project's
       AWS errors (``DryRunSucceeded`` for an accepted DryRun) or returns the answer;
     - ``record(item, result)``: writes what AWS now has and finishes the item;
+    - ``verify(item, data, now, timeout)``: for a kind AWS answers ``pending``, what the tracker's
+      DescribeInstances ``data`` of the item's instance (None: not found) says: ``(Tracked, error)``
+      or ``(None, None)`` while nothing changed;
     - ``rollback(batch, user, comment, request_token)`` and ``rerun(batch, user, comment)``: the
       batches that undo a batch of this kind, and run a dry run of it for real.
 
@@ -40,6 +55,9 @@ class Target:
         """AWS applied it at once: the item is applied."""
         item.finish(ItemState.APPLIED, request_id=result["request_id"], submitted_at=timezone.now(),
                     error_code="", error_message="")
+
+    def verify(self, item, data, now, timeout):
+        raise NotImplementedError(f"{self.kind} items are never pending")
 
     def rollback(self, batch, user, comment="", request_token=None):
         """Restore each item's previous values where nothing changed them since (the rollback

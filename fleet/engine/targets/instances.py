@@ -8,7 +8,7 @@ from ... import aws
 from ...choices import ChangeKind, InstanceState, ItemState, MetadataState
 from ...models import Instance
 from ...models.inventory import INSTANCE_OPTION_FIELDS
-from .base import Target
+from .base import Target, Tracked
 
 
 class InstanceOptionsTarget(Target):
@@ -32,6 +32,30 @@ class InstanceOptionsTarget(Target):
             )
             item.finish(state, request_id=result["request_id"], submitted_at=timezone.now(), error_code="",
                         error_message="")
+
+    def verify(self, item, data, now, timeout):
+        """Applied with the values we set: applied; with others: failed (changed elsewhere); the
+        instance gone, terminated or shutting down: failed; stopped or stopping: awaiting its start
+        (by design, AWS applies it then); running again after that: the timeout starts over;
+        running and pending since before ``timeout``: stuck."""
+        if data is None:
+            return Tracked.FAILED, ("InvalidInstanceID.NotFound", "the instance no longer exists in AWS")
+        options = aws.ec2.options_from_aws(data.get("MetadataOptions", {}))
+        instance_state = data.get("State", {}).get("Name")
+        if options["metadata_state"] == MetadataState.APPLIED:
+            wrong = {k: options[k] for k, v in item.target_values.items() if options[k] != v}
+            if wrong:
+                return Tracked.FAILED, ("Overwritten", f"AWS reports applied but with {wrong}: changed elsewhere")
+            return Tracked.APPLIED, None
+        if instance_state in (InstanceState.TERMINATED, InstanceState.SHUTTING_DOWN):
+            return Tracked.FAILED, ("InstanceTerminated", f"the instance is {instance_state}: the change can never apply")
+        if instance_state in (InstanceState.STOPPED, InstanceState.STOPPING):
+            return (None if item.awaiting_start else Tracked.AWAITING_START), None
+        if item.awaiting_start:
+            return Tracked.STARTED, None
+        if (item.pending_since or item.submitted_at or now) < timeout:
+            return Tracked.STUCK, None
+        return None, None
 
     def rerun(self, batch, user, comment):
         from ...changes import request_change
