@@ -89,6 +89,11 @@ class InstanceChangeForm(forms.Form):
         required=False, label="Apply even where IMDSv1 calls were seen",
         help_text="Otherwise such instances are held back.",
     )
+    override_owner = forms.BooleanField(
+        required=False, label="Change instances a managed service owns anyway",
+        help_text="Instances whose launch template or Auto Scaling group EKS, Elastic Beanstalk, EMR or "
+                  "CloudFormation owns are otherwise held back: a change outside the owner breaks or drifts it.",
+    )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
