@@ -28,8 +28,8 @@ from django.db.models.functions import Cast, Coalesce, Concat, JSONObject
 
 from ..choices import HttpTokens, ItemState, ManagedOwner, SourceKind
 from ..models import ChangeItem, Instance, LaunchSource
-from ..owners import OWNER_TAGS
 from ..models.inventory import NOT_COUNTED
+from ..owners import OWNER_TAGS
 from ..usage import stale_before
 
 
