@@ -32,7 +32,10 @@ SOURCE_FIELDS = (
     "mixed_instances_policy", "override_templates", "launch_configuration_name", "desired_capacity", "image_id",
     *OPTION_FIELDS, "created_at", "last_seen", "gone_at",
 )
-VERDICT_FIELDS = ("next_version", "next_http_tokens", "next_hop_limit", "verdict", "chain")
+VERDICT_FIELDS = ("next_version", "next_http_tokens", "next_hop_limit", "verdict", "chain", "override_templates")
+# Which answer is worse, for a group that launches from several templates (MixedInstancesPolicy
+# overrides): one launch that EC2 refuses or that allows IMDSv1 makes the group's verdict.
+SEVERITY = {LaunchVerdict.REFUSED: 3, LaunchVerdict.IMDSV1: 2, LaunchVerdict.UNKNOWN: 1, LaunchVerdict.IMDSV2: 0}
 
 
 def stated_options(metadata_options):
@@ -76,12 +79,19 @@ def _group_launch(group):
         mixed = True
         launch_template = group["MixedInstancesPolicy"].get("LaunchTemplate", {})
         spec = launch_template.get("LaunchTemplateSpecification")
-        for override in launch_template.get("Overrides", []):
-            override_spec = override.get("LaunchTemplateSpecification")
-            if override_spec:
-                overrides.append(
-                    {"template_id": override_spec.get("LaunchTemplateId", ""), "version": override_spec.get("Version", "")}
-                )
+        for index, override in enumerate(launch_template.get("Overrides") or []):
+            # Every override, in priority order; one with its own LaunchTemplateSpecification
+            # launches that instance type from that template (its Version defaults to $Default),
+            # the others from the group's template.
+            override_spec = override.get("LaunchTemplateSpecification") or {}
+            overrides.append({
+                "index": index, "own_template": bool(override_spec),
+                "template_id": override_spec.get("LaunchTemplateId", ""),
+                "template_name": override_spec.get("LaunchTemplateName", ""),
+                "version": (override_spec.get("Version") or "$Default") if override_spec else "",
+                "instance_type": override.get("InstanceType", "") or (
+                    "instance requirements" if override.get("InstanceRequirements") else ""),
+            })
     spec = spec or {}
     return (
         spec.get("LaunchTemplateId", ""),
@@ -107,7 +117,9 @@ def _read(account, region):
     for group in groups:
         template_id, spec, _mixed, overrides, _lc, name = _group_launch(group)
         template_id = template_id or names_to_ids.get(name, "")
-        for tid, version in [(template_id, spec)] + [(o["template_id"], o["version"]) for o in overrides]:
+        named = [(o["template_id"] or names_to_ids.get(o["template_name"], ""), o["version"])
+                 for o in overrides if o["own_template"]]
+        for tid, version in [(template_id, spec), *named]:
             if tid in known and str(version).isdigit():
                 wanted[tid].add(int(version))
     for tid, version in (
@@ -192,6 +204,9 @@ def _write(account, region, now, templates, versions, groups, configurations, im
             owner, detail = owners.managed_owner(tags)
             template_id, spec, mixed, overrides, configuration, template_name = _group_launch(group)
             template_id = template_id or names_to_ids.get(template_name, "")
+            for override in overrides:
+                if override["own_template"]:
+                    override["template_id"] = override["template_id"] or names_to_ids.get(override["template_name"], "")
             group_rows.append(
                 _group_row(group, tags, owner, detail, template_id, spec, mixed, overrides, configuration, base)
             )
@@ -245,15 +260,67 @@ def account_defaults(account, region):
     )
 
 
+def _ami(images, image_id):
+    image = images.get(image_id)
+    if image is None or not image.found:
+        return Ami(image_id=image_id, known=False)
+    return Ami(image_id=image_id, imds_support=image.imds_support or None)
+
+
+def resolve_override(group, override, templates, versions, images, defaults):
+    """(Resolution, version number) of one MixedInstancesPolicy override that names its own
+    launch template; ``templates`` is {lt-id: LaunchSource} of the region."""
+    what = override.get("instance_type") or f"#{override['index'] + 1}"
+    template = templates.get(override["template_id"])
+    if template is None:
+        named = override["template_id"] or override.get("template_name") or "?"
+        return _unknown(f"ASG {group.name} override {what} names launch template {named}, not found"), None
+    number = _version_number(override["version"], template)
+    prefix = f"ASG {group.name} override {what} ({override['version']}) → "
+    version = versions.get((template.pk, number))
+    if version is None:
+        return _unknown(f"{prefix}LT {template.name} ({template.source_id}) v{number} not read"), number
+    level = Stated(
+        f"{prefix}LT {template.name} ({template.source_id}) v{number}", version.http_tokens or None, version.hop_limit
+    )
+    return next_launch([level], defaults, _ami(images, version.image_id)), number
+
+
+def with_overrides(group, resolution, templates, versions, images, defaults):
+    """A mixed group's answer over all the templates it launches from: its own template (unless
+    every override names another) and each override's; the worst verdict is the group's, and the
+    overrides come back with their own answers (stored in ``override_templates``)."""
+    overrides = [dict(o) for o in group.override_templates or []]
+    answers = []
+    if not overrides or not all(o.get("own_template") for o in overrides):
+        answers.append(resolution)
+    for override in overrides:
+        for name in ("next_version", "next_http_tokens", "next_hop_limit", "verdict", "chain"):
+            override.pop(name, None)
+        if not override.get("own_template"):
+            continue
+        answer, number = resolve_override(group, override, templates, versions, images, defaults)
+        override.update(next_version=number, next_http_tokens=answer.http_tokens or "",
+                        next_hop_limit=answer.hop_limit, verdict=answer.verdict, chain=answer.chain)
+        answers.append(answer)
+    worst = max(answers, key=lambda answer: SEVERITY[answer.verdict])
+    chain = list(resolution.chain) + [
+        line for override in overrides if override.get("own_template") for line in override["chain"]
+    ]
+    if len(answers) > 1:
+        chain.append(f"the group launches from {len(answers)} templates: its verdict is the worst of them, "
+                     f"{LaunchVerdict(worst.verdict).label}")
+    combined = Resolution(http_tokens=worst.http_tokens, hop_limit=worst.hop_limit, verdict=worst.verdict, chain=chain)
+    return combined, overrides
+
+
 def resolve_source(source, versions, images, defaults):
     """The Resolution for one source, given its region's versions {(template pk, n): row},
-    images {image_id: Image} and AccountDefaults. Also returns the version number it launches."""
+    images {image_id: Image} and AccountDefaults. Also returns the version number it launches
+    (for a mixed group, of its own template; ``with_overrides`` adds the overrides')."""
 
     def ami(image_id):
-        image = images.get(image_id)
-        if image is None or not image.found:
-            return Ami(image_id=image_id, known=False)
-        return Ami(image_id=image_id, imds_support=image.imds_support or None)
+        return _ami(images, image_id)
 
     if source.kind == SourceKind.LAUNCH_CONFIGURATION:
         level = Stated(f"launch configuration {source.name}", source.http_tokens or None, source.hop_limit)
@@ -292,20 +359,33 @@ def refresh_verdicts(account, region, template=None):
     """Recompute every present source's next launch in the account/region (after a sync, or
     after the account defaults changed); with ``template``, only that launch template's and the
     groups launching from it (after a change of that template)."""
-    rows = LaunchSource.objects.filter(account=account, region=region, gone_at__isnull=True)
+    present = LaunchSource.objects.filter(account=account, region=region, gone_at__isnull=True)
+    rows = present
     if template is not None:
-        rows = rows.filter(Q(pk=template.pk) | Q(template=template))
+        # The template, the groups launching it, and the mixed groups (one of whose overrides may name it).
+        rows = rows.filter(Q(pk=template.pk) | Q(template=template) | Q(mixed_instances_policy=True))
     sources = list(rows.select_related("template", "launch_configuration"))
+    if template is not None:
+        sources = [s for s in sources if s.pk == template.pk or s.template_id == template.pk
+                   or any(o.get("template_id") == template.source_id for o in s.override_templates or [])]
+    templates = {t.source_id: t for t in present.filter(kind=SourceKind.LAUNCH_TEMPLATE)}
     version_rows = LaunchTemplateVersion.objects.filter(template__account=account, template__region=region)
     if template is not None:
-        version_rows = version_rows.filter(template=template)
+        needed = {template.pk} | {s.template_id for s in sources if s.template_id} | {
+            templates[o["template_id"]].pk for s in sources for o in s.override_templates or []
+            if o.get("template_id") in templates}
+        version_rows = version_rows.filter(template__in=needed)
     versions = {(v.template_id, v.version_number): v for v in version_rows}
     images = {i.image_id: i for i in Image.objects.filter(account=account, region=region)}
     defaults = account_defaults(account, region)
     changed = []
     for source in sources:
         resolution, number = resolve_source(source, versions, images, defaults)
-        values = (number, resolution.http_tokens or "", resolution.hop_limit, resolution.verdict, resolution.chain)
+        overrides = source.override_templates
+        if source.kind == SourceKind.AUTO_SCALING_GROUP and source.mixed_instances_policy and overrides:
+            resolution, overrides = with_overrides(source, resolution, templates, versions, images, defaults)
+        values = (number, resolution.http_tokens or "", resolution.hop_limit, resolution.verdict, resolution.chain,
+                  overrides)
         if values != tuple(getattr(source, name) for name in VERDICT_FIELDS):
             for name, value in zip(VERDICT_FIELDS, values, strict=True):
                 setattr(source, name, value)
@@ -333,6 +413,26 @@ def sync_sources(account, region):
     state.synced_at, state.error = now, ""
     state.save(update_fields=["synced_at", "error"])
     return state
+
+
+def groups_using(template):
+    """The present Auto Scaling groups launching from ``template``: as their own launch template,
+    or through MixedInstancesPolicy overrides (``override_uses``, ``uses_as`` say which)."""
+    groups = (
+        LaunchSource.objects.filter(account=template.account, region=template.region, gone_at__isnull=True,
+                                    kind=SourceKind.AUTO_SCALING_GROUP)
+        .filter(Q(template=template) | Q(mixed_instances_policy=True)).order_by("name")
+    )
+    found = []
+    for group in groups:
+        group.override_uses = [o for o in group.override_templates or []
+                               if o.get("own_template") and o.get("template_id") == template.source_id]
+        group.uses_as = [f"override {o.get('instance_type') or '#' + str(o['index'] + 1)}" for o in group.override_uses]
+        if group.template_id == template.pk:
+            group.uses_as = (["its launch template"] + group.uses_as) if group.uses_as else []
+        if group.template_id == template.pk or group.override_uses:
+            found.append(group)
+    return found
 
 
 def enforcement_blockers(pairs=None):

@@ -294,7 +294,9 @@ def launch_spec(source):
     if source.launch_configuration_name and not source.template_ref:
         return f"launch configuration {source.launch_configuration_name}"
     resolved = f" → v{source.next_version}" if source.next_version else ""
-    mixed = " (mixed instances policy)" if source.mixed_instances_policy else ""
+    own = sum(1 for o in source.override_templates or [] if o.get("own_template"))
+    mixed = (f" (mixed instances policy, {own} override template(s))" if own else " (mixed instances policy)") if (
+        source.mixed_instances_policy) else ""
     return f"{source.template_ref} {source.version_spec or '$Default'}{resolved}{mixed}"
 
 

@@ -7,8 +7,8 @@ from django.urls import reverse
 from django.utils.http import urlencode
 from django.views.generic import DetailView
 
-from .. import source_changes
-from ..choices import SourceKind
+from .. import source_changes, sources
+from ..choices import LaunchVerdict, SourceKind
 from ..filters import LaunchSourceFilterSet
 from ..forms import SourceFixForm
 from ..models import Image, Instance, LaunchSource, SourceSyncState
@@ -70,7 +70,7 @@ class SourceDetailView(DetailView):
             versions = LaunchTemplateVersionTable(
                 source.versions.select_related("template"), orderable=False, empty_text="No version read yet."
             )
-            groups = source.groups_on_template.filter(gone_at__isnull=True).order_by("name")
+            groups = sources.groups_using(source)
         elif source.kind == SourceKind.LAUNCH_CONFIGURATION:
             groups = source.groups_on_configuration.filter(gone_at__isnull=True).order_by("name")
         next_version = (
@@ -78,14 +78,29 @@ class SourceDetailView(DetailView):
         )
         image_id = next_version.image_id if next_version else source.image_id
         image = Image.objects.filter(account=source.account, region=source.region, image_id=image_id).first()
+        overrides = override_rows(source) if source.kind == SourceKind.AUTO_SCALING_GROUP else []
         totals = instances.aggregate(total=Count("id"), allow_v1=Count("id", filter=not_enforced))
         return super().get_context_data(
             **kwargs, launch_spec=launch_spec(source), versions=versions, groups=groups, by_version=by_version,
+            overrides=overrides,
             totals=totals, list_url=list_url, v1_url=v1_url, image_id=image_id, image=image,
             old_allow_v1=sum(row["allow_v1"] for row in by_version if row["launch_template_version"] != str(source.next_version or "")),
             sync_state=SourceSyncState.objects.filter(account=source.account, region=source.region).first(),
             history=source.change_items.select_related("batch").order_by("-id")[:20],
         )
+
+
+def override_rows(group):
+    """The group's MixedInstancesPolicy overrides, each with its template row (when synced)."""
+    overrides = [dict(o) for o in group.override_templates or []]
+    ids = {o["template_id"] for o in overrides if o.get("template_id")}
+    rows = {t.source_id: t for t in LaunchSource.objects.filter(
+        account=group.account, region=group.region, kind=SourceKind.LAUNCH_TEMPLATE, source_id__in=ids)}
+    for override in overrides:
+        override["row"] = rows.get(override.get("template_id"))
+        verdict = override.get("verdict")
+        override["verdict_label"] = LaunchVerdict(verdict).label if verdict else "not resolved yet"
+    return overrides
 
 
 def source_for_instance(instance):
