@@ -150,12 +150,45 @@ def _read(account, region):
     return templates, versions, groups, configurations, image_ids, images, names_to_ids
 
 
-def _upsert_sources(rows):
-    if rows:
+# Compared with the stored row to decide whether a source is written (last_seen is one UPDATE).
+COMPARED_FIELDS = tuple(name for name in SOURCE_FIELDS if name not in ("last_seen", "gone_at"))
+OVERRIDE_SYNCED_KEYS = ("index", "own_template", "template_id", "template_name", "version", "instance_type")
+IMAGE_FIELDS = ("found", "name", "owner_id", "public", "state", "imds_support")
+
+
+def _synced_overrides(overrides):
+    """The part of ``override_templates`` a sync reads (the resolution is refresh_verdicts')."""
+    return [{key: o.get(key) for key in OVERRIDE_SYNCED_KEYS} for o in overrides or []]
+
+
+def _compared(row, fields):
+    values = []
+    for name in fields:
+        value = getattr(row, name) if not isinstance(row, dict) else row[name]
+        values.append(_synced_overrides(value) if name == "override_templates" else value)
+    return values
+
+
+def _upsert_changed(account, region, rows, fields, stored, extra_update=()):
+    """Upsert the rows that are new or differ from ``stored`` {(kind, source_id): values}; the
+    others are left alone (their last_seen is refreshed by one UPDATE). A re-sync of an
+    unchanged region writes no source row."""
+    changed = [row for row in rows if stored.get((row.kind, row.source_id)) != _compared(row, fields)]
+    if changed:
         LaunchSource.objects.bulk_create(
-            rows, update_conflicts=True, unique_fields=["account", "region", "kind", "source_id"],
-            update_fields=list(SOURCE_FIELDS),
+            changed, update_conflicts=True, unique_fields=["account", "region", "kind", "source_id"],
+            update_fields=[*SOURCE_FIELDS, *extra_update], batch_size=1000,
         )
+
+
+def _stored_sources(account, region, fields):
+    """{(kind, source_id): compared values} of the present sources (a gone one is always rewritten)."""
+    stored = {}
+    for row in LaunchSource.objects.filter(account=account, region=region, gone_at__isnull=True).values(
+        "kind", "source_id", *fields
+    ):
+        stored[(row["kind"], row["source_id"])] = _compared(row, fields)
+    return stored
 
 
 def _write(account, region, now, templates, versions, groups, configurations, image_ids, images, names_to_ids):
@@ -178,11 +211,28 @@ def _write(account, region, now, templates, versions, groups, configurations, im
         )
         for c in configurations
     ]
+    group_fields = (*COMPARED_FIELDS, "template_id", "launch_configuration_id")
     with transaction.atomic():
-        _upsert_sources(template_rows + configuration_rows)
+        stored = _stored_sources(account, region, group_fields)
+        seen = {(row.kind, row.source_id) for row in template_rows + configuration_rows}
+        seen |= {(SourceKind.AUTO_SCALING_GROUP, group["AutoScalingGroupName"]) for group in groups}
+        vanished = [key for key in stored if key not in seen]
+        if vanished:
+            gone = Q()
+            for kind, source_id in vanished:
+                gone |= Q(kind=kind, source_id=source_id)
+            LaunchSource.objects.filter(Q(account=account, region=region) & gone).update(gone_at=now)
+        LaunchSource.objects.filter(account=account, region=region, gone_at__isnull=True).update(last_seen=now)
+        _upsert_changed(account, region, template_rows + configuration_rows, COMPARED_FIELDS,
+                        {key: values[: len(COMPARED_FIELDS)] for key, values in stored.items()})
         ids = dict(
             LaunchSource.objects.filter(account=account, region=region)
             .exclude(kind=SourceKind.AUTO_SCALING_GROUP).values_list("source_id", "pk")
+        )
+        # Versions are immutable in AWS: a version already stored is never rewritten, nor re-sent.
+        have = set(
+            LaunchTemplateVersion.objects.filter(template__account=account, template__region=region)
+            .values_list("template_id", "version_number")
         )
         version_rows = [
             LaunchTemplateVersion(
@@ -193,10 +243,9 @@ def _write(account, region, now, templates, versions, groups, configurations, im
                 **stated_options(v.get("LaunchTemplateData", {}).get("MetadataOptions")),
             )
             for v in versions
-            if v["LaunchTemplateId"] in ids
+            if v["LaunchTemplateId"] in ids and (ids[v["LaunchTemplateId"]], v["VersionNumber"]) not in have
         ]
         if version_rows:
-            # Versions are immutable in AWS: a version already stored is never rewritten.
             LaunchTemplateVersion.objects.bulk_create(version_rows, ignore_conflicts=True, batch_size=1000)
         group_rows = []
         for group in groups:
@@ -213,11 +262,7 @@ def _write(account, region, now, templates, versions, groups, configurations, im
         for row in group_rows:
             row.template_id = ids.get(row.template_ref) if row.template_ref else None
             row.launch_configuration_id = ids.get(row.launch_configuration_name) if row.launch_configuration_name else None
-        if group_rows:
-            LaunchSource.objects.bulk_create(
-                group_rows, update_conflicts=True, unique_fields=["account", "region", "kind", "source_id"],
-                update_fields=[*SOURCE_FIELDS, "template", "launch_configuration"],
-            )
+        _upsert_changed(account, region, group_rows, group_fields, stored, extra_update=("template", "launch_configuration"))
         found = {image["ImageId"]: image for image in images}
         image_rows = [
             Image(
@@ -230,14 +275,17 @@ def _write(account, region, now, templates, versions, groups, configurations, im
             )
             for image_id in image_ids
         ]
+        stored_images = {
+            row[0]: list(row[1:])
+            for row in Image.objects.filter(account=account, region=region).values_list("image_id", *IMAGE_FIELDS)
+        }
+        image_rows = [row for row in image_rows if stored_images.get(row.image_id) != _compared(row, IMAGE_FIELDS)]
+        Image.objects.filter(account=account, region=region, image_id__in=image_ids).update(synced_at=now)
         if image_rows:
             Image.objects.bulk_create(
                 image_rows, update_conflicts=True, unique_fields=["account", "region", "image_id"],
-                update_fields=["found", "name", "owner_id", "public", "state", "imds_support", "synced_at"],
+                update_fields=[*IMAGE_FIELDS, "synced_at"],
             )
-        LaunchSource.objects.filter(account=account, region=region, gone_at__isnull=True, last_seen__lt=now).update(
-            gone_at=now
-        )
 
 
 def _group_row(group, tags, owner, detail, template_id, spec, mixed, overrides, configuration, base):
@@ -359,24 +407,35 @@ def refresh_verdicts(account, region, template=None):
     """Recompute every present source's next launch in the account/region (after a sync, or
     after the account defaults changed); with ``template``, only that launch template's and the
     groups launching from it (after a change of that template)."""
-    present = LaunchSource.objects.filter(account=account, region=region, gone_at__isnull=True)
-    rows = present
-    if template is not None:
+    # Only what resolving reads (not the tags); the region's rows are read once and the groups'
+    # template and launch configuration are taken from them, not joined again.
+    present = LaunchSource.objects.filter(account=account, region=region, gone_at__isnull=True).defer("tags")
+    if template is None:
+        sources = list(present)
+        by_pk = {s.pk: s for s in sources}
+        for source in sources:
+            if source.template_id:
+                source.template = by_pk.get(source.template_id)
+            if source.launch_configuration_id:
+                source.launch_configuration = by_pk.get(source.launch_configuration_id)
+        templates = {s.source_id: s for s in sources if s.kind == SourceKind.LAUNCH_TEMPLATE}
+    else:
         # The template, the groups launching it, and the mixed groups (one of whose overrides may name it).
-        rows = rows.filter(Q(pk=template.pk) | Q(template=template) | Q(mixed_instances_policy=True))
-    sources = list(rows.select_related("template", "launch_configuration"))
-    if template is not None:
-        sources = [s for s in sources if s.pk == template.pk or s.template_id == template.pk
+        rows = present.filter(Q(pk=template.pk) | Q(template=template) | Q(mixed_instances_policy=True))
+        sources = [s for s in rows.select_related("template", "launch_configuration")
+                   if s.pk == template.pk or s.template_id == template.pk
                    or any(o.get("template_id") == template.source_id for o in s.override_templates or [])]
-    templates = {t.source_id: t for t in present.filter(kind=SourceKind.LAUNCH_TEMPLATE)}
-    version_rows = LaunchTemplateVersion.objects.filter(template__account=account, template__region=region)
+        templates = {t.source_id: t for t in present.filter(kind=SourceKind.LAUNCH_TEMPLATE)}
+    version_rows = LaunchTemplateVersion.objects.filter(template__account=account, template__region=region).only(
+        "template_id", "version_number", "http_tokens", "hop_limit", "image_id")
     if template is not None:
         needed = {template.pk} | {s.template_id for s in sources if s.template_id} | {
             templates[o["template_id"]].pk for s in sources for o in s.override_templates or []
             if o.get("template_id") in templates}
         version_rows = version_rows.filter(template__in=needed)
     versions = {(v.template_id, v.version_number): v for v in version_rows}
-    images = {i.image_id: i for i in Image.objects.filter(account=account, region=region)}
+    images = {i.image_id: i for i in Image.objects.filter(account=account, region=region).only(
+        "image_id", "found", "imds_support")}
     defaults = account_defaults(account, region)
     changed = []
     for source in sources:

@@ -146,3 +146,16 @@ def test_api_plan_and_queue_take_the_override(client, fleet):
     queued = post("changes/", {"plan_token": overridden["plan_token"]})
     assert queued.status_code == 201, queued.content
     assert queued.json()["override_owner"] is True
+
+
+def test_the_instance_page_names_the_owner_as_the_rule_does(operator, fleet):
+    from fleet.choices import ManagedOwner as Owner
+
+    page = operator.get(reverse("fleet:instance_detail", args=[fleet["eks"].instance_id]))
+    assert page.context["owner"] == Owner.EKS.label
+    assert page.context["owner_detail"] == "cluster prod, node group ng-1, owns launch template eks-nodes"
+    assert "bulk changes hold it unless you tick the owner override" in page.content.decode()
+    emr = operator.get(reverse("fleet:instance_detail", args=[fleet["emr_tags"].instance_id]))
+    assert (emr.context["owner"], emr.context["owner_detail"]) == (Owner.EMR.label, "j-1ABC")
+    plain = operator.get(reverse("fleet:instance_detail", args=[fleet["plain"].instance_id]))
+    assert plain.context["owner"] == ""
