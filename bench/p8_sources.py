@@ -1,5 +1,6 @@
 """P8: ``fleet.sources.sync_sources`` of 2,000 launch templates × 5 versions and 1,000 Auto Scaling
-groups in one account/region against the simulator (``--no-throttle``), compared in the same run
+groups (a tenth with a MixedInstancesPolicy whose priority override names another template, pinned
+to a version) in one account/region against the simulator (``--no-throttle``), compared in the same run
 with raw boto3 pagination of the same endpoints: the same describe calls (launch templates, their
 default and latest versions, the versions pinned groups name, the groups, the launch
 configurations, the AMIs), without imdsweb's writes and resolution.
@@ -37,6 +38,15 @@ def seed(endpoint, templates, versions, groups):
     for n in range(groups):
         spec = ("$Default", "$Latest", "$Default", "3")[n % 4]  # a quarter pinned to a version number
         kwargs = {"LaunchTemplate": {"LaunchTemplateId": ids[n % len(ids)], "Version": spec}}
+        if n % 10 == 5:  # a tenth with a mixed instances policy whose priority override pins another template
+            kwargs = {"MixedInstancesPolicy": {"LaunchTemplate": {
+                "LaunchTemplateSpecification": {"LaunchTemplateId": ids[n % len(ids)], "Version": "$Default"},
+                "Overrides": [
+                    {"InstanceType": "c5.large", "LaunchTemplateSpecification": {
+                        "LaunchTemplateId": ids[(n + 1) % len(ids)], "Version": "2"}},
+                    {"InstanceType": "m5.large"},
+                ],
+            }}}
         if n % 50 == 49:
             kwargs = {"LaunchConfigurationName": "bench-lc"}
         autoscaling.create_auto_scaling_group(
@@ -58,9 +68,12 @@ def raw_describe(ec2, autoscaling):
     have = {(v["LaunchTemplateId"], v["VersionNumber"]) for v in versions}
     pinned = {}
     for group in groups:
-        spec = group.get("LaunchTemplate") or {}
-        if spec.get("Version", "").isdigit() and (spec["LaunchTemplateId"], int(spec["Version"])) not in have:
-            pinned.setdefault(spec["LaunchTemplateId"], set()).add(spec["Version"])
+        launch = (group.get("MixedInstancesPolicy") or {}).get("LaunchTemplate") or {}
+        specs = [group.get("LaunchTemplate") or launch.get("LaunchTemplateSpecification") or {}]
+        specs += [o["LaunchTemplateSpecification"] for o in launch.get("Overrides", []) if "LaunchTemplateSpecification" in o]
+        for spec in specs:
+            if spec.get("Version", "").isdigit() and (spec["LaunchTemplateId"], int(spec["Version"])) not in have:
+                pinned.setdefault(spec["LaunchTemplateId"], set()).add(spec["Version"])
     for template_id, numbers in pinned.items():
         versions += ec2.describe_launch_template_versions(LaunchTemplateId=template_id, Versions=sorted(numbers))[
             "LaunchTemplateVersions"]
@@ -77,7 +90,7 @@ def main(argv=None):
     from imdssim.testing import SimulatorProcess
 
     templates, versions, groups = (20, 5, 10) if args.quick else (2_000, 5, 1_000)
-    rounds = 1 if args.quick else 3
+    rounds = 1 if args.quick else 5
     Account.objects.filter(account_id=AMBIENT_ACCOUNT).delete()
     account = Account.objects.create(account_id=AMBIENT_ACCOUNT, name="bench-p8", regions=[REGION])
     with SimulatorProcess(throttle=False, apply_delay=0) as sim:
@@ -90,6 +103,9 @@ def main(argv=None):
             state = sources.sync_sources(account, REGION)
         assert not state.error, state.error
         assert LaunchSource.objects.filter(account=account).count() == templates + groups + 1
+        mixed = list(LaunchSource.objects.filter(account=account, mixed_instances_policy=True))
+        assert len(mixed) == len([n for n in range(groups) if n % 10 == 5 and n % 50 != 49])
+        assert all(group.override_templates[0].get("verdict") for group in mixed)
         raw_times, sync_times = [], []
         for _ in range(rounds):
             with Timer() as raw:
@@ -119,7 +135,8 @@ def main(argv=None):
         "met": ratio <= 1.2,
         "limits": (
             "The raw side makes exactly the describe calls the sync makes (templates, $Default/$Latest "
-            "versions of all templates in pages of 200, the versions pinned groups name, one call per such "
+            "versions of all templates in pages of 200, the versions pinned groups and their overrides name, one "
+            "call per such "
             "template, groups, launch configurations, AMIs); the sync adds its bulk upserts, the gone-source "
             "update and the resolution of every source. Versions nobody launches are not read, by design."
         ),

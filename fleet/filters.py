@@ -146,7 +146,8 @@ class InstanceFilterSet(django_filters.FilterSet):
     OUTCOME_CHOICES = [
         (code, label) for code, label in (
             ("queued", "would change"), ("already", "already at the target"), ("busy", "busy in another batch"),
-            ("held", "held (any reason)"), ("held_calls", "held: IMDSv1 calls seen"),
+            ("held", "held (any reason)"), ("held_owner", "held: owned by a managed service"),
+            ("held_calls", "held: IMDSv1 calls seen"),
             ("held_error", "held: IMDSv1 use could not be read"), ("held_unmeasured", "held: never measured"),
             ("held_stale", "held: not measured recently"), ("unreachable", "terminated or gone"),
             ("stopped", "would change, stopped"), ("containers", "would change, container host with hop limit 1"),

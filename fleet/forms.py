@@ -6,6 +6,7 @@ checked here for shape and then by ``changes.clean_*_desired`` for the domain ru
 
 from django import forms
 from django.core.exceptions import ValidationError
+from django.db.models import Q
 from django.http import QueryDict
 
 from . import changes
@@ -88,6 +89,11 @@ class InstanceChangeForm(forms.Form):
     override_usage = forms.BooleanField(
         required=False, label="Apply even where IMDSv1 calls were seen",
         help_text="Otherwise such instances are held back.",
+    )
+    override_owner = forms.BooleanField(
+        required=False, label="Change instances a managed service owns anyway",
+        help_text="Instances whose launch template or Auto Scaling group EKS, Elastic Beanstalk, EMR or "
+                  "CloudFormation owns are otherwise held back: a change outside the owner breaks or drifts it.",
     )
 
     def __init__(self, *args, **kwargs):
@@ -285,10 +291,35 @@ class SourceFixForm(forms.Form):
             self.selection = f"launch templates matching {data['filter']}"
         else:
             raise ValidationError("Choose the launch templates to change.")
-        self.sources = list(queryset.select_related("account").order_by("account__name", "region", "name")[:MAX_SELECTED_IDS])
+        self.sources = self._with_group_templates(
+            list(queryset.select_related("account").order_by("account__name", "region", "name")[:MAX_SELECTED_IDS])
+        )
         if not self.sources:
             raise ValidationError("No launch template matches.")
         return data
+
+
+    @staticmethod
+    def _with_group_templates(selected):
+        """An Auto Scaling group chosen here stands for the launch templates it launches from: its
+        own and those its MixedInstancesPolicy overrides name (a group is fixed through them)."""
+        from .choices import SourceKind
+        from .models import LaunchSource
+
+        groups = [s for s in selected if s.kind == SourceKind.AUTO_SCALING_GROUP]
+        if not groups:
+            return selected
+        wanted = Q(pk__in=[g.template_id for g in groups if g.template_id])
+        for group in groups:
+            ids = [o["template_id"] for o in group.override_templates or [] if o.get("own_template") and o.get("template_id")]
+            if ids:
+                wanted |= Q(account_id=group.account_id, region=group.region, kind=SourceKind.LAUNCH_TEMPLATE,
+                            source_id__in=ids)
+        templates = LaunchSource.objects.filter(wanted).select_related("account")
+        chosen = {s.pk: s for s in selected if s.kind != SourceKind.AUTO_SCALING_GROUP}
+        for template in templates:
+            chosen.setdefault(template.pk, template)
+        return sorted(chosen.values(), key=lambda s: (s.account.name, s.region, s.name))
 
 
 class EnforcementForm(forms.Form):

@@ -11,7 +11,9 @@ For each template the item:
    whole, so the whole MetadataOptions of the source version is sent with that one change;
 2. makes it the default version (groups launching ``$Default`` and plain launches get it;
    ``$Latest`` groups get it by being the latest);
-3. points the Auto Scaling groups pinned to a numeric version at it, only when the user ticked it.
+3. points the Auto Scaling groups pinned to a numeric version at it, only when the user ticked it
+   — as their own launch template, or through MixedInstancesPolicy overrides that name this
+   template (``aws.update_mixed_group_templates`` rewrites only those versions).
 
 Versions are never deleted. The new version number is written on the item as soon as AWS
 created it, so a retry after a throttled step 2 or 3 does not create a second version. Rollback
@@ -46,13 +48,9 @@ def plan(selected, hop_limit=None, update_pinned=False, override_owner=False):
         (v.template_id, v.version_number): v
         for v in LaunchTemplateVersion.objects.filter(template__in=selected)  # only templates have versions
     }
-    groups_of = {}
-    for group in LaunchSource.objects.filter(template__in=selected, gone_at__isnull=True).order_by("name"):
-        groups_of.setdefault(group.template_id, []).append(group)
     rows = []
     for source in selected:
-        groups = groups_of.get(source.pk, [])
-        pinned = [g for g in groups if _pinned(g.version_spec)] if update_pinned else []
+        pinned = _pinned_groups(source) if update_pinned and source.kind == SourceKind.LAUNCH_TEMPLATE else []
         version = versions.get((source.pk, source.default_version))
         if kind_of(source).not_changed_in_place:
             reason = kind_of(source).not_changed_in_place
@@ -68,6 +66,31 @@ def plan(selected, hop_limit=None, update_pinned=False, override_owner=False):
             reason = ""
         rows.append((source, reason, pinned))
     return rows
+
+
+def _pinned_groups(template):
+    """The present groups that launch a numbered version of ``template``, each with ``pinned_main``
+    (its own launch template is pinned) and ``pinned_overrides`` {override index: version}."""
+    found = []
+    for group in sources.groups_using(template):
+        group.pinned_main = group.template_id == template.pk and _pinned(group.version_spec)
+        group.pinned_overrides = {str(o["index"]): o["version"] for o in group.override_uses if _pinned(o["version"])}
+        parts = ([f"v{group.version_spec}"] if group.pinned_main else []) + [
+            f"override #{int(index) + 1} v{version}" for index, version in group.pinned_overrides.items()]
+        group.pinned_as = ", ".join(parts)
+        if parts:
+            found.append(group)
+    return found
+
+
+def _group_previous(groups):
+    """(plain groups {name: version}, mixed groups {name: {"main": version or None, "overrides": {i: v}}})."""
+    plain = {g.source_id: g.version_spec for g in groups if g.pinned_main and not g.mixed_instances_policy}
+    mixed = {
+        g.source_id: {"main": g.version_spec if g.pinned_main else None, "overrides": g.pinned_overrides}
+        for g in groups if g.mixed_instances_policy
+    }
+    return plain, mixed
 
 
 def request_source_fix(user, selected, *, hop_limit=None, update_pinned=False, override_owner=False, comment="",
@@ -94,7 +117,7 @@ def request_source_fix(user, selected, *, hop_limit=None, update_pinned=False, o
                     state=ItemState.SKIPPED if reason else ItemState.QUEUED, reason=reason,
                     previous={} if reason else {
                         "default_version": source.default_version,
-                        "groups": {group.source_id: group.version_spec for group in groups},
+                        **dict(zip(("groups", "mixed"), _group_previous(groups), strict=True)),
                     },
                     finished_at=timezone.now() if reason else None,
                 )
@@ -130,9 +153,10 @@ def rollback(batch, user, comment=""):
                 ChangeItem(
                     batch=new, account=item.account, region=item.region, source=item.source,
                     desired={"default_version": item.previous.get("default_version"),
-                             "groups": item.previous.get("groups", {})},
+                             "groups": item.previous.get("groups", {}), "mixed": item.previous.get("mixed", {})},
                     previous={"default_version": item.desired.get("new_version"),
-                              "groups": {name: str(item.desired.get("new_version")) for name in item.previous.get("groups", {})}},
+                              "groups": {name: str(item.desired.get("new_version")) for name in item.previous.get("groups", {})},
+                              "mixed": _repointed(item.previous.get("mixed", {}), item.desired.get("new_version"))},
                 )
                 for item in applied
             )
@@ -140,6 +164,42 @@ def rollback(batch, user, comment=""):
     except IntegrityError as exc:
         raise ChangeRefused("Another change of one of these launch templates is in progress.") from exc
     return new
+
+
+def _repointed(mixed, version):
+    """The mixed groups' pinned parts, all pointed at ``version``."""
+    return {
+        name: {"main": None if parts["main"] is None else str(version),
+               "overrides": {index: str(version) for index in parts["overrides"]}}
+        for name, parts in mixed.items()
+    }
+
+
+def _update_mixed(account, region, template_id, mixed):
+    for name, parts in mixed.items():
+        aws.update_mixed_group_templates(account, region, name, template_id, parts["main"], parts["overrides"])
+
+
+def _record_groups(source, groups, mixed):
+    """The cache follows what the groups now launch (their own version spec, their overrides')."""
+    for name, spec in groups.items():
+        LaunchSource.objects.filter(
+            account=source.account, region=source.region, kind=SourceKind.AUTO_SCALING_GROUP, source_id=name
+        ).update(version_spec=spec)
+    for name, parts in mixed.items():
+        group = LaunchSource.objects.filter(
+            account=source.account, region=source.region, kind=SourceKind.AUTO_SCALING_GROUP, source_id=name
+        ).first()
+        if group is None:
+            continue
+        if parts["main"] is not None:
+            group.version_spec = parts["main"]
+        overrides = [dict(o) for o in group.override_templates or []]
+        for override in overrides:
+            if str(override.get("index")) in parts["overrides"]:
+                override["version"] = parts["overrides"][str(override["index"])]
+        group.override_templates = overrides
+        group.save(update_fields=["version_spec", "override_templates"])
 
 
 class LaunchTemplateTarget(Target):
@@ -195,6 +255,7 @@ class LaunchTemplateTarget(Target):
         request_id = aws.modify_launch_template(account, region, source.source_id, new_version)
         for group in item.previous.get("groups", {}):
             aws.update_auto_scaling_group(account, region, group, source.source_id, new_version)
+        _update_mixed(account, region, source.source_id, _repointed(item.previous.get("mixed", {}), new_version))
         return {"request_id": request_id}
 
     def _restore(self, item, dry_run, token_taken):
@@ -205,6 +266,7 @@ class LaunchTemplateTarget(Target):
         )
         for group, spec in item.desired.get("groups", {}).items():
             aws.update_auto_scaling_group(account, region, group, source.source_id, spec)
+        _update_mixed(account, region, source.source_id, item.desired.get("mixed", {}))
         return {"request_id": request_id}
 
     @staticmethod
@@ -227,16 +289,15 @@ class LaunchTemplateTarget(Target):
         if item.batch.rollback_of_id:
             default = item.desired["default_version"]
             groups = item.desired.get("groups", {})
+            mixed = item.desired.get("mixed", {})
         else:
             default = item.desired["new_version"]
             groups = {name: str(default) for name in item.previous.get("groups", {})}
+            mixed = _repointed(item.previous.get("mixed", {}), default)
             source.latest_version = max(source.latest_version or 0, default)
         source.default_version = default
         source.save(update_fields=["default_version", "latest_version"])
-        for name, spec in groups.items():
-            LaunchSource.objects.filter(
-                account=source.account, region=source.region, kind=SourceKind.AUTO_SCALING_GROUP, source_id=name
-            ).update(version_spec=spec)
+        _record_groups(source, groups, mixed)
         sources.refresh_verdicts(source.account, source.region, template=source)
         super().record(item, result)
 

@@ -7,8 +7,8 @@ kind (``kind_of``) instead of branching on ``LaunchSource.kind``. What the next 
 kind gets is resolved in ``fleet.sources.resolve_source``, the sync's own per-kind code.
 """
 
-from .choices import SourceKind
-from .models import Instance
+from .choices import LaunchVerdict, SourceKind
+from .models import Instance, LaunchSource
 
 
 class _SourceKind:
@@ -33,6 +33,10 @@ class _SourceKind:
     def groups(self, source):
         """The present Auto Scaling groups that launch from this source, or None."""
         return None
+
+    def overrides(self, source):
+        """The MixedInstancesPolicy overrides the source launches from, each with its template row."""
+        return []
 
     def read_only_reason(self, source):
         """Why imdsweb will not change this source in place (None when it may)."""
@@ -64,7 +68,9 @@ class LaunchTemplateKind(_SourceKind):
         return source
 
     def groups(self, source):
-        return source.groups_on_template.filter(gone_at__isnull=True).order_by("name")
+        from .sources import groups_using  # the sync's own query (a group's own template or its overrides)
+
+        return groups_using(source)
 
 
 class AutoScalingGroupKind(_SourceKind):
@@ -79,11 +85,24 @@ class AutoScalingGroupKind(_SourceKind):
         if source.launch_configuration_name and not source.template_ref:
             return f"launch configuration {source.launch_configuration_name}"
         resolved = f" → v{source.next_version}" if source.next_version else ""
-        mixed = " (mixed instances policy)" if source.mixed_instances_policy else ""
+        own = sum(1 for o in source.override_templates or [] if o.get("own_template"))
+        mixed = (f" (mixed instances policy, {own} override template(s))" if own else " (mixed instances policy)") if (
+            source.mixed_instances_policy) else ""
         return f"{source.template_ref} {source.version_spec or '$Default'}{resolved}{mixed}"
 
     def template(self, source):
         return source.template
+
+    def overrides(self, group):
+        overrides = [dict(o) for o in group.override_templates or []]
+        ids = {o["template_id"] for o in overrides if o.get("template_id")}
+        rows = {t.source_id: t for t in LaunchSource.objects.filter(
+            account=group.account, region=group.region, kind=SourceKind.LAUNCH_TEMPLATE, source_id__in=ids)}
+        for override in overrides:
+            override["row"] = rows.get(override.get("template_id"))
+            verdict = override.get("verdict")
+            override["verdict_label"] = LaunchVerdict(verdict).label if verdict else "not resolved yet"
+        return overrides
 
 
 class LaunchConfigurationKind(_SourceKind):

@@ -32,7 +32,10 @@ SOURCE_FIELDS = (
     "mixed_instances_policy", "override_templates", "launch_configuration_name", "desired_capacity", "image_id",
     *OPTION_FIELDS, "created_at", "last_seen", "gone_at",
 )
-VERDICT_FIELDS = ("next_version", "next_http_tokens", "next_hop_limit", "verdict", "chain")
+VERDICT_FIELDS = ("next_version", "next_http_tokens", "next_hop_limit", "verdict", "chain", "override_templates")
+# Which answer is worse, for a group that launches from several templates (MixedInstancesPolicy
+# overrides): one launch that EC2 refuses or that allows IMDSv1 makes the group's verdict.
+SEVERITY = {LaunchVerdict.REFUSED: 3, LaunchVerdict.IMDSV1: 2, LaunchVerdict.UNKNOWN: 1, LaunchVerdict.IMDSV2: 0}
 
 
 def stated_options(metadata_options):
@@ -76,12 +79,19 @@ def _group_launch(group):
         mixed = True
         launch_template = group["MixedInstancesPolicy"].get("LaunchTemplate", {})
         spec = launch_template.get("LaunchTemplateSpecification")
-        for override in launch_template.get("Overrides", []):
-            override_spec = override.get("LaunchTemplateSpecification")
-            if override_spec:
-                overrides.append(
-                    {"template_id": override_spec.get("LaunchTemplateId", ""), "version": override_spec.get("Version", "")}
-                )
+        for index, override in enumerate(launch_template.get("Overrides") or []):
+            # Every override, in priority order; one with its own LaunchTemplateSpecification
+            # launches that instance type from that template (its Version defaults to $Default),
+            # the others from the group's template.
+            override_spec = override.get("LaunchTemplateSpecification") or {}
+            overrides.append({
+                "index": index, "own_template": bool(override_spec),
+                "template_id": override_spec.get("LaunchTemplateId", ""),
+                "template_name": override_spec.get("LaunchTemplateName", ""),
+                "version": (override_spec.get("Version") or "$Default") if override_spec else "",
+                "instance_type": override.get("InstanceType", "") or (
+                    "instance requirements" if override.get("InstanceRequirements") else ""),
+            })
     spec = spec or {}
     return (
         spec.get("LaunchTemplateId", ""),
@@ -107,7 +117,9 @@ def _read(account, region):
     for group in groups:
         template_id, spec, _mixed, overrides, _lc, name = _group_launch(group)
         template_id = template_id or names_to_ids.get(name, "")
-        for tid, version in [(template_id, spec)] + [(o["template_id"], o["version"]) for o in overrides]:
+        named = [(o["template_id"] or names_to_ids.get(o["template_name"], ""), o["version"])
+                 for o in overrides if o["own_template"]]
+        for tid, version in [(template_id, spec), *named]:
             if tid in known and str(version).isdigit():
                 wanted[tid].add(int(version))
     for tid, version in (
@@ -138,12 +150,45 @@ def _read(account, region):
     return templates, versions, groups, configurations, image_ids, images, names_to_ids
 
 
-def _upsert_sources(rows):
-    if rows:
+# Compared with the stored row to decide whether a source is written (last_seen is one UPDATE).
+COMPARED_FIELDS = tuple(name for name in SOURCE_FIELDS if name not in ("last_seen", "gone_at"))
+OVERRIDE_SYNCED_KEYS = ("index", "own_template", "template_id", "template_name", "version", "instance_type")
+IMAGE_FIELDS = ("found", "name", "owner_id", "public", "state", "imds_support")
+
+
+def _synced_overrides(overrides):
+    """The part of ``override_templates`` a sync reads (the resolution is refresh_verdicts')."""
+    return [{key: o.get(key) for key in OVERRIDE_SYNCED_KEYS} for o in overrides or []]
+
+
+def _compared(row, fields):
+    values = []
+    for name in fields:
+        value = getattr(row, name) if not isinstance(row, dict) else row[name]
+        values.append(_synced_overrides(value) if name == "override_templates" else value)
+    return values
+
+
+def _upsert_changed(account, region, rows, fields, stored, extra_update=()):
+    """Upsert the rows that are new or differ from ``stored`` {(kind, source_id): values}; the
+    others are left alone (their last_seen is refreshed by one UPDATE). A re-sync of an
+    unchanged region writes no source row."""
+    changed = [row for row in rows if stored.get((row.kind, row.source_id)) != _compared(row, fields)]
+    if changed:
         LaunchSource.objects.bulk_create(
-            rows, update_conflicts=True, unique_fields=["account", "region", "kind", "source_id"],
-            update_fields=list(SOURCE_FIELDS),
+            changed, update_conflicts=True, unique_fields=["account", "region", "kind", "source_id"],
+            update_fields=[*SOURCE_FIELDS, *extra_update], batch_size=1000,
         )
+
+
+def _stored_sources(account, region, fields):
+    """{(kind, source_id): compared values} of the present sources (a gone one is always rewritten)."""
+    stored = {}
+    for row in LaunchSource.objects.filter(account=account, region=region, gone_at__isnull=True).values(
+        "kind", "source_id", *fields
+    ):
+        stored[(row["kind"], row["source_id"])] = _compared(row, fields)
+    return stored
 
 
 def _write(account, region, now, templates, versions, groups, configurations, image_ids, images, names_to_ids):
@@ -166,11 +211,28 @@ def _write(account, region, now, templates, versions, groups, configurations, im
         )
         for c in configurations
     ]
+    group_fields = (*COMPARED_FIELDS, "template_id", "launch_configuration_id")
     with transaction.atomic():
-        _upsert_sources(template_rows + configuration_rows)
+        stored = _stored_sources(account, region, group_fields)
+        seen = {(row.kind, row.source_id) for row in template_rows + configuration_rows}
+        seen |= {(SourceKind.AUTO_SCALING_GROUP, group["AutoScalingGroupName"]) for group in groups}
+        vanished = [key for key in stored if key not in seen]
+        if vanished:
+            gone = Q()
+            for kind, source_id in vanished:
+                gone |= Q(kind=kind, source_id=source_id)
+            LaunchSource.objects.filter(Q(account=account, region=region) & gone).update(gone_at=now)
+        LaunchSource.objects.filter(account=account, region=region, gone_at__isnull=True).update(last_seen=now)
+        _upsert_changed(account, region, template_rows + configuration_rows, COMPARED_FIELDS,
+                        {key: values[: len(COMPARED_FIELDS)] for key, values in stored.items()})
         ids = dict(
             LaunchSource.objects.filter(account=account, region=region)
             .exclude(kind=SourceKind.AUTO_SCALING_GROUP).values_list("source_id", "pk")
+        )
+        # Versions are immutable in AWS: a version already stored is never rewritten, nor re-sent.
+        have = set(
+            LaunchTemplateVersion.objects.filter(template__account=account, template__region=region)
+            .values_list("template_id", "version_number")
         )
         version_rows = [
             LaunchTemplateVersion(
@@ -181,10 +243,9 @@ def _write(account, region, now, templates, versions, groups, configurations, im
                 **stated_options(v.get("LaunchTemplateData", {}).get("MetadataOptions")),
             )
             for v in versions
-            if v["LaunchTemplateId"] in ids
+            if v["LaunchTemplateId"] in ids and (ids[v["LaunchTemplateId"]], v["VersionNumber"]) not in have
         ]
         if version_rows:
-            # Versions are immutable in AWS: a version already stored is never rewritten.
             LaunchTemplateVersion.objects.bulk_create(version_rows, ignore_conflicts=True, batch_size=1000)
         group_rows = []
         for group in groups:
@@ -192,17 +253,16 @@ def _write(account, region, now, templates, versions, groups, configurations, im
             owner, detail = owners.managed_owner(tags)
             template_id, spec, mixed, overrides, configuration, template_name = _group_launch(group)
             template_id = template_id or names_to_ids.get(template_name, "")
+            for override in overrides:
+                if override["own_template"]:
+                    override["template_id"] = override["template_id"] or names_to_ids.get(override["template_name"], "")
             group_rows.append(
                 _group_row(group, tags, owner, detail, template_id, spec, mixed, overrides, configuration, base)
             )
         for row in group_rows:
             row.template_id = ids.get(row.template_ref) if row.template_ref else None
             row.launch_configuration_id = ids.get(row.launch_configuration_name) if row.launch_configuration_name else None
-        if group_rows:
-            LaunchSource.objects.bulk_create(
-                group_rows, update_conflicts=True, unique_fields=["account", "region", "kind", "source_id"],
-                update_fields=[*SOURCE_FIELDS, "template", "launch_configuration"],
-            )
+        _upsert_changed(account, region, group_rows, group_fields, stored, extra_update=("template", "launch_configuration"))
         found = {image["ImageId"]: image for image in images}
         image_rows = [
             Image(
@@ -215,14 +275,17 @@ def _write(account, region, now, templates, versions, groups, configurations, im
             )
             for image_id in image_ids
         ]
+        stored_images = {
+            row[0]: list(row[1:])
+            for row in Image.objects.filter(account=account, region=region).values_list("image_id", *IMAGE_FIELDS)
+        }
+        image_rows = [row for row in image_rows if stored_images.get(row.image_id) != _compared(row, IMAGE_FIELDS)]
+        Image.objects.filter(account=account, region=region, image_id__in=image_ids).update(synced_at=now)
         if image_rows:
             Image.objects.bulk_create(
                 image_rows, update_conflicts=True, unique_fields=["account", "region", "image_id"],
-                update_fields=["found", "name", "owner_id", "public", "state", "imds_support", "synced_at"],
+                update_fields=[*IMAGE_FIELDS, "synced_at"],
             )
-        LaunchSource.objects.filter(account=account, region=region, gone_at__isnull=True, last_seen__lt=now).update(
-            gone_at=now
-        )
 
 
 def _group_row(group, tags, owner, detail, template_id, spec, mixed, overrides, configuration, base):
@@ -245,15 +308,67 @@ def account_defaults(account, region):
     )
 
 
+def _ami(images, image_id):
+    image = images.get(image_id)
+    if image is None or not image.found:
+        return Ami(image_id=image_id, known=False)
+    return Ami(image_id=image_id, imds_support=image.imds_support or None)
+
+
+def resolve_override(group, override, templates, versions, images, defaults):
+    """(Resolution, version number) of one MixedInstancesPolicy override that names its own
+    launch template; ``templates`` is {lt-id: LaunchSource} of the region."""
+    what = override.get("instance_type") or f"#{override['index'] + 1}"
+    template = templates.get(override["template_id"])
+    if template is None:
+        named = override["template_id"] or override.get("template_name") or "?"
+        return _unknown(f"ASG {group.name} override {what} names launch template {named}, not found"), None
+    number = _version_number(override["version"], template)
+    prefix = f"ASG {group.name} override {what} ({override['version']}) → "
+    version = versions.get((template.pk, number))
+    if version is None:
+        return _unknown(f"{prefix}LT {template.name} ({template.source_id}) v{number} not read"), number
+    level = Stated(
+        f"{prefix}LT {template.name} ({template.source_id}) v{number}", version.http_tokens or None, version.hop_limit
+    )
+    return next_launch([level], defaults, _ami(images, version.image_id)), number
+
+
+def with_overrides(group, resolution, templates, versions, images, defaults):
+    """A mixed group's answer over all the templates it launches from: its own template (unless
+    every override names another) and each override's; the worst verdict is the group's, and the
+    overrides come back with their own answers (stored in ``override_templates``)."""
+    overrides = [dict(o) for o in group.override_templates or []]
+    answers = []
+    if not overrides or not all(o.get("own_template") for o in overrides):
+        answers.append(resolution)
+    for override in overrides:
+        for name in ("next_version", "next_http_tokens", "next_hop_limit", "verdict", "chain"):
+            override.pop(name, None)
+        if not override.get("own_template"):
+            continue
+        answer, number = resolve_override(group, override, templates, versions, images, defaults)
+        override.update(next_version=number, next_http_tokens=answer.http_tokens or "",
+                        next_hop_limit=answer.hop_limit, verdict=answer.verdict, chain=answer.chain)
+        answers.append(answer)
+    worst = max(answers, key=lambda answer: SEVERITY[answer.verdict])
+    chain = list(resolution.chain) + [
+        line for override in overrides if override.get("own_template") for line in override["chain"]
+    ]
+    if len(answers) > 1:
+        chain.append(f"the group launches from {len(answers)} templates: its verdict is the worst of them, "
+                     f"{LaunchVerdict(worst.verdict).label}")
+    combined = Resolution(http_tokens=worst.http_tokens, hop_limit=worst.hop_limit, verdict=worst.verdict, chain=chain)
+    return combined, overrides
+
+
 def resolve_source(source, versions, images, defaults):
     """The Resolution for one source, given its region's versions {(template pk, n): row},
-    images {image_id: Image} and AccountDefaults. Also returns the version number it launches."""
+    images {image_id: Image} and AccountDefaults. Also returns the version number it launches
+    (for a mixed group, of its own template; ``with_overrides`` adds the overrides')."""
 
     def ami(image_id):
-        image = images.get(image_id)
-        if image is None or not image.found:
-            return Ami(image_id=image_id, known=False)
-        return Ami(image_id=image_id, imds_support=image.imds_support or None)
+        return _ami(images, image_id)
 
     if source.kind == SourceKind.LAUNCH_CONFIGURATION:
         level = Stated(f"launch configuration {source.name}", source.http_tokens or None, source.hop_limit)
@@ -292,20 +407,44 @@ def refresh_verdicts(account, region, template=None):
     """Recompute every present source's next launch in the account/region (after a sync, or
     after the account defaults changed); with ``template``, only that launch template's and the
     groups launching from it (after a change of that template)."""
-    rows = LaunchSource.objects.filter(account=account, region=region, gone_at__isnull=True)
+    # Only what resolving reads (not the tags); the region's rows are read once and the groups'
+    # template and launch configuration are taken from them, not joined again.
+    present = LaunchSource.objects.filter(account=account, region=region, gone_at__isnull=True).defer("tags")
+    if template is None:
+        sources = list(present)
+        by_pk = {s.pk: s for s in sources}
+        for source in sources:
+            if source.template_id:
+                source.template = by_pk.get(source.template_id)
+            if source.launch_configuration_id:
+                source.launch_configuration = by_pk.get(source.launch_configuration_id)
+        templates = {s.source_id: s for s in sources if s.kind == SourceKind.LAUNCH_TEMPLATE}
+    else:
+        # The template, the groups launching it, and the mixed groups (one of whose overrides may name it).
+        rows = present.filter(Q(pk=template.pk) | Q(template=template) | Q(mixed_instances_policy=True))
+        sources = [s for s in rows.select_related("template", "launch_configuration")
+                   if s.pk == template.pk or s.template_id == template.pk
+                   or any(o.get("template_id") == template.source_id for o in s.override_templates or [])]
+        templates = {t.source_id: t for t in present.filter(kind=SourceKind.LAUNCH_TEMPLATE)}
+    version_rows = LaunchTemplateVersion.objects.filter(template__account=account, template__region=region).only(
+        "template_id", "version_number", "http_tokens", "hop_limit", "image_id")
     if template is not None:
-        rows = rows.filter(Q(pk=template.pk) | Q(template=template))
-    sources = list(rows.select_related("template", "launch_configuration"))
-    version_rows = LaunchTemplateVersion.objects.filter(template__account=account, template__region=region)
-    if template is not None:
-        version_rows = version_rows.filter(template=template)
+        needed = {template.pk} | {s.template_id for s in sources if s.template_id} | {
+            templates[o["template_id"]].pk for s in sources for o in s.override_templates or []
+            if o.get("template_id") in templates}
+        version_rows = version_rows.filter(template__in=needed)
     versions = {(v.template_id, v.version_number): v for v in version_rows}
-    images = {i.image_id: i for i in Image.objects.filter(account=account, region=region)}
+    images = {i.image_id: i for i in Image.objects.filter(account=account, region=region).only(
+        "image_id", "found", "imds_support")}
     defaults = account_defaults(account, region)
     changed = []
     for source in sources:
         resolution, number = resolve_source(source, versions, images, defaults)
-        values = (number, resolution.http_tokens or "", resolution.hop_limit, resolution.verdict, resolution.chain)
+        overrides = source.override_templates
+        if source.kind == SourceKind.AUTO_SCALING_GROUP and source.mixed_instances_policy and overrides:
+            resolution, overrides = with_overrides(source, resolution, templates, versions, images, defaults)
+        values = (number, resolution.http_tokens or "", resolution.hop_limit, resolution.verdict, resolution.chain,
+                  overrides)
         if values != tuple(getattr(source, name) for name in VERDICT_FIELDS):
             for name, value in zip(VERDICT_FIELDS, values, strict=True):
                 setattr(source, name, value)
@@ -333,6 +472,26 @@ def sync_sources(account, region):
     state.synced_at, state.error = now, ""
     state.save(update_fields=["synced_at", "error"])
     return state
+
+
+def groups_using(template):
+    """The present Auto Scaling groups launching from ``template``: as their own launch template,
+    or through MixedInstancesPolicy overrides (``override_uses``, ``uses_as`` say which)."""
+    groups = (
+        LaunchSource.objects.filter(account=template.account, region=template.region, gone_at__isnull=True,
+                                    kind=SourceKind.AUTO_SCALING_GROUP)
+        .filter(Q(template=template) | Q(mixed_instances_policy=True)).order_by("name")
+    )
+    found = []
+    for group in groups:
+        group.override_uses = [o for o in group.override_templates or []
+                               if o.get("own_template") and o.get("template_id") == template.source_id]
+        group.uses_as = [f"override {o.get('instance_type') or '#' + str(o['index'] + 1)}" for o in group.override_uses]
+        if group.template_id == template.pk:
+            group.uses_as = (["its launch template"] + group.uses_as) if group.uses_as else []
+        if group.template_id == template.pk or group.override_uses:
+            found.append(group)
+    return found
 
 
 def enforcement_blockers(pairs=None):

@@ -13,7 +13,10 @@ Owns (see docs/simulator.md, "Launches"):
 - launch templates: ``CreateLaunchTemplateVersion`` honours ``SourceVersion``;
   ``DescribeLaunchTemplates`` honours ``Filters``, ``MaxResults`` and ``NextToken``;
   ``DescribeLaunchTemplateVersions`` pages with ``NextToken`` instead of truncating;
-- Auto Scaling groups launch the template version they name (moto launches the default);
+- Auto Scaling groups launch the template version they name (moto launches the default); a
+  group with a ``MixedInstancesPolicy`` launches its highest-priority override (the first, as
+  the ``prioritized`` strategy does and as moto assumes), from that override's own
+  ``LaunchTemplateSpecification`` when it names one (moto ignores it) and as its instance type;
 - AMI ``ImdsSupport``: kept by ``RegisterImage`` and ``ModifyImageAttribute`` (which cannot undo
   it), returned by ``DescribeImages`` and ``DescribeImageAttribute``.
 
@@ -133,15 +136,26 @@ def _replace_autoscaling_group_instances(self, count_needed, propagated_tags):
     propagated_tags.update(self.instance_tags)
     subnet_id = self.vpc_zone_identifier.split(",")[0] if self.vpc_zone_identifier else None
     launch_template = None
+    image_id, instance_type = self.image_id, self.instance_type
     if self.ec2_launch_template:
         launch_template = {"LaunchTemplateId": self.ec2_launch_template.id, "Version": self.launch_template_version}
+    override = _priority_override(self)
+    if override:
+        instance_type = override.get("InstanceType") or instance_type
+        spec = override.get("LaunchTemplateSpecification")
+        if spec:
+            ec2 = self.autoscaling_backend.ec2_backend
+            chosen = (ec2.get_launch_template(spec["LaunchTemplateId"]) if spec.get("LaunchTemplateId")
+                      else ec2.get_launch_template_by_name(spec.get("LaunchTemplateName")))
+            launch_template = {"LaunchTemplateId": chosen.id, "Version": spec.get("Version") or "$Default"}
+            image_id = None  # the override's template version names its AMI
     try:
         reservation = self.autoscaling_backend.ec2_backend.run_instances(
-            self.image_id,
+            image_id,
             count_needed,
             self.user_data,
             self.security_groups,
-            instance_type=self.instance_type,
+            instance_type=instance_type,
             tags={"instance": propagated_tags},
             placement=self.availability_zones[0] if self.availability_zones else None,
             launch_config=self.launch_config,
@@ -161,6 +175,12 @@ def _replace_autoscaling_group_instances(self, count_needed, propagated_tags):
         self.instance_states.append(
             InstanceState(instance, protected_from_scale_in=self.new_instances_protected_from_scale_in)
         )
+
+
+def _priority_override(group) -> dict | None:
+    policy = group.mixed_instances_policy or {}
+    overrides = (policy.get("LaunchTemplate") or {}).get("Overrides") or []
+    return overrides[0] if overrides else None
 
 
 # --- launch templates -------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from .serializers import ChangeBatchSerializer
 
 SALT = "fleet.api.plan"
 PLAN_MAX_AGE = 30 * 60  # seconds a plan token stays good for
-PLAN_FIELDS = ("ids", "filter", *INSTANCE_OPTION_FIELDS, "override_usage")
+PLAN_FIELDS = ("ids", "filter", *INSTANCE_OPTION_FIELDS, "override_usage", "override_owner")
 
 
 class CanQueueChange(permissions.BasePermission):
@@ -41,6 +41,10 @@ class PlanRequest(serializers.Serializer):
     http_protocol_ipv6 = serializers.CharField(required=False)
     instance_metadata_tags = serializers.CharField(required=False)
     override_usage = serializers.BooleanField(required=False, default=False)
+    override_owner = serializers.BooleanField(
+        required=False, default=False,
+        help_text="Also change instances whose source a managed service owns (EKS, Beanstalk, EMR, CloudFormation)",
+    )
 
 
 class QueueRequest(serializers.Serializer):
@@ -92,7 +96,8 @@ class PlanView(APIView):
             raise ValidationError({name: ["Unknown field."] for name in sorted(unknown)})
         data = _form_data(payload)
         form = _valid_form(data)
-        plan = changes.plan_change(form.instances, form.desired, override_usage=form.cleaned_data["override_usage"])
+        plan = changes.plan_change(form.instances, form.desired, override_usage=form.cleaned_data["override_usage"],
+                                   override_owner=form.cleaned_data["override_owner"])
         token = signing.dumps({"user": request.user.pk, "data": {k: data.getlist(k) for k in data}}, salt=SALT,
                               compress=True)
         return Response({"plan_token": token, "desired": form.desired, "selection": form.selection, **asdict(plan)})
@@ -126,6 +131,7 @@ class QueueView(APIView):
             batch = changes.request_change(
                 request.user, form.instances, form.desired, comment=form.cleaned_data["comment"], selection=selection,
                 dry_run=form.cleaned_data["dry_run"], override_usage=form.cleaned_data["override_usage"],
+                override_owner=form.cleaned_data["override_owner"],
             )
         except changes.ChangeRefused as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)

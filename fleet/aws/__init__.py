@@ -9,6 +9,7 @@ from .autoscaling import (
     describe_auto_scaling_group_pages,
     describe_launch_configuration_pages,
     update_auto_scaling_group,
+    update_mixed_group_templates,
 )
 from .cloudwatch import get_metadata_usage
 from .ec2 import (
@@ -53,5 +54,6 @@ __all__ = [
     "prepare_modify",
     "sts",
     "update_auto_scaling_group",
+    "update_mixed_group_templates",
     "warm_up",
 ]

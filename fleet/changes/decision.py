@@ -10,6 +10,10 @@ The outcomes are tried in order; the first that matches wins:
 1. gone / terminated (or shutting down): the change cannot reach the instance;
 2. already at the target values;
 3. busy: another batch has an active item for the instance (the reason names it);
+3a. held, unless the user ticked the owner override: the instance's launch template or Auto
+   Scaling group is owned by a managed service (EKS, Elastic Beanstalk, EMR, CloudFormation;
+   ``fleet.owners``), or the instance carries such an owner's tags itself — a change made outside
+   the owner breaks or drifts it (the reason names the owner);
 4. held, only when the change requires IMDSv2 and the user did not override: IMDSv1 calls were
    seen; the last reading failed (AWS's error is the reason); usage was never measured; or the
    last reading is older than ``IMDSWEB_USAGE_STALE_MINUTES``. Missing evidence holds.
@@ -19,11 +23,13 @@ The outcomes are tried in order; the first that matches wins:
 from django.conf import settings
 from django.db import models
 from django.db.models import Case, CharField, F, Func, OuterRef, Q, Subquery, TextField, Value, When
-from django.db.models.functions import Cast, Concat, JSONObject
+from django.db.models.fields.json import KT
+from django.db.models.functions import Cast, Coalesce, Concat, JSONObject
 
-from ..choices import HttpTokens, ItemState
-from ..models import ChangeItem, Instance
+from ..choices import HttpTokens, ItemState, ManagedOwner, SourceKind
+from ..models import ChangeItem, Instance, LaunchSource
 from ..models.inventory import NOT_COUNTED
+from ..owners import OWNER_TAGS
 from ..usage import stale_before
 
 
@@ -32,6 +38,7 @@ class Outcome(models.TextChoices):
     TERMINATED = "terminated", "terminated or shutting down"
     ALREADY = "already", "already at the target"
     BUSY = "busy", "busy in another batch"
+    HELD_OWNER = "held_owner", "owned by a managed service"
     HELD_CALLS = "held_calls", "IMDSv1 calls seen"
     HELD_ERROR = "held_error", "IMDSv1 use could not be read"
     HELD_UNMEASURED = "held_unmeasured", "IMDSv1 use never measured"
@@ -44,7 +51,7 @@ class Outcome(models.TextChoices):
 
     @classmethod
     def held(cls):
-        return [cls.HELD_CALLS, cls.HELD_ERROR, cls.HELD_UNMEASURED, cls.HELD_STALE]
+        return [cls.HELD_OWNER, cls.HELD_CALLS, cls.HELD_ERROR, cls.HELD_UNMEASURED, cls.HELD_STALE]
 
 
 class DateText(Func):
@@ -72,7 +79,34 @@ def already_text(desired):
     return "already " + ", ".join(f"{name}={value}" for name, value in desired.items())
 
 
-def decide(instances, desired, *, override_usage=False, now=None):
+def managed_by():
+    """Who manages the instance, as text ("EKS (cluster c, node group n) owns launch template t"),
+    NULL when nobody does: the owner of its present launch template or Auto Scaling group (the
+    sources sync read their tags), else the owner tags on the instance itself."""
+    owner_label = Case(*(When(owner=owner.value, then=Value(owner.label)) for owner in ManagedOwner),
+                       default=F("owner"), output_field=TextField())
+    kind_label = Case(*(When(kind=kind.value, then=Value(kind.label)) for kind in SourceKind),
+                      output_field=TextField())
+    source = (
+        LaunchSource.objects.filter(account=OuterRef("account_id"), region=OuterRef("region"), gone_at__isnull=True)
+        .exclude(owner="")
+        .filter(Q(kind=SourceKind.LAUNCH_TEMPLATE, source_id=OuterRef("launch_template_id"))
+                | Q(kind=SourceKind.AUTO_SCALING_GROUP, source_id=OuterRef("autoscaling_group")))
+        .order_by("kind")
+        .annotate(text=Concat(owner_label, Value(" ("), F("owner_detail"), Value(") owns "), kind_label, Value(" "),
+                              F("name"), output_field=TextField()))
+        .values("text")[:1]
+    )
+    own_tags = Case(
+        *(When(**{"tags__has_key": key}, then=Concat(Value(f"{owner.label} ({key} "), KT(f"tags__{key}"),
+                                                     Value(") manages this instance"), output_field=TextField()))
+          for owner, keys in OWNER_TAGS for key in keys),
+        default=None, output_field=TextField(),
+    )
+    return Coalesce(Subquery(source, output_field=TextField()), own_tags, output_field=TextField())
+
+
+def decide(instances, desired, *, override_usage=False, override_owner=False, now=None):
     """``instances`` (any Instance queryset) as a queryset annotated with ``outcome``,
     ``item_state`` and ``item_reason`` (and ``busy_batch``, ``item_previous``)."""
     days = settings.IMDSWEB_USAGE_WINDOW_DAYS
@@ -88,6 +122,12 @@ def decide(instances, desired, *, override_usage=False, now=None):
          Concat(Value("another change is in progress (batch #"), Cast("busy_batch", TextField()), Value(")"),
                 output_field=TextField())),
     ]
+    if not override_owner:
+        base = base.annotate(managed_by=managed_by())
+        rules.append((Outcome.HELD_OWNER, Q(managed_by__isnull=False),
+                      Concat(F("managed_by"), Value(": a change made outside the owner breaks or drifts it; tick "
+                                                    "the owner override to change it anyway"),
+                             output_field=TextField())))
     if holds_apply(desired, override_usage):
         rules += [
             (Outcome.HELD_CALLS, Q(v1_calls__gt=0),

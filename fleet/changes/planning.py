@@ -88,10 +88,11 @@ class Plan:
         return self.total == self.to_change + self.already + self.held + self.busy + self.unreachable
 
 
-def plan_change(instances, desired, override_usage=False):
+def plan_change(instances, desired, override_usage=False, override_owner=False):
     """What a change would do to ``instances``, in a fixed handful of queries."""
     desired = clean_instance_desired(desired)
-    decided = decide(instances, desired, override_usage=override_usage, now=timezone.now())
+    decided = decide(instances, desired, override_usage=override_usage, override_owner=override_owner,
+                     now=timezone.now())
     rows = list(
         decided.values("account__account_id", "account__name", "account_id", "region", "outcome")
         .annotate(n=Count("pk"))
@@ -165,6 +166,9 @@ def _warnings(plan):
                                        "and have hop limit 1: with IMDSv2 required, containers behind a bridge need "
                                        "hop limit 2 (some CNIs 3)."))
     messages = {
+        Outcome.HELD_OWNER: "are launched from a source a managed service owns (EKS, Elastic Beanstalk, EMR or "
+                            "CloudFormation; the reason per instance names it): a change made outside the owner "
+                            "breaks or drifts it",
         Outcome.HELD_CALLS: "made IMDSv1 calls in the last {days} days",
         Outcome.HELD_ERROR: "have IMDSv1 use that could not be read from CloudWatch (see the reason per instance)",
         Outcome.HELD_UNMEASURED: "have IMDSv1 use never measured",

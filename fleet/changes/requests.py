@@ -81,7 +81,7 @@ def _nothing_to_queue(batch):
 
 
 def request_change(user, instances, desired, *, comment="", selection="", dry_run=False, override_usage=False,
-                   request_token=None):
+                   override_owner=False, request_token=None):
     """Queue a change of instance metadata options for ``instances``. Returns the batch.
 
     Refused (ChangeRefused) when nothing would be queued — no batch is created then — and when a
@@ -102,9 +102,10 @@ def request_change(user, instances, desired, *, comment="", selection="", dry_ru
                 comment=comment,
                 dry_run=dry_run,
                 override_usage=override_usage,
+                override_owner=override_owner,
                 request_token=request_token or None,
             )
-            count = create_items(batch, instances, desired, override_usage, timezone.now())
+            count = create_items(batch, instances, desired, override_usage, timezone.now(), override_owner)
             if not count:
                 raise ChangeRefused("No instances selected.")  # rolls the empty batch back
             if not batch.items.filter(state=ItemState.QUEUED).exists():

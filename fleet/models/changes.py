@@ -35,6 +35,10 @@ class ChangeBatch(models.Model):
     override_usage = models.BooleanField(
         default=False, help_text="Apply even where IMDSv1 calls were seen in the usage window."
     )
+    override_owner = models.BooleanField(
+        default=False, help_text="Change instances whose source a managed service owns (EKS, Beanstalk, EMR, "
+                                 "CloudFormation) anyway."
+    )
     rollback_of = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.PROTECT, related_name="rollbacks"
     )

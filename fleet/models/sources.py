@@ -57,7 +57,10 @@ class LaunchSource(MetadataOptionsFields):
     template_ref = models.CharField(max_length=32, blank=True)  # the lt-… id the group names
     version_spec = models.CharField(max_length=16, blank=True)  # $Default | $Latest | a number
     mixed_instances_policy = models.BooleanField(default=False)
-    override_templates = models.JSONField(default=list, blank=True)  # [{"template_id", "version"}]
+    # Every MixedInstancesPolicy override, in priority order: {"index", "own_template", "template_id",
+    # "template_name", "version", "instance_type"}, and for one with its own template what its
+    # launch gets ("next_version", "next_http_tokens", "next_hop_limit", "verdict", "chain").
+    override_templates = models.JSONField(default=list, blank=True)
     launch_configuration = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="groups_on_configuration"
     )

@@ -160,3 +160,119 @@ def test_launch_configurations_and_groups_are_not_changed_in_place(region):
     batch = source_changes.request_source_fix(None, [group])
     (item,) = batch.items.all()
     assert item.state == ItemState.SKIPPED and "through its launch template" in item.reason
+
+
+# ---------------------------------------------------------------- MixedInstancesPolicy overrides
+
+
+@pytest.fixture
+def mixed(region):
+    """A mixed group whose own template requires IMDSv2 but whose priority override launches
+    c5.large from a pinned version of a template that leaves HttpTokens unset."""
+    a, account, _web, _eks = region
+    image = a.ec2.register_image(Name="mixed-ami")["ImageId"]
+    main = a.ec2.create_launch_template(
+        LaunchTemplateName="mixed-main", LaunchTemplateData={"ImageId": image, "MetadataOptions": {"HttpTokens": "required"}},
+    )["LaunchTemplate"]["LaunchTemplateId"]
+    legacy = a.ec2.create_launch_template(
+        LaunchTemplateName="mixed-legacy", LaunchTemplateData={"ImageId": image, "InstanceType": "c5.large"},
+    )["LaunchTemplate"]["LaunchTemplateId"]
+    a.group("mixed-asg", 1, MixedInstancesPolicy={"LaunchTemplate": {
+        "LaunchTemplateSpecification": {"LaunchTemplateId": main, "Version": "$Default"},
+        "Overrides": [
+            {"InstanceType": "c5.large", "LaunchTemplateSpecification": {"LaunchTemplateName": "mixed-legacy",
+                                                                          "Version": "1"}},
+            {"InstanceType": "m5.large"},
+        ],
+    }})
+    sync.sync_region(account, "us-east-1")
+    return a, account, main, legacy
+
+
+def overrides_in_aws(a, name="mixed-asg"):
+    group = a.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[name])["AutoScalingGroups"][0]
+    return group["MixedInstancesPolicy"]["LaunchTemplate"]
+
+
+def test_a_mixed_group_is_as_bad_as_its_worst_override(mixed):
+    _a, account, main, legacy = mixed
+    group = LaunchSource.objects.get(account=account, source_id="mixed-asg")
+    assert group.mixed_instances_policy and group.template.source_id == main
+    first, second = group.override_templates
+    # Named by template name in AWS: attributed to the template's id.
+    assert (first["template_id"], first["version"], first["instance_type"]) == (legacy, "1", "c5.large")
+    assert (first["verdict"], first["next_version"], first["next_http_tokens"]) == (LaunchVerdict.IMDSV1, 1, "optional")
+    assert not second["own_template"] and "verdict" not in second
+    assert (group.verdict, group.next_http_tokens) == (LaunchVerdict.IMDSV1, "optional")
+    assert any("override c5.large (1) → LT mixed-legacy" in step for step in group.chain)
+    assert "its verdict is the worst of them, IMDSv1 allowed" in group.chain[-1]
+    # The template the override names is launched by the group: the fix covers it.
+    assert LaunchSource.objects.get(account=account, source_id=main).verdict == LaunchVerdict.IMDSV2
+
+
+def test_the_source_pages_show_the_overrides(mixed, client):
+    from django.urls import reverse
+
+    from fleet.tests.factories import UserFactory
+
+    _a, account, _main, _legacy = mixed
+    client.force_login(UserFactory(role="operator"))
+    group = LaunchSource.objects.get(account=account, source_id="mixed-asg")
+    html = client.get(group.get_absolute_url()).content.decode()
+    assert 'id="overrides"' in html and 'data-override="0"' in html and 'data-override="1"' in html
+    assert "mixed-legacy" in html and "the group's launch template" in html
+    assert f"{reverse('fleet:source_fix')}?ids={group.pk}" in html
+    legacy = LaunchSource.objects.get(account=account, name="mixed-legacy")
+    page = client.get(legacy.get_absolute_url())
+    assert [g.name for g in page.context["groups"]] == ["mixed-asg"]
+    assert "override c5.large" in page.content.decode()
+    # Choosing the group on the fix page means the templates it launches from.
+    fix = client.get(f"{reverse('fleet:source_fix')}?ids={group.pk}&update_pinned=on")
+    assert fix.status_code == 200
+    rows = {source.name: (reason, [g.pinned_as for g in groups]) for source, reason, groups in fix.context["preview"]}
+    assert rows == {"mixed-legacy": ("", ["override #1 v1"]), "mixed-main": ("its default version already requires IMDSv2", [])}
+
+
+def test_fixing_an_override_template_repoints_the_pinned_override_and_rollback_puts_it_back(mixed):
+    a, account, main, legacy = mixed
+    before = set(tokens_of_group(a, "mixed-asg"))
+    template = LaunchSource.objects.get(account=account, source_id=legacy)
+    batch = source_changes.request_source_fix(None, [template], update_pinned=True)
+    item = run(batch, account)["mixed-legacy"]
+    assert item.state == ItemState.APPLIED, (item.error_code, item.error_message)
+    launch = overrides_in_aws(a)
+    assert launch["LaunchTemplateSpecification"] == {"LaunchTemplateId": main, "LaunchTemplateName": "mixed-main",
+                                                     "Version": "$Default"}  # its own template: untouched
+    assert launch["Overrides"][0]["LaunchTemplateSpecification"]["Version"] == "2"
+    assert launch["Overrides"][1] == {"InstanceType": "m5.large"}
+    group = LaunchSource.objects.get(account=account, source_id="mixed-asg")
+    assert group.verdict == LaunchVerdict.IMDSV2 and group.override_templates[0]["next_version"] == 2
+
+    a.autoscaling.set_desired_capacity(AutoScalingGroupName="mixed-asg", DesiredCapacity=2)
+    after = tokens_of_group(a, "mixed-asg")
+    assert {after[i] for i in set(after) - before} == {"required"}
+
+    undone = run(changes.rollback(batch, None), account)
+    assert undone["mixed-legacy"].state == ItemState.APPLIED
+    assert overrides_in_aws(a)["Overrides"][0]["LaunchTemplateSpecification"]["Version"] == "1"
+    group.refresh_from_db()
+    assert group.verdict == LaunchVerdict.IMDSV1 and group.override_templates[0]["version"] == "1"
+
+
+def test_a_pinned_mixed_group_is_repointed_through_its_policy(mixed):
+    """A mixed group pinned to a version of its own template is updated through its
+    MixedInstancesPolicy (UpdateAutoScalingGroup's LaunchTemplate is for plain groups)."""
+    a, account, main, _legacy = mixed
+    launch = overrides_in_aws(a)
+    launch["LaunchTemplateSpecification"] = {"LaunchTemplateId": main, "Version": "1"}
+    a.autoscaling.update_auto_scaling_group(AutoScalingGroupName="mixed-asg", MixedInstancesPolicy={"LaunchTemplate": launch})
+    a.ec2.create_launch_template_version(LaunchTemplateId=main, SourceVersion="1",
+                                         LaunchTemplateData={"MetadataOptions": {"HttpTokens": "optional"}})
+    a.ec2.modify_launch_template(LaunchTemplateId=main, DefaultVersion="2")
+    sync.sync_region(account, "us-east-1")
+    batch = source_changes.request_source_fix(None, sources_named(account, "mixed-main"), update_pinned=True)
+    assert batch.items.get().previous["mixed"] == {"mixed-asg": {"main": "1", "overrides": {}}}
+    assert run(batch, account)["mixed-main"].state == ItemState.APPLIED
+    launch = overrides_in_aws(a)
+    assert launch["LaunchTemplateSpecification"]["Version"] == "3"
+    assert launch["Overrides"][0]["LaunchTemplateSpecification"]["Version"] == "1"  # another template's

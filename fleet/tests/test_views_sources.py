@@ -229,7 +229,7 @@ def test_fix_posts_a_batch_and_redirects_to_it(fleet, monkeypatch):
     assert response["Location"] == batch.get_absolute_url()
     assert (batch.kind, batch.desired) == (ChangeKind.LAUNCH_TEMPLATE, {"http_tokens": "required", "hop_limit": 2})
     item = batch.items.get()
-    assert item.state == ItemState.QUEUED and item.previous == {"default_version": 2, "groups": {}}
+    assert item.state == ItemState.QUEUED and item.previous == {"default_version": 2, "groups": {}, "mixed": {}}
     page = client_for("viewer").get(batch.get_absolute_url()).content.decode()
     assert f'href="{fleet["web"].get_absolute_url()}">web-prod</a>' in page
     source_page = client_for("viewer").get(fleet["web"].get_absolute_url()).content.decode()

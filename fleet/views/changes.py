@@ -31,7 +31,8 @@ class ChangeNewView(ConfirmActionView):
     template_name = "fleet/change_confirm.html"
 
     def preview(self, form):
-        return changes.plan_change(form.instances, form.desired, override_usage=form.cleaned_data["override_usage"])
+        return changes.plan_change(form.instances, form.desired, override_usage=form.cleaned_data["override_usage"],
+                                   override_owner=form.cleaned_data["override_owner"])
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
@@ -46,7 +47,8 @@ class ChangeNewView(ConfirmActionView):
         data = form.cleaned_data
         return changes.request_change(
             self.request.user, form.instances, form.desired, comment=data["comment"], selection=form.selection,
-            dry_run=data["dry_run"], override_usage=data["override_usage"], request_token=self.request_token(),
+            dry_run=data["dry_run"], override_usage=data["override_usage"], override_owner=data["override_owner"],
+            request_token=self.request_token(),
         )
 
     def success_message(self, batch):

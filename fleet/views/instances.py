@@ -113,7 +113,13 @@ class InstanceDetailView(FormMixin, DetailView):
         # The latest enforcement after which this instance's IMDSv1 calls started being refused.
         breakage = next((item for item in items if item.breakage_suspected), None)
         launch_template, group = source_for_instance(self.object)
-        owner, owner_detail = owners.managed_owner(self.object.tags)
+        # As the change rule holds it (fleet.changes.decision.managed_by): its source's owner first,
+        # then the owner tags on the instance itself.
+        owned = next((s for s in (group, launch_template) if s is not None and s.owner and not s.gone_at), None)
+        if owned is not None:
+            owner, owner_detail = owned.owner, f"{owned.owner_detail}, owns {owned.get_kind_display()} {owned.name}"
+        else:
+            owner, owner_detail = owners.managed_owner(self.object.tags)
         return super().get_context_data(
             **kwargs, history=table, breakage=breakage, source_template=launch_template, source_group=group,
             owner=ManagedOwner(owner).label if owner else "", owner_detail=owner_detail,

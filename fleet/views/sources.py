@@ -63,9 +63,11 @@ class SourceDetailView(DetailView):
         )
         image_id = next_version.image_id if next_version else source.image_id
         image = Image.objects.filter(account=source.account, region=source.region, image_id=image_id).first()
+        overrides = kind.overrides(source)
         totals = instances.aggregate(total=Count("id"), allow_v1=Count("id", filter=not_enforced))
         return super().get_context_data(
             **kwargs, launch_spec=kind.spec(source), versions=versions, groups=groups, by_version=by_version,
+            overrides=overrides,
             totals=totals, list_url=list_url, v1_url=v1_url, image_id=image_id, image=image,
             old_allow_v1=sum(row["allow_v1"] for row in by_version if row["launch_template_version"] != str(source.next_version or "")),
             sync_state=SourceSyncState.objects.filter(account=source.account, region=source.region).first(),

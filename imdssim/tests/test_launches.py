@@ -288,6 +288,46 @@ def test_asg_scale_out_follows_the_template_version_it_names(account):
     assert [options_of(ec2, i)["HttpTokens"] for i in newest] == ["optional"]
 
 
+def test_mixed_instances_policy_launches_its_priority_override_from_the_override_template(account):
+    """A MixedInstancesPolicy override with its own LaunchTemplateSpecification launches from that
+    template (moto ignores it); the first override has the priority."""
+    _, client = account
+    ec2 = client("ec2")
+    main = template(ec2, "mixed-main", {"HttpTokens": "required"})["LaunchTemplateId"]
+    legacy = template(ec2, "mixed-override")["LaunchTemplateId"]  # leaves HttpTokens unset
+    ec2.create_launch_template_version(
+        LaunchTemplateId=legacy, SourceVersion="1", LaunchTemplateData={"MetadataOptions": {"HttpTokens": "required"}}
+    )
+
+    def policy(first_version):
+        return {"LaunchTemplate": {
+            "LaunchTemplateSpecification": {"LaunchTemplateId": main, "Version": "$Default"},
+            "Overrides": [
+                {"InstanceType": "c5.large", "LaunchTemplateSpecification": {"LaunchTemplateId": legacy,
+                                                                              "Version": first_version}},
+                {"InstanceType": "m5.large"},
+            ],
+        }}
+
+    autoscaling = asg(client, "mixed", MixedInstancesPolicy=policy("1"))
+    described = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=["mixed"])["AutoScalingGroups"][0]
+    overrides = described["MixedInstancesPolicy"]["LaunchTemplate"]["Overrides"]
+    assert overrides[0]["LaunchTemplateSpecification"] == {"LaunchTemplateId": legacy, "Version": "1"}
+    (first,) = group_instances(autoscaling, "mixed")
+    instance = ec2.describe_instances(InstanceIds=[first])["Reservations"][0]["Instances"][0]
+    tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
+    assert (tags["aws:ec2launchtemplate:id"], tags["aws:ec2launchtemplate:version"]) == (legacy, "1")
+    assert instance["InstanceType"] == "c5.large"
+    assert options_of(ec2, first)["HttpTokens"] == "optional"  # v1 of the override leaves it unset
+
+    # Point the override at v2 (UpdateAutoScalingGroup takes the whole MixedInstancesPolicy): new launches follow.
+    autoscaling.update_auto_scaling_group(AutoScalingGroupName="mixed", MixedInstancesPolicy=policy("2"),
+                                          DesiredCapacity=2)
+    (second,) = [i for i in group_instances(autoscaling, "mixed") if i != first]
+    assert options_of(ec2, second)["HttpTokens"] == "required"
+    assert options_of(ec2, first)["HttpTokens"] == "optional"
+
+
 def test_launch_configuration_options_reach_asg_instances(account):
     _, client = account
     ec2 = client("ec2")

@@ -63,6 +63,7 @@ class InstanceOptionsTarget(Target):
         return request_change(
             user, Instance.objects.filter(pk__in=batch.items.values("instance")), batch.desired,
             comment=comment, selection=f"as dry run #{batch.pk}: {batch.selection}", override_usage=batch.override_usage,
+            override_owner=batch.override_owner,
         )
 
     # ---- the default rollback (restore previous values) keys items by instance

@@ -22,6 +22,9 @@ class Command(BaseCommand):
         require.add_argument("--dry-run", action="store_true", help="only ask AWS whether it would be allowed")
         require.add_argument("--override-usage", action="store_true",
                              help="also enforce where IMDSv1 calls were seen in the usage window")
+        require.add_argument("--override-owner", action="store_true",
+                             help="also change instances whose source a managed service (EKS, Beanstalk, EMR, "
+                                  "CloudFormation) owns")
         require.add_argument("--comment", default="")
         require.add_argument("--wait", action="store_true",
                              help="wait until every item is final, or waits for its stopped instance to start")
@@ -34,7 +37,7 @@ class Command(BaseCommand):
         selection = "manage.py fleet_change require-imdsv2" + (f" --account {account}" if account else "") + (
             f" --region {region}" if region else "")
         plan = changes.plan_change(changes.instances_for(account, region), changes.REQUIRE_IMDSV2,
-                                   override_usage=options["override_usage"])
+                                   override_usage=options["override_usage"], override_owner=options["override_owner"])
         self.stdout.write(
             f"selected {plan.total}: to change {plan.to_change}, already {plan.already}, held {plan.held}, "
             f"busy {plan.busy}, terminated or gone {plan.unreachable}"
@@ -50,6 +53,7 @@ class Command(BaseCommand):
                 selection=selection,
                 dry_run=options["dry_run"],
                 override_usage=options["override_usage"],
+                override_owner=options["override_owner"],
             )
         except changes.ChangeRefused as exc:
             raise CommandError(f"error: {exc}", returncode=2) from exc
