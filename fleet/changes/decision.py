@@ -10,6 +10,8 @@ The outcomes are tried in order; the first that matches wins:
 1. gone / terminated (or shutting down): the change cannot reach the instance;
 2. already at the target values;
 3. busy: another batch has an active item for the instance (the reason names it);
+   waived: an active waiver covers it (``Instance.waiver``, its date checked here, at read
+   time) and the change would break an IMDSv1 caller, unless the batch overrides waivers;
 4. held, only when the change requires IMDSv2 and the user did not override: IMDSv1 calls were
    seen; the last reading failed (AWS's error is the reason); usage was never measured; or the
    last reading is older than ``IMDSWEB_USAGE_STALE_MINUTES``. Missing evidence holds.
@@ -21,9 +23,10 @@ from django.db import models
 from django.db.models import Case, CharField, F, Func, OuterRef, Q, Subquery, TextField, Value, When
 from django.db.models.functions import Cast, Concat, JSONObject
 
-from ..choices import HttpTokens, ItemState
+from ..choices import HttpTokens, ItemState, Toggle
 from ..models import ChangeItem, Instance
 from ..models.inventory import NOT_COUNTED
+from ..models.waivers import utc_today
 from ..usage import stale_before
 
 
@@ -32,6 +35,7 @@ class Outcome(models.TextChoices):
     TERMINATED = "terminated", "terminated or shutting down"
     ALREADY = "already", "already at the target"
     BUSY = "busy", "busy in another batch"
+    WAIVED = "waived", "waived (exempt until its waiver expires)"
     HELD_CALLS = "held_calls", "IMDSv1 calls seen"
     HELD_ERROR = "held_error", "IMDSv1 use could not be read"
     HELD_UNMEASURED = "held_unmeasured", "IMDSv1 use never measured"
@@ -72,7 +76,25 @@ def already_text(desired):
     return "already " + ", ".join(f"{name}={value}" for name, value in desired.items())
 
 
-def decide(instances, desired, *, override_usage=False, now=None):
+def waivers_apply(desired, override_waivers):
+    """A waiver exempts from what breaks an IMDSv1 caller: tokens required, or the endpoint off."""
+    breaks_v1 = desired.get("http_tokens") == HttpTokens.REQUIRED or desired.get("http_endpoint") == Toggle.DISABLED
+    return breaks_v1 and not override_waivers
+
+
+def waiver_rule(now):
+    """(Outcome.WAIVED, condition, reason): the waiver's own date decides, so one past its date
+    stops exempting at once, before the expiry task has re-applied the waivers."""
+    today = utc_today(now)
+    return (
+        Outcome.WAIVED,
+        Q(waiver__isnull=False, waiver__revoked_at__isnull=True, waiver__expires_on__gte=today),
+        Concat(Value("waived until "), Cast("waiver__expires_on", TextField()), Value(" by "), F("waiver__owner"),
+               Value(": "), F("waiver__reason"), output_field=TextField()),
+    )
+
+
+def decide(instances, desired, *, override_usage=False, override_waivers=False, now=None):
     """``instances`` (any Instance queryset) as a queryset annotated with ``outcome``,
     ``item_state`` and ``item_reason`` (and ``busy_batch``, ``item_previous``)."""
     days = settings.IMDSWEB_USAGE_WINDOW_DAYS
@@ -88,6 +110,8 @@ def decide(instances, desired, *, override_usage=False, now=None):
          Concat(Value("another change is in progress (batch #"), Cast("busy_batch", TextField()), Value(")"),
                 output_field=TextField())),
     ]
+    if waivers_apply(desired, override_waivers):
+        rules.append(waiver_rule(now))
     if holds_apply(desired, override_usage):
         rules += [
             (Outcome.HELD_CALLS, Q(v1_calls__gt=0),

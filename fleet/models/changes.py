@@ -34,6 +34,9 @@ class ChangeBatch(models.Model):
     override_usage = models.BooleanField(
         default=False, help_text="Apply even where IMDSv1 calls were seen in the usage window."
     )
+    override_waivers = models.BooleanField(
+        default=False, db_default=False, help_text="Apply to waived instances too (this batch only)."
+    )
     rollback_of = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.PROTECT, related_name="rollbacks"
     )

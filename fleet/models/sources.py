@@ -94,6 +94,17 @@ class LaunchSource(MetadataOptionsFields):
     def get_absolute_url(self):
         return reverse("fleet:source_detail", args=[self.pk])
 
+    def instance_condition(self):
+        """The instances launched from this source (AWS's attribution tags), as a filter over
+        Instance: the source's page and a waiver of this source both use it."""
+        where = models.Q(account_id=self.account_id, region=self.region)
+        if self.kind == SourceKind.LAUNCH_TEMPLATE:
+            return where & models.Q(launch_template_id=self.source_id)
+        if self.kind == SourceKind.AUTO_SCALING_GROUP:
+            return where & models.Q(autoscaling_group=self.source_id)
+        groups = list(self.groups_on_configuration.values_list("source_id", flat=True))
+        return where & models.Q(autoscaling_group__in=groups)
+
     @property
     def read_only_reason(self):
         """Why imdsweb will not change this source in place (None when it may)."""

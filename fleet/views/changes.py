@@ -33,7 +33,8 @@ class ChangeNewView(ConfirmActionView):
     template_name = "fleet/change_confirm.html"
 
     def preview(self, form):
-        return changes.plan_change(form.instances, form.desired, override_usage=form.cleaned_data["override_usage"])
+        return changes.plan_change(form.instances, form.desired, override_usage=form.cleaned_data["override_usage"],
+                                   override_waivers=form.cleaned_data["override_waivers"])
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
@@ -49,6 +50,7 @@ class ChangeNewView(ConfirmActionView):
         return changes.request_change(
             self.request.user, form.instances, form.desired, comment=data["comment"], selection=form.selection,
             dry_run=data["dry_run"], override_usage=data["override_usage"], request_token=self.request_token(),
+            override_waivers=data["override_waivers"],
         )
 
     def success_message(self, batch):
@@ -267,6 +269,7 @@ class BatchActionView(OperatorRequiredMixin, View):
         return changes.request_change(
             self.request.user, Instance.objects.filter(pk__in=batch.items.values("instance")), batch.desired,
             comment=comment, selection=f"as dry run #{batch.pk}: {batch.selection}", override_usage=batch.override_usage,
+            override_waivers=batch.override_waivers,
         )
 
 

@@ -32,14 +32,13 @@ class SourceListView(FilteredTableView):
 def instances_from(source):
     """The present instances launched from ``source`` (AWS's attribution tags), and the instance
     list's filter that shows them."""
-    instances = Instance.objects.present().filter(account=source.account, region=source.region)
+    instances = Instance.objects.present().filter(source.instance_condition())
     query = {"account": source.account.account_id, "region": source.region}
     if source.kind == SourceKind.LAUNCH_TEMPLATE:
-        return instances.filter(launch_template_id=source.source_id), query | {"launch_template": source.source_id}
+        return instances, query | {"launch_template": source.source_id}
     if source.kind == SourceKind.AUTO_SCALING_GROUP:
-        return instances.filter(autoscaling_group=source.source_id), query | {"autoscaling_group": source.source_id}
-    groups = list(source.groups_on_configuration.values_list("source_id", flat=True))
-    return instances.filter(autoscaling_group__in=groups), None
+        return instances, query | {"autoscaling_group": source.source_id}
+    return instances, None
 
 
 class SourceDetailView(DetailView):
