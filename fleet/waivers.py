@@ -136,7 +136,7 @@ def expire_waivers(now=None):
     now = now or timezone.now()
     today = utc_today(now)
     with transaction.atomic():
-        due = list(Waiver.objects.expired(today).filter(expired_at__isnull=True).select_for_update(skip_locked=True)
+        due = list(Waiver.objects.expired(today).filter(expired_at__isnull=True).select_for_update(skip_locked=True, of=("self",))
                    .select_related("instance", "source", "account"))
         if not due:
             return []

@@ -54,6 +54,11 @@ class WaiverQuerySet(models.QuerySet):
     def expired(self, today=None):
         return self.filter(revoked_at__isnull=True, expires_on__lt=today or utc_today())
 
+    def with_counts(self):
+        """With ``n_instances``: the instances it covers now (``Instance.waiver``), for lists and the API."""
+        return self.select_related("instance", "source", "account", "created_by").annotate(
+            n_instances=models.Count("instances"))
+
 
 class Waiver(models.Model):
     scope = models.CharField(max_length=16, choices=WaiverScope.choices)

@@ -4,7 +4,6 @@ and re-applies (``fleet.waivers``)."""
 
 from django.conf import settings
 from django.contrib import messages
-from django.db.models import Count
 from django.shortcuts import get_object_or_404, redirect
 from django.views.generic import FormView, TemplateView
 
@@ -20,13 +19,8 @@ ADD_WAIVER = "fleet.add_waiver"
 CHANGE_WAIVER = "fleet.change_waiver"
 
 
-def _waivers():
-    return Waiver.objects.select_related("instance", "source", "account", "created_by").annotate(
-        n_instances=Count("instances"))
-
-
 class WaiverListView(FilteredTableView):
-    queryset = _waivers()
+    queryset = Waiver.objects.with_counts()
     filterset_class = WaiverFilterSet
     table_class = WaiverTable
     template_name = "fleet/waiver_list.html"
@@ -39,7 +33,7 @@ class WaiverDetailView(TemplateView):
     template_name = "fleet/waiver_detail.html"
 
     def get_context_data(self, **kwargs):
-        waiver = get_object_or_404(_waivers(), pk=self.kwargs["pk"])
+        waiver = get_object_or_404(Waiver.objects.with_counts(), pk=self.kwargs["pk"])
         context = {"waiver": waiver, "events": waiver.events.select_related("user"),
                    "extend_form": WaiverExtendForm(waiver=waiver), "revoke_form": WaiverRevokeForm()}
         return super().get_context_data(**kwargs) | context | kwargs
