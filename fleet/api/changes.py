@@ -22,7 +22,7 @@ from .serializers import ChangeBatchSerializer
 
 SALT = "fleet.api.plan"
 PLAN_MAX_AGE = 30 * 60  # seconds a plan token stays good for
-PLAN_FIELDS = ("ids", "filter", *INSTANCE_OPTION_FIELDS, "override_usage")
+PLAN_FIELDS = ("ids", "filter", *INSTANCE_OPTION_FIELDS, "override_usage", "override_waivers")
 
 
 class CanQueueChange(permissions.BasePermission):
@@ -41,6 +41,8 @@ class PlanRequest(serializers.Serializer):
     http_protocol_ipv6 = serializers.CharField(required=False)
     instance_metadata_tags = serializers.CharField(required=False)
     override_usage = serializers.BooleanField(required=False, default=False)
+    override_waivers = serializers.BooleanField(required=False, default=False,
+                                                help_text="Apply to instances under an active waiver too.")
 
 
 class QueueRequest(serializers.Serializer):
@@ -80,7 +82,7 @@ class PlanView(APIView):
     @extend_schema(request=PlanRequest, responses=inline_serializer("Plan", {
         "plan_token": serializers.CharField(), "desired": serializers.DictField(), "selection": serializers.CharField(),
         "total": serializers.IntegerField(), "to_change": serializers.IntegerField(), "already": serializers.IntegerField(),
-        "busy": serializers.IntegerField(), "held": serializers.IntegerField(), "unreachable": serializers.IntegerField(),
+        "busy": serializers.IntegerField(), "waived": serializers.IntegerField(), "held": serializers.IntegerField(), "unreachable": serializers.IntegerField(),
         "stopped": serializers.IntegerField(), "hop_limit_one_containers": serializers.IntegerField(),
         "per_region": serializers.ListField(child=serializers.DictField()),
         "estimated_seconds": serializers.IntegerField(), "warnings": serializers.ListField(child=serializers.CharField()),
@@ -92,7 +94,8 @@ class PlanView(APIView):
             raise ValidationError({name: ["Unknown field."] for name in sorted(unknown)})
         data = _form_data(payload)
         form = _valid_form(data)
-        plan = changes.plan_change(form.instances, form.desired, override_usage=form.cleaned_data["override_usage"])
+        plan = changes.plan_change(form.instances, form.desired, override_usage=form.cleaned_data["override_usage"],
+                                   override_waivers=form.cleaned_data["override_waivers"])
         token = signing.dumps({"user": request.user.pk, "data": {k: data.getlist(k) for k in data}}, salt=SALT,
                               compress=True)
         return Response({"plan_token": token, "desired": form.desired, "selection": form.selection, **asdict(plan)})
@@ -126,6 +129,7 @@ class QueueView(APIView):
             batch = changes.request_change(
                 request.user, form.instances, form.desired, comment=form.cleaned_data["comment"], selection=selection,
                 dry_run=form.cleaned_data["dry_run"], override_usage=form.cleaned_data["override_usage"],
+                override_waivers=form.cleaned_data["override_waivers"],
             )
         except changes.ChangeRefused as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)

@@ -110,7 +110,7 @@ class ChangeBatchSerializer(serializers.ModelSerializer):
     class Meta:
         model = ChangeBatch
         fields = ["id", "created_at", "created_by", "kind", "desired", "selection", "comment", "dry_run",
-                  "override_usage", "rollback_of", "breakage_flagged_at", "status", "counts"]
+                  "override_usage", "override_waivers", "rollback_of", "breakage_flagged_at", "status", "counts"]
 
     def get_status(self, batch) -> str:
         return batch.status_from_counts(batch.counts()).value

@@ -360,3 +360,19 @@ def test_the_api_lists_waivers_read_only():
     assert (row["id"], row["scope"], row["owner"], row["status"], row["instances"]) == (
         waiver.pk, "instance", "alice", "active", 1)
     assert client.post("/api/v1/waivers/", {}).status_code == 405
+
+
+def test_the_api_plans_and_queues_with_or_without_the_waiver_override(waived_fleet):
+    from fleet.models import ApiToken
+
+    _, key = ApiToken.issue(UserFactory(role="operator"), "t")
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {key}")
+    body = {"ids": [waived_fleet["waived"].instance_id, waived_fleet["plain"].instance_id],
+            "http_tokens": "required", "override_usage": True}
+    plan = client.post("/api/v1/changes/plan/", body, content_type="application/json").json()
+    assert (plan["waived"], plan["to_change"]) == (1, 1)
+    plan = client.post("/api/v1/changes/plan/", {**body, "override_waivers": True},
+                       content_type="application/json").json()
+    assert (plan["waived"], plan["to_change"]) == (0, 2)
+    batch = client.post("/api/v1/changes/", {"plan_token": plan["plan_token"]}, content_type="application/json")
+    assert batch.status_code == 201 and batch.json()["override_waivers"] is True
