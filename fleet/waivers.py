@@ -64,7 +64,10 @@ def apply_waivers(pairs=None, *, today=None, refresh=True):
     with transaction.atomic():
         before = dict(instances.filter(waiver__isnull=False).values_list("pk", "waiver_id"))
         instances.filter(waiver__isnull=False).update(waiver=None)
-        for waiver in Waiver.objects.active(today).select_related("source").order_by("-expires_on", "-pk"):
+        active = Waiver.objects.active(today).select_related("instance", "source").order_by("-expires_on", "-pk")
+        for waiver in active:
+            if pairs is not None and not waiver.reaches(set(pairs)):
+                continue  # a sync of one region runs only the waivers that can reach it
             instances.filter(waiver__isnull=True, gone_at__isnull=True).filter(waiver.instance_condition()).update(
                 waiver=waiver)
         after = dict(instances.filter(waiver__isnull=False).values_list("pk", "waiver_id"))

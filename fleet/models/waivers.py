@@ -139,6 +139,17 @@ class Waiver(models.Model):
         q = Q(account_id=self.account_id)
         return q & Q(region=self.region) if self.region else q
 
+    def reaches(self, pairs):
+        """Whether it may cover an instance of these (account pk, region) pairs (a tag: anywhere)."""
+        if self.scope == WaiverScope.INSTANCE:
+            return (self.instance.account_id, self.instance.region) in pairs
+        if self.scope == WaiverScope.SOURCE:
+            return (self.source.account_id, self.source.region) in pairs
+        if self.scope == WaiverScope.ACCOUNT:
+            return any(account_id == self.account_id and (not self.region or region == self.region)
+                       for account_id, region in pairs)
+        return True
+
     def clean(self):
         """The rules for every way a waiver is written (the forms, the admin)."""
         errors = {}

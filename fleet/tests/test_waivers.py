@@ -376,3 +376,28 @@ def test_the_api_plans_and_queues_with_or_without_the_waiver_override(waived_fle
     assert (plan["waived"], plan["to_change"]) == (0, 2)
     batch = client.post("/api/v1/changes/", {"plan_token": plan["plan_token"]}, content_type="application/json")
     assert batch.status_code == 201 and batch.json()["override_waivers"] is True
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_sync_applies_waivers_to_what_it_finds(moto_endpoint):
+    """Through a real sync (moto over HTTP): launches tagged after the waiver are waived, an
+    instance re-tagged away is not any more, and the summary counts them."""
+    from fleet import sync
+    from fleet.tests.conftest import AMBIENT_ACCOUNT, ec2_in
+    from imdssim.testing import launch
+
+    ec2 = ec2_in(moto_endpoint, AMBIENT_ACCOUNT, "us-east-1")
+    ids = launch(ec2, 3)
+    ec2.create_tags(Resources=ids[:2], Tags=[{"Key": "app", "Value": "vendor-appliance"}])
+    account = AccountFactory(account_id=AMBIENT_ACCOUNT, regions=["us-east-1"])
+    other_region = grant(scope=WaiverScope.ACCOUNT, account=account, region="eu-west-1")  # cannot reach us-east-1
+    waiver = grant(scope=WaiverScope.TAG, tag_key="app", tag_value="vendor-appliance")
+    sync.sync_region(account, "us-east-1")
+    assert set(Instance.objects.filter(waiver=waiver).values_list("instance_id", flat=True)) == set(ids[:2])
+    assert not Instance.objects.filter(waiver=other_region).exists()
+    assert RegionPosture.objects.get(account=account, region="us-east-1").waived == 2
+    ec2.delete_tags(Resources=[ids[0]], Tags=[{"Key": "app"}])
+    sync.sync_region(account, "us-east-1")
+    assert list(Instance.objects.filter(waiver=waiver).values_list("instance_id", flat=True)) == [ids[1]]
+    row = RegionPosture.objects.get(account=account, region="us-east-1")
+    assert (row.waived, row.total - row.enforced - row.waived) == (1, 2)
