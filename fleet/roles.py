@@ -37,7 +37,7 @@ ROLES = {
 ROLE_CAN = {
     "viewer": "viewers look at the fleet, its defaults and its change history",
     "operator": "operators look at everything and queue changes, retries and rollbacks",
-    "admin": "admins do what operators do, grant and revoke waivers, and manage the accounts in the admin site",
+    "admin": "admins do what operators do and manage the accounts in the admin site and the waivers",
     "superuser": "a superuser holds every permission",
 }
 
