@@ -21,6 +21,8 @@ from .models import (
     OidcIdentity,
     OrganizationSource,
     SyncRun,
+    Waiver,
+    WaiverEvent,
 )
 
 
@@ -274,3 +276,18 @@ class AccountHealthAdmin(ReadOnlyAdmin):
     list_filter = ("healthy", "readable")
     search_fields = ("account__account_id", "account__name")
     list_select_related = ("account",)
+
+
+@admin.register(Waiver)
+class WaiverAdmin(ReadOnlyAdmin):
+    """Read-only here: the Waivers pages create, extend and revoke, so every change is audited."""
+
+    list_display = ("id", "scope", "owner", "expires_on", "revoked_at", "created_by", "created_at")
+    list_filter = ("scope",)
+    search_fields = ("owner", "reason", "tag_key", "tag_value")
+
+
+@admin.register(WaiverEvent)
+class WaiverEventAdmin(ReadOnlyAdmin):
+    list_display = ("at", "waiver", "action", "user", "comment")
+    list_filter = ("action",)

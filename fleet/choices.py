@@ -131,6 +131,7 @@ class EventKind(models.TextChoices):
     BATCH_FAILED = "batch_failed", "change batch finished with errors"
     ACCOUNT_UNREADABLE = "account_unreadable", "account can no longer be read"
     SYNC_FAILING = "sync_failing", "sync failing"
+    WAIVER_EXPIRED = "waiver_expired", "waiver expired (its instances count as non-compliant again)"
 
 
 class DeliveryStatus(models.TextChoices):
@@ -199,3 +200,21 @@ class LaunchVerdict(models.TextChoices):
     IMDSV1 = "imdsv1", "IMDSv1 allowed"
     REFUSED = "refused", "launch refused (enforcement)"
     UNKNOWN = "unknown", "unknown"
+
+
+class WaiverScope(models.TextChoices):
+    """What a waiver exempts (fleet.models.waivers)."""
+
+    INSTANCE = "instance", "one instance"
+    TAG = "tag", "a tag selector (key=value)"
+    SOURCE = "source", "a launch source"
+    ACCOUNT = "account", "an account (one region or all)"
+
+
+class WaiverAction(models.TextChoices):
+    """What happened to a waiver, in its audit trail."""
+
+    CREATED = "created", "created"
+    EXTENDED = "extended", "extended"
+    REVOKED = "revoked", "revoked"
+    EXPIRED = "expired", "expired"

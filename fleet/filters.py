@@ -23,8 +23,9 @@ from .choices import (
     Risk,
     SourceKind,
     Toggle,
+    WaiverScope,
 )
-from .models import Account, ChangeBatch, ChangeItem, DriftEvent, Instance, LaunchSource
+from .models import Account, ChangeBatch, ChangeItem, DriftEvent, Instance, LaunchSource, Waiver
 from .models.inventory import RISKS, V1_USAGE
 from .posture import NULL_KEY
 
@@ -104,7 +105,8 @@ class InstanceFilterSet(django_filters.FilterSet):
     POSTURE_CHOICES = [
         ("counted", "counted (not terminated or shutting down)"),
         ("enforced", "IMDSv2 enforced (Prowler PASS)"),
-        ("not_enforced", "not enforced (Prowler FAIL)"),
+        ("not_enforced", "not enforced, not waived (Prowler FAIL)"),
+        ("waived", "allowing IMDSv1 under an active waiver (muted)"),
         ("not_counted", "terminated or shutting down (not counted)"),
     ]
 
@@ -146,6 +148,7 @@ class InstanceFilterSet(django_filters.FilterSet):
     OUTCOME_CHOICES = [
         (code, label) for code, label in (
             ("queued", "would change"), ("already", "already at the target"), ("busy", "busy in another batch"),
+            ("waived", "waived"),
             ("held", "held (any reason)"), ("held_owner", "held: owned by a managed service"),
             ("held_calls", "held: IMDSv1 calls seen"),
             ("held_error", "held: IMDSv1 use could not be read"), ("held_unmeasured", "held: never measured"),
@@ -164,6 +167,8 @@ class InstanceFilterSet(django_filters.FilterSet):
     launch_template = django_filters.CharFilter(field_name="launch_template_id", label="Launch template", max_length=32)
     launch_template_version = django_filters.CharFilter(label="Template version", max_length=16)
     autoscaling_group = django_filters.CharFilter(label="Auto Scaling group", max_length=255)
+    # The instances a waiver covers now (Instance.waiver), for the waiver's page.
+    waiver = django_filters.NumberFilter(field_name="waiver_id", label="Waiver #", widget=forms.HiddenInput)
 
     class Meta:
         model = Instance
@@ -381,3 +386,42 @@ class LaunchSourceFilterSet(django_filters.FilterSet):
 
     filter_gone = InstanceFilterSet.filter_gone
     active_querystring = InstanceFilterSet.active_querystring
+
+
+class WaiverFilterSet(django_filters.FilterSet):
+    """The Waivers page: active (the default), expired, revoked or all; by scope; by owner or reason."""
+
+    STATUS_CHOICES = [("active", "active"), ("expired", "expired"), ("revoked", "revoked"), ("all", "all")]
+
+    status = django_filters.ChoiceFilter(choices=STATUS_CHOICES, method="filter_status", empty_label=None)
+    scope = django_filters.ChoiceFilter(choices=WaiverScope.choices, empty_label="any scope")
+    q = django_filters.CharFilter(
+        method="filter_q", label="Search", max_length=200,
+        widget=forms.TextInput(attrs={"placeholder": "owner, reason or tag", "type": "search"}),
+    )
+
+    class Meta:
+        model = Waiver
+        fields = []
+
+    def __init__(self, data=None, *args, **kwargs):
+        data = data.copy() if isinstance(data, QueryDict) else QueryDict(mutable=True)
+        if not data.get("status"):
+            data["status"] = "active"
+        super().__init__(data, *args, **kwargs)
+
+    def filter_status(self, queryset, name, value):
+        if value == "active":
+            return queryset.active()
+        if value == "expired":
+            return queryset.expired()
+        if value == "revoked":
+            return queryset.filter(revoked_at__isnull=False)
+        return queryset
+
+    def filter_q(self, queryset, name, value):
+        value = value.strip()
+        if not value:
+            return queryset
+        return queryset.filter(Q(owner__icontains=value) | Q(reason__icontains=value) | Q(tag_key__icontains=value)
+                               | Q(tag_value__icontains=value) | Q(instance__instance_id__istartswith=value))

@@ -10,10 +10,11 @@ from django.db.models import Q
 from django.http import QueryDict
 
 from . import changes
-from .choices import DefaultsHttpTokens, DefaultsToggle, HttpTokens, Toggle
+from .choices import DefaultsHttpTokens, DefaultsToggle, HttpTokens, Toggle, WaiverScope
 from .filters import InstanceFilterSet
-from .models import Account, Instance, MetadataDefaults
+from .models import Account, Instance, LaunchSource, MetadataDefaults, Waiver
 from .models.inventory import DEFAULTS_FIELDS, INSTANCE_OPTION_FIELDS
+from .models.waivers import parse_tag_selector
 from .validators import account_id_validator, instance_id_validator, region_validator
 
 # Under DATA_UPLOAD_MAX_NUMBER_FIELDS (1000), past which Django answers 400 on its own.
@@ -94,6 +95,10 @@ class InstanceChangeForm(forms.Form):
         required=False, label="Change instances a managed service owns anyway",
         help_text="Instances whose launch template or Auto Scaling group EKS, Elastic Beanstalk, EMR or "
                   "CloudFormation owns are otherwise held back: a change outside the owner breaks or drifts it.",
+    )
+    override_waivers = forms.BooleanField(
+        required=False, label="Apply to waived instances too (this batch only)",
+        help_text="Otherwise instances under an active waiver are skipped, the waiver as the reason.",
     )
 
     def __init__(self, *args, **kwargs):
@@ -344,3 +349,103 @@ class EnforcementForm(forms.Form):
             raise ValidationError(f"Unknown account/region: {', '.join(unknown[:5])}")
         self.resolved = [(accounts[a], r) for a, r in pairs]
         return self.cleaned_data["targets"]
+
+
+class WaiverForm(forms.Form):
+    """A new waiver: its scope (one of four), owner, reason and expiry date. Each scope's target
+    must exist; the rules between fields are ``Waiver.clean`` (the admin would apply the same)."""
+
+    scope = forms.ChoiceField(choices=WaiverScope.choices, widget=forms.RadioSelect, initial=WaiverScope.INSTANCE)
+    instance_id = forms.CharField(required=False, max_length=19, label="Instance id",
+                                  widget=forms.TextInput(attrs={"placeholder": "i-0123456789abcdef0"}))
+    tag = forms.CharField(required=False, max_length=400, label="Tag selector",
+                          widget=forms.TextInput(attrs={"placeholder": "app=vendor-appliance"}))
+    source = forms.IntegerField(required=False, min_value=1, label="Launch source #",
+                                help_text="The number in the source's page address (/sources/<number>/).")
+    account = forms.CharField(required=False, max_length=12, label="Account id")
+    region = forms.CharField(required=False, max_length=32, label="Region",
+                             help_text="Blank: every region of the account.")
+    owner = forms.CharField(max_length=150, help_text="Who answers for the exemption (a person or a team).")
+    reason = forms.CharField(max_length=2000, widget=forms.Textarea(attrs={"rows": 2}),
+                             help_text="Why these instances still need IMDSv1.")
+    expires_on = forms.DateField(label="Expires on", widget=forms.DateInput(attrs={"type": "date"}),
+                                 help_text="Exempts through the end of this day (UTC).")
+
+    SCOPE_FIELD = {WaiverScope.INSTANCE: "instance_id", WaiverScope.TAG: "tag", WaiverScope.SOURCE: "source",
+                   WaiverScope.ACCOUNT: "account"}
+
+    def clean(self):
+        data = super().clean()
+        scope = data.get("scope")
+        if not scope:
+            return data
+        field = self.SCOPE_FIELD[scope]
+        if data.get(field) in (None, ""):
+            self.add_error(field, f"Required for a waiver of {WaiverScope(scope).label}.")
+            return data
+        waiver = Waiver(scope=scope, owner=data.get("owner", ""), reason=data.get("reason", ""),
+                        expires_on=data.get("expires_on"))
+        try:
+            self._target(waiver, data)
+        except ValidationError as exc:
+            self.add_error(field, exc)
+            return data
+        try:
+            waiver.clean()
+        except ValidationError as exc:
+            for name, errors in exc.message_dict.items():
+                self.add_error(name if name in self.fields else None, errors)
+        self.waiver = waiver
+        return data
+
+    def _target(self, waiver, data):
+        scope = waiver.scope
+        if scope == WaiverScope.INSTANCE:
+            instance_id_validator(data["instance_id"].strip())
+            waiver.instance = Instance.objects.present().filter(instance_id=data["instance_id"].strip()).first()
+            if waiver.instance is None:
+                raise ValidationError(f"No present instance {data['instance_id'].strip()} in the inventory.")
+        elif scope == WaiverScope.TAG:
+            waiver.tag_key, waiver.tag_value = parse_tag_selector(data["tag"])
+        elif scope == WaiverScope.SOURCE:
+            waiver.source = LaunchSource.objects.filter(pk=data["source"], gone_at__isnull=True).first()
+            if waiver.source is None:
+                raise ValidationError(f"No launch source #{data['source']} (see the Sources page).")
+        else:
+            account_id_validator(data["account"].strip())
+            waiver.account = Account.objects.filter(account_id=data["account"].strip()).first()
+            if waiver.account is None:
+                raise ValidationError(f"No account {data['account'].strip()} is registered.")
+            region = (data.get("region") or "").strip()
+            if region:
+                region_validator(region)
+            waiver.region = region
+
+
+class WaiverExtendForm(forms.Form):
+    """A later expiry date (still at most IMDSWEB_WAIVER_MAX_DAYS from today), optionally a new reason."""
+
+    expires_on = forms.DateField(label="New expiry date", widget=forms.DateInput(attrs={"type": "date"}))
+    reason = forms.CharField(required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 2}),
+                             help_text="Blank keeps the current reason.")
+    comment = forms.CharField(required=False, max_length=2000, help_text="Why it is extended: in the audit trail.")
+
+    def __init__(self, *args, waiver, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.waiver = waiver
+
+    def clean_expires_on(self):
+        value = self.cleaned_data["expires_on"]
+        if value <= self.waiver.expires_on:
+            raise ValidationError(f"Extending means a date after the current one ({self.waiver.expires_on:%Y-%m-%d}); "
+                                  "to end a waiver sooner, revoke it.")
+        candidate = Waiver(scope=self.waiver.scope, expires_on=value)
+        try:
+            candidate.clean()
+        except ValidationError as exc:
+            raise ValidationError(exc.message_dict["expires_on"]) from exc
+        return value
+
+
+class WaiverRevokeForm(forms.Form):
+    comment = forms.CharField(max_length=2000, label="Why", help_text="In the audit trail.")

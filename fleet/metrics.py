@@ -34,6 +34,7 @@ POSTURE_GAUGES = (
     ("instances_enforced_applied", "enforced_applied", "Instances enforced and applied (not pending)"),
     ("instances_pending", "pending", "Instances whose metadata options are pending"),
     ("instances_imdsv1_callers", "v1_in_use", "Instances with MetadataNoToken > 0 in the usage window"),
+    ("instances_waived", "waived", "Instances allowing IMDSv1 under an active waiver (counted apart)"),
 )
 
 

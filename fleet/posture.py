@@ -52,6 +52,7 @@ from .models.inventory import (
     NOT_COUNTED,
     RISK,
     V1_USAGE,
+    WAIVED,
 )
 from .models.posture import COUNTERS
 
@@ -76,7 +77,9 @@ def posture_level(pct):
 SCOPES = {
     "counted": ~NOT_COUNTED,
     "enforced": ~NOT_COUNTED & ENFORCED,
-    "not_enforced": ~NOT_COUNTED & ~ENFORCED,
+    # Not enforced splits in two: waived (an active waiver: muted, counted apart) and the rest.
+    "not_enforced": ~NOT_COUNTED & ~ENFORCED & Q(waiver__isnull=True),
+    "waived": ~NOT_COUNTED & WAIVED,
     "not_counted": NOT_COUNTED,
 }
 # The fields whose every value the summary counts for the instance list, and their values; an
@@ -113,6 +116,7 @@ GROUP_FLAGS = {
     "enforced": ENFORCED,
     "enforced_applied": ENFORCED_AND_APPLIED,
     "config_non_compliant": CONFIG_NON_COMPLIANT,
+    "has_waiver": Q(waiver__isnull=False),  # counted as waived only when not enforced (inventory.WAIVED)
 }
 
 
@@ -140,7 +144,8 @@ def summarise(groups):
             counts["enforced_applied"] += n * bool(group["enforced_applied"])
             counts["tokens_optional"] += n * bool(group["config_non_compliant"])
             if not group["enforced"]:
-                counts[NOT_ENFORCED_BY_USAGE[group["v1_usage"]]] += n
+                counter = "waived" if group["has_waiver"] else NOT_ENFORCED_BY_USAGE[group["v1_usage"]]
+                counts[counter] += n
 
     def cell(group, name, value):
         return value_counts[group].get(name, {}).get(str(value), 0)
@@ -191,7 +196,8 @@ def fleet_totals():
     page's budget)."""
     sums = RegionPosture.objects.aggregate(**{key: Sum(key) for key in COUNTERS})
     totals = {key: sums[key] or 0 for key in COUNTERS}
-    totals["not_enforced"] = totals["total"] - totals["enforced"]
+    # Neither enforced nor waived: what still needs fixing (waived instances are counted apart).
+    totals["not_enforced"] = totals["total"] - totals["enforced"] - totals["waived"]
     totals["not_counted"] = totals["terminated"] + totals["shutting_down"]
     totals["config_compliant"] = totals["total"] - totals["tokens_optional"]
     totals["config_compliant_pct"] = percent(totals["config_compliant"], totals["total"])
@@ -284,7 +290,8 @@ COMBINED_COUNTS = {
     frozenset({("posture", "counted")}): lambda row: row.total,
     frozenset({("posture", "not_counted")}): lambda row: row.terminated + row.shutting_down,
     frozenset({("posture", "enforced")}): lambda row: row.enforced,
-    frozenset({("posture", "not_enforced")}): lambda row: row.total - row.enforced,
+    frozenset({("posture", "not_enforced")}): lambda row: row.total - row.enforced - row.waived,
+    frozenset({("posture", "waived")}): lambda row: row.waived,
     frozenset({("posture", "enforced"), ("metadata_state", MetadataState.APPLIED)}): lambda row: row.enforced_applied,
     frozenset({("posture", "not_enforced"), ("v1_usage", "no")}): lambda row: row.safe_to_enforce,
     frozenset({("posture", "not_enforced"), ("v1_usage", "yes")}): lambda row: row.not_enforced_in_use,

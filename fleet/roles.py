@@ -28,6 +28,8 @@ ROLES = {
         "axes.view_accesslog",
         "add_organizationsource", "change_organizationsource", "view_organizationsource",
         "view_discoveryrun", "view_accounthealth",
+        # Waivers: only admins create, extend or revoke them (fleet.views.waivers); everyone sees them.
+        "add_waiver", "change_waiver", "view_waiver", "view_waiverevent",
     ],
 }
 
@@ -35,7 +37,7 @@ ROLES = {
 ROLE_CAN = {
     "viewer": "viewers look at the fleet, its defaults and its change history",
     "operator": "operators look at everything and queue changes, retries and rollbacks",
-    "admin": "admins do what operators do and manage the accounts in the admin site",
+    "admin": "admins do what operators do and manage the accounts in the admin site and the waivers",
     "superuser": "a superuser holds every permission",
 }
 

@@ -7,6 +7,8 @@ kind (``kind_of``) instead of branching on ``LaunchSource.kind``. What the next 
 kind gets is resolved in ``fleet.sources.resolve_source``, the sync's own per-kind code.
 """
 
+from django.db.models import Q
+
 from .choices import LaunchVerdict, SourceKind
 from .models import Instance, LaunchSource
 
@@ -17,9 +19,13 @@ class _SourceKind:
     # Why imdsweb changes a source of this kind only through something else ("" when it may).
     not_changed_in_place = ""
 
+    def condition(self, source):
+        """Which instances of the source's account/region it launched (AWS's attribution tags)."""
+        raise NotImplementedError
+
     def instances(self, source):
-        """The present instances this source launched (AWS's attribution tags), and the instance
-        list's filter that shows them (None when the list cannot filter that way)."""
+        """The present instances this source launched, and the instance list's filter that shows
+        them (None when the list cannot filter that way)."""
         raise NotImplementedError
 
     def spec(self, source):
@@ -57,8 +63,11 @@ class LaunchTemplateKind(_SourceKind):
     kind = SourceKind.LAUNCH_TEMPLATE
     has_versions = True
 
+    def condition(self, source):
+        return Q(launch_template_id=source.source_id)
+
     def instances(self, source):
-        return (self._present(source).filter(launch_template_id=source.source_id),
+        return (self._present(source).filter(self.condition(source)),
                 self._query(source, launch_template=source.source_id))
 
     def spec(self, source):
@@ -77,8 +86,11 @@ class AutoScalingGroupKind(_SourceKind):
     kind = SourceKind.AUTO_SCALING_GROUP
     not_changed_in_place = "an Auto Scaling group is fixed through its launch template"
 
+    def condition(self, source):
+        return Q(autoscaling_group=source.source_id)
+
     def instances(self, source):
-        return (self._present(source).filter(autoscaling_group=source.source_id),
+        return (self._present(source).filter(self.condition(source)),
                 self._query(source, autoscaling_group=source.source_id))
 
     def spec(self, source):
@@ -113,9 +125,11 @@ class LaunchConfigurationKind(_SourceKind):
         "migrating from launch configurations to launch templates)."
     )
 
+    def condition(self, source):
+        return Q(autoscaling_group__in=list(source.groups_on_configuration.values_list("source_id", flat=True)))
+
     def instances(self, source):
-        groups = list(source.groups_on_configuration.values_list("source_id", flat=True))
-        return self._present(source).filter(autoscaling_group__in=groups), None
+        return self._present(source).filter(self.condition(source)), None
 
     def spec(self, source):
         return f"AMI {source.image_id or '?'}"

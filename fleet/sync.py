@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from . import aws, history, owners, posture, sources
+from . import aws, history, owners, posture, sources, waivers
 from .choices import DefaultsStatus, SyncStatus
 from .models import Instance, MetadataDefaults, SyncRun
 from .models.inventory import INSTANCE_OPTION_FIELDS
@@ -236,7 +236,9 @@ def sync_region(account, region):
         run.error = f"{type(exc).__name__}: {exc}"[:4000]
         raise
     finally:
-        # Even a failed sync may have written pages: keep the overview's summary true to the rows.
+        # Even a failed sync may have written pages: keep the overview's summary true to the rows,
+        # new and re-tagged instances under the waivers that cover them first.
+        waivers.apply_waivers([(account.pk, region)], refresh=False)
         posture.refresh_region(account.pk, region)
         run.finished_at = timezone.now()
         run.save()

@@ -8,7 +8,7 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from .choices import BatchStatus, DriftKind, ItemState, LaunchVerdict
-from .models import ChangeBatch, ChangeItem, DriftEvent, Instance, LaunchSource, LaunchTemplateVersion
+from .models import ChangeBatch, ChangeItem, DriftEvent, Instance, LaunchSource, LaunchTemplateVersion, Waiver
 from .pagination import Ordering
 from .posture import percent
 from .source_kinds import kind_of
@@ -310,3 +310,29 @@ class LaunchTemplateVersionTable(BaseTable):
         roles = [name for name, number in (("default", template.default_version), ("latest", template.latest_version))
                  if number == record.version_number]
         return format_html_join(" ", '<span class="badge badge-neutral">{}</span>', ((r,) for r in roles))
+
+
+class WaiverTable(BaseTable):
+    id = tables.Column(linkify=True, verbose_name="#")
+    scope = tables.Column(accessor="scope_text", verbose_name="Exempts", orderable=False)
+    owner = tables.Column()
+    reason = tables.Column(orderable=False)
+    expires_on = tables.Column(verbose_name="Until (UTC)")
+    status = tables.Column(empty_values=(), orderable=False)
+    instances = tables.Column(accessor="n_instances", verbose_name="Instances now", orderable=False)
+    created_by = tables.Column(default="", verbose_name="Granted by")
+
+    class Meta(BaseTable.Meta):
+        model = Waiver
+        fields = ()
+        sequence = ("id", "scope", "owner", "reason", "expires_on", "status", "instances", "created_by")
+
+    def render_status(self, record):
+        return badge(record.status, {"active": "good", "expired": "bad", "revoked": "warn"}[record.status])
+
+    def render_reason(self, value):
+        return value if len(value) <= 80 else value[:79] + "…"
+
+    def render_instances(self, value, record):
+        url = reverse("fleet:instance_list") + f"?waiver={record.pk}"
+        return format_html('<a href="{}">{}</a>', url, value)

@@ -6,7 +6,7 @@ from celery import shared_task
 from celery.signals import task_prerun, worker_init, worker_ready
 from django.conf import settings
 
-from . import aws, discovery, health, history, posture, sync, usage, workers
+from . import aws, discovery, health, history, posture, sync, usage, waivers, workers
 from . import notify as notify_service
 from .choices import SyncStatus
 from .engine import runner, tracking
@@ -123,6 +123,13 @@ def sync_usage_region(account_pk, region):
         usage.sync_usage(account, region)
     except aws.AwsError as exc:
         log.warning("usage %s/%s failed, will retry next round: %s", account.account_id, region, exc)
+
+
+@shared_task(ignore_result=True)
+def expire_waivers():
+    """Every minute: waivers past their date are recorded as expired (audit, notification) and
+    their instances count as non-compliant again (fleet.waivers)."""
+    waivers.expire_waivers()
 
 
 @shared_task(ignore_result=True)

@@ -2,7 +2,18 @@
 
 from django.urls import path
 
-from .views import accounts, changes, defaults, enforcement, history, instances, overview, sources, tokens
+from .views import (
+    accounts,
+    changes,
+    defaults,
+    enforcement,
+    history,
+    instances,
+    overview,
+    sources,
+    tokens,
+    waivers,
+)
 
 app_name = "fleet"
 urlpatterns = [
@@ -17,6 +28,11 @@ urlpatterns = [
     path("sources/", sources.SourceListView.as_view(), name="source_list"),
     path("sources/require-imdsv2/", sources.SourceFixView.as_view(), name="source_fix"),
     path("sources/<int:pk>/", sources.SourceDetailView.as_view(), name="source_detail"),
+    path("waivers/", waivers.WaiverListView.as_view(), name="waiver_list"),
+    path("waivers/new/", waivers.WaiverCreateView.as_view(), name="waiver_new"),
+    path("waivers/<int:pk>/", waivers.WaiverDetailView.as_view(), name="waiver_detail"),
+    path("waivers/<int:pk>/extend/", waivers.WaiverActionView.as_view(verb="extend"), name="waiver_extend"),
+    path("waivers/<int:pk>/revoke/", waivers.WaiverActionView.as_view(verb="revoke"), name="waiver_revoke"),
     path("defaults/", defaults.DefaultsView.as_view(), name="defaults"),
     path("defaults/change/", defaults.DefaultsChangeView.as_view(), name="defaults_change"),
     path("defaults/enforce/", enforcement.EnforcementView.as_view(), name="enforce"),

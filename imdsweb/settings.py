@@ -262,6 +262,8 @@ IMDSWEB_USAGE_WINDOW_DAYS = env.int("IMDSWEB_USAGE_WINDOW_DAYS", default=14)
 IMDSWEB_USAGE_STALE_MINUTES = env.int(
     "IMDSWEB_USAGE_STALE_MINUTES", default=2 * IMDSWEB_USAGE_SYNC_INTERVAL_MINUTES
 )
+# The longest a waiver may run (its expiry date at most this many days ahead); extending counts from today.
+IMDSWEB_WAIVER_MAX_DAYS = env.int("IMDSWEB_WAIVER_MAX_DAYS", default=365)
 IMDSWEB_DISCOVERY_INTERVAL_MINUTES = env.int("IMDSWEB_DISCOVERY_INTERVAL_MINUTES", default=1440)
 IMDSWEB_HEALTH_INTERVAL_MINUTES = env.int("IMDSWEB_HEALTH_INTERVAL_MINUTES", default=60)
 IMDSWEB_STALE_SYNC_MINUTES = env.int("IMDSWEB_STALE_SYNC_MINUTES", default=60)
@@ -387,6 +389,8 @@ CELERY_BEAT_SCHEDULE = {
     # issue 18: history and notifications
     "snapshot-posture": {"task": "fleet.tasks.snapshot_posture", "schedule": crontab(minute=0)},
     "prune-history": {"task": "fleet.tasks.prune_history", "schedule": crontab(hour=3, minute=17)},
+    # Waivers past their date: audit, notification, summaries within a minute (fleet.waivers).
+    "expire-waivers": {"task": "fleet.tasks.expire_waivers", "schedule": timedelta(seconds=60)},
     "notify": {"task": "fleet.tasks.notify", "schedule": timedelta(seconds=IMDSWEB_NOTIFY_SCAN_SECONDS)},
 }
 

@@ -22,7 +22,7 @@ from .serializers import ChangeBatchSerializer
 
 SALT = "fleet.api.plan"
 PLAN_MAX_AGE = 30 * 60  # seconds a plan token stays good for
-PLAN_FIELDS = ("ids", "filter", *INSTANCE_OPTION_FIELDS, "override_usage", "override_owner")
+PLAN_FIELDS = ("ids", "filter", *INSTANCE_OPTION_FIELDS, "override_usage", "override_owner", "override_waivers")
 
 
 class CanQueueChange(permissions.BasePermission):
@@ -45,6 +45,8 @@ class PlanRequest(serializers.Serializer):
         required=False, default=False,
         help_text="Also change instances whose source a managed service owns (EKS, Beanstalk, EMR, CloudFormation)",
     )
+    override_waivers = serializers.BooleanField(required=False, default=False,
+                                                help_text="Apply to instances under an active waiver too.")
 
 
 class QueueRequest(serializers.Serializer):
@@ -84,7 +86,7 @@ class PlanView(APIView):
     @extend_schema(request=PlanRequest, responses=inline_serializer("Plan", {
         "plan_token": serializers.CharField(), "desired": serializers.DictField(), "selection": serializers.CharField(),
         "total": serializers.IntegerField(), "to_change": serializers.IntegerField(), "already": serializers.IntegerField(),
-        "busy": serializers.IntegerField(), "held": serializers.IntegerField(), "unreachable": serializers.IntegerField(),
+        "busy": serializers.IntegerField(), "waived": serializers.IntegerField(), "held": serializers.IntegerField(), "unreachable": serializers.IntegerField(),
         "stopped": serializers.IntegerField(), "hop_limit_one_containers": serializers.IntegerField(),
         "per_region": serializers.ListField(child=serializers.DictField()),
         "estimated_seconds": serializers.IntegerField(), "warnings": serializers.ListField(child=serializers.CharField()),
@@ -97,7 +99,8 @@ class PlanView(APIView):
         data = _form_data(payload)
         form = _valid_form(data)
         plan = changes.plan_change(form.instances, form.desired, override_usage=form.cleaned_data["override_usage"],
-                                   override_owner=form.cleaned_data["override_owner"])
+                                   override_owner=form.cleaned_data["override_owner"],
+                                   override_waivers=form.cleaned_data["override_waivers"])
         token = signing.dumps({"user": request.user.pk, "data": {k: data.getlist(k) for k in data}}, salt=SALT,
                               compress=True)
         return Response({"plan_token": token, "desired": form.desired, "selection": form.selection, **asdict(plan)})
@@ -132,6 +135,7 @@ class QueueView(APIView):
                 request.user, form.instances, form.desired, comment=form.cleaned_data["comment"], selection=selection,
                 dry_run=form.cleaned_data["dry_run"], override_usage=form.cleaned_data["override_usage"],
                 override_owner=form.cleaned_data["override_owner"],
+                override_waivers=form.cleaned_data["override_waivers"],
             )
         except changes.ChangeRefused as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)

@@ -4,7 +4,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from ..choices import ItemState, Risk
-from ..models import ChangeBatch, ChangeItem, DriftEvent, Instance, MetadataDefaults, RegionPosture
+from ..models import ChangeBatch, ChangeItem, DriftEvent, Instance, MetadataDefaults, RegionPosture, Waiver
 
 
 class InstanceSerializer(serializers.ModelSerializer):
@@ -39,7 +39,8 @@ class PostureTotalsSerializer(serializers.Serializer):
     total = serializers.IntegerField()
     enforced = serializers.IntegerField()
     enforced_applied = serializers.IntegerField()
-    not_enforced = serializers.IntegerField()
+    not_enforced = serializers.IntegerField(help_text="Neither enforced nor waived.")
+    waived = serializers.IntegerField(help_text="Allow IMDSv1 under an active waiver: counted apart.")
     pending = serializers.IntegerField()
     v1_in_use = serializers.IntegerField()
     safe_to_enforce = serializers.IntegerField()
@@ -109,7 +110,7 @@ class ChangeBatchSerializer(serializers.ModelSerializer):
     class Meta:
         model = ChangeBatch
         fields = ["id", "created_at", "created_by", "kind", "desired", "selection", "comment", "dry_run",
-                  "override_usage", "override_owner", "rollback_of", "breakage_flagged_at", "status", "counts"]
+                  "override_usage", "override_owner", "override_waivers", "rollback_of", "breakage_flagged_at", "status", "counts"]
 
     def get_status(self, batch) -> str:
         return batch.status_from_counts(batch.counts()).value
@@ -128,3 +129,20 @@ class ChangeItemSerializer(serializers.ModelSerializer):
         fields = ["id", "batch", "instance_id", "account_id", "region", "desired", "previous", "state", "reason",
                   "attempts", "request_id", "error_code", "error_message", "created_at", "claimed_at",
                   "submitted_at", "finished_at", "breakage_suspected"]
+
+
+class WaiverSerializer(serializers.ModelSerializer):
+    scope_text = serializers.CharField(read_only=True)
+    instance_id = serializers.CharField(source="instance.instance_id", allow_null=True, default=None)
+    account_id = serializers.CharField(source="account.account_id", allow_null=True, default=None)
+    source = serializers.PrimaryKeyRelatedField(read_only=True)
+    created_by = serializers.StringRelatedField()
+    status = serializers.ChoiceField(choices=["active", "expired", "revoked"], read_only=True)
+    instances = serializers.IntegerField(source="n_instances", read_only=True,
+                                         help_text="Present instances it covers now.")
+
+    class Meta:
+        model = Waiver
+        fields = ["id", "scope", "scope_text", "instance_id", "tag_key", "tag_value", "source", "account_id", "region",
+                  "owner", "reason", "expires_on", "status", "instances", "created_by", "created_at", "updated_at",
+                  "revoked_at", "expired_at"]

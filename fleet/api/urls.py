@@ -20,6 +20,7 @@ urlpatterns = [
     route("posture/history/", views.PostureHistoryView, "posture_history"),
     route("defaults/", views.DefaultsListView, "defaults"),
     route("drift/", views.DriftListView, "drift"),
+    route("waivers/", views.WaiverListView, "waiver_list"),
     route("batches/", views.BatchListView, "batch_list"),
     route("changes/plan/", changes.PlanView, "change_plan"),
     route("changes/", changes.QueueView, "change_queue"),

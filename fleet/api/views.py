@@ -15,8 +15,8 @@ from rest_framework.views import APIView
 
 from .. import history, posture
 from .. import pagination as keyset
-from ..filters import ChangeItemFilterSet, DriftEventFilterSet, InstanceFilterSet
-from ..models import ChangeBatch, DriftEvent, Instance, MetadataDefaults, RegionPosture
+from ..filters import ChangeItemFilterSet, DriftEventFilterSet, InstanceFilterSet, WaiverFilterSet
+from ..models import ChangeBatch, DriftEvent, Instance, MetadataDefaults, RegionPosture, Waiver
 from ..tables import InstanceTable, per_page_in_range
 from ..views.history import BurndownForm
 from . import serializers as api
@@ -199,3 +199,14 @@ class BatchItemListView(generics.ListAPIView):
         items = self.batch.items.select_related("instance", "account")
         return filtered(ChangeItemFilterSet, self.request, items).qs.order_by()
 
+
+
+@extend_schema(parameters=filter_parameters(WaiverFilterSet))
+class WaiverListView(generics.ListAPIView):
+    """Waivers, read-only, with the Waivers page's filters (``?status=active`` by default)."""
+
+    serializer_class = api.WaiverSerializer
+    pagination_class = IdCursorPagination
+
+    def get_queryset(self):
+        return filtered(WaiverFilterSet, self.request, Waiver.objects.with_counts()).qs.order_by()

@@ -14,6 +14,8 @@ The outcomes are tried in order; the first that matches wins:
    Scaling group is owned by a managed service (EKS, Elastic Beanstalk, EMR, CloudFormation;
    ``fleet.owners``), or the instance carries such an owner's tags itself — a change made outside
    the owner breaks or drifts it (the reason names the owner);
+3b. waived: an active waiver covers it (``Instance.waiver``, its date checked here, at read
+   time) and the change would break an IMDSv1 caller, unless the batch overrides waivers;
 4. held, only when the change requires IMDSv2 and the user did not override: IMDSv1 calls were
    seen; the last reading failed (AWS's error is the reason); usage was never measured; or the
    last reading is older than ``IMDSWEB_USAGE_STALE_MINUTES``. Missing evidence holds.
@@ -26,9 +28,10 @@ from django.db.models import Case, CharField, F, Func, OuterRef, Q, Subquery, Te
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, Coalesce, Concat, JSONObject
 
-from ..choices import HttpTokens, ItemState, ManagedOwner, SourceKind
+from ..choices import HttpTokens, ItemState, ManagedOwner, SourceKind, Toggle
 from ..models import ChangeItem, Instance, LaunchSource
 from ..models.inventory import NOT_COUNTED
+from ..models.waivers import utc_today
 from ..owners import OWNER_TAGS
 from ..usage import stale_before
 
@@ -39,6 +42,7 @@ class Outcome(models.TextChoices):
     ALREADY = "already", "already at the target"
     BUSY = "busy", "busy in another batch"
     HELD_OWNER = "held_owner", "owned by a managed service"
+    WAIVED = "waived", "waived (exempt until its waiver expires)"
     HELD_CALLS = "held_calls", "IMDSv1 calls seen"
     HELD_ERROR = "held_error", "IMDSv1 use could not be read"
     HELD_UNMEASURED = "held_unmeasured", "IMDSv1 use never measured"
@@ -106,7 +110,25 @@ def managed_by():
     return Coalesce(Subquery(source, output_field=TextField()), own_tags, output_field=TextField())
 
 
-def decide(instances, desired, *, override_usage=False, override_owner=False, now=None):
+def waivers_apply(desired, override_waivers):
+    """A waiver exempts from what breaks an IMDSv1 caller: tokens required, or the endpoint off."""
+    breaks_v1 = desired.get("http_tokens") == HttpTokens.REQUIRED or desired.get("http_endpoint") == Toggle.DISABLED
+    return breaks_v1 and not override_waivers
+
+
+def waiver_rule(now):
+    """(Outcome.WAIVED, condition, reason): the waiver's own date decides, so one past its date
+    stops exempting at once, before the expiry task has re-applied the waivers."""
+    today = utc_today(now)
+    return (
+        Outcome.WAIVED,
+        Q(waiver__isnull=False, waiver__revoked_at__isnull=True, waiver__expires_on__gte=today),
+        Concat(Value("waived until "), Cast("waiver__expires_on", TextField()), Value(" by "), F("waiver__owner"),
+               Value(": "), F("waiver__reason"), output_field=TextField()),
+    )
+
+
+def decide(instances, desired, *, override_usage=False, override_owner=False, override_waivers=False, now=None):
     """``instances`` (any Instance queryset) as a queryset annotated with ``outcome``,
     ``item_state`` and ``item_reason`` (and ``busy_batch``, ``item_previous``)."""
     days = settings.IMDSWEB_USAGE_WINDOW_DAYS
@@ -128,6 +150,8 @@ def decide(instances, desired, *, override_usage=False, override_owner=False, no
                       Concat(F("managed_by"), Value(": a change made outside the owner breaks or drifts it; tick "
                                                     "the owner override to change it anyway"),
                              output_field=TextField())))
+    if waivers_apply(desired, override_waivers):
+        rules.append(waiver_rule(now))
     if holds_apply(desired, override_usage):
         rules += [
             (Outcome.HELD_CALLS, Q(v1_calls__gt=0),

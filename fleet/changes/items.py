@@ -14,10 +14,11 @@ BULK_SIZE = 5000
 DECIDED = ("item_instance", "item_account", "item_region", "item_previous", "item_state", "item_reason", "outcome")
 
 
-def create_items(batch, instances, desired, override_usage, now, override_owner=False):
+def create_items(batch, instances, desired, override_usage, now, override_owner=False, override_waivers=False):
     """Insert the batch's items. Returns how many were created."""
     decided = (
-        decide(instances, desired, override_usage=override_usage, override_owner=override_owner, now=now)
+        decide(instances, desired, override_usage=override_usage, override_owner=override_owner,
+               override_waivers=override_waivers, now=now)
         .annotate(item_instance=F("pk"), item_account=F("account_id"), item_region=F("region"))
         .order_by()
         .values(*DECIDED)

@@ -1,7 +1,8 @@
 """What a change would do, before anything is queued: the confirmation page's figures.
 
 Every figure is an aggregate of the one decision rule (:mod:`fleet.changes.decision`), so they
-reconcile by construction: selected = to change + already + held (by reason) + busy + unreachable.
+reconcile by construction: selected = to change + already + held (by reason) + busy + waived +
+unreachable.
 """
 
 import math
@@ -61,6 +62,7 @@ class Plan:
     to_change: int = 0
     already: int = 0
     busy: int = 0
+    waived: int = 0
     held: int = 0
     unreachable: int = 0
     stopped: int = 0
@@ -85,13 +87,14 @@ class Plan:
 
     @property
     def reconciles(self):
-        return self.total == self.to_change + self.already + self.held + self.busy + self.unreachable
+        return self.total == self.to_change + self.already + self.held + self.busy + self.waived + self.unreachable
 
 
-def plan_change(instances, desired, override_usage=False, override_owner=False):
+def plan_change(instances, desired, override_usage=False, override_owner=False, override_waivers=False):
     """What a change would do to ``instances``, in a fixed handful of queries."""
     desired = clean_instance_desired(desired)
     decided = decide(instances, desired, override_usage=override_usage, override_owner=override_owner,
+                     override_waivers=override_waivers,
                      now=timezone.now())
     rows = list(
         decided.values("account__account_id", "account__name", "account_id", "region", "outcome")
@@ -112,7 +115,7 @@ def plan_change(instances, desired, override_usage=False, override_owner=False):
         region = regions.setdefault(key, {
             "account_id": row["account__account_id"], "account_name": row["account__name"],
             "account_pk": row["account_id"], "region": row["region"], "total": 0,
-            **dict.fromkeys(("to_change", "already", "held", "busy", "unreachable"), 0),
+            **dict.fromkeys(("to_change", "already", "held", "busy", "waived", "unreachable"), 0),
         })
         region["total"] += row["n"]
         region[_bucket(row["outcome"])] += row["n"]
@@ -121,6 +124,7 @@ def plan_change(instances, desired, override_usage=False, override_owner=False):
         to_change=outcomes[Outcome.QUEUED],
         already=outcomes[Outcome.ALREADY],
         busy=outcomes[Outcome.BUSY],
+        waived=outcomes[Outcome.WAIVED],
         held=sum(outcomes[code] for code in Outcome.held()),
         unreachable=sum(outcomes[code] for code in Outcome.unreachable()),
         stopped=extra["stopped"],
@@ -151,7 +155,7 @@ def _bucket(outcome):
         return "held"
     if outcome in Outcome.unreachable():
         return "unreachable"
-    return outcome  # already, busy
+    return outcome  # already, busy, waived
 
 
 def _warnings(plan):
@@ -181,6 +185,10 @@ def _warnings(plan):
         shown = ", ".join(f"#{pk}" for pk in plan.busy_batches[:5])
         warnings.append((Outcome.BUSY.value, f"{plan.busy:,} instance(s) already have a change in progress "
                                              f"(batch {shown}) and will be skipped."))
+    if plan.waived:
+        warnings.append((Outcome.WAIVED.value, f"{plan.waived:,} instance(s) are covered by an active waiver and "
+                                               "will be skipped (the reason names the waiver) unless you override "
+                                               "waivers for this batch."))
     if plan.unreachable:
         warnings.append(("unreachable", f"{plan.unreachable:,} instance(s) are terminated or gone and will be "
                                         "skipped."))

@@ -73,6 +73,8 @@ def _nothing_to_queue(batch):
     message = "Nothing to queue: " + ", ".join(parts) + "."
     if any(row["outcome"] in Outcome.held() for row in rows):
         message += " Held instances are queued only with the override ticked."
+    if any(row["outcome"] == Outcome.WAIVED for row in rows):
+        message += " Waived instances are queued only with the waiver override ticked."
     busy = batch.items.filter(outcome=Outcome.BUSY).values("instance_id")[:1000]
     holder = _holder_of(busy) if busy.exists() else None
     if holder is not None:
@@ -81,7 +83,7 @@ def _nothing_to_queue(batch):
 
 
 def request_change(user, instances, desired, *, comment="", selection="", dry_run=False, override_usage=False,
-                   override_owner=False, request_token=None):
+                   override_owner=False, request_token=None, override_waivers=False):
     """Queue a change of instance metadata options for ``instances``. Returns the batch.
 
     Refused (ChangeRefused) when nothing would be queued — no batch is created then — and when a
@@ -103,9 +105,11 @@ def request_change(user, instances, desired, *, comment="", selection="", dry_ru
                 dry_run=dry_run,
                 override_usage=override_usage,
                 override_owner=override_owner,
+                override_waivers=override_waivers,
                 request_token=request_token or None,
             )
-            count = create_items(batch, instances, desired, override_usage, timezone.now(), override_owner)
+            count = create_items(batch, instances, desired, override_usage, timezone.now(), override_owner,
+                                 override_waivers=override_waivers)
             if not count:
                 raise ChangeRefused("No instances selected.")  # rolls the empty batch back
             if not batch.items.filter(state=ItemState.QUEUED).exists():

@@ -9,9 +9,10 @@ from .organization import AccountHealth, DiscoveryRun, OrganizationSource
 from .posture import RegionPosture
 from .signin import OidcIdentity
 from .sources import Image, LaunchSource, LaunchTemplateVersion, SourceSyncState
+from .waivers import Waiver, WaiverEvent
 
 __all__ = [
     "Account", "AccountHealth", "ApiToken", "ChangeBatch", "ChangeItem", "Delivery", "DriftEvent", "FleetSnapshot", "Image", "Instance", "LaunchSource", "LaunchTemplateVersion", "SourceSyncState",
     "MetadataDefaults", "NotificationEvent", "NotificationRule", "OidcIdentity", "PostureSnapshot", "RegionPosture", "SyncRun",
-    "UsageReading", "DiscoveryRun", "OrganizationSource",
+    "UsageReading", "DiscoveryRun", "OrganizationSource", "Waiver", "WaiverEvent",
 ]

@@ -39,6 +39,9 @@ class ChangeBatch(models.Model):
         default=False, help_text="Change instances whose source a managed service owns (EKS, Beanstalk, EMR, "
                                  "CloudFormation) anyway."
     )
+    override_waivers = models.BooleanField(
+        default=False, db_default=False, help_text="Apply to waived instances too (this batch only)."
+    )
     rollback_of = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.PROTECT, related_name="rollbacks"
     )

@@ -105,6 +105,9 @@ RISKS = {
     Risk.ROLE: ~ENFORCED & HAS_ROLE & Q(public_ip__isnull=True),
     Risk.NO_ROLE: ~ENFORCED & ~HAS_ROLE,
 }
+# Allows IMDSv1 under an active waiver (Instance.waiver, fleet.waivers): counted apart in the
+# posture, neither compliant nor non-compliant (Prowler's mutelist "muted").
+WAIVED = ~ENFORCED & Q(waiver__isnull=False)
 RISK = Case(*(When(q, then=Value(key.value)) for key, q in RISKS.items()), default=None, output_field=CharField())
 
 
@@ -175,6 +178,12 @@ class Instance(models.Model):
     first_seen = models.DateTimeField()
     last_seen = models.DateTimeField()
     gone_at = models.DateTimeField(null=True, blank=True)
+
+    # The active waiver that covers this instance (the one expiring last), maintained by
+    # fleet.waivers.apply_waivers alone whenever waivers or instances change; NULL = none.
+    waiver = models.ForeignKey(
+        "fleet.Waiver", null=True, blank=True, on_delete=models.SET_NULL, related_name="instances", editable=False
+    )
 
     objects = InstanceQuerySet.as_manager()
 

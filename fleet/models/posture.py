@@ -34,6 +34,7 @@ COUNTERS = (
     "not_enforced_unmeasured",
     "not_enforced_in_use",
     "risk_role_public",
+    "waived",
     "terminated",
     "shutting_down",
 )
@@ -61,6 +62,9 @@ class PostureCounterFields(models.Model):
     not_enforced_in_use = models.PositiveIntegerField(default=0)
     # Allow IMDSv1 with an IAM instance profile and a public IP (inventory.RISKS): fix these first.
     risk_role_public = models.PositiveIntegerField(default=0, db_default=0)
+    # Allow IMDSv1 under an active waiver (inventory.WAIVED): apart from enforced and from the
+    # three not-enforced counters above, so total = enforced + waived + safe + in use + unmeasured.
+    waived = models.PositiveIntegerField(default=0, db_default=0)
     # Present but not part of the posture (neither Prowler nor AWS Config evaluates them).
     terminated = models.PositiveIntegerField(default=0)
     shutting_down = models.PositiveIntegerField(default=0)

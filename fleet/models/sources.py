@@ -97,6 +97,13 @@ class LaunchSource(MetadataOptionsFields):
     def get_absolute_url(self):
         return reverse("fleet:source_detail", args=[self.pk])
 
+    def instance_condition(self):
+        """The instances launched from this source (AWS's attribution tags), as a filter over
+        Instance: the source's page and a waiver of this source both use it (its kind's answer)."""
+        from ..source_kinds import kind_of
+
+        return models.Q(account_id=self.account_id, region=self.region) & kind_of(self).condition(self)
+
     @property
     def read_only_reason(self):
         """Why imdsweb will not change this source in place (None when it may): its kind's answer."""

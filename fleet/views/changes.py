@@ -32,7 +32,8 @@ class ChangeNewView(ConfirmActionView):
 
     def preview(self, form):
         return changes.plan_change(form.instances, form.desired, override_usage=form.cleaned_data["override_usage"],
-                                   override_owner=form.cleaned_data["override_owner"])
+                                   override_owner=form.cleaned_data["override_owner"],
+                                   override_waivers=form.cleaned_data["override_waivers"])
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
@@ -49,6 +50,7 @@ class ChangeNewView(ConfirmActionView):
             self.request.user, form.instances, form.desired, comment=data["comment"], selection=form.selection,
             dry_run=data["dry_run"], override_usage=data["override_usage"], override_owner=data["override_owner"],
             request_token=self.request_token(),
+            override_waivers=data["override_waivers"],
         )
 
     def success_message(self, batch):

@@ -97,7 +97,7 @@ class InstanceDetailView(FormMixin, DetailView):
             raise Http404("Not an EC2 instance id.") from None
         # AWS ids are unique; should the cache hold a gone row and a present one, show the present one.
         instance = (
-            Instance.objects.select_related("account").with_risk().filter(instance_id=instance_id)
+            Instance.objects.select_related("account", "waiver").with_risk().filter(instance_id=instance_id)
             .order_by(F("gone_at").asc(nulls_first=True)).first()
         )
         if instance is None:
