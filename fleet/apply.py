@@ -1,7 +1,8 @@
 """The worker side of the change engine: submit queued items within AWS's rate limits, follow
 pending ones until AWS reports ``applied``, and sweep up work that a dead broker or worker left.
 
-Work is claimed with a conditional UPDATE (queued -> submitting), so no two workers ever send
+Only items ``ChangeItem.objects.claimable()`` are read for work (the gates of a staged rollout, a
+window and an approval: fleet.changes.rollout). Work is claimed with a conditional UPDATE (queued -> submitting), so no two workers ever send
 the same item and no lock is held across an AWS call. One runner at a time works through an
 account/region (a short-lived lock in the cache); account/regions run in parallel.
 
@@ -198,7 +199,7 @@ def target_of(item):
 def _next_queued(account, region):
     """The next queued item of this account/region, read with what submitting it needs."""
     return (
-        ChangeItem.objects.filter(account=account, region=region, state=ItemState.QUEUED)
+        ChangeItem.objects.claimable().filter(account=account, region=region)
         .select_related("batch", "instance", "account")
         .order_by("id")
         .first()
@@ -383,8 +384,7 @@ def run_region(account_pk, region, budget=None):
                 streak_cleared = True
     finally:
         lock.release()
-    if again is None and ChangeItem.objects.filter(account_id=account_pk, region=region,
-                                                   state=ItemState.QUEUED).exists():
+    if again is None and ChangeItem.objects.claimable().filter(account_id=account_pk, region=region).exists():
         again = 0.0  # items arrived while we were finishing
     # At AWS's rate a runner yields after almost every item: refresh the region's posture summary
     # when its queue is done, and otherwise at most every few seconds, not once per item.
@@ -534,14 +534,14 @@ def sweep():
     if returned:
         log.warning("sweeper: %d item(s) left in submitting by a dead worker are queued again", returned)
     queued = (
-        ChangeItem.objects.filter(state=ItemState.QUEUED).values_list("account_id", "region").distinct().order_by()
+        ChangeItem.objects.claimable().values_list("account_id", "region").distinct().order_by()
     )
     return [(account_pk, region) for account_pk, region in queued if not RegionLock.held(account_pk, region)]
 
 
 def regions_of_batch(batch_pk):
     return list(
-        ChangeItem.objects.filter(batch_id=batch_pk, state=ItemState.QUEUED)
+        ChangeItem.objects.claimable().filter(batch_id=batch_pk)
         .values_list("account_id", "region")
         .distinct()
         .order_by()

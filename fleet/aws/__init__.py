@@ -10,7 +10,7 @@ from .autoscaling import (
     describe_launch_configuration_pages,
     update_auto_scaling_group,
 )
-from .cloudwatch import get_metadata_usage
+from .cloudwatch import get_metadata_usage, get_rejected_calls
 from .ec2 import (
     create_launch_template_version,
     describe_images,
@@ -46,6 +46,7 @@ __all__ = [
     "describe_launch_template_version_pages",
     "get_instance_metadata_defaults",
     "get_metadata_usage",
+    "get_rejected_calls",
     "modify_instance_metadata_defaults",
     "modify_instance_metadata_options",
     "modify_launch_template",
