@@ -9,7 +9,8 @@ from django.core.exceptions import ValidationError
 from django.http import QueryDict
 
 from . import changes
-from .choices import DefaultsHttpTokens, DefaultsToggle, HttpTokens, Toggle
+from .changes import rollout
+from .choices import DefaultsHttpTokens, DefaultsToggle, HttpTokens, Toggle, WaveMode
 from .filters import InstanceFilterSet
 from .models import Account, Instance, MetadataDefaults
 from .models.inventory import DEFAULTS_FIELDS, INSTANCE_OPTION_FIELDS
@@ -89,6 +90,33 @@ class InstanceChangeForm(forms.Form):
         required=False, label="Apply even where IMDSv1 calls were seen",
         help_text="Otherwise such instances are held back.",
     )
+    # Staged rollout, schedule and window (fleet.changes.rollout).
+    wave_mode = forms.ChoiceField(
+        required=False, choices=WaveMode.choices, initial=WaveMode.NONE, label="Waves",
+        help_text="Run a canary first; the rest follows after a clean soak.",
+    )
+    canary = forms.CharField(
+        required=False, max_length=4000, widget=forms.Textarea(attrs={"rows": 2}), label="Canary",
+        help_text="N instances, a percentage (10%), a tag (Env=sandbox), or accounts/OUs, one wave per line "
+                  "(sandbox / staging / prod).",
+    )
+    rest_waves = forms.IntegerField(required=False, min_value=1, max_value=20, initial=1, label="Waves for the rest")
+    soak_minutes = forms.FloatField(
+        required=False, min_value=0, max_value=7 * 24 * 60, initial=60, label="Soak between waves (minutes)",
+        help_text="imdsweb watches CloudWatch MetadataNoTokenRejected of the wave's instances meanwhile: any "
+                  "refused IMDSv1 call pauses the batch.",
+    )
+    start_at = forms.DateTimeField(
+        required=False, label="Start at", widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
+        help_text="Leave empty to start now (server time zone).",
+    )
+    window_days = forms.MultipleChoiceField(
+        required=False, choices=list(enumerate(rollout.DAYS)), widget=forms.CheckboxSelectMultiple,
+        label="Run only in a window on",
+    )
+    window_start = forms.TimeField(required=False, label="Window from", widget=forms.TimeInput(attrs={"type": "time"}))
+    window_end = forms.TimeField(required=False, label="Window until", widget=forms.TimeInput(attrs={"type": "time"}))
+    window_tz = forms.CharField(required=False, max_length=64, initial="UTC", label="Window time zone")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -96,6 +124,30 @@ class InstanceChangeForm(forms.Form):
         self.instances = Instance.objects.none()
         self.desired = {}
         self.selection = ""
+        self.rollout = rollout.RolloutOptions()
+
+    def clean_rest_waves(self):
+        return self.cleaned_data.get("rest_waves") or 1
+
+    def _clean_rollout(self, data):
+        mode = data.get("wave_mode") or WaveMode.NONE
+        if mode != WaveMode.NONE and not (data.get("canary") or "").strip():
+            self.add_error("canary", "Say which instances make the canary.")
+        window = {}
+        if data.get("window_days") or data.get("window_start") or data.get("window_end"):
+            if not data.get("window_start") or not data.get("window_end"):
+                self.add_error("window_start", "A window needs a start and an end time.")
+            else:
+                try:
+                    window = rollout.parse_window(data["window_days"], data["window_start"], data["window_end"],
+                                                  (data.get("window_tz") or "UTC").strip())
+                except ValueError as exc:
+                    self.add_error("window_days", str(exc))
+        soak = data.get("soak_minutes")
+        return rollout.RolloutOptions(
+            mode=mode, canary=data.get("canary") or "", rest_waves=data.get("rest_waves") or 1,
+            soak_minutes=60 if soak is None else soak, start_at=data.get("start_at"), window=window,
+        )
 
     def clean(self):
         data = super().clean()
@@ -104,6 +156,7 @@ class InstanceChangeForm(forms.Form):
             return data
         self.desired = self._clean_desired(data)
         self.instances, self.selection = self._clean_targets(data)
+        self.rollout = self._clean_rollout(data)
         return data
 
     def _clean_desired(self, data):

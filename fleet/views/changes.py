@@ -12,6 +12,7 @@ from django.views.generic import DetailView
 from django_tables2 import RequestConfig
 
 from .. import changes, usage
+from ..changes import rollout
 from ..choices import BatchStatus, ChangeKind, ItemState
 from ..filters import ChangeBatchFilterSet, ChangeItemFilterSet
 from ..forms import InstanceChangeForm, RollbackForm
@@ -49,10 +50,13 @@ class ChangeNewView(ConfirmActionView):
         return changes.request_change(
             self.request.user, form.instances, form.desired, comment=data["comment"], selection=form.selection,
             dry_run=data["dry_run"], override_usage=data["override_usage"], request_token=self.request_token(),
+            rollout=form.rollout,
         )
 
     def success_message(self, batch):
-        return f"Batch #{batch.pk} queued."
+        notes = " ".join(rollout.gate_notes(batch))
+        waves = f" in {batch.waves} waves" if batch.waves > 1 else ""
+        return f"Batch #{batch.pk} queued{waves}." + (f" {notes}" if notes else "")
 
 
 def outcome_links(form):
@@ -146,7 +150,8 @@ class ChangeListView(FilteredTableView):
 
 def get_batch(pk):
     """One batch with its counts annotated (no extra query for the progress)."""
-    return get_object_or_404(ChangeBatch.objects.with_counts().select_related("created_by", "rollback_of"), pk=pk)
+    return get_object_or_404(
+        ChangeBatch.objects.with_counts().select_related("created_by", "rollback_of", "approved_by"), pk=pk)
 
 
 def progress_context(batch):
@@ -182,6 +187,8 @@ def progress_context(batch):
         "breakage": batch.items.filter(breakage_suspected=True).count() if batch.breakage_flagged_at else 0,
         "held_reasons": held_reasons,
         "rolled_back": batch.rollbacks.order_by("pk").first(),
+        "waves": rollout.wave_rows(batch),
+        "gate_notes": rollout.gate_notes(batch),
     }
 
 
@@ -206,6 +213,7 @@ class ChangeDetailView(DetailView):
         return super().get_context_data(
             **kwargs, **progress_context(self.object), filter=filterset, table=table,
             rollbacks=self.object.rollbacks.all(), rollback_form=RollbackForm(),
+            events=self.object.events.select_related("user"), window_text=rollout.describe_window(self.object.window),
         )
 
 
@@ -250,6 +258,18 @@ class BatchActionView(OperatorRequiredMixin, View):
     def retry(self, batch):
         return f"Queued {changes.retry_failed(batch, self.request.user):,} item(s) again."
 
+    def approve(self, batch):
+        return rollout.approve(batch, self.request.user)
+
+    def refuse(self, batch):
+        return rollout.refuse(batch, self.request.user, self.request.POST.get("reason", "")[:2000].strip())
+
+    def promote(self, batch):
+        return rollout.promote(batch, self.request.user)
+
+    def abort(self, batch):
+        return rollout.abort(batch, self.request.user)
+
 
     def rerun(self, batch):
         """The same change on the same targets, for real: the next step after a clean dry run."""
@@ -279,6 +299,10 @@ class RollbackView(ConfirmActionView):
 
     def dispatch(self, request, *args, **kwargs):
         self.batch = get_object_or_404(ChangeBatch, pk=kwargs["pk"])
+        wave = request.GET.get("wave", "")
+        if wave and (not wave.isdigit() or not 1 <= int(wave) <= self.batch.waves):
+            return HttpResponseBadRequest(f"Batch #{self.batch.pk} has no wave {wave[:10]}.", content_type="text/plain")
+        self.wave = int(wave) - 1 if wave else None
         return super().dispatch(request, *args, **kwargs)
 
     def get_form_kwargs(self):
@@ -291,17 +315,17 @@ class RollbackView(ConfirmActionView):
         return self.render_to_response(self.get_context_data(form=form, preview=self.preview(form)))
 
     def get_context_data(self, **kwargs):
-        return super().get_context_data(**kwargs) | {"batch": self.batch}
+        return super().get_context_data(**kwargs) | {"batch": self.batch, "wave": self.wave}
 
     def form_invalid(self, form):
         return self.render_to_response(self.get_context_data(form=form, preview=self.preview(form)), status=400)
 
     def preview(self, form):
-        return changes.plan_rollback(self.batch)
+        return changes.plan_rollback(self.batch, wave=self.wave)
 
     def perform(self, form):
         return changes.rollback(self.batch, self.request.user, comment=form.cleaned_data["comment"],
-                                request_token=self.request_token())
+                                request_token=self.request_token(), wave=self.wave)
 
     def success_message(self, batch):
         return f"Rollback queued as batch #{batch.pk}."
