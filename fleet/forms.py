@@ -7,6 +7,7 @@ checked here for shape and then by ``changes.clean_*_desired`` for the domain ru
 from django import forms
 from django.core.exceptions import ValidationError
 from django.http import QueryDict
+from django.utils import timezone
 
 from . import changes
 from .changes import rollout
@@ -133,13 +134,22 @@ class InstanceChangeForm(forms.Form):
         mode = data.get("wave_mode") or WaveMode.NONE
         if mode != WaveMode.NONE and not (data.get("canary") or "").strip():
             self.add_error("canary", "Say which instances make the canary.")
+        elif mode != WaveMode.NONE:
+            try:
+                rollout.check_canary(mode, data["canary"])
+            except changes.ChangeRefused as exc:
+                self.add_error("canary", str(exc))
+        if data.get("start_at") and data["start_at"] <= timezone.now():
+            self.add_error("start_at", "The scheduled start is in the past.")
         window = {}
-        if data.get("window_days") or data.get("window_start") or data.get("window_end"):
+        if any(name in self.errors for name in ("window_days", "window_start", "window_end", "window_tz")):
+            pass  # the field's own error is shown
+        elif data.get("window_days") or data.get("window_start") or data.get("window_end"):
             if not data.get("window_start") or not data.get("window_end"):
                 self.add_error("window_start", "A window needs a start and an end time.")
             else:
                 try:
-                    window = rollout.parse_window(data["window_days"], data["window_start"], data["window_end"],
+                    window = rollout.parse_window(data.get("window_days"), data["window_start"], data["window_end"],
                                                   (data.get("window_tz") or "UTC").strip())
                 except ValueError as exc:
                     self.add_error("window_days", str(exc))

@@ -146,12 +146,10 @@ def _rest_split(groups, rest_waves, first_wave):
     return waves
 
 
-def _canary_waves(options, rows):
-    """{pk: wave} for the waves before the rest, and their labels."""
-    mode, canary = options.mode, options.canary.strip()
-    by_region = defaultdict(list)
-    for row in rows:
-        by_region[(row[1], row[2])].append(row[0])
+def check_canary(mode, canary):
+    """The canary's size (a number) or tag ((key, value)) as written; ChangeRefused when it is
+    not well formed (the form shows it on the field)."""
+    canary = canary.strip()
     if mode in (WaveMode.COUNT, WaveMode.PERCENT):
         try:
             value = float(canary.rstrip("%"))
@@ -160,6 +158,29 @@ def _canary_waves(options, rows):
         if value <= 0 or (mode == WaveMode.PERCENT and value >= 100) or (mode == WaveMode.COUNT and value != int(value)):
             raise ChangeRefused("The canary is a whole number of instances (at least 1) or a percentage between "
                                 "0 and 100.")
+        return value
+    if mode == WaveMode.TAG:
+        key, sep, value = canary.partition("=")
+        if not sep or not key.strip():
+            raise ChangeRefused("The canary tag is key=value, e.g. Env=sandbox.")
+        return key.strip(), value.strip()
+    if mode == WaveMode.ACCOUNTS:
+        if not canary:
+            raise ChangeRefused("Name the accounts or OUs of each wave, one wave per line (e.g. sandbox, then "
+                                "staging, then prod).")
+        return canary
+    raise ChangeRefused(f"Unknown wave mode {mode!r}.")
+
+
+def _canary_waves(options, rows):
+    """{pk: wave} for the waves before the rest, and their labels."""
+    mode, canary = options.mode, options.canary.strip()
+    by_region = defaultdict(list)
+    for row in rows:
+        by_region[(row[1], row[2])].append(row[0])
+    checked = check_canary(mode, canary)
+    if mode in (WaveMode.COUNT, WaveMode.PERCENT):
+        value = checked
         chosen = {}
         for pks in by_region.values():
             size = int(value) if mode == WaveMode.COUNT else math.ceil(len(pks) * value / 100)
@@ -167,19 +188,13 @@ def _canary_waves(options, rows):
         unit = f"{int(value)} instance(s)" if mode == WaveMode.COUNT else f"{value:g}%"
         return chosen, [f"canary: {unit} per account/region"]
     if mode == WaveMode.TAG:
-        key, sep, value = canary.partition("=")
-        if not sep or not key.strip():
-            raise ChangeRefused("The canary tag is key=value, e.g. Env=sandbox.")
-        key, value = key.strip(), value.strip()
+        key, value = checked
         chosen = {row[0]: 0 for row in rows if (row[3] or {}).get(key) == value}
         if not chosen:
             raise ChangeRefused(f"No queued instance has the tag {key}={value}: the canary would be empty.")
         return chosen, [f"canary: instances tagged {key}={value}"]
     if mode == WaveMode.ACCOUNTS:
         lines = [_tokens(line) for line in canary.splitlines() if line.strip()]
-        if not lines:
-            raise ChangeRefused("Name the accounts or OUs of each wave, one wave per line (e.g. sandbox, then "
-                                "staging, then prod).")
         known = {}
         for account in Account.objects.all().only("pk", "account_id", "name", "ou_id"):
             for name in (account.account_id, account.name, account.ou_id):
@@ -197,7 +212,7 @@ def _canary_waves(options, rows):
             chosen.update(dict.fromkeys(members, wave))
             labels.append(" ".join(tokens))
         return chosen, labels
-    raise ChangeRefused(f"Unknown wave mode {mode!r}.")
+    raise ChangeRefused(f"Unknown wave mode {mode!r}.")  # pragma: no cover - check_canary refused it
 
 
 def assign_waves(batch, options, now):
