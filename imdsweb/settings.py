@@ -359,7 +359,8 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         name: f"fleet.choices.{name}"
         for name in ("HttpTokens", "Toggle", "MetadataState", "InstanceState", "DefaultsHttpTokens", "DefaultsToggle",
-                     "ManagedBy", "DefaultsStatus", "ChangeKind", "ItemState", "DriftKind")
+                     "ManagedBy", "DefaultsStatus", "ChangeKind", "ItemState", "DriftKind", "RolloutState", "ApprovalState",
+                     "WaveMode")
     },
 }
 # --- end issue 18 ---
