@@ -143,3 +143,10 @@ def test_rolling_back_a_wave_that_does_not_exist_is_a_bad_request(operator, inst
     batch = ChangeBatch.objects.get()
     assert operator.get(reverse("fleet:change_rollback", args=[batch.pk]) + "?wave=9").status_code == 400
     assert operator.get(reverse("fleet:change_rollback", args=[batch.pk]) + "?wave=x").status_code == 400
+
+
+def test_the_confirmation_page_states_the_four_eyes_rule(operator, instances, settings):
+    settings.IMDSWEB_APPROVAL_MIN_ITEMS = 100
+    settings.IMDSWEB_APPROVAL_ACCOUNTS = ["prod"]
+    html = operator.get(NEW, {"ids": [i.instance_id for i in instances], "http_tokens": "required"}).content.decode()
+    assert "queue 100 instances or more or touch prod wait for a second operator" in html

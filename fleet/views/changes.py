@@ -1,5 +1,6 @@
 """Change batches: the confirmation step, the list, one batch with live progress, and its actions."""
 
+from django.conf import settings
 from django.contrib import messages
 from django.db.models import Count, OuterRef, Subquery
 from django.http import HttpResponseBadRequest
@@ -43,6 +44,7 @@ class ChangeNewView(ConfirmActionView):
             context["outcome_links"] = outcome_links(form)
             context["usage_targets"] = [f"{pk}/{region}" for pk, _aws_id, region in plan.unmeasured_regions]
             context["measuring"] = measuring(plan.unmeasured_regions)
+        context["approval_rule"] = approval_rule()
         return context
 
     def perform(self, form):
@@ -57,6 +59,19 @@ class ChangeNewView(ConfirmActionView):
         notes = " ".join(rollout.gate_notes(batch))
         waves = f" in {batch.waves} waves" if batch.waves > 1 else ""
         return f"Batch #{batch.pk} queued{waves}." + (f" {notes}" if notes else "")
+
+
+def approval_rule():
+    """The four-eyes rule of the settings, in words, for the confirmation page."""
+    parts = []
+    if settings.IMDSWEB_APPROVAL_MIN_ITEMS:
+        parts.append(f"queue {settings.IMDSWEB_APPROVAL_MIN_ITEMS:,} instances or more")
+    if settings.IMDSWEB_APPROVAL_ACCOUNTS:
+        parts.append(f"touch {', '.join(settings.IMDSWEB_APPROVAL_ACCOUNTS)}")
+    if not parts:
+        return ""
+    return (f"Batches that {' or '.join(parts)} wait for a second operator's approval before anything is sent "
+            "(you cannot approve your own).")
 
 
 def outcome_links(form):
