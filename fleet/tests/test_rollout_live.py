@@ -6,8 +6,12 @@ so a five-minute soak takes five seconds.
 """
 
 import itertools
+import time
+from datetime import timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
+from django.utils import timezone
 
 from fleet import changes, sync
 from fleet.changes import rollout
@@ -110,3 +114,35 @@ def test_a_clean_canary_promotes_itself_after_its_soak(stack):
     assert first_of_rest >= canary.finished_at
     assert (first_of_rest - soak_started).total_seconds() >= 4 * 60 / 60 - 0.1
     assert ChangeBatch.objects.get(pk=batch.pk).breakage_flagged_at is None
+
+
+def test_nothing_is_sent_before_approval_by_a_second_person_nor_outside_the_window(stack, settings):
+    settings.IMDSWEB_APPROVAL_MIN_ITEMS = 2  # the request is decided in this process
+    account, ec2, ids = seed(stack, count=3)
+    requester, checker = UserFactory(role="operator"), UserFactory(role="operator")
+    # A window opening at a whole minute at least 20 s away, open for two minutes.
+    now = timezone.now().astimezone(ZoneInfo("UTC"))
+    opens = (now + timedelta(seconds=80 if now.second >= 40 else 60)).replace(second=0, microsecond=0)
+    window = {"days": [opens.weekday()], "start": opens.strftime("%H:%M"),
+              "end": (opens + timedelta(minutes=2)).strftime("%H:%M"), "tz": "UTC"}
+    batch = changes.request_change(requester, Instance.objects.filter(account=account), changes.REQUIRE_IMDSV2,
+                                   override_usage=True, rollout=rollout.RolloutOptions(window=window))
+    assert batch.approval == "awaiting" and batch.run_from == opens
+
+    with pytest.raises(changes.ChangeRefused, match="a second person has to approve"):
+        rollout.approve(batch, requester)
+    time.sleep(4)  # workers, beat and sweep running: nothing is sent while approval is awaited
+    assert set(batch.items.values_list("state", flat=True)) == {ItemState.QUEUED}
+    rollout.approve(batch, checker)
+    time.sleep(4)  # approved, but the window is not open yet
+    assert timezone.now() < opens
+    assert set(batch.items.values_list("state", flat=True)) == {ItemState.QUEUED}
+    assert not any(stack.sim.stats()["modify_calls_by_instance"].get(i) for i in ids)
+    assert set(tokens_in_aws(ec2, ids).values()) == {"optional"}
+    wait_for(lambda: batch.items.filter(state=ItemState.APPLIED).count() == 3, timeout=150,
+             message="the batch to run once its window opened", stack=stack)
+    first = min(batch.items.values_list("submitted_at", flat=True))
+    assert first >= opens
+    assert set(tokens_in_aws(ec2, ids).values()) == {"required"}
+    assert list(batch.events.values_list("kind", flat=True)) == [BatchEventKind.APPROVAL_REQUESTED,
+                                                                 BatchEventKind.APPROVED]
