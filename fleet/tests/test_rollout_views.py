@@ -38,6 +38,7 @@ def test_a_staged_batch_from_the_confirmation_page_shows_its_waves(operator, ins
     page = operator.get(batch.get_absolute_url()).content.decode()
     assert 'id="waves"' in page and 'data-wave="2" data-state="waiting"' in page
     assert "Promote: release wave 2 now" in page and "Abort the rollout" in page
+    assert "wave 1/2: wave running" in operator.get(reverse("fleet:change_list")).content.decode()
     # The soak countdown, refreshed by the progress poll.
     ChangeBatch.objects.filter(pk=batch.pk).update(rollout_state=RolloutState.SOAKING,
                                                    soak_until=timezone.now() + timezone.timedelta(seconds=90))
@@ -93,6 +94,7 @@ def awaiting(settings, instances):
 def test_the_requester_sees_no_approve_button_and_cannot_approve_by_post(client, awaiting):
     batch, requester = awaiting
     client.force_login(requester)
+    assert "awaiting approval" in client.get(reverse("fleet:change_list")).content.decode()
     page = client.get(batch.get_absolute_url()).content.decode()
     assert "Awaiting approval" in page and "a second operator or admin approves it" in page
     assert ">Approve<" not in page
