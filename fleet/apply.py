@@ -2,8 +2,8 @@
 pending ones until AWS reports ``applied``, and sweep up work that a dead broker or worker left.
 
 Only items ``ChangeItem.objects.claimable()`` are read for work (the gates of a staged rollout, a
-window and an approval: fleet.changes.rollout). Work is claimed with a conditional UPDATE (queued -> submitting), so no two workers ever send
-the same item and no lock is held across an AWS call. One runner at a time works through an
+window and an approval: fleet.changes.rollout). Work is claimed with a conditional UPDATE
+(queued -> submitting), so no two workers ever send the same item and no lock is held across an AWS call. One runner at a time works through an
 account/region (a short-lived lock in the cache); account/regions run in parallel.
 
 Each kind of change is a target (``TARGETS``): the AWS action whose token bucket paces it, the
