@@ -9,6 +9,7 @@ from .models import (
     Account,
     AccountHealth,
     ApiToken,
+    BatchEvent,
     ChangeBatch,
     ChangeItem,
     Delivery,
@@ -128,6 +129,16 @@ class ChangeItemAdmin(ReadOnlyAdmin):
     list_filter = ("state", "error_code", "region", "batch")
     search_fields = ("instance__instance_id", "error_message", "request_id")
     list_select_related = ("account", "batch", "instance")
+
+
+@admin.register(BatchEvent)
+class BatchEventAdmin(ReadOnlyAdmin):
+    """The rollout and approval trail: who approved or refused, when waves were released."""
+
+    list_display = ("at", "batch", "kind", "wave", "user", "text")
+    list_filter = ("kind", "at")
+    search_fields = ("text", "user__username")
+    list_select_related = ("batch", "user")
 
 
 # ---- notification rules (edited here), what they sent and the drift they report (read-only)

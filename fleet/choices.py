@@ -218,3 +218,45 @@ class WaiverAction(models.TextChoices):
     EXTENDED = "extended", "extended"
     REVOKED = "revoked", "revoked"
     EXPIRED = "expired", "expired"
+
+
+class RolloutState(models.TextChoices):
+    """Where a batch in waves stands (blank: a batch of one wave, which just runs)."""
+
+    RUNNING = "running", "wave running"
+    SOAKING = "soaking", "soaking"
+    PAUSED = "paused", "paused"
+    ABORTED = "aborted", "aborted"
+    COMPLETE = "complete", "all waves released"
+
+
+class WaveMode(models.TextChoices):
+    """How the confirmation page splits a batch into waves."""
+
+    NONE = "none", "all at once"
+    COUNT = "count", "canary: N instances per account/region"
+    PERCENT = "percent", "canary: a percentage per account/region"
+    TAG = "tag", "canary: instances with a tag"
+    ACCOUNTS = "accounts", "accounts or OUs, one wave per line"
+
+
+class ApprovalState(models.TextChoices):
+    """Four-eyes approval of a batch (blank: none needed)."""
+
+    AWAITING = "awaiting", "awaiting approval"
+    APPROVED = "approved", "approved"
+    REFUSED = "refused", "refused"
+    EXPIRED = "expired", "approval request expired"
+
+
+class BatchEventKind(models.TextChoices):
+    APPROVAL_REQUESTED = "approval_requested", "approval requested"
+    APPROVED = "approved", "approved"
+    REFUSED = "refused", "refused"
+    APPROVAL_EXPIRED = "approval_expired", "approval request expired"
+    WAVE_RELEASED = "wave_released", "wave released"
+    SOAK_STARTED = "soak_started", "soak started"
+    PAUSED = "paused", "paused"
+    PROMOTED = "promoted", "promoted by an operator"
+    ABORTED = "aborted", "aborted"
+    COMPLETED = "completed", "all waves released"

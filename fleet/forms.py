@@ -8,9 +8,11 @@ from django import forms
 from django.core.exceptions import ValidationError
 from django.db.models import Q
 from django.http import QueryDict
+from django.utils import timezone
 
 from . import changes
-from .choices import DefaultsHttpTokens, DefaultsToggle, HttpTokens, Toggle, WaiverScope
+from .changes import rollout
+from .choices import DefaultsHttpTokens, DefaultsToggle, HttpTokens, Toggle, WaiverScope, WaveMode
 from .filters import InstanceFilterSet
 from .models import Account, Instance, LaunchSource, MetadataDefaults, Waiver
 from .models.inventory import DEFAULTS_FIELDS, INSTANCE_OPTION_FIELDS
@@ -100,6 +102,33 @@ class InstanceChangeForm(forms.Form):
         required=False, label="Apply to waived instances too (this batch only)",
         help_text="Otherwise instances under an active waiver are skipped, the waiver as the reason.",
     )
+    # Staged rollout, schedule and window (fleet.changes.rollout).
+    wave_mode = forms.ChoiceField(
+        required=False, choices=WaveMode.choices, initial=WaveMode.NONE, label="Waves",
+        help_text="Run a canary first; the rest follows after a clean soak.",
+    )
+    canary = forms.CharField(
+        required=False, max_length=4000, widget=forms.Textarea(attrs={"rows": 2}), label="Canary",
+        help_text="N instances, a percentage (10%), a tag (Env=sandbox), or accounts/OUs, one wave per line "
+                  "(sandbox / staging / prod).",
+    )
+    rest_waves = forms.IntegerField(required=False, min_value=1, max_value=20, initial=1, label="Waves for the rest")
+    soak_minutes = forms.FloatField(
+        required=False, min_value=0, max_value=7 * 24 * 60, initial=60, label="Soak between waves (minutes)",
+        help_text="imdsweb watches CloudWatch MetadataNoTokenRejected of the wave's instances meanwhile: any "
+                  "refused IMDSv1 call pauses the batch.",
+    )
+    start_at = forms.DateTimeField(
+        required=False, label="Start at", widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
+        help_text="Leave empty to start now (server time zone).",
+    )
+    window_days = forms.MultipleChoiceField(
+        required=False, choices=list(enumerate(rollout.DAYS)), widget=forms.CheckboxSelectMultiple,
+        label="Run only in a window on",
+    )
+    window_start = forms.TimeField(required=False, label="Window from", widget=forms.TimeInput(attrs={"type": "time"}))
+    window_end = forms.TimeField(required=False, label="Window until", widget=forms.TimeInput(attrs={"type": "time"}))
+    window_tz = forms.CharField(required=False, max_length=64, initial="UTC", label="Window time zone")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -107,6 +136,39 @@ class InstanceChangeForm(forms.Form):
         self.instances = Instance.objects.none()
         self.desired = {}
         self.selection = ""
+        self.rollout = rollout.RolloutOptions()
+
+    def clean_rest_waves(self):
+        return self.cleaned_data.get("rest_waves") or 1
+
+    def _clean_rollout(self, data):
+        mode = data.get("wave_mode") or WaveMode.NONE
+        if mode != WaveMode.NONE and not (data.get("canary") or "").strip():
+            self.add_error("canary", "Say which instances make the canary.")
+        elif mode != WaveMode.NONE:
+            try:
+                rollout.check_canary(mode, data["canary"])
+            except changes.ChangeRefused as exc:
+                self.add_error("canary", str(exc))
+        if data.get("start_at") and data["start_at"] <= timezone.now():
+            self.add_error("start_at", "The scheduled start is in the past.")
+        window = {}
+        if any(name in self.errors for name in ("window_days", "window_start", "window_end", "window_tz")):
+            pass  # the field's own error is shown
+        elif data.get("window_days") or data.get("window_start") or data.get("window_end"):
+            if not data.get("window_start") or not data.get("window_end"):
+                self.add_error("window_start", "A window needs a start and an end time.")
+            else:
+                try:
+                    window = rollout.parse_window(data.get("window_days"), data["window_start"], data["window_end"],
+                                                  (data.get("window_tz") or "UTC").strip())
+                except ValueError as exc:
+                    self.add_error("window_days", str(exc))
+        soak = data.get("soak_minutes")
+        return rollout.RolloutOptions(
+            mode=mode, canary=data.get("canary") or "", rest_waves=data.get("rest_waves") or 1,
+            soak_minutes=60 if soak is None else soak, start_at=data.get("start_at"), window=window,
+        )
 
     def clean(self):
         data = super().clean()
@@ -115,6 +177,7 @@ class InstanceChangeForm(forms.Form):
             return data
         self.desired = self._clean_desired(data)
         self.instances, self.selection = self._clean_targets(data)
+        self.rollout = self._clean_rollout(data)
         return data
 
     def _clean_desired(self, data):

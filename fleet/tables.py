@@ -121,6 +121,11 @@ class ChangeBatchTable(BaseTable):
         shown = badge(status.label, STATUS_LEVEL.get(status, "neutral"))
         if record.breakage_flagged_at:
             shown = format_html("{} {}", shown, BREAKAGE_BADGE)
+        if record.approval == "awaiting":
+            shown = format_html('{} <span class="badge badge-warn">awaiting approval</span>', shown)
+        if record.rollout_state and record.waves > 1:
+            shown = format_html('{} <span class="badge badge-neutral">wave {}/{}: {}</span>', shown,
+                                record.released_wave + 1, record.waves, record.get_rollout_state_display())
         if getattr(record, "rolled_back_by", None):
             shown = format_html('{} <span class="badge badge-warn">rolled back by #{}</span>', shown,
                                 record.rolled_back_by)

@@ -102,6 +102,16 @@ def track_pending_region(account_pk, region):
 
 
 @shared_task(ignore_result=True)
+def advance_rollouts():
+    """Beat: move staged rollouts, windows and approval requests on (fleet.changes.rollout)."""
+    from .changes import rollout
+
+    released = rollout.advance_all()
+    if released:
+        log.info("rollout: work released in batch(es) %s", released)
+
+
+@shared_task(ignore_result=True)
 def sweep():
     for account_pk, region in sweeper.sweep():
         apply_region.delay(account_pk, region)

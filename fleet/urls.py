@@ -43,6 +43,10 @@ urlpatterns = [
     path("changes/<int:pk>/cancel/", changes.BatchActionView.as_view(action="cancel"), name="change_cancel"),
     path("changes/<int:pk>/retry/", changes.BatchActionView.as_view(action="retry"), name="change_retry"),
     path("changes/<int:pk>/rollback/", changes.RollbackView.as_view(), name="change_rollback"),
+    path("changes/<int:pk>/approve/", changes.BatchActionView.as_view(action="approve"), name="change_approve"),
+    path("changes/<int:pk>/refuse/", changes.BatchActionView.as_view(action="refuse"), name="change_refuse"),
+    path("changes/<int:pk>/promote/", changes.BatchActionView.as_view(action="promote"), name="change_promote"),
+    path("changes/<int:pk>/abort/", changes.BatchActionView.as_view(action="abort"), name="change_abort"),
     path("changes/measure-usage/", changes.MeasureUsageView.as_view(), name="measure_usage"),
     path("changes/measure-usage/status/", changes.measure_usage_status, name="measure_usage_status"),
     path(

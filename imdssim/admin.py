@@ -3,7 +3,8 @@
 Lets tests, benchmarks and demo operators read and change the knobs at runtime, mark an
 account/region as managed by a declarative policy, read and reset call statistics, wait for
 readiness and discover the seeded demo accounts; read the seeded organization, opt an account in
-or out of a region and make an account's role missing or read-only. JSON in, JSON out; nothing here is AWS-shaped.
+or out of a region and make an account's role missing or read-only; give instances an IMDSv1
+workload (imdssim.workloads). JSON in, JSON out; nothing here is AWS-shaped.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ _routes = Map(
         Rule(f"{PREFIX}/organization", endpoint="organization", methods=["GET"]),
         Rule(f"{PREFIX}/regions", endpoint="set_region", methods=["POST"]),
         Rule(f"{PREFIX}/role", endpoint="set_role", methods=["POST"]),
+        Rule(f"{PREFIX}/workload", endpoint="get_workloads", methods=["GET"]),
+        Rule(f"{PREFIX}/workload", endpoint="set_workload", methods=["POST"]),
     ]
 )
 
@@ -115,6 +118,27 @@ class AdminEndpoint:
             raise BadRequest(exc.args[0]) from None
         log.info("%s/%s: MetadataOptions of %d instance(s) omit %s", account_id, region, len(instance_ids), members)
         return _json({"account_id": account_id, "region": region, "instance_ids": instance_ids, "members": members})
+
+    def get_workloads(self, request: Request) -> Response:
+        return _json(self.sim.workloads.as_list())
+
+    def set_workload(self, request: Request) -> Response:
+        body = _json_body(request)
+        account_id, region, instance_ids = body.get("account_id"), body.get("region"), body.get("instance_ids")
+        rate = body.get("calls_per_minute", 60)
+        if not isinstance(account_id, str) or not isinstance(region, str):
+            raise BadRequest("account_id and region are required strings")
+        if not isinstance(instance_ids, list) or not instance_ids or not all(isinstance(i, str) for i in instance_ids):
+            raise BadRequest("instance_ids must be a non-empty list of strings")
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate < 0:
+            raise BadRequest("calls_per_minute must be a number >= 0 (0 removes the workload)")
+        try:
+            self.sim.workloads.set(account_id, region, instance_ids, float(rate))
+        except KeyError as exc:
+            raise BadRequest(exc.args[0]) from None
+        log.info("%s/%s: IMDSv1 workload of %s call(s)/min on %s", account_id, region, rate, instance_ids)
+        return _json({"account_id": account_id, "region": region, "instance_ids": instance_ids,
+                      "calls_per_minute": rate})
 
     def stats(self, request: Request) -> Response:
         return _json(self.sim.stats.snapshot())

@@ -24,8 +24,14 @@ from .awsquery import Ec2Error, QueryRequest, new_request_id, read_query_request
 from .ec2_imds import ImdsModel
 from .organization import OrganizationModel
 from .throttle import Knobs, Stats, Throttler
+from .workloads import WorkloadModel
 
 log = logging.getLogger(__name__)
+
+# Actions that change how an instance's IMDSv1 calls count: the calls before them are written first.
+WORKLOAD_OBSERVERS = frozenset({"ModifyInstanceMetadataOptions", "StartInstances", "StopInstances",
+                                "TerminateInstances"})
+
 
 def _status_code(status: str) -> int:
     return int(status.split(" ", 1)[0])
@@ -40,6 +46,7 @@ class SimulatorApp:
         self.throttler = Throttler(self.knobs)
         self.imds = ImdsModel(self.knobs, on_modify=self.stats.record_modify)
         launches.install(self.imds)
+        self.workloads = WorkloadModel(self.knobs)
         self.moto = DomainDispatcherApplication(create_backend_app)
         self.admin = AdminEndpoint(self)
         self.rng = rng or random.Random()
@@ -57,6 +64,9 @@ class SimulatorApp:
             if denied is not None:
                 start_response("403 Forbidden", _xml_headers(denied))
                 return [denied]
+        if request.service == "monitoring" or request.action in WORKLOAD_OBSERVERS:
+            # IMDSv1 calls made so far are counted by the options they met (imdssim.workloads).
+            self.workloads.catch_up()
         if not request.is_ec2:
             return self.moto(environ, start_response)
         status, headers, body = self._ec2(request, environ)

@@ -187,6 +187,14 @@ class SimulatorProcess:
         """Make the account's role ``full``, ``read-only`` or ``missing``."""
         return self._request("POST", "/role", {"account_id": account_id, "access": access})
 
+    def set_workload(self, account_id: str, region: str, instance_ids: Sequence[str], calls_per_minute: float = 60) -> dict:
+        """Give instances software that still calls IMDSv1 (``calls_per_minute`` per simulated minute;
+        0 removes it): CloudWatch counts the calls as MetadataNoToken, or MetadataNoTokenRejected
+        once the instance requires tokens."""
+        return self._request("POST", "/workload", {"account_id": account_id, "region": region,
+                                                   "instance_ids": list(instance_ids),
+                                                   "calls_per_minute": calls_per_minute})
+
     def demo_accounts(self) -> list[dict]:
         """The seeded accounts: account_id, name, role_arn, external_id, regions, instances_per_region."""
         return self._request("GET", "/demo")

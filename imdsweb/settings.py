@@ -309,6 +309,15 @@ IMDSWEB_RATE_TIME_SCALE = env.float("IMDSWEB_RATE_TIME_SCALE", default=1.0)
 IMDSWEB_RATE_HEADROOM = env.float("IMDSWEB_RATE_HEADROOM", default=0.96)
 
 # --- history, drift, notifications, metrics (issue 18: fleet/history.py, notify.py, metrics.py) ---
+# Staged rollouts, windows and approval (fleet.changes.rollout): the beat's tick, the soak's
+# clock (tests shorten it like the simulator's time scale), and the four-eyes rule: batches of at
+# least IMDSWEB_APPROVAL_MIN_ITEMS instances (0: no size rule), or touching these account ids,
+# names or OU ids, wait for a second person's approval, for at most IMDSWEB_APPROVAL_EXPIRY_HOURS.
+IMDSWEB_ROLLOUT_TICK_SECONDS = env.float("IMDSWEB_ROLLOUT_TICK_SECONDS", default=10.0)
+IMDSWEB_ROLLOUT_TIME_SCALE = env.float("IMDSWEB_ROLLOUT_TIME_SCALE", default=IMDSWEB_RATE_TIME_SCALE)
+IMDSWEB_APPROVAL_MIN_ITEMS = env.int("IMDSWEB_APPROVAL_MIN_ITEMS", default=0)
+IMDSWEB_APPROVAL_ACCOUNTS = env.list("IMDSWEB_APPROVAL_ACCOUNTS", default=[])
+IMDSWEB_APPROVAL_EXPIRY_HOURS = env.float("IMDSWEB_APPROVAL_EXPIRY_HOURS", default=72.0)
 IMDSWEB_HISTORY_RETENTION_DAYS = env.int("IMDSWEB_HISTORY_RETENTION_DAYS", default=400)
 IMDSWEB_HISTORY_HOURLY_DAYS = env.int("IMDSWEB_HISTORY_HOURLY_DAYS", default=7)
 # Outgoing mail for notification rules: django-environ's EMAIL_URL (smtp://user:pass@host:587,
@@ -352,7 +361,8 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         name: f"fleet.choices.{name}"
         for name in ("HttpTokens", "Toggle", "MetadataState", "InstanceState", "DefaultsHttpTokens", "DefaultsToggle",
-                     "ManagedBy", "DefaultsStatus", "ChangeKind", "ItemState", "DriftKind")
+                     "ManagedBy", "DefaultsStatus", "ChangeKind", "ItemState", "DriftKind", "RolloutState", "ApprovalState",
+                     "WaveMode")
     },
 }
 # --- end issue 18 ---
@@ -381,6 +391,10 @@ CELERY_BEAT_SCHEDULE = {
     "track-pending": {
         "task": "fleet.tasks.track_pending",
         "schedule": timedelta(seconds=IMDSWEB_TRACK_PENDING_SECONDS),
+    },
+    "advance-rollouts": {
+        "task": "fleet.tasks.advance_rollouts",
+        "schedule": timedelta(seconds=IMDSWEB_ROLLOUT_TICK_SECONDS),
     },
     "sweep-changes": {
         "task": "fleet.tasks.sweep",

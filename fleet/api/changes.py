@@ -15,6 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from .. import changes
+from ..choices import WaveMode
 from ..forms import InstanceChangeForm
 from ..models import ChangeBatch
 from ..models.inventory import INSTANCE_OPTION_FIELDS
@@ -53,6 +54,21 @@ class QueueRequest(serializers.Serializer):
     plan_token = serializers.CharField()
     comment = serializers.CharField(required=False, allow_blank=True, default="")
     dry_run = serializers.BooleanField(required=False, default=False)
+    # A staged rollout, a scheduled start, a recurring window: as on the confirmation page.
+    wave_mode = serializers.ChoiceField(choices=WaveMode.choices, required=False)
+    canary = serializers.CharField(required=False, allow_blank=True,
+                                   help_text="N, a percentage (10%), key=value, or accounts/OUs one wave per line")
+    rest_waves = serializers.IntegerField(required=False)
+    soak_minutes = serializers.FloatField(required=False)
+    start_at = serializers.DateTimeField(required=False)
+    window_days = serializers.ListField(child=serializers.IntegerField(), required=False, help_text="0 = Monday")
+    window_start = serializers.CharField(required=False, help_text="HH:MM")
+    window_end = serializers.CharField(required=False, help_text="HH:MM")
+    window_tz = serializers.CharField(required=False, help_text="e.g. Europe/Berlin")
+
+
+ROLLOUT_FIELDS = ("wave_mode", "canary", "rest_waves", "soak_minutes", "start_at", "window_days", "window_start",
+                  "window_end", "window_tz")
 
 
 def _form_data(payload):
@@ -127,6 +143,11 @@ class QueueView(APIView):
         data["comment"] = body.validated_data["comment"]
         if body.validated_data["dry_run"]:
             data["dry_run"] = "on"
+        for name in ROLLOUT_FIELDS:
+            if name == "window_days" and name in request.data:
+                data.setlist(name, [str(day) for day in body.validated_data[name]])
+            elif name in body.validated_data:
+                data[name] = str(request.data[name])
         form = _valid_form(data)  # again: the fleet may have changed since the plan
         token = request.auth
         selection = form.selection + (f" (API token “{token.name}”)" if token is not None else " (API)")
@@ -136,8 +157,9 @@ class QueueView(APIView):
                 dry_run=form.cleaned_data["dry_run"], override_usage=form.cleaned_data["override_usage"],
                 override_owner=form.cleaned_data["override_owner"],
                 override_waivers=form.cleaned_data["override_waivers"],
+                rollout=form.rollout,
             )
         except changes.ChangeRefused as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
-        batch = ChangeBatch.objects.with_counts().select_related("created_by").get(pk=batch.pk)
+        batch = ChangeBatch.objects.with_counts().select_related("created_by", "approved_by").get(pk=batch.pk)
         return Response(ChangeBatchSerializer(batch).data, status=status.HTTP_201_CREATED)

@@ -104,13 +104,17 @@ CountsSerializer = type(
 
 class ChangeBatchSerializer(serializers.ModelSerializer):
     created_by = serializers.CharField(source="created_by.username", allow_null=True, default=None)
+    approved_by = serializers.CharField(source="approved_by.username", allow_null=True, default=None)
     status = serializers.SerializerMethodField()
     counts = serializers.SerializerMethodField()
 
     class Meta:
         model = ChangeBatch
         fields = ["id", "created_at", "created_by", "kind", "desired", "selection", "comment", "dry_run",
-                  "override_usage", "override_owner", "override_waivers", "rollback_of", "breakage_flagged_at", "status", "counts"]
+                  "override_usage", "override_owner", "override_waivers", "rollback_of", "breakage_flagged_at", "status", "counts",
+                  "waves", "released_wave", "wave_labels", "soak_seconds", "rollout_state", "soak_until",
+                  "rollout_note", "start_at", "window", "run_from", "run_until", "approval", "approval_reason",
+                  "approval_expires_at", "approved_by", "approved_at"]
 
     def get_status(self, batch) -> str:
         return batch.status_from_counts(batch.counts()).value
@@ -128,7 +132,7 @@ class ChangeItemSerializer(serializers.ModelSerializer):
         model = ChangeItem
         fields = ["id", "batch", "instance_id", "account_id", "region", "desired", "previous", "state", "reason",
                   "attempts", "request_id", "error_code", "error_message", "created_at", "claimed_at",
-                  "submitted_at", "finished_at", "breakage_suspected"]
+                  "submitted_at", "finished_at", "breakage_suspected", "wave"]
 
 
 class WaiverSerializer(serializers.ModelSerializer):

@@ -178,12 +178,12 @@ class DriftListView(generics.ListAPIView):
 class BatchListView(generics.ListAPIView):
     serializer_class = api.ChangeBatchSerializer
     pagination_class = IdCursorPagination
-    queryset = ChangeBatch.objects.with_counts().select_related("created_by")
+    queryset = ChangeBatch.objects.with_counts().select_related("created_by", "approved_by")
 
 
 class BatchDetailView(generics.RetrieveAPIView):
     serializer_class = api.ChangeBatchSerializer
-    queryset = ChangeBatch.objects.with_counts().select_related("created_by")
+    queryset = ChangeBatch.objects.with_counts().select_related("created_by", "approved_by")
 
 
 @extend_schema(parameters=filter_parameters(ChangeItemFilterSet))

@@ -11,7 +11,7 @@ from .autoscaling import (
     update_auto_scaling_group,
     update_mixed_group_templates,
 )
-from .cloudwatch import get_metadata_usage
+from .cloudwatch import get_metadata_usage, get_rejected_calls
 from .ec2 import (
     create_launch_template_version,
     describe_images,
@@ -47,6 +47,7 @@ __all__ = [
     "describe_launch_template_version_pages",
     "get_instance_metadata_defaults",
     "get_metadata_usage",
+    "get_rejected_calls",
     "modify_instance_metadata_defaults",
     "modify_instance_metadata_options",
     "modify_launch_template",

@@ -57,3 +57,27 @@ def get_metadata_usage(account, region, instance_ids, days):
                         last = ts
                 usage[instance_id][metric] = (total, last)
     return usage
+
+
+def get_rejected_calls(account, region, instance_ids, since):
+    """Return {instance_id: IMDSv1 calls refused since ``since``} (``MetadataNoTokenRejected``, Sum,
+    one-minute periods): what a staged rollout's soak watches. Up to 500 instances per call."""
+    cw = call(client, account, region, "cloudwatch")
+    end = timezone.now() + timedelta(minutes=1)  # the current minute's calls included
+    rejected = dict.fromkeys(instance_ids, 0.0)
+    ids = list(instance_ids)
+    for offset in range(0, len(ids), QUERIES_PER_CALL):
+        chunk = ids[offset : offset + QUERIES_PER_CALL]
+        queries = [
+            {"Id": f"r{index}", "ReturnData": True, "MetricStat": {
+                "Metric": {"Namespace": "AWS/EC2", "MetricName": "MetadataNoTokenRejected",
+                           "Dimensions": [{"Name": "InstanceId", "Value": instance_id}]},
+                "Period": 60, "Stat": "Sum"}}
+            for index, instance_id in enumerate(chunk)
+        ]
+        ratelimit.acquire(account.account_id, region, "GetMetricData")
+        paginator = cw.get_paginator("get_metric_data")
+        for page in call(list, paginator.paginate(MetricDataQueries=queries, StartTime=since, EndTime=end)):
+            for result in page.get("MetricDataResults", []):
+                rejected[chunk[int(result["Id"][1:])]] += sum(result.get("Values", []))
+    return rejected

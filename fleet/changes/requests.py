@@ -83,8 +83,11 @@ def _nothing_to_queue(batch):
 
 
 def request_change(user, instances, desired, *, comment="", selection="", dry_run=False, override_usage=False,
-                   override_owner=False, request_token=None, override_waivers=False):
+                   override_owner=False, request_token=None, override_waivers=False, rollout=None):
     """Queue a change of instance metadata options for ``instances``. Returns the batch.
+
+    ``rollout`` (fleet.changes.rollout.RolloutOptions): waves, soak, schedule and window; the
+    four-eyes rule of the settings applies either way.
 
     Refused (ChangeRefused) when nothing would be queued — no batch is created then — and when a
     confirmation form is replayed (``request_token`` already used: the refusal carries the batch).
@@ -114,6 +117,9 @@ def request_change(user, instances, desired, *, comment="", selection="", dry_ru
                 raise ChangeRefused("No instances selected.")  # rolls the empty batch back
             if not batch.items.filter(state=ItemState.QUEUED).exists():
                 raise _nothing_to_queue(batch)  # rolls the batch back too
+            from . import rollout as rollouts
+
+            rollouts.prepare(batch, rollout or rollouts.RolloutOptions(), _author(user), timezone.now())
             _dispatch_on_commit(batch)
     except IntegrityError as exc:
         _refuse_replay(request_token)
@@ -226,13 +232,17 @@ def rerun(batch, user):
     return target_for(batch.kind).rerun(batch, user, comment)
 
 
-def rollback(batch, user, comment="", request_token=None):
-    """A new batch that undoes ``batch``: what its kind's target does (``Target.rollback``)."""
+def rollback(batch, user, comment="", request_token=None, wave=None):
+    """A new batch that undoes ``batch``: what its kind's target does (``Target.rollback``); with
+    ``wave``, only what that wave of a staged rollout changed (its rollout stops)."""
+    if wave is not None:
+        return restore_previous(batch, user, comment, request_token=request_token, wave=wave)
     return target_for(batch.kind).rollback(batch, user, comment, request_token=request_token)
 
 
-def restore_previous(batch, user, comment="", request_token=None):
-    """A new batch that restores what ``batch`` changed, where nothing has changed it since.
+def restore_previous(batch, user, comment="", request_token=None, wave=None):
+    """A new batch that restores what ``batch`` changed, where nothing has changed it since
+    (only what its wave ``wave`` changed, when given: a staged rollout's wave; its rollout stops).
 
     See :func:`fleet.changes.rollbacks.plan_rollback` for what is restored and what is skipped.
     The batch row is locked for the decision, so two rollbacks of one batch cannot both go ahead.
@@ -243,14 +253,14 @@ def restore_previous(batch, user, comment="", request_token=None):
     try:
         with transaction.atomic():
             locked = ChangeBatch.objects.select_for_update().get(pk=batch.pk)
-            plan = plan_rollback(locked)
+            plan = plan_rollback(locked, wave=wave)
             plan.raise_if_refused()
             rollback_batch = ChangeBatch.objects.create(
                 created_by=_author(user),
                 kind=batch.kind,
                 desired={},
-                selection=f"rollback of batch #{batch.pk}",
-                comment=comment or f"Rollback of batch #{batch.pk}",
+                selection=f"rollback of batch #{batch.pk}" + (f", wave {wave + 1}" if wave is not None else ""),
+                comment=comment or f"Rollback of batch #{batch.pk}" + (f", wave {wave + 1}" if wave is not None else ""),
                 rollback_of=batch,
                 request_token=request_token or None,
             )
@@ -272,6 +282,9 @@ def restore_previous(batch, user, comment="", request_token=None):
                 ),
                 batch_size=BULK_SIZE,
             )
+            from .rollout import stopped_by_rollback
+
+            stopped_by_rollback(locked, _author(user), rollback_batch)
             _dispatch_on_commit(rollback_batch)
     except IntegrityError as exc:
         _refuse_replay(request_token, "rollback")

@@ -44,6 +44,7 @@ class RollbackPlan:
     entries: list = field(default_factory=list)
     cancelled_queued: int = 0
     refusal: str = ""
+    wave: int | None = None
 
     @property
     def restore(self):
@@ -89,9 +90,10 @@ def _later_changes(items, target):
     return target.later_changes(later.exclude(batch_id=items[0].batch_id), items)
 
 
-def plan_rollback(batch):
-    """What rolling ``batch`` back would restore and skip, and why (a few queries)."""
-    plan = RollbackPlan(batch=batch)
+def plan_rollback(batch, wave=None):
+    """What rolling ``batch`` back would restore and skip, and why (a few queries). ``wave``:
+    only that wave's items of a staged rollout (its queued items are cancelled all the same)."""
+    plan = RollbackPlan(batch=batch, wave=wave)
     rolled_back = batch.rollbacks.order_by("pk").first()
     if rolled_back is not None:
         plan.refusal = (f"Batch #{batch.pk} was already rolled back by batch #{rolled_back.pk}. To redo its "
@@ -103,7 +105,10 @@ def plan_rollback(batch):
                         "answer (in a few seconds).")
         return plan
     plan.cancelled_queued = batch.items.filter(state=ItemState.QUEUED).count()
-    items = list(batch.items.filter(state__in=REACHED_AWS).select_related("account", "instance", "batch"))
+    reached = batch.items.filter(state__in=REACHED_AWS)
+    if wave is not None:
+        reached = reached.filter(wave=wave)
+    items = list(reached.select_related("account", "instance", "batch"))
     target = target_for(batch.kind)
     later = _later_changes(items, target)
     current_of = target.current_values(items)

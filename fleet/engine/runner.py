@@ -34,7 +34,7 @@ MAX_SLEEP = 0.05
 def _next_queued(account, region):
     """The next queued item of this account/region, read with what submitting it needs."""
     return (
-        ChangeItem.objects.filter(account=account, region=region, state=ItemState.QUEUED)
+        ChangeItem.objects.claimable().filter(account=account, region=region)
         .select_related("batch", "instance", "account")
         .order_by("id")
         .first()
@@ -178,8 +178,7 @@ def run_region(account_pk, region, budget=None):
                 streak_cleared = True
     finally:
         lock.release()
-    if again is None and ChangeItem.objects.filter(account_id=account_pk, region=region,
-                                                   state=ItemState.QUEUED).exists():
+    if again is None and ChangeItem.objects.claimable().filter(account_id=account_pk, region=region).exists():
         again = 0.0  # items arrived while we were finishing
     # At AWS's rate a runner yields after almost every item: refresh the region's posture summary
     # when its queue is done, and otherwise at most every few seconds, not once per item.
@@ -191,7 +190,7 @@ def run_region(account_pk, region, budget=None):
 def regions_of_batch(batch_pk):
     """The (account pk, region) pairs with queued items of this batch: where to start runners."""
     return list(
-        ChangeItem.objects.filter(batch_id=batch_pk, state=ItemState.QUEUED)
+        ChangeItem.objects.claimable().filter(batch_id=batch_pk)
         .values_list("account_id", "region")
         .distinct()
         .order_by()

@@ -6,7 +6,6 @@ import logging
 from django.conf import settings
 from django.utils import timezone
 
-from ..choices import ItemState
 from ..models import ChangeItem
 from .locks import RegionLock
 
@@ -23,6 +22,6 @@ def sweep():
     if returned:
         log.warning("sweeper: %d item(s) left in submitting by a dead worker are queued again", returned)
     queued = (
-        ChangeItem.objects.filter(state=ItemState.QUEUED).values_list("account_id", "region").distinct().order_by()
+        ChangeItem.objects.claimable().values_list("account_id", "region").distinct().order_by()
     )
     return [(account_pk, region) for account_pk, region in queued if not RegionLock.held(account_pk, region)]

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('fleet', '0017_waivers'),
+        ('fleet', '0018_rollout_windows_approval'),
     ]
 
     operations = [

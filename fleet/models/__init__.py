@@ -7,12 +7,13 @@ from .inventory import Account, Instance, MetadataDefaults, SyncRun, UsageReadin
 from .notifications import Delivery, NotificationEvent, NotificationRule
 from .organization import AccountHealth, DiscoveryRun, OrganizationSource
 from .posture import RegionPosture
+from .rollout import BatchEvent
 from .signin import OidcIdentity
 from .sources import Image, LaunchSource, LaunchTemplateVersion, SourceSyncState
 from .waivers import Waiver, WaiverEvent
 
 __all__ = [
-    "Account", "AccountHealth", "ApiToken", "ChangeBatch", "ChangeItem", "Delivery", "DriftEvent", "FleetSnapshot", "Image", "Instance", "LaunchSource", "LaunchTemplateVersion", "SourceSyncState",
+    "Account", "AccountHealth", "ApiToken", "BatchEvent", "ChangeBatch", "ChangeItem", "Delivery", "DriftEvent", "FleetSnapshot", "Image", "Instance", "LaunchSource", "LaunchTemplateVersion", "SourceSyncState",
     "MetadataDefaults", "NotificationEvent", "NotificationRule", "OidcIdentity", "PostureSnapshot", "RegionPosture", "SyncRun",
     "UsageReading", "DiscoveryRun", "OrganizationSource", "Waiver", "WaiverEvent",
 ]

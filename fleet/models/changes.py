@@ -9,7 +9,7 @@ from django.db.models import Count, F, Q
 from django.urls import reverse
 from django.utils import timezone
 
-from ..choices import BatchStatus, ChangeKind, ItemState
+from ..choices import ApprovalState, BatchStatus, ChangeKind, ItemState, RolloutState
 from .inventory import Account, Instance
 
 
@@ -50,6 +50,31 @@ class ChangeBatch(models.Model):
     # tabs, a resent POST) finds this batch instead of creating a second one.
     request_token = models.CharField(max_length=64, null=True, blank=True, unique=True, editable=False)
     breakage_flagged_at = models.DateTimeField(null=True, blank=True)
+
+    # Staged rollout (fleet.changes.rollout): items carry a wave number; the runner claims only
+    # items of waves up to ``released_wave``. A batch of one wave has wave 0 released from the start.
+    waves = models.PositiveSmallIntegerField(default=1, db_default=1)
+    released_wave = models.PositiveSmallIntegerField(default=0, db_default=0)
+    wave_labels = models.JSONField(default=list, blank=True, help_text="What each wave holds, in words.")
+    soak_seconds = models.PositiveIntegerField(default=0, db_default=0)
+    rollout_state = models.CharField(max_length=10, choices=RolloutState.choices, blank=True, default="",
+                                     db_default="")
+    wave_started_at = models.DateTimeField(null=True, blank=True)
+    soak_until = models.DateTimeField(null=True, blank=True)
+    rollout_note = models.TextField(blank=True, default="", db_default="")
+    # When the runner may claim: the scheduled start, or the current (or next) opening of the
+    # recurring ``window`` ({"days": [0..6, Monday=0], "start": "HH:MM", "end": "HH:MM", "tz": ...}).
+    start_at = models.DateTimeField(null=True, blank=True)
+    window = models.JSONField(default=dict, blank=True)
+    run_from = models.DateTimeField(null=True, blank=True)
+    run_until = models.DateTimeField(null=True, blank=True)
+    # Four-eyes approval: nothing is sent while it is awaited.
+    approval = models.CharField(max_length=10, choices=ApprovalState.choices, blank=True, default="", db_default="")
+    approval_reason = models.TextField(blank=True, default="", db_default="")
+    approval_expires_at = models.DateTimeField(null=True, blank=True)
+    approved_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                    related_name="+")
+    approved_at = models.DateTimeField(null=True, blank=True)
 
     objects = ChangeBatchQuerySet.as_manager()
 
@@ -144,6 +169,18 @@ class ChangeItemQuerySet(models.QuerySet):
             state=ItemState.QUEUED, claimed_at=None
         )
 
+    def claimable(self, now=None):
+        """Queued items the runner may send now: their wave is released, their batch is not
+        awaiting approval, and it is inside its allowed time (fleet.changes.rollout keeps
+        ``run_from``/``run_until`` on the current or next opening of its window)."""
+        now = now or timezone.now()
+        return self.filter(
+            Q(batch__run_from__isnull=True) | Q(batch__run_from__lte=now),
+            Q(batch__run_until__isnull=True) | Q(batch__run_until__gt=now),
+            state=ItemState.QUEUED,
+            wave__lte=F("batch__released_wave"),
+        ).exclude(batch__approval=ApprovalState.AWAITING)
+
 
 class ChangeItem(models.Model):
     # No database constraint on these two: a bulk request inserts up to a million items in one
@@ -199,6 +236,10 @@ class ChangeItem(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
     breakage_suspected = models.BooleanField(default=False)
+    # The wave of a staged rollout this item belongs to (0: the first, the canary).
+    wave = models.PositiveSmallIntegerField(default=0, db_default=0)
+
+    objects = ChangeItemQuerySet.as_manager()
 
     objects = ChangeItemQuerySet.as_manager()
 

@@ -97,3 +97,27 @@ def test_tokens_carry_the_role_and_plan_tokens_their_user(client, fleet):
                 alice).json() == {"force": ["Unknown field."]}
     assert post(client, "changes/plan/", ["not", "an", "object"], alice).status_code == 400
     assert not ChangeBatch.objects.exists()
+
+
+def test_queue_in_waves_within_a_window_through_the_api(client, fleet):
+    _, headers = bearer("operator")
+    plan = post(client, "changes/plan/", {"filter": "account=111111111111", "http_tokens": "required"}, headers).json()
+    body = {"plan_token": plan["plan_token"], "wave_mode": "count", "canary": "1", "soak_minutes": 30,
+            "window_days": [0, 1, 2, 3, 4, 5, 6], "window_start": "00:00", "window_end": "23:59", "window_tz": "UTC"}
+    queued = post(client, "changes/", body, headers)
+    assert queued.status_code == 201, queued.content
+    data = queued.json()
+    assert (data["waves"], data["released_wave"], data["rollout_state"], data["soak_seconds"]) == (2, 0, "running", 1800)
+    assert data["window"]["days"] == [0, 1, 2, 3, 4, 5, 6] and data["run_until"]
+    items = client.get(f"/api/v1/batches/{data['id']}/items/", headers=headers).json()
+    waves = sorted(item["wave"] for item in items["results"] if item["state"] == "queued")
+    assert waves == [0, 1, 1]
+
+
+def test_a_malformed_canary_is_refused_through_the_api(client, fleet):
+    _, headers = bearer("operator")
+    plan = post(client, "changes/plan/", {"filter": "account=111111111111", "http_tokens": "required"}, headers).json()
+    response = post(client, "changes/", {"plan_token": plan["plan_token"], "wave_mode": "percent", "canary": "x"},
+                    headers)
+    assert response.status_code == 400 and "not a number" in response.json()["canary"][0]
+    assert not ChangeBatch.objects.exists()

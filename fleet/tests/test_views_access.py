@@ -63,7 +63,8 @@ def test_outsider_is_sent_to_login_everywhere(fleet):
 def test_outsider_cannot_post_actions(fleet):
     client = client_for(None)
     batch = fleet["batch"]
-    for name in ("fleet:change_cancel", "fleet:change_retry", "fleet:change_rollback"):
+    for name in ("fleet:change_cancel", "fleet:change_retry", "fleet:change_rollback", "fleet:change_approve",
+                 "fleet:change_refuse", "fleet:change_promote", "fleet:change_abort"):
         response = client.post(reverse(name, args=[batch.pk]))
         assert response.status_code == 302
         assert response["Location"].startswith(reverse("login"))
@@ -85,7 +86,8 @@ def test_viewer_gets_friendly_403_on_changes(fleet):
         assert b"Not allowed" in response.content
         assert b"operator role" in response.content
     batch = fleet["batch"]
-    for name in ("fleet:change_cancel", "fleet:change_retry", "fleet:change_rollback"):
+    for name in ("fleet:change_cancel", "fleet:change_retry", "fleet:change_rollback", "fleet:change_approve",
+                 "fleet:change_refuse", "fleet:change_promote", "fleet:change_abort"):
         assert client.post(reverse(name, args=[batch.pk])).status_code == 403
     response = client.post(
         reverse("fleet:instance_detail", args=[fleet["instance"].instance_id]),

@@ -1,5 +1,6 @@
 """Change batches: the confirmation step, the list, one batch with live progress, and its actions."""
 
+from django.conf import settings
 from django.contrib import messages
 from django.db.models import Count, OuterRef, Subquery
 from django.http import HttpResponseBadRequest
@@ -12,6 +13,7 @@ from django.views.generic import DetailView
 from django_tables2 import RequestConfig
 
 from .. import changes, usage
+from ..changes import rollout
 from ..choices import ItemState
 from ..filters import ChangeBatchFilterSet, ChangeItemFilterSet
 from ..forms import InstanceChangeForm, RollbackForm
@@ -42,6 +44,7 @@ class ChangeNewView(ConfirmActionView):
             context["outcome_links"] = outcome_links(form)
             context["usage_targets"] = [f"{pk}/{region}" for pk, _aws_id, region in plan.unmeasured_regions]
             context["measuring"] = measuring(plan.unmeasured_regions)
+        context["approval_rule"] = approval_rule()
         return context
 
     def perform(self, form):
@@ -51,10 +54,26 @@ class ChangeNewView(ConfirmActionView):
             dry_run=data["dry_run"], override_usage=data["override_usage"], override_owner=data["override_owner"],
             request_token=self.request_token(),
             override_waivers=data["override_waivers"],
+            rollout=form.rollout,
         )
 
     def success_message(self, batch):
-        return f"Batch #{batch.pk} queued."
+        notes = " ".join(rollout.gate_notes(batch))
+        waves = f" in {batch.waves} waves" if batch.waves > 1 else ""
+        return f"Batch #{batch.pk} queued{waves}." + (f" {notes}" if notes else "")
+
+
+def approval_rule():
+    """The four-eyes rule of the settings, in words, for the confirmation page."""
+    parts = []
+    if settings.IMDSWEB_APPROVAL_MIN_ITEMS:
+        parts.append(f"queue {settings.IMDSWEB_APPROVAL_MIN_ITEMS:,} instances or more")
+    if settings.IMDSWEB_APPROVAL_ACCOUNTS:
+        parts.append(f"touch {', '.join(settings.IMDSWEB_APPROVAL_ACCOUNTS)}")
+    if not parts:
+        return ""
+    return (f"Batches that {' or '.join(parts)} wait for a second operator's approval before anything is sent "
+            "(you cannot approve your own).")
 
 
 def outcome_links(form):
@@ -148,7 +167,8 @@ class ChangeListView(FilteredTableView):
 
 def get_batch(pk):
     """One batch with its counts annotated (no extra query for the progress)."""
-    return get_object_or_404(ChangeBatch.objects.with_counts().select_related("created_by", "rollback_of"), pk=pk)
+    return get_object_or_404(
+        ChangeBatch.objects.with_counts().select_related("created_by", "rollback_of", "approved_by"), pk=pk)
 
 
 def progress_context(batch):
@@ -184,6 +204,8 @@ def progress_context(batch):
         "breakage": batch.items.filter(breakage_suspected=True).count() if batch.breakage_flagged_at else 0,
         "held_reasons": held_reasons,
         "rolled_back": batch.rollbacks.order_by("pk").first(),
+        "waves": rollout.wave_rows(batch),
+        "gate_notes": rollout.gate_notes(batch),
     }
 
 
@@ -208,6 +230,7 @@ class ChangeDetailView(DetailView):
         return super().get_context_data(
             **kwargs, **progress_context(self.object), filter=filterset, table=table,
             rollbacks=self.object.rollbacks.all(), rollback_form=RollbackForm(),
+            events=self.object.events.select_related("user"), window_text=rollout.describe_window(self.object.window),
         )
 
 
@@ -252,6 +275,18 @@ class BatchActionView(OperatorRequiredMixin, View):
     def retry(self, batch):
         return f"Queued {changes.retry_failed(batch, self.request.user):,} item(s) again."
 
+    def approve(self, batch):
+        return rollout.approve(batch, self.request.user)
+
+    def refuse(self, batch):
+        return rollout.refuse(batch, self.request.user, self.request.POST.get("reason", "")[:2000].strip())
+
+    def promote(self, batch):
+        return rollout.promote(batch, self.request.user)
+
+    def abort(self, batch):
+        return rollout.abort(batch, self.request.user)
+
 
     def rerun(self, batch):
         """The same change on the same targets, for real: the next step after a clean dry run."""
@@ -267,6 +302,10 @@ class RollbackView(ConfirmActionView):
 
     def dispatch(self, request, *args, **kwargs):
         self.batch = get_object_or_404(ChangeBatch, pk=kwargs["pk"])
+        wave = request.GET.get("wave", "")
+        if wave and (not wave.isdigit() or not 1 <= int(wave) <= self.batch.waves):
+            return HttpResponseBadRequest(f"Batch #{self.batch.pk} has no wave {wave[:10]}.", content_type="text/plain")
+        self.wave = int(wave) - 1 if wave else None
         return super().dispatch(request, *args, **kwargs)
 
     def get_form_kwargs(self):
@@ -279,17 +318,17 @@ class RollbackView(ConfirmActionView):
         return self.render_to_response(self.get_context_data(form=form, preview=self.preview(form)))
 
     def get_context_data(self, **kwargs):
-        return super().get_context_data(**kwargs) | {"batch": self.batch}
+        return super().get_context_data(**kwargs) | {"batch": self.batch, "wave": self.wave}
 
     def form_invalid(self, form):
         return self.render_to_response(self.get_context_data(form=form, preview=self.preview(form)), status=400)
 
     def preview(self, form):
-        return changes.plan_rollback(self.batch)
+        return changes.plan_rollback(self.batch, wave=self.wave)
 
     def perform(self, form):
         return changes.rollback(self.batch, self.request.user, comment=form.cleaned_data["comment"],
-                                request_token=self.request_token())
+                                request_token=self.request_token(), wave=self.wave)
 
     def success_message(self, batch):
         return f"Rollback queued as batch #{batch.pk}."
