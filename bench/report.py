@@ -43,7 +43,7 @@ CHANGES = """\
   logins lock out the username and the address; a locked-out attempt is refused before any password
   is checked, with reads only, and answered after a 1 s pause; concurrent attempts for one username
   or address are checked one at a time (see P9).
-- **`fleet/aws/session.py`, `fleet/apply.py`, workers with `-O fair` (P5).** One botocore model
+- **`fleet/aws/session.py`, `fleet/engine/runner.py`, workers with `-O fair` (P5).** One botocore model
   loader per process, parsed when the worker starts; the runner builds its AWS client before its
   first token; 4 statements and 2 commits per item instead of 5 and 3 (see P5).
 """
