@@ -106,23 +106,13 @@ class EnforcementTarget(Target):
         super().record(item, result)
 
     def rollback(self, batch, user, comment="", request_token=None):
-        applied = list(batch.items.filter(state=ItemState.APPLIED).select_related("account"))
-        if not applied:
-            raise ChangeRefused("Nothing in this batch was applied, so there is nothing to roll back.")
-        try:
-            with transaction.atomic():
-                new = ChangeBatch.objects.create(
-                    created_by=_author(user), kind=ChangeKind.ENFORCEMENT, desired={}, rollback_of=batch,
-                    selection=f"rollback of batch #{batch.pk}", comment=comment or f"Rollback of batch #{batch.pk}",
-                )
-                ChangeItem.objects.bulk_create(
-                    ChangeItem(batch=new, account=i.account, region=i.region, desired=i.previous, previous=i.target_values)
-                    for i in applied
-                )
-                _dispatch_on_commit(new)
-        except IntegrityError as exc:
-            raise ChangeRefused("A defaults change for one of these account/regions is in progress.") from exc
-        return new
+        """Each applied account/region back to its previous HttpTokensEnforced."""
+        return self.undo_applied(
+            batch, user, comment,
+            lambda item, new: ChangeItem(batch=new, account=item.account, region=item.region, desired=item.previous,
+                                         previous=item.target_values),
+            "A defaults change for one of these account/regions is in progress.",
+        )
 
     def rerun(self, batch, user, comment):
         targets = [(item.account, item.region) for item in batch.items.select_related("account")]

@@ -140,30 +140,21 @@ def rerun(batch, user, comment):
 
 def rollback(batch, user, comment=""):
     """A batch that restores each applied item's previous default version and group versions."""
-    applied = list(batch.items.filter(state=ItemState.APPLIED).select_related("account", "source"))
-    if not applied:
-        raise ChangeRefused("Nothing in this batch was applied, so there is nothing to roll back.")
-    try:
-        with transaction.atomic():
-            new = ChangeBatch.objects.create(
-                created_by=_author(user), kind=ChangeKind.LAUNCH_TEMPLATE, desired={}, rollback_of=batch,
-                selection=f"rollback of batch #{batch.pk}", comment=comment or f"Rollback of batch #{batch.pk}",
-            )
-            ChangeItem.objects.bulk_create(
-                ChangeItem(
-                    batch=new, account=item.account, region=item.region, source=item.source,
-                    desired={"default_version": item.previous.get("default_version"),
-                             "groups": item.previous.get("groups", {}), "mixed": item.previous.get("mixed", {})},
-                    previous={"default_version": item.desired.get("new_version"),
-                              "groups": {name: str(item.desired.get("new_version")) for name in item.previous.get("groups", {})},
-                              "mixed": _repointed(item.previous.get("mixed", {}), item.desired.get("new_version"))},
-                )
-                for item in applied
-            )
-            _dispatch_on_commit(new)
-    except IntegrityError as exc:
-        raise ChangeRefused("Another change of one of these launch templates is in progress.") from exc
-    return new
+    def undo(item, new):
+        groups = item.previous.get("groups", {})
+        mixed = item.previous.get("mixed", {})
+        return ChangeItem(
+            batch=new, account=item.account, region=item.region, source=item.source,
+            desired={"default_version": item.previous.get("default_version"), "groups": groups, "mixed": mixed},
+            previous={"default_version": item.desired.get("new_version"),
+                      "groups": {name: str(item.desired.get("new_version")) for name in groups},
+                      "mixed": _repointed(mixed, item.desired.get("new_version"))},
+        )
+
+    return LaunchTemplateTarget().undo_applied(
+        batch, user, comment, undo, "Another change of one of these launch templates is in progress.",
+        related=("account", "source"),
+    )
 
 
 def _repointed(mixed, version):

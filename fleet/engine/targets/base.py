@@ -2,6 +2,7 @@
 
 import enum
 
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from ...choices import ItemState
@@ -68,6 +69,28 @@ class Target:
 
     def rerun(self, batch, user, comment):
         raise NotImplementedError
+
+    def undo_applied(self, batch, user, comment, undo, in_progress, related=("account",)):
+        """A rollback batch with one item per applied item of ``batch``, built by ``undo(item,
+        new batch)``; ``in_progress`` is the refusal when one of the targets is busy again."""
+        from ...changes.requests import _author, _dispatch_on_commit
+        from ...changes.validation import ChangeRefused
+        from ...models import ChangeBatch, ChangeItem
+
+        applied = list(batch.items.filter(state=ItemState.APPLIED).select_related(*related))
+        if not applied:
+            raise ChangeRefused("Nothing in this batch was applied, so there is nothing to roll back.")
+        try:
+            with transaction.atomic():
+                new = ChangeBatch.objects.create(
+                    created_by=_author(user), kind=self.kind, desired={}, rollback_of=batch,
+                    selection=f"rollback of batch #{batch.pk}", comment=comment or f"Rollback of batch #{batch.pk}",
+                )
+                ChangeItem.objects.bulk_create(undo(item, new) for item in applied)
+                _dispatch_on_commit(new)
+        except IntegrityError as exc:
+            raise ChangeRefused(in_progress) from exc
+        return new
 
     def gone_reason(self, item):
         return ""
