@@ -43,6 +43,15 @@ CHANGES = """\
   logins lock out the username and the address; a locked-out attempt is refused before any password
   is checked, with reads only, and answered after a 1 s pause; concurrent attempts for one username
   or address are checked one at a time (see P9).
+- **`fleet/sources.py` — the sources sync (P8).** At full size (2,000 templates x 5 versions, 1,000
+  groups) a re-sync cost 2.58 x the raw describes (37.7 s against 14.6 s, 3 rounds, 2026-12-01): it
+  upserted every source and version again and resolved 3,000 sources through model instances. It now
+  compares what AWS answered with the stored rows as plain dicts and upserts only new or changed
+  ones (`last_seen` is one UPDATE; versions already stored are not re-sent; unchanged AMIs are left
+  alone), resolves over plain rows read once, and writes changed verdicts with one upsert per 1,000
+  rows instead of `bulk_update` (whose CASE per column took 30 s for the first sync's 3,000). A
+  re-sync of an unchanged region writes no source row: its own work went from ~7 s to ~1.5 s on the
+  loaded machine.
 - **`fleet/aws/session.py`, `fleet/apply.py`, workers with `-O fair` (P5).** One botocore model
   loader per process, parsed when the worker starts; the runner builds its AWS client before its
   first token; 4 statements and 2 commits per item instead of 5 and 3 (see P5).

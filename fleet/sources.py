@@ -2,7 +2,8 @@
 
 Read: every launch template, the default and latest version of all of them in one paginated call
 (``Versions=[$Default, $Latest]`` without a template id), then any other version an Auto Scaling
-group names or a live instance was launched from; every Auto Scaling group and launch
+group (or one of its MixedInstancesPolicy overrides) names or a live instance was launched from and
+that is not stored yet (versions are immutable); every Auto Scaling group and launch
 configuration; the AMIs all of these and the live instances name. Everything is read first and
 written in one transaction with bulk upserts, so a sync costs a few statements per table however
 many sources there are, and a failed read leaves the previous inventory whole (and says why in
@@ -114,6 +115,12 @@ def _read(account, region):
     names_to_ids = {t["LaunchTemplateName"]: t["LaunchTemplateId"] for t in templates}
     known = {t["LaunchTemplateId"] for t in templates}
     have = {(v["LaunchTemplateId"], v["VersionNumber"]) for v in versions}
+    # Versions are immutable: one read before is not asked for again (a re-sync of 1,000 pinned
+    # groups would otherwise spend one call per template, paced by AWS's bucket: docs/benchmarks.md P8).
+    have |= set(
+        LaunchTemplateVersion.objects.filter(template__account=account, template__region=region)
+        .values_list("template__source_id", "version_number")
+    )
     wanted = defaultdict(set)
     for group in groups:
         template_id, spec, _mixed, overrides, _lc, name = _group_launch(group)
