@@ -2,7 +2,8 @@
 
 Read: every launch template, the default and latest version of all of them in one paginated call
 (``Versions=[$Default, $Latest]`` without a template id), then any other version an Auto Scaling
-group names or a live instance was launched from; every Auto Scaling group and launch
+group (or one of its MixedInstancesPolicy overrides) names or a live instance was launched from and
+that is not stored yet (versions are immutable); every Auto Scaling group and launch
 configuration; the AMIs all of these and the live instances name. Everything is read first and
 written in one transaction with bulk upserts, so a sync costs a few statements per table however
 many sources there are, and a failed read leaves the previous inventory whole (and says why in
@@ -13,6 +14,7 @@ Called by ``fleet.sync.sync_region`` after the instances and defaults, within th
 
 import logging
 from collections import defaultdict
+from types import SimpleNamespace
 
 from django.db import transaction
 from django.db.models import Q
@@ -113,6 +115,12 @@ def _read(account, region):
     names_to_ids = {t["LaunchTemplateName"]: t["LaunchTemplateId"] for t in templates}
     known = {t["LaunchTemplateId"] for t in templates}
     have = {(v["LaunchTemplateId"], v["VersionNumber"]) for v in versions}
+    # Versions are immutable: one read before is not asked for again (a re-sync of 1,000 pinned
+    # groups would otherwise spend one call per template, paced by AWS's bucket: docs/benchmarks.md P8).
+    have |= set(
+        LaunchTemplateVersion.objects.filter(template__account=account, template__region=region)
+        .values_list("template__source_id", "version_number")
+    )
     wanted = defaultdict(set)
     for group in groups:
         template_id, spec, _mixed, overrides, _lc, name = _group_launch(group)
@@ -162,18 +170,27 @@ def _synced_overrides(overrides):
 
 
 def _compared(row, fields):
-    values = []
-    for name in fields:
-        value = getattr(row, name) if not isinstance(row, dict) else row[name]
-        values.append(_synced_overrides(value) if name == "override_templates" else value)
-    return values
+    """The values of ``fields`` of a row dict, as a sync compares them."""
+    return [_synced_overrides(row[name]) if name == "override_templates" else row[name] for name in fields]
 
 
-def _upsert_changed(account, region, rows, fields, stored, extra_update=()):
-    """Upsert the rows that are new or differ from ``stored`` {(kind, source_id): values}; the
-    others are left alone (their last_seen is refreshed by one UPDATE). A re-sync of an
-    unchanged region writes no source row."""
-    changed = [row for row in rows if stored.get((row.kind, row.source_id)) != _compared(row, fields)]
+def _source_row(kind, source_id, **values):
+    """A source as read from AWS: every SOURCE_FIELDS value (unset ones blank / None)."""
+    row = {name: "" for name in SOURCE_FIELDS}
+    row.update(tags={}, hop_limit=None, default_version=None, latest_version=None, mixed_instances_policy=False,
+               override_templates=[], desired_capacity=None, created_at=None, gone_at=None)
+    row.update(values, kind=kind, source_id=source_id)
+    return row
+
+
+def _upsert_changed(account, region, now, rows, fields, stored, extra_update=()):
+    """Upsert the rows (dicts) that are new or differ from ``stored`` {(kind, source_id): values};
+    the others are left alone (their last_seen is refreshed by one UPDATE), so a re-sync of an
+    unchanged region builds no model instance and writes no source row."""
+    changed = [
+        LaunchSource(account=account, region=region, first_seen=now, **{**row, "last_seen": now})
+        for row in rows if stored.get((row["kind"], row["source_id"])) != _compared(row, fields)
+    ]
     if changed:
         LaunchSource.objects.bulk_create(
             changed, update_conflicts=True, unique_fields=["account", "region", "kind", "source_id"],
@@ -183,38 +200,35 @@ def _upsert_changed(account, region, rows, fields, stored, extra_update=()):
 
 def _stored_sources(account, region, fields):
     """{(kind, source_id): compared values} of the present sources (a gone one is always rewritten)."""
-    stored = {}
-    for row in LaunchSource.objects.filter(account=account, region=region, gone_at__isnull=True).values(
-        "kind", "source_id", *fields
-    ):
-        stored[(row["kind"], row["source_id"])] = _compared(row, fields)
-    return stored
+    return {
+        (row["kind"], row["source_id"]): _compared(row, fields)
+        for row in LaunchSource.objects.filter(account=account, region=region, gone_at__isnull=True).values(
+            "kind", "source_id", *fields)
+    }
 
 
 def _write(account, region, now, templates, versions, groups, configurations, image_ids, images, names_to_ids):
-    base = {"account": account, "region": region, "first_seen": now, "last_seen": now, "gone_at": None}
     template_rows = []
     for template in templates:
         tags = _tags(template.get("Tags"))
         owner, detail = owners.managed_owner(tags)
-        template_rows.append(LaunchSource(
-            kind=SourceKind.LAUNCH_TEMPLATE, source_id=template["LaunchTemplateId"],
+        template_rows.append(_source_row(
+            SourceKind.LAUNCH_TEMPLATE, template["LaunchTemplateId"],
             name=template.get("LaunchTemplateName", ""), tags=tags, owner=owner, owner_detail=detail,
             default_version=template.get("DefaultVersionNumber"), latest_version=template.get("LatestVersionNumber"),
-            created_at=template.get("CreateTime"), **base,
+            created_at=template.get("CreateTime"),
         ))
     configuration_rows = [
-        LaunchSource(
-            kind=SourceKind.LAUNCH_CONFIGURATION, source_id=c["LaunchConfigurationName"], name=c["LaunchConfigurationName"],
+        _source_row(
+            SourceKind.LAUNCH_CONFIGURATION, c["LaunchConfigurationName"], name=c["LaunchConfigurationName"],
             image_id=c.get("ImageId", ""), created_at=c.get("CreatedTime"), **stated_options(c.get("MetadataOptions")),
-            **base,
         )
         for c in configurations
     ]
     group_fields = (*COMPARED_FIELDS, "template_id", "launch_configuration_id")
     with transaction.atomic():
         stored = _stored_sources(account, region, group_fields)
-        seen = {(row.kind, row.source_id) for row in template_rows + configuration_rows}
+        seen = {(row["kind"], row["source_id"]) for row in template_rows + configuration_rows}
         seen |= {(SourceKind.AUTO_SCALING_GROUP, group["AutoScalingGroupName"]) for group in groups}
         vanished = [key for key in stored if key not in seen]
         if vanished:
@@ -223,8 +237,9 @@ def _write(account, region, now, templates, versions, groups, configurations, im
                 gone |= Q(kind=kind, source_id=source_id)
             LaunchSource.objects.filter(Q(account=account, region=region) & gone).update(gone_at=now)
         LaunchSource.objects.filter(account=account, region=region, gone_at__isnull=True).update(last_seen=now)
-        _upsert_changed(account, region, template_rows + configuration_rows, COMPARED_FIELDS,
-                        {key: values[: len(COMPARED_FIELDS)] for key, values in stored.items()})
+        count = len(COMPARED_FIELDS)
+        _upsert_changed(account, region, now, template_rows + configuration_rows, COMPARED_FIELDS,
+                        {key: values[:count] for key, values in stored.items() if key[0] != SourceKind.AUTO_SCALING_GROUP})
         ids = dict(
             LaunchSource.objects.filter(account=account, region=region)
             .exclude(kind=SourceKind.AUTO_SCALING_GROUP).values_list("source_id", "pk")
@@ -256,13 +271,16 @@ def _write(account, region, now, templates, versions, groups, configurations, im
             for override in overrides:
                 if override["own_template"]:
                     override["template_id"] = override["template_id"] or names_to_ids.get(override["template_name"], "")
-            group_rows.append(
-                _group_row(group, tags, owner, detail, template_id, spec, mixed, overrides, configuration, base)
-            )
-        for row in group_rows:
-            row.template_id = ids.get(row.template_ref) if row.template_ref else None
-            row.launch_configuration_id = ids.get(row.launch_configuration_name) if row.launch_configuration_name else None
-        _upsert_changed(account, region, group_rows, group_fields, stored, extra_update=("template", "launch_configuration"))
+            group_rows.append(_source_row(
+                SourceKind.AUTO_SCALING_GROUP, group["AutoScalingGroupName"], name=group["AutoScalingGroupName"],
+                tags=tags, owner=owner, owner_detail=detail, template_ref=template_id, version_spec=spec,
+                mixed_instances_policy=mixed, override_templates=overrides, launch_configuration_name=configuration,
+                desired_capacity=group.get("DesiredCapacity"), created_at=group.get("CreatedTime"),
+                template_id=ids.get(template_id) if template_id else None,
+                launch_configuration_id=ids.get(configuration) if configuration else None,
+            ))
+        _upsert_changed(account, region, now, group_rows, group_fields, stored,
+                        extra_update=("template", "launch_configuration"))
         found = {image["ImageId"]: image for image in images}
         image_rows = [
             Image(
@@ -279,22 +297,14 @@ def _write(account, region, now, templates, versions, groups, configurations, im
             row[0]: list(row[1:])
             for row in Image.objects.filter(account=account, region=region).values_list("image_id", *IMAGE_FIELDS)
         }
-        image_rows = [row for row in image_rows if stored_images.get(row.image_id) != _compared(row, IMAGE_FIELDS)]
+        image_rows = [row for row in image_rows
+                      if stored_images.get(row.image_id) != [getattr(row, name) for name in IMAGE_FIELDS]]
         Image.objects.filter(account=account, region=region, image_id__in=image_ids).update(synced_at=now)
         if image_rows:
             Image.objects.bulk_create(
                 image_rows, update_conflicts=True, unique_fields=["account", "region", "image_id"],
                 update_fields=[*IMAGE_FIELDS, "synced_at"],
             )
-
-
-def _group_row(group, tags, owner, detail, template_id, spec, mixed, overrides, configuration, base):
-    return LaunchSource(
-        kind=SourceKind.AUTO_SCALING_GROUP, source_id=group["AutoScalingGroupName"], name=group["AutoScalingGroupName"],
-        tags=tags, owner=owner, owner_detail=detail, template_ref=template_id, version_spec=spec,
-        mixed_instances_policy=mixed, override_templates=overrides, launch_configuration_name=configuration,
-        desired_capacity=group.get("DesiredCapacity"), created_at=group.get("CreatedTime"), **base,
-    )
 
 
 def account_defaults(account, region):
@@ -403,21 +413,34 @@ def _unknown(reason):
     return Resolution(http_tokens=None, hop_limit=None, verdict=LaunchVerdict.UNKNOWN, chain=[f"{reason}: cannot tell"])
 
 
+class _Row(SimpleNamespace):
+    """A stored row as plain attributes: resolving thousands of sources needs no model instance."""
+
+    @property
+    def pk(self):
+        return self.id
+
+
+RESOLVED_FIELDS = (
+    "id", "kind", "source_id", "name", "http_tokens", "hop_limit", "image_id", "default_version", "latest_version",
+    "template_id", "template_ref", "version_spec", "mixed_instances_policy", "override_templates",
+    "launch_configuration_id", "launch_configuration_name", *VERDICT_FIELDS,
+)
+
+
 def refresh_verdicts(account, region, template=None):
     """Recompute every present source's next launch in the account/region (after a sync, or
     after the account defaults changed); with ``template``, only that launch template's and the
     groups launching from it (after a change of that template)."""
-    # Only what resolving reads (not the tags); the region's rows are read once and the groups'
-    # template and launch configuration are taken from them, not joined again.
-    present = LaunchSource.objects.filter(account=account, region=region, gone_at__isnull=True).defer("tags")
+    present = LaunchSource.objects.filter(account=account, region=region, gone_at__isnull=True)
     if template is None:
-        sources = list(present)
+        # Only what resolving reads, as plain rows: the region's sources are read once and the
+        # groups' template and launch configuration are taken from them, not joined again.
+        sources = [_Row(**row) for row in present.values(*RESOLVED_FIELDS)]
         by_pk = {s.pk: s for s in sources}
         for source in sources:
-            if source.template_id:
-                source.template = by_pk.get(source.template_id)
-            if source.launch_configuration_id:
-                source.launch_configuration = by_pk.get(source.launch_configuration_id)
+            source.template = by_pk.get(source.template_id)
+            source.launch_configuration = by_pk.get(source.launch_configuration_id)
         templates = {s.source_id: s for s in sources if s.kind == SourceKind.LAUNCH_TEMPLATE}
     else:
         # The template, the groups launching it, and the mixed groups (one of whose overrides may name it).
@@ -426,16 +449,20 @@ def refresh_verdicts(account, region, template=None):
                    if s.pk == template.pk or s.template_id == template.pk
                    or any(o.get("template_id") == template.source_id for o in s.override_templates or [])]
         templates = {t.source_id: t for t in present.filter(kind=SourceKind.LAUNCH_TEMPLATE)}
-    version_rows = LaunchTemplateVersion.objects.filter(template__account=account, template__region=region).only(
-        "template_id", "version_number", "http_tokens", "hop_limit", "image_id")
+    version_rows = LaunchTemplateVersion.objects.filter(template__account=account, template__region=region)
     if template is not None:
         needed = {template.pk} | {s.template_id for s in sources if s.template_id} | {
             templates[o["template_id"]].pk for s in sources for o in s.override_templates or []
             if o.get("template_id") in templates}
         version_rows = version_rows.filter(template__in=needed)
-    versions = {(v.template_id, v.version_number): v for v in version_rows}
-    images = {i.image_id: i for i in Image.objects.filter(account=account, region=region).only(
-        "image_id", "found", "imds_support")}
+    versions = {
+        (v["template_id"], v["version_number"]): _Row(**v)
+        for v in version_rows.values("template_id", "version_number", "http_tokens", "hop_limit", "image_id")
+    }
+    images = {
+        i["image_id"]: _Row(**i)
+        for i in Image.objects.filter(account=account, region=region).values("image_id", "found", "imds_support")
+    }
     defaults = account_defaults(account, region)
     changed = []
     for source in sources:
@@ -449,8 +476,21 @@ def refresh_verdicts(account, region, template=None):
             for name, value in zip(VERDICT_FIELDS, values, strict=True):
                 setattr(source, name, value)
             changed.append(source)
-    # Only rows whose answer changed: a re-sync of an unchanged region writes nothing here.
-    LaunchSource.objects.bulk_update(changed, VERDICT_FIELDS, batch_size=500)
+    # Only rows whose answer changed: a re-sync of an unchanged region writes nothing here. Written
+    # as an upsert on the natural key that only ever updates (the rows exist; a deleted account's
+    # would fail its foreign key): bulk_update's CASE per column took 30 s for a first sync of
+    # 3,000 sources (docs/benchmarks.md, P8), this is one statement per 1,000.
+    now = timezone.now()
+    LaunchSource.objects.bulk_create(
+        [
+            LaunchSource(account=account, region=region, kind=source.kind, source_id=source.source_id,
+                         name=source.name, first_seen=now, last_seen=now,
+                         **{name: getattr(source, name) for name in VERDICT_FIELDS})
+            for source in changed
+        ],
+        update_conflicts=True, unique_fields=["account", "region", "kind", "source_id"],
+        update_fields=list(VERDICT_FIELDS), batch_size=1000,
+    )
 
 
 def sync_sources(account, region):

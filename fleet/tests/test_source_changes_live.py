@@ -116,3 +116,53 @@ def test_enforcement_is_held_while_a_source_resolves_to_optional_then_enabled_on
     undo = changes.rollback(enforce, None)
     wait_for(final(undo), message="rollback applied", stack=stack)
     assert "HttpTokensEnforced" not in a.ec2.get_instance_metadata_defaults()["AccountLevel"]
+
+
+def test_a_pinned_mixed_policy_override_is_fixed_and_rolled_back_through_a_worker(stack):
+    """A group whose own template requires IMDSv2 but whose priority override launches from a
+    pinned version of a template leaving HttpTokens unset: IMDSv1 allowed, worst of its templates;
+    fixing that template with "repoint pinned groups" repoints the override through a worker."""
+    a = Aws(stack.sim.endpoint_url)
+    image = a.ec2.register_image(Name="legacy")["ImageId"]
+    main = a.ec2.create_launch_template(
+        LaunchTemplateName="main", LaunchTemplateData={"ImageId": image, "MetadataOptions": {"HttpTokens": "required"}}
+    )["LaunchTemplate"]["LaunchTemplateId"]
+    legacy = a.ec2.create_launch_template(
+        LaunchTemplateName="legacy", LaunchTemplateData={"ImageId": image}
+    )["LaunchTemplate"]["LaunchTemplateId"]
+    a.group("mixed-asg", 1, MixedInstancesPolicy={"LaunchTemplate": {
+        "LaunchTemplateSpecification": {"LaunchTemplateId": main, "Version": "$Default"},
+        "Overrides": [{"InstanceType": "c5.large", "LaunchTemplateSpecification": {"LaunchTemplateId": legacy,
+                                                                                    "Version": "1"}}],
+    }})
+    account = Account.objects.create(account_id=a.account_id, name="live", regions=["us-east-1"], role_arn=a.role_arn)
+    sync.sync_region(account, "us-east-1")
+    group = LaunchSource.objects.get(account=account, source_id="mixed-asg")
+    assert group.verdict == LaunchVerdict.IMDSV1
+    assert set(group_tokens(a, "mixed-asg").values()) == {"optional"}
+
+    template = LaunchSource.objects.get(account=account, source_id=legacy)
+    batch = source_changes.request_source_fix(None, [template], update_pinned=True, comment="fix the override")
+    wait_for(final(batch), message="fix applied", stack=stack)
+    item = batch.items.get()
+    assert item.state == ItemState.APPLIED, (item.error_code, item.error_message)
+    described = a.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=["mixed-asg"])["AutoScalingGroups"][0]
+    assert described["MixedInstancesPolicy"]["LaunchTemplate"]["Overrides"][0]["LaunchTemplateSpecification"][
+        "Version"] == "2"
+    group.refresh_from_db()
+    assert group.verdict == LaunchVerdict.IMDSV2
+
+    before = set(group_tokens(a, "mixed-asg"))
+    a.autoscaling.set_desired_capacity(AutoScalingGroupName="mixed-asg", DesiredCapacity=2)
+    after = group_tokens(a, "mixed-asg")
+    (new,) = set(after) - before
+    assert after[new] == "required"
+
+    undo = changes.rollback(batch, None)
+    wait_for(final(undo), message="rollback applied", stack=stack)
+    assert undo.items.get().state == ItemState.APPLIED
+    described = a.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=["mixed-asg"])["AutoScalingGroups"][0]
+    assert described["MixedInstancesPolicy"]["LaunchTemplate"]["Overrides"][0]["LaunchTemplateSpecification"][
+        "Version"] == "1"
+    group.refresh_from_db()
+    assert group.verdict == LaunchVerdict.IMDSV1
