@@ -313,6 +313,11 @@ def test_the_overview_tile_and_the_history_show_the_waived(viewer, waived_fleet)
     assert FleetSnapshot.objects.get().waived == 1
     page = viewer.get(waived_fleet["waived"].get_absolute_url()).content.decode()
     assert "waived until" in page and waived_fleet["waiver"].get_absolute_url() in page
+    # The waiver's page links its instances to a list of exactly that many.
+    waiver_page = viewer.get(waived_fleet["waiver"].get_absolute_url())
+    assert 'data-count="2"' in waiver_page.content.decode()  # the waived one and the enforced one
+    covered = viewer.get(reverse("fleet:instance_list") + f"?waiver={waived_fleet['waiver'].pk}")
+    assert covered.context["total"] == 2
 
 
 # ------------------------------------------------------------------ expiry
@@ -401,3 +406,38 @@ def test_a_sync_applies_waivers_to_what_it_finds(moto_endpoint):
     assert list(Instance.objects.filter(waiver=waiver).values_list("instance_id", flat=True)) == [ids[1]]
     row = RegionPosture.objects.get(account=account, region="us-east-1")
     assert (row.waived, row.total - row.enforced - row.waived) == (1, 2)
+
+
+def test_metrics_serve_the_waived_gauge(client, waived_fleet):
+    from fleet.tests.test_metrics import parse
+
+    posture.refresh_all()
+    samples = parse(client.get("/metrics"))
+    labels = (("account_id", waived_fleet["waived"].account.account_id), ("region", "us-east-1"))
+    assert samples[("imdsweb_instances_waived", labels)] == 1
+    assert samples[("imdsweb_instances_allowing_imdsv1", labels)] == 2  # what AWS holds: waived ones allow it
+
+
+def test_the_waiver_list_costs_the_same_queries_for_2_or_30_waivers(viewer):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def queries(n):
+        for _ in range(n):
+            grant(instance=InstanceFactory(), user=UserFactory())
+        with CaptureQueriesContext(connection) as ctx:
+            response = viewer.get(LIST + "?status=all")
+        assert response.status_code == 200
+        # The waivers' own queries: the session's sliding expiry writes now and then (signin).
+        return len([q for q in ctx.captured_queries if "fleet_" in q["sql"]])
+
+    assert queries(2) == queries(28)
+
+
+def test_the_source_page_offers_admins_a_waiver_of_the_source():
+    source = LaunchSourceFactory()
+    admin = client_for("admin")
+    html = admin.get(source.get_absolute_url()).content.decode()
+    assert f"{NEW}?scope=source&amp;source={source.pk}" in html
+    assert admin.get(f"{NEW}?scope=source&source={source.pk}").context["form"].initial["source"] == str(source.pk)
+    assert f"{NEW}?scope=source" not in client_for("operator").get(source.get_absolute_url()).content.decode()
