@@ -532,13 +532,13 @@ def gate_notes(batch, now=None):
 
 def wave_rows(batch, now=None):
     """One row per wave: its label, state and item counts, and the soak countdown (seconds)."""
-    if not batch.waves or batch.waves < 2 and not batch.rollout_state:
+    if not batch.rollout_state:
         return []
     now = now or timezone.now()
     counts = defaultdict(lambda: defaultdict(int))
     for row in batch.items.values("wave", "state").annotate(n=Count("id")).order_by():
         counts[row["wave"]][row["state"]] += row["n"]
-    rows = []
+    rows, labels = [], batch.wave_labels or []
     for wave in range(batch.waves):
         c = counts[wave]
         if wave > batch.released_wave:
@@ -549,8 +549,8 @@ def wave_rows(batch, now=None):
             state = {RolloutState.RUNNING: "running", RolloutState.SOAKING: "soaking", RolloutState.PAUSED: "paused",
                      RolloutState.ABORTED: "aborted", RolloutState.COMPLETE: "done"}.get(batch.rollout_state, "running")
         rows.append({
-            "number": wave + 1, "label": (batch.wave_labels or [""] * batch.waves)[wave] if wave < len(
-                batch.wave_labels or []) else "", "state": state, "total": sum(c.values()),
+            "number": wave + 1, "label": labels[wave] if wave < len(labels) else "", "state": state,
+            "total": sum(c.values()),
             "applied": c[ItemState.APPLIED], "queued": c[ItemState.QUEUED],
             "failed": c[ItemState.FAILED] + c[ItemState.STUCK], "cancelled": c[ItemState.CANCELLED],
             "soak_left": max(0, round((batch.soak_until - now).total_seconds()))
