@@ -309,6 +309,9 @@ IMDSWEB_RATE_HEADROOM = env.float("IMDSWEB_RATE_HEADROOM", default=0.96)
 # --- history, drift, notifications, metrics (issue 18: fleet/history.py, notify.py, metrics.py) ---
 IMDSWEB_HISTORY_RETENTION_DAYS = env.int("IMDSWEB_HISTORY_RETENTION_DAYS", default=400)
 IMDSWEB_HISTORY_HOURLY_DAYS = env.int("IMDSWEB_HISTORY_HOURLY_DAYS", default=7)
+# Sync and discovery runs older than this are deleted by prune_history (96 sync runs a day per
+# account/region at the default interval); the latest run of each outcome is always kept.
+IMDSWEB_RUN_RETENTION_DAYS = env.int("IMDSWEB_RUN_RETENTION_DAYS", default=14)
 # Outgoing mail for notification rules: django-environ's EMAIL_URL (smtp://user:pass@host:587,
 # submission://… for STARTTLS, smtp+ssl://…); unset prints mail to the worker's log.
 _email = env.email_url("EMAIL_URL", default=env.str("IMDSWEB_EMAIL_URL", default="consolemail://"))
