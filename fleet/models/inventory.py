@@ -332,6 +332,12 @@ class SyncRun(models.Model):
         super().save(*args, **kwargs)
         RegionSync.record(self)
 
+    @property
+    def duration(self):
+        if self.finished_at:
+            return self.finished_at - self.started_at
+        return None
+
 
 class RegionSync(models.Model):
     """The latest sync run and the last success of one account/region, kept by ``SyncRun.save``.
@@ -368,9 +374,3 @@ class RegionSync(models.Model):
         if run.status == SyncStatus.SUCCEEDED and run.finished_at:
             rows.filter(Q(last_success_at__isnull=True) | Q(last_success_at__lt=run.finished_at)).update(
                 last_success_at=run.finished_at)
-
-    @property
-    def duration(self):
-        if self.finished_at:
-            return self.finished_at - self.started_at
-        return None
