@@ -20,6 +20,7 @@ from bench.common import (
     ensure_accounts,
     parse_args,
     percentile,
+    seed_sync_runs,
     setup_django,
     synthetic_rows,
     truncate_fleet,
@@ -72,14 +73,11 @@ def seed_surroundings(pairs):
     from django.utils import timezone
 
     from fleet import changes
-    from fleet.choices import DefaultsStatus, SyncStatus
-    from fleet.models import Instance, MetadataDefaults, SyncRun
+    from fleet.choices import DefaultsStatus
+    from fleet.models import Instance, MetadataDefaults
 
     now = timezone.now()
-    SyncRun.objects.bulk_create(
-        SyncRun(account=account, region=region, started_at=now, finished_at=now, status=SyncStatus.SUCCEEDED)
-        for account, region in pairs
-    )
+    seed_sync_runs(pairs, now)
     MetadataDefaults.objects.bulk_create(
         MetadataDefaults(account=account, region=region, status=DefaultsStatus.KNOWN,
                          http_tokens="required" if index % 2 else None, synced_at=now)
