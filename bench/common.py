@@ -325,7 +325,10 @@ def analyze():
     from django.db import connection
 
     with connection.cursor() as cursor:
-        for table in ("fleet_instance", "fleet_changeitem", "fleet_account"):
+        # The summary tables too: autovacuum analyses them on an install after a few hundred
+        # writes; freshly written here, the planner would see them as empty.
+        for table in ("fleet_instance", "fleet_changeitem", "fleet_account", "fleet_regionposture",
+                      "fleet_hoplimitcount", "fleet_regionsync", "fleet_syncrun", "fleet_metadatadefaults"):
             cursor.execute(f"VACUUM ANALYZE {table}")
         cursor.execute("CHECKPOINT")
 
