@@ -257,8 +257,24 @@ def truncate_fleet():
         # point at instances and sync runs): PostgreSQL refuses to truncate a referenced table alone.
         cursor.execute(
             "TRUNCATE fleet_driftevent, fleet_notificationevent, fleet_changeitem, fleet_changebatch,"
-            " fleet_instance, fleet_syncrun, fleet_metadatadefaults"
+            " fleet_instance, fleet_regionsync, fleet_syncrun, fleet_metadatadefaults"
         )
+
+
+def seed_sync_runs(pairs, now):
+    """A finished successful sync run per (account, region) and its RegionSync row (bulk_create
+    skips ``SyncRun.save``, which keeps that row), as an install that has been syncing has."""
+    from fleet.choices import SyncStatus
+    from fleet.models import RegionSync, SyncRun
+
+    runs = SyncRun.objects.bulk_create(
+        SyncRun(account=account, region=region, started_at=now, finished_at=now, status=SyncStatus.SUCCEEDED)
+        for account, region in pairs
+    )
+    RegionSync.objects.bulk_create(
+        RegionSync(account_id=run.account_id, region=run.region, last_run=run, last_status=run.status,
+                   last_success_at=run.finished_at) for run in runs
+    )
 
 
 COPY_COLUMNS = (
@@ -309,7 +325,10 @@ def analyze():
     from django.db import connection
 
     with connection.cursor() as cursor:
-        for table in ("fleet_instance", "fleet_changeitem", "fleet_account"):
+        # The summary tables too: autovacuum analyses them on an install after a few hundred
+        # writes; freshly written here, the planner would see them as empty.
+        for table in ("fleet_instance", "fleet_changeitem", "fleet_account", "fleet_regionposture",
+                      "fleet_hoplimitcount", "fleet_regionsync", "fleet_syncrun", "fleet_metadatadefaults"):
             cursor.execute(f"VACUUM ANALYZE {table}")
         cursor.execute("CHECKPOINT")
 

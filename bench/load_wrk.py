@@ -120,8 +120,9 @@ def load_fleet(args):
     from django.db import connection, transaction
     from django.utils import timezone
 
+    from bench.common import seed_sync_runs
     from fleet import posture
-    from fleet.models import Account, ChangeBatch, ChangeItem, Instance, MetadataDefaults, SyncRun
+    from fleet.models import Account, ChangeBatch, ChangeItem, Instance, MetadataDefaults
 
     if Instance.objects.count() == args.instances and Account.objects.count() == 20:
         print(f"load: reusing {args.instances:,} instances in {connection.settings_dict['NAME']}", flush=True)
@@ -143,10 +144,7 @@ def load_fleet(args):
                              synced_at=now)
             for i, a in enumerate(accounts) for r in REGIONS
         )
-        SyncRun.objects.bulk_create(
-            SyncRun(account=a, region=r, started_at=now, finished_at=now, status="succeeded")
-            for a in accounts for r in REGIONS
-        )
+        seed_sync_runs([(a, r) for a in accounts for r in REGIONS], now)
         columns = ("account_id, region, instance_id, name, tags, instance_state, instance_type, image_id, "
                    "launch_time, http_tokens, hop_limit, http_endpoint, http_protocol_ipv6, "
                    "instance_metadata_tags, metadata_state, v1_calls, v1_rejected, first_seen, last_seen")

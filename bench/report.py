@@ -141,6 +141,31 @@ ANALYSIS = {
         "grows with account/regions, not instances. A page after a cursor makes one query more than a first "
         "page (the cursor row's keys), at every size."
     ),
+    "ORG": (
+        "Written for the run of 39115cd (2026-11-30, load average 5-8 on the 2 cores; the figures above "
+        "are the current run's): 3,435 account/regions discovered in 47 s and synced in 749 s, about 4.6 a "
+        "second, the account without a role failing with AccessDenied and every other one synced. The "
+        "fan-out is one task per account/region (`sync_all`), so the two workers take them in parallel; each "
+        "account/region has its own API buckets (`fleet/ratelimit.py`) and a sync takes a few of its tokens, so "
+        "no sync waited for one. The limit is CPU on 2 shared cores: per sync a botocore client for the "
+        "account/region, the simulator's moto dispatch (one Python process for every call), the rows and "
+        "the posture refresh. In that run the rate fell from ~7/s to ~4/s as the workers grew to 3.1 GB each "
+        "caching a client per account/region; the cache is bounded since (`IMDSWEB_AWS_CLIENT_CACHE_SIZE`, "
+        "512, least recently used first). `workers_busy_share` near 1 says the workers, not tokens, were "
+        "the limit."
+    ),
+    "P3-org": (
+        "What keeps the overview flat at 3,400 account/regions: the heat map shows one OU level at a time (a "
+        "row per child OU summed by the database, a row per account directly in the OU, 50 a page, regions "
+        "with instances as columns), so a page has at most 50 × 17 cells whatever the organization's size, "
+        "each row's cells formatted once in Python (`fleet/heatmap.py`); fleet totals are one SUM; the "
+        "hop-limit distribution is one SUM ... GROUP BY over `HopLimitCount` rows (jsonb_each over every "
+        "summary row cost 15-60 ms); the sync table's staleness is one SQL verdict over the configured "
+        "account/regions joined to `RegionSync` (the latest run, its status and the last success per "
+        "account/region, kept by `SyncRun.save`), counted and ordered by the database, 20 rows shown: before, "
+        "a GROUP BY and a correlated subquery over every sync run kept, which grew with history too. Sync and "
+        "discovery runs are pruned after `IMDSWEB_RUN_RETENTION_DAYS`."
+    ),
     "P4": (
         "**Met with margin: 2.55 s at 100,000 instances** (2.14 s when re-run on its own). Before the change "
         "below this machine measured 4.26-4.63 s today (2.85 s on cef2918's day, on a faster day: the same "
@@ -186,6 +211,20 @@ ANALYSIS = {
         "with the workers."
     ),
 }
+
+
+def _organization_table(by_size):
+    """P3's organization case as a table: a column pair per size, a row per page."""
+    sizes = list(by_size)
+    names = list(by_size[sizes[0]]["pages"])
+    header = ["page", *(f"{int(size):,} a/r, {by_size[size]['instances']:,} inst.: p50 / p95 ms, queries"
+                        for size in sizes)]
+    rows = [(name, *(f"{f['p50_ms']} / {f['p95_ms']}, {f['queries']}" for f in
+                     (by_size[size]["pages"][name] for size in sizes))) for name in names]
+    intro = ("**Organization case** (issue 16): 200 accounts × 17 regions in six nested OUs "
+             "(`Workloads/Prod` has 60 accounts) with a health row per account; the query counts are "
+             "compared with the same pages at 20 accounts × 17 regions.")
+    return [intro, "", _table(rows, header), ""]
 
 
 def _cell(text):
@@ -251,6 +290,11 @@ def render(report):
             out += [f"*Note:* {result['note']}", ""]
         if result["id"] in ANALYSIS:
             out += [ANALYSIS[result["id"]], ""]
+        if result["id"] == "P3" and "P3-org" in ANALYSIS:
+            out += [ANALYSIS["P3-org"], ""]
+        organization = result["figures"].get("organization_by_account_regions")
+        if organization:
+            out += _organization_table(organization)
         out += [f"*What limits this figure:* {result['limits']}", ""]
         figures = list(_flatten(result["figures"]))
         out += ["<details><summary>All figures</summary>", "",

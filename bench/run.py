@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ("p1_ingest", "p2_sync", "p3_views", "p4_bulk", "p5_apply", "p6_track", "p7_rss", "p8_sources",
-              "p9_flood")
+              "p9_flood", "org_sync")
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 
 

@@ -12,20 +12,17 @@ themselves are the expressions in :mod:`fleet.models.inventory`.
 """
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import (
     BooleanField,
     Case,
     CharField,
     Count,
     ExpressionWrapper,
-    Max,
-    OuterRef,
     Q,
-    Subquery,
     Sum,
     Value,
     When,
@@ -44,7 +41,17 @@ from .choices import (
     SyncStatus,
     Toggle,
 )
-from .models import Account, ChangeBatch, ChangeItem, Instance, MetadataDefaults, RegionPosture, SyncRun
+from .models import (
+    Account,
+    ChangeBatch,
+    ChangeItem,
+    HopLimitCount,
+    Instance,
+    MetadataDefaults,
+    RegionPosture,
+    RegionSync,
+    SyncRun,
+)
 from .models.inventory import (
     CONFIG_NON_COMPLIANT,
     ENFORCED,
@@ -175,10 +182,16 @@ def refresh_region(account_pk, region):
     """Recompute one account/region's summary: one GROUP BY over its present instances."""
     instances = Instance.objects.present().filter(account_id=account_pk, region=region)
     counts, hops, value_counts = summarise(_groups(instances))
-    RegionPosture.objects.update_or_create(
-        account_id=account_pk, region=region,
-        defaults={**counts, "hop_limits": hops, "value_counts": value_counts, "refreshed_at": timezone.now()},
-    )
+    # One transaction: update_or_create's row lock then serialises two refreshes of one
+    # account/region until their hop-limit rows are replaced.
+    with transaction.atomic():
+        row, _ = RegionPosture.objects.update_or_create(
+            account_id=account_pk, region=region,
+            defaults={**counts, "hop_limits": hops, "value_counts": value_counts, "refreshed_at": timezone.now()},
+        )
+        HopLimitCount.objects.filter(posture=row).delete()
+        HopLimitCount.objects.bulk_create(HopLimitCount(posture=row, hop_limit=None if key == "none" else int(key), n=n)
+                                          for key, n in hops.items() if n)
 
 
 def refresh_all():
@@ -263,24 +276,10 @@ def heat_map(region_rows):
     return result
 
 
-def _hop_limit_sums():
-    """[(hop limit key, instances)] summed over every summary row by the database (one query),
-    not by reading every row's JSON object into Python."""
-    table = connection.ops.quote_name(RegionPosture._meta.db_table)
-    each = "jsonb_each_text(hop_limits)" if connection.vendor == "postgresql" else "json_each(hop_limits)"
-    cast = "CAST(value AS integer)"
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT key, SUM({cast}) FROM {table}, {each} GROUP BY key")
-        return [(key, int(total)) for key, total in cursor.fetchall()]
-
-
 def hop_limit_distribution():
-    """[(hop_limit or None, count)] over counted instances, summed from the summary rows."""
-    totals = {}
-    for key, count in _hop_limit_sums():
-        hop = None if key == "none" else int(key)
-        totals[hop] = totals.get(hop, 0) + count
-    return sorted(((hop, n) for hop, n in totals.items() if n), key=lambda pair: (pair[0] is None, pair[0] or 0))
+    """[(hop_limit or None, count)] over counted instances, summed by the database (one query)."""
+    sums = HopLimitCount.objects.values("hop_limit").annotate(total=Sum("n")).order_by().values_list("hop_limit", "total")
+    return sorted(((hop, n) for hop, n in sums if n), key=lambda pair: (pair[0] is None, pair[0] or 0))
 
 
 # Filter combinations besides account and region whose count is a headline counter: each tile of
@@ -378,75 +377,87 @@ class SyncState:
     reason: str
 
 
-def _sync_verdicts(now):
-    """(account, region, latest run id, last success, stale, reason) of every configured
-    account/region, ordered by account. Two queries, read as tuples: at 3,400 account/regions
-    building a SyncRun object each was a third of the overview's time."""
+# The staleness verdict of a configured account/region, decided once by the database (one CASE
+# over the configured account/regions joined to their RegionSync row and its run); each code's
+# (stale, reason) is below. Configured means an enabled account and a region in its list.
+FRESH, NEVER_SYNCED, LAST_FAILED, NO_SUCCESS_YET, FIRST_RUNNING, TOO_OLD = range(6)
+STALE_CODES = (NEVER_SYNCED, LAST_FAILED, NO_SUCCESS_YET, TOO_OLD)
+
+
+def _verdict_texts():
+    minutes = 2 * settings.IMDSWEB_SYNC_INTERVAL_MINUTES
+    return {FRESH: "", NEVER_SYNCED: "never synced", LAST_FAILED: "last sync failed",
+            NO_SUCCESS_YET: "no successful sync yet", FIRST_RUNNING: "no successful sync yet",
+            TOO_OLD: f"no successful sync for over {minutes} minutes"}
+
+
+def _configured_sql(now):
+    """(SQL, parameters) of every configured account/region with its verdict code."""
     max_age = timedelta(minutes=2 * settings.IMDSWEB_SYNC_INTERVAL_MINUTES)
-    latest_ids = SyncRun.objects.values("account_id", "region").annotate(last=Max("id")).values("last")
-    last_success = SyncRun.objects.filter(
-        account=OuterRef("account"), region=OuterRef("region"), status=SyncStatus.SUCCEEDED
-    ).order_by("-finished_at")
-    # The age of the last success as a small number, compared by the database: parsing 3,400
-    # timestamps was a good part of the overview at organization scale.
-    success_age = Case(
-        When(last_success__isnull=True, then=Value(NEVER)),
-        When(last_success__lt=now - max_age, then=Value(TOO_OLD)),
-        default=Value(RECENT),
-    )
-    runs = {
-        (account_pk, region): (pk, status, age)
-        for pk, account_pk, region, status, age in SyncRun.objects.filter(id__in=Subquery(latest_ids))
-        .annotate(last_success=Subquery(last_success.values("finished_at")[:1]), success_age=success_age)
-        .values_list("pk", "account_id", "region", "status", "success_age")
-    }
-    verdicts = []
-    too_old = f"no successful sync for over {2 * settings.IMDSWEB_SYNC_INTERVAL_MINUTES} minutes"
-    for account in Account.objects.filter(enabled=True).only("pk", "account_id", "name", "regions"):
-        for region in account.regions:
-            pk, status, age = runs.get((account.pk, region), (None, None, None))
-            if pk is None:
-                stale, reason = True, "never synced"
-            elif status == SyncStatus.FAILED:
-                stale, reason = True, "last sync failed"
-            elif age == NEVER:
-                stale, reason = status != SyncStatus.RUNNING, "no successful sync yet"
-            elif age == TOO_OLD:
-                stale, reason = True, too_old
-            else:
-                stale, reason = False, ""
-            verdicts.append((account, region, pk, stale, reason))
-    return verdicts
+    q = connection.ops.quote_name
+    account, region_sync = q(Account._meta.db_table), q(RegionSync._meta.db_table)
+    if connection.vendor == "postgresql":
+        regions = "jsonb_array_elements_text(a.regions) WITH ORDINALITY AS r(region, n)"
+    else:
+        regions = "json_each(a.regions) AS r"  # SQLite: value, key (the position)
+    region, position = ("r.region", "r.n") if connection.vendor == "postgresql" else ("r.value", "r.key")
+    since = connection.ops.adapt_datetimefield_value(now - max_age)
+    return [SyncStatus.FAILED, SyncStatus.RUNNING, since, True], f"""
+        SELECT a.id AS account_pk, {region} AS region, {position} AS position, a.name AS name,
+               a.account_id AS account_id, s.last_run_id AS last_run_id, s.last_success_at AS last_success_at,
+               CASE WHEN s.last_run_id IS NULL THEN {NEVER_SYNCED}
+                    WHEN s.last_status = %s THEN {LAST_FAILED}
+                    WHEN s.last_success_at IS NULL AND s.last_status = %s THEN {FIRST_RUNNING}
+                    WHEN s.last_success_at IS NULL THEN {NO_SUCCESS_YET}
+                    WHEN s.last_success_at < %s THEN {TOO_OLD}
+                    ELSE {FRESH} END AS code
+        FROM {account} a CROSS JOIN {regions}
+        LEFT JOIN {region_sync} s ON s.account_id = a.id AND s.region = {region}
+        WHERE a.enabled = %s"""
 
 
-NEVER, TOO_OLD, RECENT = 0, 1, 2
+def _configured(now, select, tail="", extra=()):
+    """``SELECT select FROM`` the configured rows ``tail``; ``extra``: the tail's parameters."""
+    params, sql = _configured_sql(now)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {select} FROM ({sql}) AS configured {tail}", [*params, *extra])
+        columns = [column[0] for column in cursor.description]
+        return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
 
 
-def _states(verdicts):
-    """SyncState objects for the given verdicts: their runs and last successes (two queries)."""
-    pks = [pk for _, _, pk, *_ in verdicts if pk is not None]
-    runs = SyncRun.objects.in_bulk(pks)
-    successes = {
-        (account_pk, region): finished
-        for account_pk, region, finished in SyncRun.objects.filter(
-            status=SyncStatus.SUCCEEDED, account_id__in={runs[pk].account_id for pk in pks},
-            region__in={runs[pk].region for pk in pks},
-        ).values("account_id", "region").annotate(last=Max("finished_at")).values_list("account_id", "region", "last")
-    }
-    return [SyncState(account, region, runs.get(pk), successes.get((account.pk, region)), stale, reason)
-            for account, region, pk, stale, reason in verdicts]
+def _states(rows):
+    """SyncState objects for the given configured rows: their accounts and runs (two queries)."""
+    accounts = Account.objects.in_bulk({row["account_pk"] for row in rows})
+    runs = SyncRun.objects.in_bulk([row["last_run_id"] for row in rows if row["last_run_id"]])
+    texts = _verdict_texts()
+    states = []
+    for row in rows:
+        last_success = row["last_success_at"]
+        if isinstance(last_success, str):  # SQLite hands a raw column back as text
+            last_success = datetime.fromisoformat(last_success)
+        if last_success is not None and timezone.is_naive(last_success):
+            last_success = timezone.make_aware(last_success, UTC)
+        states.append(SyncState(accounts[row["account_pk"]], row["region"], runs.get(row["last_run_id"]),
+                                last_success, row["code"] in STALE_CODES, texts[row["code"]]))
+    return states
+
+
+ORDER = "ORDER BY name, account_id, position"
 
 
 def sync_states(now=None):
-    """The latest sync of every configured account/region, with a staleness verdict. Four queries."""
-    return _states(_sync_verdicts(now or timezone.now()))
+    """The latest sync of every configured account/region, with a staleness verdict. Three queries."""
+    return _states(_configured(now or timezone.now(), "*", ORDER))
 
 
 def sync_summary(limit, now=None):
-    """(up to ``limit`` states, stale ones first; how many are stale; how many in all)."""
-    verdicts = _sync_verdicts(now or timezone.now())
-    shown = sorted(verdicts, key=lambda verdict: not verdict[3])[:limit]
-    return _states(shown), sum(1 for verdict in verdicts if verdict[3]), len(verdicts)
+    """(up to ``limit`` states, stale ones first; how many are stale; how many in all). Four
+    queries, the verdicts counted and ordered by the database whatever the number of account/regions."""
+    now = now or timezone.now()
+    is_stale = f"CASE WHEN code IN ({', '.join(str(code) for code in STALE_CODES)}) THEN 1 ELSE 0 END"
+    rows = _configured(now, "*", f"ORDER BY {is_stale} DESC, {ORDER.removeprefix('ORDER BY ')} LIMIT %s", (limit,))
+    (counts,) = _configured(now, f"COUNT(*) AS n, SUM({is_stale}) AS stale")
+    return _states(rows), counts["stale"] or 0, counts["n"]
 
 
 def recent_batches(limit=5):

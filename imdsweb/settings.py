@@ -320,6 +320,9 @@ IMDSWEB_APPROVAL_ACCOUNTS = env.list("IMDSWEB_APPROVAL_ACCOUNTS", default=[])
 IMDSWEB_APPROVAL_EXPIRY_HOURS = env.float("IMDSWEB_APPROVAL_EXPIRY_HOURS", default=72.0)
 IMDSWEB_HISTORY_RETENTION_DAYS = env.int("IMDSWEB_HISTORY_RETENTION_DAYS", default=400)
 IMDSWEB_HISTORY_HOURLY_DAYS = env.int("IMDSWEB_HISTORY_HOURLY_DAYS", default=7)
+# Sync and discovery runs older than this are deleted by prune_history (96 sync runs a day per
+# account/region at the default interval); the latest run of each outcome is always kept.
+IMDSWEB_RUN_RETENTION_DAYS = env.int("IMDSWEB_RUN_RETENTION_DAYS", default=14)
 # Outgoing mail for notification rules: django-environ's EMAIL_URL (smtp://user:pass@host:587,
 # submission://… for STARTTLS, smtp+ssl://…); unset prints mail to the worker's log.
 _email = env.email_url("EMAIL_URL", default=env.str("IMDSWEB_EMAIL_URL", default="consolemail://"))

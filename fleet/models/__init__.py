@@ -3,10 +3,10 @@
 from .api import ApiToken
 from .changes import ChangeBatch, ChangeItem
 from .history import DriftEvent, FleetSnapshot, PostureSnapshot
-from .inventory import Account, Instance, MetadataDefaults, SyncRun, UsageReading
+from .inventory import Account, Instance, MetadataDefaults, RegionSync, SyncRun, UsageReading
 from .notifications import Delivery, NotificationEvent, NotificationRule
 from .organization import AccountHealth, DiscoveryRun, OrganizationSource
-from .posture import RegionPosture
+from .posture import HopLimitCount, RegionPosture
 from .rollout import BatchEvent
 from .signin import OidcIdentity
 from .sources import Image, LaunchSource, LaunchTemplateVersion, SourceSyncState
@@ -14,6 +14,6 @@ from .waivers import Waiver, WaiverEvent
 
 __all__ = [
     "Account", "AccountHealth", "ApiToken", "BatchEvent", "ChangeBatch", "ChangeItem", "Delivery", "DriftEvent", "FleetSnapshot", "Image", "Instance", "LaunchSource", "LaunchTemplateVersion", "SourceSyncState",
-    "MetadataDefaults", "NotificationEvent", "NotificationRule", "OidcIdentity", "PostureSnapshot", "RegionPosture", "SyncRun",
+    "MetadataDefaults", "NotificationEvent", "NotificationRule", "OidcIdentity", "PostureSnapshot", "HopLimitCount", "RegionPosture", "RegionSync", "SyncRun",
     "UsageReading", "DiscoveryRun", "OrganizationSource", "Waiver", "WaiverEvent",
 ]

@@ -337,8 +337,49 @@ class SyncRun(models.Model):
     def __str__(self):
         return f"sync {self.account.account_id}/{self.region} {self.started_at:%Y-%m-%d %H:%M} {self.status}"
 
+    def save(self, *args, **kwargs):
+        super().save(*args, **kwargs)
+        RegionSync.record(self)
+
     @property
     def duration(self):
         if self.finished_at:
             return self.finished_at - self.started_at
         return None
+
+
+class RegionSync(models.Model):
+    """The latest sync run and the last success of one account/region, kept by ``SyncRun.save``.
+
+    The overview's staleness verdict needs both for every configured account/region; found from
+    the run history it is a GROUP BY and a correlated subquery over every run ever kept (96 a day per
+    account/region), so it grew with history and with account/regions. This row makes it one join
+    of two small tables (the run's status is copied here: joining the runs made the database hash
+    every run kept). A run marked abandoned by the next sync's start is superseded by that sync's
+    own run at once.
+    """
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="+")
+    region = models.CharField(max_length=32)
+    last_run = models.ForeignKey(SyncRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    last_status = models.CharField(max_length=10, choices=SyncStatus.choices, blank=True)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["account", "region"], name="one_region_sync_per_region")]
+
+    def __str__(self):
+        return f"latest sync of {self.account_id}/{self.region}"
+
+    @classmethod
+    def record(cls, run):
+        """Point at ``run`` unless a later-started run is recorded, and take its finish as the last
+        success unless a later one is: conditional UPDATEs, so two workers saving runs of one
+        account/region at once (an abandoned run and the next) cannot move either backwards."""
+        cls.objects.get_or_create(account_id=run.account_id, region=run.region)
+        rows = cls.objects.filter(account_id=run.account_id, region=run.region)
+        rows.filter(Q(last_run__isnull=True) | Q(last_run__started_at__lte=run.started_at)).update(
+            last_run=run, last_status=run.status)
+        if run.status == SyncStatus.SUCCEEDED and run.finished_at:
+            rows.filter(Q(last_success_at__isnull=True) | Q(last_success_at__lt=run.finished_at)).update(
+                last_success_at=run.finished_at)

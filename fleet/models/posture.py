@@ -88,3 +88,16 @@ class RegionPosture(PostureCounterFields):
 
     def __str__(self):
         return f"{self.account.account_id}/{self.region}: {self.enforced}/{self.total} enforced"
+
+
+class HopLimitCount(models.Model):
+    """Counted instances of one account/region per hop limit (None: AWS left it out): the overview's
+    distribution is one SUM ... GROUP BY over these narrow rows. Summed out of ``hop_limits`` with
+    jsonb_each it cost 15-60 ms at 3,400 account/regions, a set-returning call per summary row."""
+
+    posture = models.ForeignKey(RegionPosture, on_delete=models.CASCADE, related_name="hop_limit_counts")
+    hop_limit = models.PositiveSmallIntegerField(null=True)
+    n = models.PositiveIntegerField()
+
+    def __str__(self):
+        return f"{self.posture_id}: hop limit {self.hop_limit}: {self.n}"

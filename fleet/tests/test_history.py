@@ -7,15 +7,18 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from fleet import aws, history, posture, sync
+from fleet import aws, history, posture, sync, tasks
 from fleet.choices import DriftKind, EventKind, SyncStatus
 from fleet.models import (
+    DiscoveryRun,
     DriftEvent,
     FleetSnapshot,
     Instance,
     NotificationEvent,
+    OrganizationSource,
     PostureSnapshot,
     RegionPosture,
+    SyncRun,
 )
 from fleet.models.posture import COUNTERS
 from fleet.tests.conftest import AMBIENT_ACCOUNT, ec2_in
@@ -255,3 +258,56 @@ def test_every_beat_entry_names_a_registered_task(settings):
     names = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
     assert {"fleet.tasks.snapshot_posture", "fleet.tasks.prune_history", "fleet.tasks.notify"} <= names
     assert names <= set(app.tasks)
+
+
+def _run(account, region, status, days_ago, now):
+    started = now - timedelta(days=days_ago)
+    return SyncRun.objects.create(account=account, region=region, status=status, started_at=started,
+                                  finished_at=None if status == SyncStatus.RUNNING else started + timedelta(minutes=1))
+
+
+@pytest.mark.django_db
+def test_prune_history_deletes_old_runs_but_the_latest_of_each_outcome(settings):
+    settings.IMDSWEB_RUN_RETENTION_DAYS = 14
+    account = AccountFactory(regions=["us-east-1", "eu-west-1", "ap-south-1"])
+    now = timezone.now()
+    ok, failed, running = SyncStatus.SUCCEEDED, SyncStatus.FAILED, SyncStatus.RUNNING
+    east = {name: _run(account, "us-east-1", status, days, now) for name, status, days in (
+        ("old_ok", ok, 30), ("old_failed", failed, 20), ("ok_16_days_ago", ok, 16), ("recent_ok", ok, 3),
+        ("last_failed", failed, 1), ("running", running, 0))}
+    # Only old runs: the latest success stays however old it is (the overview says "too old", not "never").
+    west = {name: _run(account, "eu-west-1", ok, days, now) for name, days in (("older", 30), ("last", 29))}
+    # Only failures since long ago: the last one stays, and no success appears.
+    south = {name: _run(account, "ap-south-1", failed, days, now) for name, days in (("older", 40), ("last", 39))}
+    drift = DriftEvent.objects.create(kind=DriftKind.NEW_V1, account=account, region="us-east-1",
+                                      instance=InstanceFactory(account=account), detected_at=now,
+                                      sync_run=east["old_ok"])
+    source = OrganizationSource.objects.create(management_role_arn="arn:aws:iam::900000000000:role/r")
+    discoveries = {name: DiscoveryRun.objects.create(source=source, status=status, started_at=now - timedelta(days=days))
+                   for name, status, days in (("older_ok", ok, 60), ("old_failed", failed, 50),
+                                              ("last_ok", ok, 40))}
+    before = [(s.account.pk, s.region, s.last_run.pk, s.last_success, s.stale, s.reason) for s in posture.sync_states()]
+
+    tasks.prune_history()
+
+    assert set(SyncRun.objects.values_list("pk", flat=True)) == {
+        east["recent_ok"].pk, east["last_failed"].pk, east["running"].pk,
+        west["last"].pk, south["last"].pk}
+    assert set(DiscoveryRun.objects.values_list("pk", flat=True)) == {
+        discoveries["old_failed"].pk, discoveries["last_ok"].pk}
+    drift.refresh_from_db()
+    assert drift.sync_run is None and drift.instance_id
+    after = [(s.account.pk, s.region, s.last_run.pk, s.last_success, s.stale, s.reason) for s in posture.sync_states()]
+    assert after == before
+    assert history.prune_runs(now) == 0  # nothing more to delete: idempotent
+
+
+@pytest.mark.django_db
+def test_prune_runs_deletes_in_batches(settings, monkeypatch):
+    settings.IMDSWEB_RUN_RETENTION_DAYS = 1
+    monkeypatch.setattr(history, "RUN_DELETE_BATCH", 3)
+    account = AccountFactory(regions=["us-east-1"])
+    now = timezone.now()
+    runs = [_run(account, "us-east-1", SyncStatus.SUCCEEDED, 10 - n * 0.1, now) for n in range(8)]
+    assert history.prune_runs(now) == 7
+    assert list(SyncRun.objects.values_list("pk", flat=True)) == [runs[-1].pk]

@@ -146,3 +146,54 @@ def test_summary_follows_the_rows_it_is_refreshed_from(fleet):
     totals = posture.fleet_totals()
     assert totals["total"] == 5 and totals["enforced"] == 4
     assert [row for row in posture.compliance_by_region() if row["region"] == "eu-west-1"] == []
+
+
+def test_latest_sync_kept_per_region_whatever_order_runs_are_saved_in(fleet, settings):
+    from fleet.models import RegionSync
+
+    settings.IMDSWEB_SYNC_INTERVAL_MINUTES = 15
+    now = timezone.now()
+    prod = fleet["prod"]
+    newest = prod.sync_runs.create(region="us-east-1", started_at=now - timedelta(minutes=3), status="running")
+    # An older run saved afterwards (a slow worker finishing) moves neither the latest run nor,
+    # being a failure, the last success.
+    older = prod.sync_runs.create(region="us-east-1", started_at=now - timedelta(minutes=40),
+                                  finished_at=now - timedelta(minutes=39), status="succeeded")
+    prod.sync_runs.create(region="us-east-1", started_at=now - timedelta(minutes=20),
+                          finished_at=now - timedelta(minutes=19), status="failed")
+    row = RegionSync.objects.get(account=prod, region="us-east-1")
+    assert (row.last_run_id, row.last_status, row.last_success_at) == (newest.pk, "running", older.finished_at)
+    state = {(s.account.pk, s.region): s for s in posture.sync_states(now)}[(prod.pk, "us-east-1")]
+    assert state.last_run == newest and state.stale and state.reason == "no successful sync for over 30 minutes"
+    newest.status, newest.finished_at = "succeeded", now
+    newest.save()
+    row.refresh_from_db()
+    assert (row.last_status, row.last_success_at) == ("succeeded", now)
+    assert not {(s.account.pk, s.region): s for s in posture.sync_states(now)}[(prod.pk, "us-east-1")].stale
+
+
+def test_sync_summary_counts_every_configured_region_and_lists_stale_first(fleet, settings):
+    now = timezone.now()
+    prod = fleet["prod"]
+    for region in prod.regions:
+        prod.sync_runs.create(region=region, started_at=now, finished_at=now, status="succeeded")
+    states = posture.sync_states(now)
+    shown, stale, count = posture.sync_summary(2, now)
+    assert count == len(states) and stale == sum(s.stale for s in states)
+    assert len(shown) == 2 and all(s.stale for s in shown[:min(2, stale)])
+    assert [(s.account.pk, s.region) for s in shown] == [(s.account.pk, s.region) for s in
+                                                          sorted(states, key=lambda s: not s.stale)][:2]
+
+
+def test_hop_limit_counts_follow_the_instances(fleet):
+    from fleet.models import HopLimitCount, Instance
+
+    counted = Instance.objects.present().exclude(instance_state__in=["terminated", "shutting-down"])
+    expected = {}
+    for hop in counted.values_list("hop_limit", flat=True):
+        expected[hop] = expected.get(hop, 0) + 1
+    assert dict(posture.hop_limit_distribution()) == expected
+    counted.filter(hop_limit=1).update(hop_limit=5)
+    posture.refresh_all()
+    assert HopLimitCount.objects.filter(hop_limit=1).count() == 0
+    assert dict(posture.hop_limit_distribution()).get(5) == expected.get(1, 0) + expected.get(5, 0)
