@@ -36,6 +36,36 @@ class IntegerFilter(django_filters.NumberFilter):
     field_class = forms.IntegerField
 
 
+class IpFilter(django_filters.CharFilter):
+    field_class = forms.GenericIPAddressField
+
+
+def tag_condition(text):
+    """``Key=Value`` (the tag has that value), ``Key`` (the tag is there), ``!Key`` (it is not) as
+    a condition on ``tags``. On PostgreSQL ``@>`` and ``?``, which the GIN index answers (0019)."""
+    from django.db import connection
+    from django.db.models.fields.json import KeyTransform
+
+    absent = text.startswith("!")
+    key, has_value, value = text.removeprefix("!").partition("=")
+    if not key or (absent and has_value):
+        raise ValidationError("A tag filter is Key=Value, Key (the tag is there) or !Key (it is not).")
+    if not has_value:
+        condition = Q(tags__has_key=key)
+        return ~condition if absent else condition
+    if connection.vendor == "postgresql":
+        return Q(tags__contains={key: value})
+    return Q(_tag_value=value), KeyTransform(key, "tags")
+
+
+def filter_by_tag(queryset, text):
+    condition = tag_condition(text)
+    if isinstance(condition, tuple):  # SQLite: compare the key's text
+        condition, expression = condition
+        return queryset.alias(_tag_value=expression).filter(condition)
+    return queryset.filter(condition)
+
+
 def region_choices():
     # From the accounts' configured regions: a small table, where DISTINCT over instances is a scan.
     regions = {region for regions in Account.objects.values_list("regions", flat=True) for region in regions or []}
@@ -54,6 +84,12 @@ class InstanceFilterForm(forms.Form):
         if len(ids) > 500:
             raise ValidationError("At most 500 instance ids; use a filter instead.")
         return ids
+
+    def clean_tag(self):
+        text = (self.cleaned_data.get("tag") or "").strip()
+        if text:
+            tag_condition(text)  # raises the form error for a malformed filter
+        return text
 
     def clean_change(self):
         """``change=http_tokens=required,hop_limit=2`` -> the desired options (empty: none given)."""
@@ -138,6 +174,30 @@ class InstanceFilterSet(django_filters.FilterSet):
         choices=Risk.choices, method="filter_risk", label="IMDSv1 risk", empty_label="any"
     )
     gone = django_filters.ChoiceFilter(choices=GONE_CHOICES, method="filter_gone", label="Present", empty_label=None)
+    # Context from DescribeInstances: what it is, where it runs, what it may do.
+    instance_type = django_filters.CharFilter(label="Instance type", max_length=32)
+    platform = django_filters.CharFilter(field_name="platform_details", label="Platform", max_length=64,
+                                         widget=forms.TextInput(attrs={"placeholder": "Linux/UNIX, Windows…"}))
+    vpc = django_filters.CharFilter(field_name="vpc_id", label="VPC", max_length=32,
+                                    widget=forms.TextInput(attrs={"placeholder": "vpc-…"}))
+    subnet = django_filters.CharFilter(field_name="subnet_id", label="Subnet", max_length=32,
+                                       widget=forms.TextInput(attrs={"placeholder": "subnet-…"}))
+    ip = IpFilter(method="filter_ip", label="IP address", help_text="private or public")
+    instance_profile = django_filters.CharFilter(
+        method="filter_instance_profile", label="Instance profile", max_length=2048,
+        help_text="its name or ARN; \"none\" for instances without one",
+    )
+    launched_after = django_filters.DateFilter(field_name="launch_time", lookup_expr="date__gte", label="Launched from",
+                                               widget=forms.DateInput(attrs={"type": "date"}))
+    launched_before = django_filters.DateFilter(field_name="launch_time", lookup_expr="date__lte", label="Launched until",
+                                                widget=forms.DateInput(attrs={"type": "date"}))
+    tag = django_filters.CharFilter(
+        method="filter_tag", label="Tag", max_length=400,
+        widget=forms.TextInput(attrs={"placeholder": "Key=Value, Key or !Key"}),
+        help_text="Key=Value: the tag has that value; Key: the tag is there; !Key: it is not",
+    )
+    # The owner tag chosen in settings (IMDSWEB_OWNER_TAG): "posture by team" links here.
+    team = django_filters.CharFilter(method="filter_team", label="Team", max_length=256)
     # A selection by instance ids (the confirmation page's links for an ids selection).
     ids = django_filters.CharFilter(method="filter_ids", label="Instance ids", max_length=12000,
                                     widget=forms.HiddenInput)
@@ -214,12 +274,37 @@ class InstanceFilterSet(django_filters.FilterSet):
         since = timezone.make_aware(datetime.combine(value, time.min))
         return queryset.filter(pk__in=DriftEvent.objects.filter(detected_at__gte=since).values("instance_id"))
 
+    def filter_ip(self, queryset, name, value):
+        return queryset.filter(Q(private_ip=value) | Q(public_ip=value))
+
+    def filter_instance_profile(self, queryset, name, value):
+        value = value.strip()
+        if value.lower() == "none":
+            return queryset.filter(iam_instance_profile_arn__isnull=True)
+        if value.startswith("arn:"):
+            return queryset.filter(iam_instance_profile_arn=value)
+        # An instance profile ARN ends with its path and name: arn:aws:iam::123456789012:instance-profile/path/name
+        return queryset.filter(iam_instance_profile_arn__endswith=f"/{value}")
+
+    def filter_tag(self, queryset, name, value):
+        return filter_by_tag(queryset, value)
+
+    def filter_team(self, queryset, name, value):
+        from django.conf import settings
+
+        return filter_by_tag(queryset, f"{settings.IMDSWEB_OWNER_TAG}={value}")
+
     def filter_gone(self, queryset, name, value):
         if value == "present":
             return queryset.filter(gone_at__isnull=True)
         if value == "gone":
             return queryset.filter(gone_at__isnull=False)
         return queryset
+
+    # Shown under "More filters" on the list page (the context of an instance, not its posture).
+    CONTEXT_FILTERS = ("instance_type", "platform", "vpc", "subnet", "ip", "instance_profile", "launched_after",
+                       "launched_before", "tag", "team", "launch_template", "launch_template_version",
+                       "autoscaling_group", "drift_since")
 
     # Filters the posture summary rows are keyed by (it counts present instances).
     SUMMARY_KEYS = {"account", "ou", "region", "gone"}
@@ -360,6 +445,30 @@ class LaunchSourceFilterSet(django_filters.FilterSet):
         choices=Risk.choices, method="filter_risk", label="IMDSv1 risk", empty_label="any"
     )
     gone = django_filters.ChoiceFilter(choices=GONE_CHOICES, method="filter_gone", label="Present", empty_label=None)
+    # Context from DescribeInstances: what it is, where it runs, what it may do.
+    instance_type = django_filters.CharFilter(label="Instance type", max_length=32)
+    platform = django_filters.CharFilter(field_name="platform_details", label="Platform", max_length=64,
+                                         widget=forms.TextInput(attrs={"placeholder": "Linux/UNIX, Windows…"}))
+    vpc = django_filters.CharFilter(field_name="vpc_id", label="VPC", max_length=32,
+                                    widget=forms.TextInput(attrs={"placeholder": "vpc-…"}))
+    subnet = django_filters.CharFilter(field_name="subnet_id", label="Subnet", max_length=32,
+                                       widget=forms.TextInput(attrs={"placeholder": "subnet-…"}))
+    ip = IpFilter(method="filter_ip", label="IP address", help_text="private or public")
+    instance_profile = django_filters.CharFilter(
+        method="filter_instance_profile", label="Instance profile", max_length=2048,
+        help_text="its name or ARN; \"none\" for instances without one",
+    )
+    launched_after = django_filters.DateFilter(field_name="launch_time", lookup_expr="date__gte", label="Launched from",
+                                               widget=forms.DateInput(attrs={"type": "date"}))
+    launched_before = django_filters.DateFilter(field_name="launch_time", lookup_expr="date__lte", label="Launched until",
+                                                widget=forms.DateInput(attrs={"type": "date"}))
+    tag = django_filters.CharFilter(
+        method="filter_tag", label="Tag", max_length=400,
+        widget=forms.TextInput(attrs={"placeholder": "Key=Value, Key or !Key"}),
+        help_text="Key=Value: the tag has that value; Key: the tag is there; !Key: it is not",
+    )
+    # The owner tag chosen in settings (IMDSWEB_OWNER_TAG): "posture by team" links here.
+    team = django_filters.CharFilter(method="filter_team", label="Team", max_length=256)
 
     class Meta:
         model = LaunchSource

@@ -174,6 +174,9 @@ def refresh_region(account_id, region):
         account_id=account_id, region=region,
         defaults={**counts, "hop_limits": hops, "value_counts": value_counts, "refreshed_at": timezone.now()},
     )
+    from . import teams  # posture by team (it imports this module's percent)
+
+    teams.refresh_region(account_id, region)
 
 
 def refresh_all():

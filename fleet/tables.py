@@ -2,6 +2,7 @@
 versions. Cells are escaped by the library."""
 
 import django_tables2 as tables
+from django.conf import settings
 from django.core.paginator import Paginator
 from django.db.models.functions import Coalesce
 from django.urls import reverse
@@ -9,6 +10,7 @@ from django.utils.html import format_html, format_html_join
 
 from .choices import DriftKind, ItemState, LaunchVerdict, SourceKind
 from .models import ChangeBatch, ChangeItem, DriftEvent, Instance, LaunchSource, LaunchTemplateVersion
+from .models.inventory import NEVER
 from .pagination import Ordering
 from .posture import percent
 
@@ -48,6 +50,10 @@ class InstanceTable(BaseTable):
     account = tables.Column(accessor="account__name", verbose_name="Account")
     # Columns of a few values are filtered on, not sorted by: a sort would need an index each.
     region = tables.Column(attrs={"td": {"class": "nowrap"}}, orderable=False)
+    # The owner tag chosen in settings (IMDSWEB_OWNER_TAG); the header names the tag.
+    team = tables.Column(empty_values=(), verbose_name="Team", orderable=False)
+    # Sorted by the instance_sort_instance_type index; the platform (PlatformDetails) under it.
+    instance_type = tables.Column(verbose_name="Type")
     instance_state = tables.Column(verbose_name="State", orderable=False)
     http_tokens = tables.Column(verbose_name="HttpTokens", orderable=False)
     http_endpoint = tables.Column(verbose_name="Endpoint", orderable=False)
@@ -57,15 +63,19 @@ class InstanceTable(BaseTable):
     v1_calls = tables.Column(verbose_name="IMDSv1 calls", default="not measured")
     # The queryset's ``risk`` annotation (Instance.objects.with_risk(), fleet.models.inventory.RISK).
     risk = tables.Column(verbose_name="IMDSv1 risk", orderable=False, default="—")
-    last_seen = tables.DateTimeColumn(verbose_name="Last seen", format="Y-m-d H:i", attrs={"td": {"class": "nowrap"}})
+    iam_instance_profile_arn = tables.Column(verbose_name="Instance profile", orderable=False)
+    network = tables.Column(empty_values=(), verbose_name="VPC / subnet", orderable=False)
+    ip = tables.Column(empty_values=(), verbose_name="Private / public IP", orderable=False)
+    launch_time = tables.DateTimeColumn(verbose_name="Launched", attrs={"td": {"class": "nowrap"}})
+    last_seen = tables.DateTimeColumn(verbose_name="Last seen", attrs={"td": {"class": "nowrap"}})
 
     class Meta(BaseTable.Meta):
         model = Instance
         fields = ()
         sequence = (
-            "ids", "instance_id", "name", "account", "region", "instance_state", "http_tokens",
-            "http_endpoint", "hop_limit", "metadata_state", "instance_metadata_tags", "v1_calls", "risk",
-            "last_seen",
+            "ids", "instance_id", "name", "account", "region", "team", "instance_type", "instance_state",
+            "http_tokens", "http_endpoint", "hop_limit", "metadata_state", "instance_metadata_tags", "v1_calls",
+            "risk", "iam_instance_profile_arn", "network", "ip", "launch_time", "last_seen",
         )
         # Its rows are written out in the template (cell by cell rendering was most of the page's time).
         template_name = "fleet/partials/keyset_table.html"
@@ -79,8 +89,15 @@ class InstanceTable(BaseTable):
         "hop_limit": (Coalesce("hop_limit", 0), "id"),
         "v1_calls": (Coalesce("v1_calls", -1), "id"),
         "last_seen": ("last_seen", "id"),
+        "instance_type": ("instance_type", "id"),
+        "launch_time": (Coalesce("launch_time", NEVER), "id"),
     }
     DEFAULT_SORT = "account"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The written-out rows (keyset_table.html) read the team from this tag.
+        self.owner_tag = settings.IMDSWEB_OWNER_TAG
 
     @classmethod
     def ordering_for(cls, sort):
@@ -94,7 +111,7 @@ class InstanceTable(BaseTable):
 
 class ChangeBatchTable(BaseTable):
     id = tables.Column(linkify=True, verbose_name="#")
-    created_at = tables.DateTimeColumn(verbose_name="Requested", format="Y-m-d H:i")
+    created_at = tables.DateTimeColumn(verbose_name="Requested")
     created_by = tables.Column(verbose_name="By", default="—")
     kind = tables.Column()
     desired = tables.Column(orderable=False, verbose_name="Change")
@@ -174,7 +191,7 @@ class ChangeItemTable(BaseTable):
     attempts = tables.Column(attrs={"td": {"class": "num"}})
     error = tables.Column(empty_values=(), orderable=False, attrs={"td": {"class": "reason"}})
     request_id = tables.Column(default="", verbose_name="Request id", attrs={"td": {"class": "mono small nowrap"}})
-    updated_at = tables.DateTimeColumn(verbose_name="Updated", format="Y-m-d H:i:s", attrs={"td": {"class": "nowrap"}})
+    updated_at = tables.DateTimeColumn(verbose_name="Updated", attrs={"td": {"class": "nowrap"}})
 
     class Meta(BaseTable.Meta):
         model = ChangeItem
@@ -218,13 +235,13 @@ class ChangeItemTable(BaseTable):
 
 
 class DriftEventTable(BaseTable):
-    detected_at = tables.DateTimeColumn(verbose_name="Seen", format="Y-m-d H:i", attrs={"td": {"class": "nowrap"}})
+    detected_at = tables.DateTimeColumn(verbose_name="Seen", attrs={"td": {"class": "nowrap"}})
     kind = tables.Column(verbose_name="Drift")
     instance = tables.Column(linkify=True, verbose_name="Instance", attrs={"td": {"class": "nowrap mono"}})
     name = tables.Column(accessor="instance__name", verbose_name="Name", orderable=False)
     account = tables.Column(accessor="account__name", verbose_name="Account")
     region = tables.Column()
-    launch_time = tables.DateTimeColumn(accessor="instance__launch_time", verbose_name="Launched", format="Y-m-d H:i")
+    launch_time = tables.DateTimeColumn(accessor="instance__launch_time", verbose_name="Launched")
     now = tables.Column(empty_values=(), orderable=False, verbose_name="Now")
 
     class Meta(BaseTable.Meta):
@@ -306,7 +323,7 @@ class LaunchTemplateVersionTable(BaseTable):
     http_tokens = tables.Column(verbose_name="HttpTokens", default="unset")
     hop_limit = tables.Column(verbose_name="Hops", default="unset")
     http_endpoint = tables.Column(verbose_name="Endpoint", default="unset")
-    created_at = tables.DateTimeColumn(verbose_name="Created", format="Y-m-d H:i", default="—")
+    created_at = tables.DateTimeColumn(verbose_name="Created", default="—")
 
     class Meta(BaseTable.Meta):
         model = LaunchTemplateVersion

@@ -188,6 +188,8 @@ CONTENT_SECURITY_POLICY = {
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
+# One date format with the time zone on every page (imdsweb/formats/en/formats.py).
+FORMAT_MODULE_PATH = ["imdsweb.formats"]
 USE_TZ = True
 
 STATIC_URL = "static/"
@@ -258,6 +260,9 @@ IMDSWEB_MAX_ERROR_ATTEMPTS = env.int("IMDSWEB_MAX_ERROR_ATTEMPTS", default=25)
 IMDSWEB_SYNC_INTERVAL_MINUTES = env.int("IMDSWEB_SYNC_INTERVAL_MINUTES", default=15)
 IMDSWEB_USAGE_SYNC_INTERVAL_MINUTES = env.int("IMDSWEB_USAGE_SYNC_INTERVAL_MINUTES", default=360)
 IMDSWEB_USAGE_WINDOW_DAYS = env.int("IMDSWEB_USAGE_WINDOW_DAYS", default=14)
+# The tag naming an instance's owning team: its own column in the instance list and the
+# overview's "posture by team" (fleet.teams). Tag keys are case-sensitive in AWS.
+IMDSWEB_OWNER_TAG = env.str("IMDSWEB_OWNER_TAG", default="Team")
 # A usage reading older than this is no evidence: the readiness gate holds such instances.
 IMDSWEB_USAGE_STALE_MINUTES = env.int(
     "IMDSWEB_USAGE_STALE_MINUTES", default=2 * IMDSWEB_USAGE_SYNC_INTERVAL_MINUTES

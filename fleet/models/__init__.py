@@ -7,11 +7,13 @@ from .inventory import Account, Instance, MetadataDefaults, SyncRun, UsageReadin
 from .notifications import Delivery, NotificationEvent, NotificationRule
 from .organization import AccountHealth, DiscoveryRun, OrganizationSource
 from .posture import RegionPosture
+from .profile import UserProfile
 from .signin import OidcIdentity
 from .sources import Image, LaunchSource, LaunchTemplateVersion, SourceSyncState
+from .teams import TeamPosture
 
 __all__ = [
     "Account", "AccountHealth", "ApiToken", "ChangeBatch", "ChangeItem", "Delivery", "DriftEvent", "FleetSnapshot", "Image", "Instance", "LaunchSource", "LaunchTemplateVersion", "SourceSyncState",
-    "MetadataDefaults", "NotificationEvent", "NotificationRule", "OidcIdentity", "PostureSnapshot", "RegionPosture", "SyncRun",
+    "MetadataDefaults", "NotificationEvent", "NotificationRule", "OidcIdentity", "PostureSnapshot", "RegionPosture", "SyncRun", "TeamPosture", "UserProfile",
     "UsageReading", "DiscoveryRun", "OrganizationSource",
 ]

@@ -83,6 +83,12 @@ def get_item(mapping, key):
     """``{{ links|get_item:bucket }}``: a dict lookup by a variable key."""
     return (mapping or {}).get(key, "")
 
+@register.filter
+def profile_name(arn):
+    """An instance profile ARN's name (the part after ``instance-profile/`` and any path)."""
+    return (arn or "").rsplit("/", 1)[-1]
+
+
 # ---- issue 18: the burndown (fleet.history)
 
 LINE_WIDTH, LINE_HEIGHT, LINE_LEFT, LINE_BOTTOM = 560, 140, 48, 22

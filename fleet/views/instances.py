@@ -1,5 +1,6 @@
 """Instances: the filtered list, its CSV export, one instance's page and its options form."""
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db.models import F
 from django.http import Http404, HttpResponseBadRequest
@@ -10,7 +11,7 @@ from django.views.decorators.http import require_safe
 from django.views.generic import DetailView
 from django.views.generic.edit import FormMixin
 
-from .. import csv_export, owners, pagination
+from .. import console, csv_export, owners, pagination
 from ..choices import ManagedOwner
 from ..filters import InstanceFilterSet
 from ..forms import InstanceOptionsForm
@@ -70,7 +71,10 @@ class InstanceListView(FilteredTableView):
             total, at_least = known, False
         else:
             total, at_least = self.COUNT_BOUND, True
-        return context | {"total": total, "total_at_least": at_least, "bad_cursor": self.bad_cursor}
+        return context | {
+            "total": total, "total_at_least": at_least, "bad_cursor": self.bad_cursor,
+            "owner_tag": settings.IMDSWEB_OWNER_TAG, "context_filters": InstanceFilterSet.CONTEXT_FILTERS,
+        }
 
 
 @require_safe
@@ -117,7 +121,18 @@ class InstanceDetailView(FormMixin, DetailView):
         return super().get_context_data(
             **kwargs, history=table, breakage=breakage, source_template=launch_template, source_group=group,
             owner=ManagedOwner(owner).label if owner else "", owner_detail=owner_detail,
+            owner_tag=settings.IMDSWEB_OWNER_TAG, console=self.console_links(),
         )
+
+    def console_links(self):
+        instance = self.object
+        return {
+            "instance": console.instance_url(instance.region, instance.instance_id),
+            "launch_template": instance.launch_template_id
+            and console.launch_template_url(instance.region, instance.launch_template_id),
+            "autoscaling_group": instance.autoscaling_group
+            and console.autoscaling_group_url(instance.region, instance.autoscaling_group),
+        }
 
     def post(self, request, *args, **kwargs):
         self.object = self.get_object()
