@@ -10,7 +10,7 @@ from django.db.models import Q
 from django.http import QueryDict
 from django.utils import timezone
 
-from . import posture
+from . import posture, teams
 from .choices import (
     ChangeKind,
     DriftKind,
@@ -321,7 +321,8 @@ class InstanceFilterSet(django_filters.FilterSet):
             name: value for name, value in data.items() if value not in (None, "", [], {}) and name not in self.SUMMARY_KEYS
         }
         counter = posture.summary_counter(others)
-        if counter is None:
+        team, _ = teams.team_of_filters(others)
+        if counter is None and team is False:
             return None
         account = data.get("account")
         account_ids = [account.pk] if account else None
@@ -330,9 +331,10 @@ class InstanceFilterSet(django_filters.FilterSet):
             account_ids = list((in_ou.filter(pk=account.pk) if account else in_ou).values_list("pk", flat=True))
             if not account_ids:
                 return 0
-        return posture.present_count(
-            account_ids=account_ids, regions=[data["region"]] if data.get("region") else None, counter=counter,
-        )
+        regions = [data["region"]] if data.get("region") else None
+        if counter is None:  # a team's figure (the overview's posture by team)
+            return teams.present_count(others, account_ids=account_ids, regions=regions)
+        return posture.present_count(account_ids=account_ids, regions=regions, counter=counter)
 
     @property
     def active_querystring(self):
@@ -373,7 +375,9 @@ class ChangeItemFilterSet(django_filters.FilterSet):
 
 class ChangeBatchFilterSet(django_filters.FilterSet):
     kind = django_filters.ChoiceFilter(choices=ChangeKind.choices, empty_label="any kind")
-    dry_run = django_filters.BooleanFilter(label="Dry run")
+    dry_run = django_filters.BooleanFilter(
+        label="Dry run", widget=forms.Select(choices=[("", "any"), ("true", "dry runs only"), ("false", "real changes only")]),
+    )
 
     class Meta:
         model = ChangeBatch

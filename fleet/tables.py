@@ -34,6 +34,14 @@ class BaseTable(tables.Table):
         return super().paginate(paginator_class, per_page, page, *args, **kwargs)
 
 
+def state_changed_at():
+    """When an item last changed state: its latest timestamp (claimed, submitted, finished), else its
+    creation (held and skipped items are final when created). An expression for ``annotate``."""
+    from django.db.models.functions import Greatest
+
+    return Greatest(*(Coalesce(name, "created_at") for name in ("claimed_at", "submitted_at", "finished_at")))
+
+
 def badge(text, level):
     return format_html('<span class="badge badge-{}">{}</span>', level, text)
 
@@ -182,7 +190,7 @@ class ChangeItemTable(BaseTable):
     target = tables.Column(
         empty_values=(), order_by=("instance__instance_id", "account__name", "region"), attrs={"td": {"class": "nowrap mono"}}
     )
-    account = tables.Column(accessor="account__name", verbose_name="Account", order_by=("account__name",))
+    account = tables.Column(verbose_name="Account", order_by=("account__name", "account__account_id"))
     region = tables.Column(attrs={"td": {"class": "nowrap"}})
     state = tables.Column(attrs={"td": {"class": "nowrap"}})
     sets = tables.Column(empty_values=(), orderable=False, verbose_name="Sets", attrs={"td": {"class": "mono small"}})
@@ -190,15 +198,19 @@ class ChangeItemTable(BaseTable):
     reason = tables.Column(default="", attrs={"td": {"class": "reason"}})
     attempts = tables.Column(attrs={"td": {"class": "num"}})
     error = tables.Column(empty_values=(), orderable=False, attrs={"td": {"class": "reason"}})
-    request_id = tables.Column(default="", verbose_name="Request id", attrs={"td": {"class": "mono small nowrap"}})
-    updated_at = tables.DateTimeColumn(verbose_name="Updated", attrs={"td": {"class": "nowrap"}})
+    # AWS's request ids are 36 characters: they wrap rather than widen the table past its card.
+    request_id = tables.Column(default="", verbose_name="Request id", attrs={"td": {"class": "mono small request-id"}})
+    # The last state change (state_changed_at(), annotated by the views), not the row's last write.
+    state_changed_at = tables.DateTimeColumn(
+        verbose_name="Updated", attrs={"th": {"title": "when the item last changed state"}, "td": {"class": "nowrap"}}
+    )
 
     class Meta(BaseTable.Meta):
         model = ChangeItem
         fields = ()
         sequence = (
             "batch", "target", "account", "region", "state", "sets", "previous", "reason", "attempts", "error", "request_id",
-            "updated_at",
+            "state_changed_at",
         )
         row_attrs = {"class": lambda record: f"item-{record.state}"}
 

@@ -65,3 +65,44 @@ def by_team():
                            "level": posture_level(pct)})
     rows.sort(key=lambda row: (row["team"] is None, -row["not_enforced"], row["team"] or ""))
     return rows
+
+
+# The instance-list filters whose count the team rows know (the overview block's links), besides
+# account, OU and region: {frozenset of (filter, value)}: the TeamPosture column that counts them.
+TEAM_COUNTS = {
+    frozenset({("posture", "counted")}): "total",
+    frozenset({("posture", "enforced")}): "enforced",
+    frozenset({("posture", "not_enforced")}): "not_enforced",
+    frozenset({("posture", "counted"), ("v1_usage", "yes")}): "v1_in_use",
+    frozenset({("posture", "counted"), ("risk", "role_public")}): "risk_role_public",
+}
+
+
+def team_of_filters(filters):
+    """(team or None for "without the tag", the other filters) when ``filters`` name one team
+    (``team=``, or ``tag=!<owner tag>``), else (False, filters)."""
+    filters = dict(filters)
+    if "team" in filters and "tag" not in filters:
+        return filters.pop("team"), filters
+    if filters.get("tag") == f"!{owner_tag()}" and "team" not in filters:
+        filters.pop("tag")
+        return None, filters
+    return False, filters
+
+
+def present_count(filters, account_ids=None, regions=None):
+    """The count of a team filter from the team rows (one query), or None when they cannot tell."""
+    team, others = team_of_filters(filters)
+    column = TEAM_COUNTS.get(frozenset((name, str(value)) for name, value in others.items()))
+    if team is False or column is None:
+        return None
+    rows = TeamPosture.objects.filter(team__isnull=True) if team is None else TeamPosture.objects.filter(team=team)
+    if account_ids:
+        rows = rows.filter(account_id__in=account_ids)
+    if regions:
+        rows = rows.filter(region__in=regions)
+    sums = rows.aggregate(total=Sum("total"), enforced=Sum("enforced"), v1_in_use=Sum("v1_in_use"),
+                          risk_role_public=Sum("risk_role_public"))
+    sums = {key: value or 0 for key, value in sums.items()}
+    sums["not_enforced"] = sums["total"] - sums["enforced"]
+    return sums[column]

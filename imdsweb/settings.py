@@ -20,6 +20,9 @@ if env_file.exists():
     env.read_env(str(env_file))
 
 DEBUG = env.bool("DJANGO_DEBUG", default=True)
+# Django's technical 404 and 500 pages under DEBUG (for development); the demo turns them off so
+# that its users meet the product's own pages (fleet.views.errors.ProductErrorPagesMiddleware).
+IMDSWEB_DEBUG_ERROR_PAGES = env.bool("IMDSWEB_DEBUG_ERROR_PAGES", default=DEBUG)
 if DEBUG:
     SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="insecure-dev-key-do-not-use-in-production")
 else:
@@ -56,6 +59,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    # The product's 404/500 pages under DEBUG when IMDSWEB_DEBUG_ERROR_PAGES is off (the demo).
+    "fleet.views.errors.ProductErrorPagesMiddleware",
     "fleet.signin.SessionTimeoutMiddleware",
     "fleet.signin.PrivateCacheMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",

@@ -16,7 +16,7 @@ from ..choices import BatchStatus, ChangeKind, ItemState
 from ..filters import ChangeBatchFilterSet, ChangeItemFilterSet
 from ..forms import InstanceChangeForm, RollbackForm
 from ..models import Account, ChangeBatch, Instance, UsageReading
-from ..tables import ChangeBatchTable, ChangeItemTable
+from ..tables import ChangeBatchTable, ChangeItemTable, state_changed_at
 from ..targets import target_for
 from .base import ConfirmActionView, FilteredTableView, OperatorRequiredMixin, refusal_message
 
@@ -138,7 +138,7 @@ def measure_usage_status(request):
 class ChangeListView(FilteredTableView):
     queryset = ChangeBatch.objects.with_counts().select_related("created_by").annotate(
         rolled_back_by=Subquery(ChangeBatch.objects.filter(rollback_of=OuterRef("pk")).order_by("pk").values("pk")[:1])
-    )
+    ).order_by("-created_at", "-pk")  # newest first (ties: the later batch first)
     filterset_class = ChangeBatchFilterSet
     table_class = ChangeBatchTable
     template_name = "fleet/change_list.html"
@@ -185,12 +185,26 @@ def progress_context(batch):
     }
 
 
+def applies(batch):
+    """What of an instance change applies to this batch: the IMDSv1 readiness gate and the
+    breakage watch (a change that requires IMDSv2, not a rollback of one), and waiting for a
+    stopped instance to start (instances only: defaults, templates and enforcement apply at once)."""
+    instances = batch.kind == ChangeKind.INSTANCE_OPTIONS
+    return {"usage_gate": instances and not batch.rollback_of_id, "breakage": instances and not batch.rollback_of_id,
+            "awaiting_start": instances}
+
+
 def items_table(request, batch):
     """The batch's items, filtered and paginated from the query string (the page and its poll)."""
-    items = batch.items.select_related("account", "instance", "source")
+    items = batch.items.select_related("account", "instance", "source").annotate(state_changed_at=state_changed_at())
     filterset = ChangeItemFilterSet(request.GET or None, queryset=items)
+    for name, applicable in applies(batch).items():
+        if not applicable and name in filterset.filters:
+            del filterset.filters[name]
     items = filterset.qs if filterset.is_valid() or not filterset.is_bound else items.none()
-    table = RequestConfig(request, paginate={"per_page": 50}).configure(ChangeItemTable(items, exclude=("batch",)))
+    # A batch of one kind sets the same values on every item (a rollback restores each item's own).
+    exclude = ("batch",) if batch.rollback_of_id else ("batch", "sets")
+    table = RequestConfig(request, paginate={"per_page": 50}).configure(ChangeItemTable(items, exclude=exclude))
     return filterset, table
 
 
@@ -205,7 +219,7 @@ class ChangeDetailView(DetailView):
         filterset, table = items_table(self.request, self.object)
         return super().get_context_data(
             **kwargs, **progress_context(self.object), filter=filterset, table=table,
-            rollbacks=self.object.rollbacks.all(), rollback_form=RollbackForm(),
+            rollbacks=self.object.rollbacks.all(), rollback_form=RollbackForm(), applies=applies(self.object),
         )
 
 

@@ -17,7 +17,7 @@ from ..filters import InstanceFilterSet
 from ..forms import InstanceOptionsForm
 from ..models import Instance
 from ..roles import RoleRequired
-from ..tables import ChangeItemTable, InstanceTable, per_page_in_range
+from ..tables import ChangeItemTable, InstanceTable, per_page_in_range, state_changed_at
 from ..validators import instance_id_validator
 from .base import QUEUE_CHANGE, FilteredTableView
 from .sources import source_for_instance
@@ -112,7 +112,8 @@ class InstanceDetailView(FormMixin, DetailView):
         return super().get_form_kwargs() | {"instance": self.object}
 
     def get_context_data(self, **kwargs):
-        items = list(self.object.change_items.select_related("batch", "account", "instance").order_by("-id")[:50])
+        items = list(self.object.change_items.select_related("batch", "account", "instance")
+                     .annotate(state_changed_at=state_changed_at()).order_by("-id")[:50])
         table = ChangeItemTable(items, exclude=("target", "account", "region", "request_id"), orderable=False)
         # The latest enforcement after which this instance's IMDSv1 calls started being refused.
         breakage = next((item for item in items if item.breakage_suspected), None)

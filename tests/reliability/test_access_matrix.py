@@ -163,7 +163,7 @@ def test_admin_site_only_for_admins(world, role):
 def test_non_admins_cannot_edit_accounts(world, role):
     client = client_for(role)
     url = reverse("admin:fleet_account_change", args=[world["account"].pk])
-    response = client.post(url, {"account_id": ACCOUNT_ID, "name": "hijacked", "regions": '["us-east-1"]'})
+    response = client.post(url, {"account_id": ACCOUNT_ID, "name": "hijacked", "regions": ["us-east-1"]})
     assert response.status_code == 302
     world["account"].refresh_from_db()
     assert world["account"].name == "prod"

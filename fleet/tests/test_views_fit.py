@@ -1,0 +1,151 @@
+"""Pages that fit what they show (issue 20): a batch shows only what applies to its kind, "Updated"
+is the last state change, the changes list is newest first, an instance without history says
+so, and a demo user meets the product's own error pages."""
+
+from datetime import timedelta
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
+
+from fleet.choices import ChangeKind
+from fleet.models import ChangeBatch, ChangeItem
+from fleet.tests.factories import AccountFactory, ChangeBatchFactory, ChangeItemFactory, InstanceFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def operator():
+    client = Client()
+    client.force_login(UserFactory(role="operator"))
+    return client
+
+
+def filter_names(response):
+    return set(response.context["filter"].form.fields)
+
+
+def test_an_instance_batch_shows_the_usage_gate_and_the_breakage_filter(operator):
+    batch = ChangeBatchFactory()
+    ChangeItemFactory(batch=batch, state="applied")
+    response = operator.get(batch.get_absolute_url())
+    assert 'id="usage-gate"' in response.content.decode()
+    assert {"breakage", "awaiting_start"} <= filter_names(response)
+    assert "sets" not in [column.name for column in response.context["table"].columns]  # the batch's own values
+
+
+def test_a_defaults_batch_shows_only_what_applies_to_it(operator):
+    account = AccountFactory()
+    batch = ChangeBatchFactory(kind=ChangeKind.ACCOUNT_DEFAULTS)
+    ChangeItem.objects.create(batch=batch, account=account, region="us-east-1", state="applied")
+    response = operator.get(batch.get_absolute_url())
+    html = response.content.decode()
+    assert 'id="usage-gate"' not in html and "IMDSv1 usage" not in html
+    assert filter_names(response) == {"state", "q"}
+    assert "account defaults" in html and str(account) in html  # "name (123456789012)"
+
+
+def test_a_rollback_batch_has_no_usage_gate_and_shows_each_items_values(operator):
+    original = ChangeBatchFactory()
+    rollback = ChangeBatchFactory(rollback_of=original, desired={})
+    ChangeItemFactory(batch=rollback, state="applied", desired={"http_tokens": "optional"})
+    response = operator.get(rollback.get_absolute_url())
+    assert 'id="usage-gate"' not in response.content.decode()
+    assert "breakage" not in filter_names(response) and "awaiting_start" in filter_names(response)
+    assert "http_tokens=optional" in response.content.decode()
+
+
+def test_updated_is_the_last_state_change_not_the_last_write(operator):
+    batch = ChangeBatchFactory()
+    item = ChangeItemFactory(batch=batch, state="applied")
+    changed = timezone.now() - timedelta(hours=3)
+    ChangeItem.objects.filter(pk=item.pk).update(
+        created_at=changed - timedelta(minutes=5), claimed_at=changed - timedelta(minutes=1),
+        submitted_at=changed - timedelta(seconds=30), finished_at=changed, updated_at=timezone.now())
+    response = operator.get(batch.get_absolute_url())
+    [row] = response.context["table"].paginated_rows
+    assert row.record.state_changed_at == changed
+    assert changed.strftime("%Y-%m-%d %H:%M UTC") in response.content.decode()
+    # Held when created: its creation is its last state change.
+    held = ChangeItemFactory(batch=batch, state="held")
+    rows = operator.get(batch.get_absolute_url() + "?state=held").context["table"].paginated_rows
+    assert [row.record.state_changed_at for row in rows] == [ChangeItem.objects.get(pk=held.pk).created_at]
+
+
+def test_changes_list_is_newest_first_and_its_dry_run_filter_starts_at_any(operator):
+    old, new = ChangeBatchFactory(), ChangeBatchFactory(dry_run=True)
+    ChangeBatch.objects.filter(pk=old.pk).update(created_at=timezone.now() - timedelta(days=1))
+    response = operator.get(reverse("fleet:change_list"))
+    assert [row.record.pk for row in response.context["table"].paginated_rows] == [new.pk, old.pk]
+    html = response.content.decode()
+    select = html[html.index('name="dry_run"'):]
+    select = select[:select.index("</select>")]
+    assert '<option value="" selected>any</option>' in select
+    assert [r.record.pk for r in operator.get(reverse("fleet:change_list") + "?dry_run=true")
+            .context["table"].paginated_rows] == [new.pk]
+
+
+def test_an_instance_without_history_says_so(operator):
+    instance = InstanceFactory()
+    html = operator.get(instance.get_absolute_url()).content.decode()
+    assert 'id="no-history"' in html and "No change has been made to this instance" in html
+    ChangeItemFactory(instance=instance, state="applied")
+    assert 'id="no-history"' not in operator.get(instance.get_absolute_url()).content.decode()
+
+
+@pytest.fixture
+def demo_settings(settings):
+    """The demo's configuration (scripts/demo.py): DEBUG on, Django's technical pages off."""
+    settings.DEBUG = True
+    settings.IMDSWEB_DEBUG_ERROR_PAGES = False
+    return settings
+
+
+def test_the_demo_shows_the_products_404_for_an_unknown_address(demo_settings, operator):
+    response = operator.get("/no/such/page/")
+    html = response.content.decode()
+    assert response.status_code == 404
+    assert "<h1>Not found</h1>" in html and "There is nothing at this address" in html
+    assert "DEBUG = True" not in html and "URLconf" not in html
+
+
+def test_the_demo_shows_the_products_404_for_an_unknown_instance(demo_settings, operator):
+    response = operator.get(reverse("fleet:instance_detail", args=["i-0123456789abcdef0"]))
+    assert response.status_code == 404 and "No such instance in the inventory." in response.content.decode()
+    assert "Traceback" not in response.content.decode()
+
+
+def test_the_demo_still_redirects_a_missing_trailing_slash(demo_settings, operator):
+    response = operator.get("/instances")
+    assert response.status_code == 301 and response.url == "/instances/"
+
+
+def test_the_demo_shows_the_products_500(demo_settings, operator, monkeypatch):
+    from fleet.views import overview
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(overview.health, "summary", broken)
+    client = operator
+    client.raise_request_exception = False
+    response = client.get(reverse("fleet:overview"))
+    assert response.status_code == 500
+    html = response.content.decode()
+    assert "Something went wrong" in html and "boom" not in html and "Traceback" not in html
+
+
+def test_the_demo_shows_the_products_403(demo_settings):
+    client = Client()
+    client.force_login(UserFactory(role="viewer"))
+    response = client.get(reverse("fleet:change_new") + "?ids=i-0123456789abcdef0&http_tokens=required")
+    assert response.status_code == 403 and "Traceback" not in response.content.decode()
+
+
+def test_development_keeps_djangos_technical_404(settings, operator):
+    settings.DEBUG = True
+    settings.IMDSWEB_DEBUG_ERROR_PAGES = True
+    response = operator.get("/no/such/page/")
+    assert response.status_code == 404 and "URLconf" in response.content.decode()
