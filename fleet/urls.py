@@ -2,7 +2,18 @@
 
 from django.urls import path
 
-from .views import accounts, changes, defaults, enforcement, history, instances, overview, sources, tokens
+from .views import (
+    accounts,
+    changes,
+    defaults,
+    enforcement,
+    history,
+    instances,
+    overview,
+    profile,
+    sources,
+    tokens,
+)
 
 app_name = "fleet"
 urlpatterns = [
@@ -17,6 +28,7 @@ urlpatterns = [
     path("sources/", sources.SourceListView.as_view(), name="source_list"),
     path("sources/require-imdsv2/", sources.SourceFixView.as_view(), name="source_fix"),
     path("sources/<int:pk>/", sources.SourceDetailView.as_view(), name="source_detail"),
+    path("profile/", profile.ProfileView.as_view(), name="profile"),
     path("defaults/", defaults.DefaultsView.as_view(), name="defaults"),
     path("defaults/change/", defaults.DefaultsChangeView.as_view(), name="defaults_change"),
     path("defaults/enforce/", enforcement.EnforcementView.as_view(), name="enforce"),

@@ -62,6 +62,7 @@ MIDDLEWARE = [
     # The product's 404/500 pages under DEBUG when IMDSWEB_DEBUG_ERROR_PAGES is off (the demo).
     "fleet.views.errors.ProductErrorPagesMiddleware",
     "fleet.signin.SessionTimeoutMiddleware",
+    "fleet.profile.UserTimezoneMiddleware",  # the user's own time zone (UTC by default)
     "fleet.signin.PrivateCacheMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",

@@ -2,7 +2,7 @@
 is the last state change, the changes list is newest first, an instance without history says
 so, and a demo user meets the product's own error pages."""
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.test import Client
@@ -10,8 +10,14 @@ from django.urls import reverse
 from django.utils import timezone
 
 from fleet.choices import ChangeKind
-from fleet.models import ChangeBatch, ChangeItem
-from fleet.tests.factories import AccountFactory, ChangeBatchFactory, ChangeItemFactory, InstanceFactory, UserFactory
+from fleet.models import ChangeBatch, ChangeItem, UserProfile
+from fleet.tests.factories import (
+    AccountFactory,
+    ChangeBatchFactory,
+    ChangeItemFactory,
+    InstanceFactory,
+    UserFactory,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -149,3 +155,42 @@ def test_development_keeps_djangos_technical_404(settings, operator):
     settings.IMDSWEB_DEBUG_ERROR_PAGES = True
     response = operator.get("/no/such/page/")
     assert response.status_code == 404 and "URLconf" in response.content.decode()
+
+
+# ---------------------------------------------------------------- one date format, the user's zone
+
+
+def test_dates_are_in_utc_with_the_zone_named_until_the_user_chooses(operator):
+    instance = InstanceFactory(launch_time=timezone.make_aware(datetime(2026, 7, 1, 22, 30), UTC))
+    html = operator.get(instance.get_absolute_url()).content.decode()
+    assert "2026-07-01 22:30 UTC" in html
+
+
+def test_the_profile_sets_the_users_time_zone_for_every_page(operator):
+    instance = InstanceFactory(launch_time=timezone.make_aware(datetime(2026, 7, 1, 22, 30), UTC))
+    page = operator.get(reverse("fleet:profile"))
+    assert page.status_code == 200 and '<option value="UTC" selected>' in page.content.decode()
+    saved = operator.post(reverse("fleet:profile"), {"timezone": "Europe/Berlin"})
+    assert saved.status_code == 200 and "Dates are now shown in Europe/Berlin" in saved.content.decode()
+    assert UserProfile.objects.get().timezone == "Europe/Berlin"
+    html = operator.get(instance.get_absolute_url()).content.decode()
+    assert "2026-07-02 00:30 CEST" in html and "22:30 UTC" not in html
+    # Kept across logins: the next session starts in the saved zone.
+    client = Client()
+    client.force_login(UserProfile.objects.get().user)
+    assert "2026-07-02 00:30 CEST" in client.get(instance.get_absolute_url()).content.decode()
+
+
+def test_the_zone_of_one_user_is_not_anothers(operator):
+    operator.post(reverse("fleet:profile"), {"timezone": "Asia/Tokyo"})
+    instance = InstanceFactory(launch_time=timezone.make_aware(datetime(2026, 7, 1, 22, 30), UTC))
+    other = Client()
+    other.force_login(UserFactory(role="viewer"))
+    assert "2026-07-01 22:30 UTC" in other.get(instance.get_absolute_url()).content.decode()
+
+
+@pytest.mark.parametrize("value", ["Mars/Olympus", "", "UTC; DROP TABLE"])
+def test_an_unknown_time_zone_is_a_form_error(operator, value):
+    response = operator.post(reverse("fleet:profile"), {"timezone": value})
+    assert response.status_code == 400 and "field-error" in response.content.decode()
+    assert not UserProfile.objects.exists()

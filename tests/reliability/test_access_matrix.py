@@ -65,6 +65,8 @@ MATRIX = {
         "GET": (OPERATOR_PAGE, {"targets": f"{ACCOUNT_ID}/us-east-1"}),
         "POST": (OPERATOR_ACTION, {"targets": f"{ACCOUNT_ID}/us-east-1", "enable": "1", "override_held": "on"}),
     },
+    # Every signed-in user sets their own time zone.
+    "profile": {"GET": (READ, None), "POST": (READ, {"timezone": "Europe/Berlin"})},
     # Every signed-in user manages their own API tokens (they carry that user's role).
     "api_tokens": {"GET": (READ, None), "POST": (READ, {"name": "report script"})},
     # Another user's token (the fixture has none of this user's): 404, nothing revoked.
