@@ -139,13 +139,15 @@ class InstanceFilterSet(django_filters.FilterSet):
     region = django_filters.ChoiceFilter(choices=region_choices, empty_label="any region")
     POSTURE_CHOICES = [
         ("counted", "counted (not terminated or shutting down)"),
-        ("enforced", "IMDSv2 enforced (Prowler PASS)"),
-        ("not_enforced", "not enforced (Prowler FAIL)"),
+        ("enforced", "IMDSv2 enforced"),
+        ("not_enforced", "IMDSv1 allowed"),
         ("not_counted", "terminated or shutting down (not counted)"),
     ]
 
     posture = django_filters.ChoiceFilter(
-        choices=POSTURE_CHOICES, method="filter_posture", label="Posture", empty_label="any"
+        choices=POSTURE_CHOICES, method="filter_posture", label="Posture", empty_label="any",
+        help_text="IMDSv2 enforced: HttpTokens required with HttpEndpoint enabled, or HttpEndpoint disabled "
+                  "(Prowler ec2_instance_imdsv2_enabled PASS)",
     )
     # A member AWS left out of MetadataOptions is NULL; "absent" (null_label) finds those rows.
     http_tokens = django_filters.ChoiceFilter(
@@ -156,14 +158,17 @@ class InstanceFilterSet(django_filters.FilterSet):
         choices=Toggle.choices, label="HttpEndpoint", empty_label="any", null_label="absent",
         null_value=NULL_KEY,
     )
-    hop_limit = IntegerFilter(label="Hop limit", min_value=1, max_value=64)
+    hop_limit = IntegerFilter(label="HttpPutResponseHopLimit", min_value=1, max_value=64)
+    hop_limit_min = IntegerFilter(field_name="hop_limit", lookup_expr="gte", label="HttpPutResponseHopLimit at least",
+                                  min_value=1, max_value=64)
     metadata_state = django_filters.ChoiceFilter(
-        choices=MetadataState.choices, label="Options state", empty_label="any", null_label="absent",
+        choices=MetadataState.choices, label="Options state", empty_label="any",
+        help_text="MetadataOptions.State: pending until a change is applied", null_label="absent",
         null_value=NULL_KEY,
     )
     instance_state = django_filters.ChoiceFilter(choices=InstanceState.choices, empty_label="any")
     instance_metadata_tags = django_filters.ChoiceFilter(
-        choices=Toggle.choices, label="Tags in IMDS", empty_label="any", null_label="absent",
+        choices=Toggle.choices, label="InstanceMetadataTags", empty_label="any", null_label="absent",
         null_value=NULL_KEY,
     )
     v1_usage = django_filters.ChoiceFilter(
@@ -302,7 +307,7 @@ class InstanceFilterSet(django_filters.FilterSet):
         return queryset
 
     # Shown under "More filters" on the list page (the context of an instance, not its posture).
-    CONTEXT_FILTERS = ("instance_type", "platform", "vpc", "subnet", "ip", "instance_profile", "launched_after",
+    CONTEXT_FILTERS = ("hop_limit_min", "instance_type", "platform", "vpc", "subnet", "ip", "instance_profile", "launched_after",
                        "launched_before", "tag", "team", "launch_template", "launch_template_version",
                        "autoscaling_group", "drift_since")
 

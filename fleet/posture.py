@@ -292,6 +292,7 @@ COMBINED_COUNTS = {
     frozenset({("posture", "not_enforced"), ("v1_usage", "no")}): lambda row: row.safe_to_enforce,
     frozenset({("posture", "not_enforced"), ("v1_usage", "yes")}): lambda row: row.not_enforced_in_use,
     frozenset({("posture", "not_enforced"), ("v1_usage", "unknown")}): lambda row: row.not_enforced_unmeasured,
+    frozenset({("posture", "counted"), ("hop_limit_min", "2")}): lambda row: row.hop_limit_over_1,
 }
 # The groups of ``value_counts`` a ``posture`` scope (or none) covers.
 SCOPE_GROUPS = {None: ("counted", "not_counted"), "counted": ("counted",), "not_counted": ("not_counted",)}

@@ -7,8 +7,9 @@ from django.core.paginator import Paginator
 from django.db.models.functions import Coalesce
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
-from .choices import DriftKind, ItemState, LaunchVerdict, SourceKind
+from .choices import DriftKind, ItemState, LaunchVerdict, SourceKind, aws_options
 from .models import ChangeBatch, ChangeItem, DriftEvent, Instance, LaunchSource, LaunchTemplateVersion
 from .models.inventory import NEVER
 from .pagination import Ordering
@@ -55,6 +56,7 @@ class InstanceTable(BaseTable):
     instance_id = tables.Column(linkify=True, verbose_name="Instance", attrs={"td": {"class": "nowrap mono"}})
     name = tables.Column(verbose_name="Name")
     # Sorting by account keeps its regions together: the list's default order, the unique index's.
+    # "name (123456789012)" (the template writes it; sorting by account keeps its regions together).
     account = tables.Column(accessor="account__name", verbose_name="Account")
     # Columns of a few values are filtered on, not sorted by: a sort would need an index each.
     region = tables.Column(attrs={"td": {"class": "nowrap"}}, orderable=False)
@@ -64,10 +66,12 @@ class InstanceTable(BaseTable):
     instance_type = tables.Column(verbose_name="Type")
     instance_state = tables.Column(verbose_name="State", orderable=False)
     http_tokens = tables.Column(verbose_name="HttpTokens", orderable=False)
-    http_endpoint = tables.Column(verbose_name="Endpoint", orderable=False)
-    hop_limit = tables.Column(verbose_name="Hops")
-    metadata_state = tables.Column(verbose_name="Options", orderable=False)
-    instance_metadata_tags = tables.Column(verbose_name="Tags", orderable=False)
+    # AWS's parameter names (a break opportunity in the long ones, so the headers can wrap).
+    http_endpoint = tables.Column(verbose_name="HttpEndpoint", orderable=False)
+    hop_limit = tables.Column(verbose_name=mark_safe("HttpPutResponse<wbr>HopLimit"), attrs={"th": {"class": "wrap"}})
+    metadata_state = tables.Column(verbose_name="Options state", orderable=False, attrs={"th": {"class": "wrap"}})
+    instance_metadata_tags = tables.Column(verbose_name=mark_safe("InstanceMetadata<wbr>Tags"), orderable=False,
+                                           attrs={"th": {"class": "wrap"}})
     v1_calls = tables.Column(verbose_name="IMDSv1 calls", default="not measured")
     # The queryset's ``risk`` annotation (Instance.objects.with_risk(), fleet.models.inventory.RISK).
     risk = tables.Column(verbose_name="IMDSv1 risk", orderable=False, default="—")
@@ -133,7 +137,7 @@ class ChangeBatchTable(BaseTable):
         sequence = ("id", "created_at", "created_by", "kind", "desired", "status", "progress", "comment")
 
     def render_desired(self, value, record):
-        text = ", ".join(f"{key}={val}" for key, val in value.items())
+        text = aws_options(value)
         if record.rollback_of_id:
             text = f"rollback of #{record.rollback_of_id}" + (f": {text}" if text else "")
         if record.dry_run:
@@ -232,10 +236,10 @@ class ChangeItemTable(BaseTable):
     def render_sets(self, record):
         # An item carries its own values only when they differ per item (a rollback).
         values = getattr(record, "desired", None) or record.batch.desired
-        return ", ".join(f"{key}={val}" for key, val in values.items()) if values else "—"
+        return aws_options(values) if values else "—"
 
     def render_previous(self, value):
-        return ", ".join(f"{key}={val}" for key, val in value.items()) if value else "—"
+        return aws_options(value) if value else "—"
 
     def render_error(self, record):
         if not (record.error_code or record.error_message):
@@ -251,7 +255,7 @@ class DriftEventTable(BaseTable):
     kind = tables.Column(verbose_name="Drift")
     instance = tables.Column(linkify=True, verbose_name="Instance", attrs={"td": {"class": "nowrap mono"}})
     name = tables.Column(accessor="instance__name", verbose_name="Name", orderable=False)
-    account = tables.Column(accessor="account__name", verbose_name="Account")
+    account = tables.Column(verbose_name="Account", order_by=("account__name", "account__account_id"))
     region = tables.Column()
     launch_time = tables.DateTimeColumn(accessor="instance__launch_time", verbose_name="Launched")
     now = tables.Column(empty_values=(), orderable=False, verbose_name="Now")

@@ -283,6 +283,10 @@ IMDSWEB_STALE_SYNC_MINUTES = env.int("IMDSWEB_STALE_SYNC_MINUTES", default=60)
 IMDSWEB_TRACK_PENDING_SECONDS = env.float("IMDSWEB_TRACK_PENDING_SECONDS", default=10.0)
 IMDSWEB_TRACK_FAST_SECONDS = env.float("IMDSWEB_TRACK_FAST_SECONDS", default=1.0)
 IMDSWEB_TRACK_STOPPED_SECONDS = env.float("IMDSWEB_TRACK_STOPPED_SECONDS", default=60.0)
+# What the confirmation page's time estimate assumes (fleet.changes.planning.estimate_seconds):
+# one ModifyInstanceMetadataOptions round trip, and AWS's pending -> applied on a running instance.
+IMDSWEB_ESTIMATE_CALL_SECONDS = env.float("IMDSWEB_ESTIMATE_CALL_SECONDS", default=0.15)
+IMDSWEB_ESTIMATE_APPLY_SECONDS = env.float("IMDSWEB_ESTIMATE_APPLY_SECONDS", default=5.0)
 # Items queued and no worker has taken work for this long: the pages say the engine is stalled.
 IMDSWEB_WORKER_STALL_SECONDS = env.float("IMDSWEB_WORKER_STALL_SECONDS", default=60.0)
 IMDSWEB_SWEEP_SECONDS = env.float("IMDSWEB_SWEEP_SECONDS", default=30.0)

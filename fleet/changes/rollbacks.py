@@ -13,7 +13,7 @@ once: to redo its change, roll back the rollback.
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ..choices import ChangeKind, HttpTokens, InstanceState, ItemState
+from ..choices import ChangeKind, HttpTokens, InstanceState, ItemState, aws_options
 from ..models import ChangeItem, MetadataDefaults
 from .validation import ChangeRefused
 
@@ -56,13 +56,13 @@ class RollbackPlan:
         return Counter(entry.reason for entry in self.skipped).most_common()
 
     def summary(self):
-        """What goes back to which values, in words: ["716 instances go back to http_tokens=optional
+        """What goes back to which values, in words: ["716 instances go back to HttpTokens=optional
         (they will allow IMDSv1 again)"]."""
         noun = "account/region" if self.batch.kind == ChangeKind.ACCOUNT_DEFAULTS else "instance"
         groups = Counter(tuple(sorted(entry.restore.items())) for entry in self.restore)
         lines = []
         for values, count in groups.most_common():
-            text = ", ".join(f"{name}={value}" for name, value in values)
+            text = aws_options(dict(values))
             line = f"{count:,} {noun}{'s' if count != 1 else ''} go back to {text}"
             if dict(values).get("http_tokens") == HttpTokens.OPTIONAL:
                 line += " (they will allow IMDSv1 again)" if noun == "instance" else " (new launches may allow IMDSv1)"

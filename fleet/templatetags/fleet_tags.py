@@ -2,7 +2,7 @@
 
 from django import template
 
-from ..choices import Risk
+from ..choices import Risk, aws_options
 from ..posture import posture_level
 
 register = template.Library()
@@ -21,10 +21,10 @@ def pct(value):
 
 @register.filter
 def options(value):
-    """A desired/previous dict as ``key=value, …``."""
+    """A desired/previous dict as ``HttpTokens=required, …`` (AWS's parameter names)."""
     if not value:
         return "—"
-    return ", ".join(f"{key}={val}" for key, val in value.items())
+    return aws_options(value)
 
 
 ROW_HEIGHT = 24

@@ -194,3 +194,67 @@ def test_an_unknown_time_zone_is_a_form_error(operator, value):
     response = operator.post(reverse("fleet:profile"), {"timezone": value})
     assert response.status_code == 400 and "field-error" in response.content.decode()
     assert not UserProfile.objects.exists()
+
+
+# ---------------------------------------------------------------- numbers you can follow
+
+
+def confirmation_fleet():
+    prod = AccountFactory(account_id="111111111111", name="prod")
+    dev = AccountFactory(account_id="222222222222", name="dev")
+    InstanceFactory.create_batch(3, account=prod, v1_calls=0)
+    InstanceFactory(account=prod, http_tokens="required", v1_calls=0)
+    InstanceFactory(account=prod, v1_calls=40)  # held: IMDSv1 calls
+    InstanceFactory(account=prod, region="eu-west-1", v1_calls=0, instance_state="stopped")
+    InstanceFactory(account=dev, region="eu-west-1", v1_calls=None, usage_synced_at=None)  # held: never measured
+    InstanceFactory(account=dev, v1_calls=0, instance_state="terminated")
+
+
+@pytest.mark.parametrize("selection", ["filter=posture%3Dcounted", "filter=account%3D111111111111", "ids=SELECTED"])
+def test_every_count_on_the_confirmation_page_opens_a_list_of_that_size(operator, selection):
+    import html as html_lib
+    import re
+
+    confirmation_fleet()
+    if selection == "ids=SELECTED":
+        from fleet.models import Instance
+
+        selection = "&".join(f"ids={i}" for i in Instance.objects.present().values_list("instance_id", flat=True))
+    page = operator.get(f"{reverse('fleet:change_new')}?{selection}&http_tokens=required")
+    assert page.status_code == 200
+    text = page.content.decode()
+    plan = page.context["preview"]
+    tiles = {bucket: href for bucket, href in
+             re.findall(r'data-bucket="(\w+)"><a class="tile-value" href="([^"]+)">[\d,]+</a>', text)}
+    expected = {"selected": plan.total, "queued": plan.to_change, "already": plan.already, "held": plan.held,
+                "busy": plan.busy, "unreachable": plan.unreachable}
+    assert set(tiles) == set(expected)
+    for bucket, href in tiles.items():
+        listed = operator.get(html_lib.unescape(href))
+        assert listed.context["total"] == expected[bucket], (bucket, href)
+    table = text[text.index('id="plan-regions"'):]
+    table = table[:table.index("</table>")]
+    links = re.findall(r'href="([^"]+)" data-count="(\d+)"', table)
+    assert len(links) == 6 * len(plan.per_region) and len(plan.per_region) >= 2
+    for href, count in links:
+        assert operator.get(html_lib.unescape(href)).context["total"] == int(count), href
+
+
+def test_the_estimate_includes_applying_and_tracking_and_says_what_it_assumes(operator, settings):
+    from fleet.changes import estimate_seconds
+
+    settings.IMDSWEB_ESTIMATE_CALL_SECONDS, settings.IMDSWEB_ESTIMATE_APPLY_SECONDS = 0.15, 5.0
+    settings.IMDSWEB_TRACK_FAST_SECONDS = 1.0
+    assert estimate_seconds([]) == 0
+    assert estimate_seconds([100]) == 21  # 100 calls at 0.15 s, 5 s to apply, 1 s to notice
+    assert estimate_seconds([100, 40]) == 21  # account/regions in parallel
+    import math
+
+    from fleet import ratelimit
+
+    capacity, rate = ratelimit.limits_for("ModifyInstanceMetadataOptions")  # AWS's 100 and 5/s, less headroom
+    assert capacity <= 100 and rate <= 5
+    assert estimate_seconds([1100]) == math.ceil((1100 - capacity) / rate + 6)  # past the burst: the refill rate
+    confirmation_fleet()
+    text = operator.get(f"{reverse('fleet:change_new')}?filter=posture%3Dcounted&http_tokens=required").content.decode()
+    assert 'id="estimate-assumes"' in text and "0.15 s a call" in text and "for AWS to apply" in text

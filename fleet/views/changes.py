@@ -61,7 +61,7 @@ def outcome_links(form):
     base = reverse("fleet:instance_list")
     query = form.cleaned_data.get("filter") or ""
     change = ",".join(f"{name}={value}" for name, value in form.desired.items())
-    links = {}
+    links = {"selected": f"{base}?{query + '&' if query else ''}{urlencode(selection)}"}
     for bucket, _label in changes_outcome_choices():
         params = urlencode({**selection, "outcome": bucket, "change": change})
         links[bucket] = f"{base}?{query + '&' if query else ''}{params}"
