@@ -183,7 +183,7 @@ ITEM_STATE_LEVEL = {
     ItemState.APPLIED: "good",
     ItemState.FAILED: "bad",
     ItemState.SKIPPED: "neutral",
-    ItemState.HELD: "warn",
+    ItemState.HELD: "held",  # its own colour: not the pending amber
     ItemState.CANCELLED: "neutral",
     ItemState.STUCK: "bad",
 }
@@ -199,9 +199,10 @@ class ChangeItemTable(BaseTable):
     state = tables.Column(attrs={"td": {"class": "nowrap"}})
     sets = tables.Column(empty_values=(), orderable=False, verbose_name="Sets", attrs={"td": {"class": "mono small"}})
     previous = tables.Column(orderable=False, verbose_name="Before", attrs={"td": {"class": "mono small"}})
-    reason = tables.Column(default="", attrs={"td": {"class": "reason"}})
+    # Why an item was skipped, held or cancelled, and AWS's error when it failed: one column, as an
+    # item has one or the other, so the table fits its card (AWS's messages can be long).
+    reason = tables.Column(empty_values=(), verbose_name="Reason / error", attrs={"td": {"class": "reason"}})
     attempts = tables.Column(attrs={"td": {"class": "num"}})
-    error = tables.Column(empty_values=(), orderable=False, attrs={"td": {"class": "reason"}})
     # AWS's request ids are 36 characters: they wrap rather than widen the table past its card.
     request_id = tables.Column(default="", verbose_name="Request id", attrs={"td": {"class": "mono small request-id"}})
     # The last state change (state_changed_at(), annotated by the views), not the row's last write.
@@ -213,7 +214,7 @@ class ChangeItemTable(BaseTable):
         model = ChangeItem
         fields = ()
         sequence = (
-            "batch", "target", "account", "region", "state", "sets", "previous", "reason", "attempts", "error", "request_id",
+            "batch", "target", "account", "region", "state", "sets", "previous", "reason", "attempts", "request_id",
             "state_changed_at",
         )
         row_attrs = {"class": lambda record: f"item-{record.state}"}
@@ -241,10 +242,12 @@ class ChangeItemTable(BaseTable):
     def render_previous(self, value):
         return aws_options(value) if value else "—"
 
-    def render_error(self, record):
-        if not (record.error_code or record.error_message):
-            return ""
-        return format_html("<code>{}</code> {}", record.error_code, record.error_message)
+    def render_reason(self, record):
+        error = format_html("<code>{}</code> {}", record.error_code, record.error_message) if (
+            record.error_code or record.error_message) else ""
+        if record.reason and error:
+            return format_html("{}<br>{}", record.reason, error)
+        return record.reason or error
 
 
 # ---- issue 18: drift

@@ -60,7 +60,7 @@ def test_a_rollback_batch_has_no_usage_gate_and_shows_each_items_values(operator
     response = operator.get(rollback.get_absolute_url())
     assert 'id="usage-gate"' not in response.content.decode()
     assert "breakage" not in filter_names(response) and "awaiting_start" in filter_names(response)
-    assert "http_tokens=optional" in response.content.decode()
+    assert "HttpTokens=optional" in response.content.decode()
 
 
 def test_updated_is_the_last_state_change_not_the_last_write(operator):
