@@ -2,9 +2,11 @@
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.widgets import FilteredSelectMultiple
 from django.db import transaction
 from django.utils.html import format_html, format_html_join
 
+from .aws.session import ec2_regions as aws_regions
 from .models import (
     Account,
     AccountHealth,
@@ -48,6 +50,11 @@ class AccountAdminForm(forms.ModelForm):
     """
 
     clear_external_id = forms.BooleanField(required=False, label="Clear the external id")
+    # Real region names to pick from, not a JSON text box.
+    regions = forms.MultipleChoiceField(
+        choices=(), widget=FilteredSelectMultiple("regions", is_stacked=False),
+        help_text="The regions imdsweb syncs and changes in this account.",
+    )
 
     class Meta:
         model = Account
@@ -58,6 +65,9 @@ class AccountAdminForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         self.fields["external_id"].required = False
         self.fields["external_id"].help_text = "Leave empty to keep the current value."
+        # botocore's regions, plus any this account already has that botocore does not know yet.
+        known = set(aws_regions()) | set(self.instance.regions or [])
+        self.fields["regions"].choices = [(region, region) for region in sorted(known)]
 
     def clean(self):
         cleaned = super().clean()

@@ -9,6 +9,7 @@ class FleetConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
+        from . import profile  # noqa: F401 - connects the login signal that remembers the time zone
         from .roles import ensure_roles
 
         # Sent once per app: after the fleet app's, auth has created every permission.

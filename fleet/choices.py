@@ -260,3 +260,20 @@ class BatchEventKind(models.TextChoices):
     PROMOTED = "promoted", "promoted by an operator"
     ABORTED = "aborted", "aborted"
     COMPLETED = "completed", "all waves released"
+
+
+# The metadata options under the names AWS writes them (ModifyInstanceMetadataOptions and
+# ModifyInstanceMetadataDefaults), for every page that shows a change: one vocabulary.
+AWS_OPTION_NAMES = {
+    "http_tokens": "HttpTokens",
+    "hop_limit": "HttpPutResponseHopLimit",
+    "http_endpoint": "HttpEndpoint",
+    "http_protocol_ipv6": "HttpProtocolIpv6",
+    "instance_metadata_tags": "InstanceMetadataTags",
+    "http_tokens_enforced": "HttpTokensEnforced",
+}
+
+
+def aws_options(values):
+    """``{"http_tokens": "required"}`` as ``HttpTokens=required`` (several joined by ", ")."""
+    return ", ".join(f"{AWS_OPTION_NAMES.get(name, name)}={value}" for name, value in (values or {}).items())

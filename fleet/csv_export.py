@@ -8,6 +8,7 @@ terminated, shutting down), so that the export adds up to the overview's figures
 
 import csv
 
+from django.conf import settings
 from django.http import StreamingHttpResponse
 
 # A cell starting with one of these is a formula (or a DDE command) to Excel / LibreOffice / Sheets
@@ -35,6 +36,15 @@ COLUMNS = (
     ("v1_calls", lambda i: i.v1_calls),
     ("iam_instance_profile_arn", lambda i: i.iam_instance_profile_arn),
     ("public_ip", lambda i: i.public_ip),
+    ("private_ip", lambda i: i.private_ip),
+    ("vpc_id", lambda i: i.vpc_id),
+    ("subnet_id", lambda i: i.subnet_id),
+    ("platform_details", lambda i: i.platform_details),
+    ("launch_time", lambda i: i.launch_time.isoformat() if i.launch_time else ""),
+    # The owner tag chosen in settings (IMDSWEB_OWNER_TAG); empty without the tag.
+    ("team", lambda i: (i.tags or {}).get(settings.IMDSWEB_OWNER_TAG)),
+    ("launch_template_id", lambda i: i.launch_template_id),
+    ("autoscaling_group", lambda i: i.autoscaling_group),
     # The ``risk`` annotation (Instance.objects.with_risk()); empty when IMDSv2 is enforced.
     ("imdsv1_risk", lambda i: i.risk),
     ("v1_last_seen", lambda i: i.v1_last_seen.isoformat() if i.v1_last_seen else ""),

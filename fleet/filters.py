@@ -10,7 +10,7 @@ from django.db.models import Q
 from django.http import QueryDict
 from django.utils import timezone
 
-from . import posture
+from . import posture, teams
 from .choices import (
     ChangeKind,
     DriftKind,
@@ -37,6 +37,36 @@ class IntegerFilter(django_filters.NumberFilter):
     field_class = forms.IntegerField
 
 
+class IpFilter(django_filters.CharFilter):
+    field_class = forms.GenericIPAddressField
+
+
+def tag_condition(text):
+    """``Key=Value`` (the tag has that value), ``Key`` (the tag is there), ``!Key`` (it is not) as
+    a condition on ``tags``. On PostgreSQL ``@>`` and ``?``, which the GIN index answers (0019)."""
+    from django.db import connection
+    from django.db.models.fields.json import KeyTransform
+
+    absent = text.startswith("!")
+    key, has_value, value = text.removeprefix("!").partition("=")
+    if not key or (absent and has_value):
+        raise ValidationError("A tag filter is Key=Value, Key (the tag is there) or !Key (it is not).")
+    if not has_value:
+        condition = Q(tags__has_key=key)
+        return ~condition if absent else condition
+    if connection.vendor == "postgresql":
+        return Q(tags__contains={key: value})
+    return Q(_tag_value=value), KeyTransform(key, "tags")
+
+
+def filter_by_tag(queryset, text):
+    condition = tag_condition(text)
+    if isinstance(condition, tuple):  # SQLite: compare the key's text
+        condition, expression = condition
+        return queryset.alias(_tag_value=expression).filter(condition)
+    return queryset.filter(condition)
+
+
 def region_choices():
     # From the accounts' configured regions: a small table, where DISTINCT over instances is a scan.
     regions = {region for regions in Account.objects.values_list("regions", flat=True) for region in regions or []}
@@ -55,6 +85,12 @@ class InstanceFilterForm(forms.Form):
         if len(ids) > 500:
             raise ValidationError("At most 500 instance ids; use a filter instead.")
         return ids
+
+    def clean_tag(self):
+        text = (self.cleaned_data.get("tag") or "").strip()
+        if text:
+            tag_condition(text)  # raises the form error for a malformed filter
+        return text
 
     def clean_change(self):
         """``change=http_tokens=required,hop_limit=2`` -> the desired options (empty: none given)."""
@@ -104,14 +140,16 @@ class InstanceFilterSet(django_filters.FilterSet):
     region = django_filters.ChoiceFilter(choices=region_choices, empty_label="any region")
     POSTURE_CHOICES = [
         ("counted", "counted (not terminated or shutting down)"),
-        ("enforced", "IMDSv2 enforced (Prowler PASS)"),
-        ("not_enforced", "not enforced, not waived (Prowler FAIL)"),
-        ("waived", "allowing IMDSv1 under an active waiver (muted)"),
+        ("enforced", "IMDSv2 enforced"),
+        ("not_enforced", "IMDSv1 allowed, not waived"),
+        ("waived", "IMDSv1 allowed under an active waiver"),
         ("not_counted", "terminated or shutting down (not counted)"),
     ]
 
     posture = django_filters.ChoiceFilter(
-        choices=POSTURE_CHOICES, method="filter_posture", label="Posture", empty_label="any"
+        choices=POSTURE_CHOICES, method="filter_posture", label="Posture", empty_label="any",
+        help_text="IMDSv2 enforced: HttpTokens required with HttpEndpoint enabled, or HttpEndpoint disabled "
+                  "(Prowler ec2_instance_imdsv2_enabled PASS)",
     )
     # A member AWS left out of MetadataOptions is NULL; "absent" (null_label) finds those rows.
     http_tokens = django_filters.ChoiceFilter(
@@ -122,14 +160,17 @@ class InstanceFilterSet(django_filters.FilterSet):
         choices=Toggle.choices, label="HttpEndpoint", empty_label="any", null_label="absent",
         null_value=NULL_KEY,
     )
-    hop_limit = IntegerFilter(label="Hop limit", min_value=1, max_value=64)
+    hop_limit = IntegerFilter(label="HttpPutResponseHopLimit", min_value=1, max_value=64)
+    hop_limit_min = IntegerFilter(field_name="hop_limit", lookup_expr="gte", label="HttpPutResponseHopLimit at least",
+                                  min_value=1, max_value=64)
     metadata_state = django_filters.ChoiceFilter(
-        choices=MetadataState.choices, label="Options state", empty_label="any", null_label="absent",
+        choices=MetadataState.choices, label="Options state", empty_label="any",
+        help_text="MetadataOptions.State: pending until a change is applied", null_label="absent",
         null_value=NULL_KEY,
     )
     instance_state = django_filters.ChoiceFilter(choices=InstanceState.choices, empty_label="any")
     instance_metadata_tags = django_filters.ChoiceFilter(
-        choices=Toggle.choices, label="Tags in IMDS", empty_label="any", null_label="absent",
+        choices=Toggle.choices, label="InstanceMetadataTags", empty_label="any", null_label="absent",
         null_value=NULL_KEY,
     )
     v1_usage = django_filters.ChoiceFilter(
@@ -140,6 +181,30 @@ class InstanceFilterSet(django_filters.FilterSet):
         choices=Risk.choices, method="filter_risk", label="IMDSv1 risk", empty_label="any"
     )
     gone = django_filters.ChoiceFilter(choices=GONE_CHOICES, method="filter_gone", label="Present", empty_label=None)
+    # Context from DescribeInstances: what it is, where it runs, what it may do.
+    instance_type = django_filters.CharFilter(label="Instance type", max_length=32)
+    platform = django_filters.CharFilter(field_name="platform_details", label="Platform", max_length=64,
+                                         widget=forms.TextInput(attrs={"placeholder": "Linux/UNIX, Windows…"}))
+    vpc = django_filters.CharFilter(field_name="vpc_id", label="VPC", max_length=32,
+                                    widget=forms.TextInput(attrs={"placeholder": "vpc-…"}))
+    subnet = django_filters.CharFilter(field_name="subnet_id", label="Subnet", max_length=32,
+                                       widget=forms.TextInput(attrs={"placeholder": "subnet-…"}))
+    ip = IpFilter(method="filter_ip", label="IP address", help_text="private or public")
+    instance_profile = django_filters.CharFilter(
+        method="filter_instance_profile", label="Instance profile", max_length=2048,
+        help_text="its name or ARN; \"none\" for instances without one",
+    )
+    launched_after = django_filters.DateFilter(field_name="launch_time", lookup_expr="date__gte", label="Launched from",
+                                               widget=forms.DateInput(attrs={"type": "date"}))
+    launched_before = django_filters.DateFilter(field_name="launch_time", lookup_expr="date__lte", label="Launched until",
+                                                widget=forms.DateInput(attrs={"type": "date"}))
+    tag = django_filters.CharFilter(
+        method="filter_tag", label="Tag", max_length=400,
+        widget=forms.TextInput(attrs={"placeholder": "Key=Value, Key or !Key"}),
+        help_text="Key=Value: the tag has that value; Key: the tag is there; !Key: it is not",
+    )
+    # The owner tag chosen in settings (IMDSWEB_OWNER_TAG): "posture by team" links here.
+    team = django_filters.CharFilter(method="filter_team", label="Team", max_length=256)
     # A selection by instance ids (the confirmation page's links for an ids selection).
     ids = django_filters.CharFilter(method="filter_ids", label="Instance ids", max_length=12000,
                                     widget=forms.HiddenInput)
@@ -220,12 +285,37 @@ class InstanceFilterSet(django_filters.FilterSet):
         since = timezone.make_aware(datetime.combine(value, time.min))
         return queryset.filter(pk__in=DriftEvent.objects.filter(detected_at__gte=since).values("instance_id"))
 
+    def filter_ip(self, queryset, name, value):
+        return queryset.filter(Q(private_ip=value) | Q(public_ip=value))
+
+    def filter_instance_profile(self, queryset, name, value):
+        value = value.strip()
+        if value.lower() == "none":
+            return queryset.filter(iam_instance_profile_arn__isnull=True)
+        if value.startswith("arn:"):
+            return queryset.filter(iam_instance_profile_arn=value)
+        # An instance profile ARN ends with its path and name: arn:aws:iam::123456789012:instance-profile/path/name
+        return queryset.filter(iam_instance_profile_arn__endswith=f"/{value}")
+
+    def filter_tag(self, queryset, name, value):
+        return filter_by_tag(queryset, value)
+
+    def filter_team(self, queryset, name, value):
+        from django.conf import settings
+
+        return filter_by_tag(queryset, f"{settings.IMDSWEB_OWNER_TAG}={value}")
+
     def filter_gone(self, queryset, name, value):
         if value == "present":
             return queryset.filter(gone_at__isnull=True)
         if value == "gone":
             return queryset.filter(gone_at__isnull=False)
         return queryset
+
+    # Shown under "More filters" on the list page (the context of an instance, not its posture).
+    CONTEXT_FILTERS = ("hop_limit_min", "instance_type", "platform", "vpc", "subnet", "ip", "instance_profile", "launched_after",
+                       "launched_before", "tag", "team", "launch_template", "launch_template_version",
+                       "autoscaling_group", "drift_since")
 
     # Filters the posture summary rows are keyed by (it counts present instances).
     SUMMARY_KEYS = {"account", "ou", "region", "gone"}
@@ -242,7 +332,8 @@ class InstanceFilterSet(django_filters.FilterSet):
             name: value for name, value in data.items() if value not in (None, "", [], {}) and name not in self.SUMMARY_KEYS
         }
         counter = posture.summary_counter(others)
-        if counter is None:
+        team, _ = teams.team_of_filters(others)
+        if counter is None and team is False:
             return None
         account = data.get("account")
         account_pks = [account.pk] if account else None
@@ -251,9 +342,10 @@ class InstanceFilterSet(django_filters.FilterSet):
             account_pks = list((in_ou.filter(pk=account.pk) if account else in_ou).values_list("pk", flat=True))
             if not account_pks:
                 return 0
-        return posture.present_count(
-            account_pks=account_pks, regions=[data["region"]] if data.get("region") else None, counter=counter,
-        )
+        regions = [data["region"]] if data.get("region") else None
+        if counter is None:  # a team's figure (the overview's posture by team)
+            return teams.present_count(others, account_pks=account_pks, regions=regions)
+        return posture.present_count(account_pks=account_pks, regions=regions, counter=counter)
 
     @property
     def active_querystring(self):
@@ -294,7 +386,9 @@ class ChangeItemFilterSet(django_filters.FilterSet):
 
 class ChangeBatchFilterSet(django_filters.FilterSet):
     kind = django_filters.ChoiceFilter(choices=ChangeKind.choices, empty_label="any kind")
-    dry_run = django_filters.BooleanFilter(label="Dry run")
+    dry_run = django_filters.BooleanFilter(
+        label="Dry run", widget=forms.Select(choices=[("", "any"), ("true", "dry runs only"), ("false", "real changes only")]),
+    )
 
     class Meta:
         model = ChangeBatch
@@ -366,6 +460,30 @@ class LaunchSourceFilterSet(django_filters.FilterSet):
         choices=Risk.choices, method="filter_risk", label="IMDSv1 risk", empty_label="any"
     )
     gone = django_filters.ChoiceFilter(choices=GONE_CHOICES, method="filter_gone", label="Present", empty_label=None)
+    # Context from DescribeInstances: what it is, where it runs, what it may do.
+    instance_type = django_filters.CharFilter(label="Instance type", max_length=32)
+    platform = django_filters.CharFilter(field_name="platform_details", label="Platform", max_length=64,
+                                         widget=forms.TextInput(attrs={"placeholder": "Linux/UNIX, Windows…"}))
+    vpc = django_filters.CharFilter(field_name="vpc_id", label="VPC", max_length=32,
+                                    widget=forms.TextInput(attrs={"placeholder": "vpc-…"}))
+    subnet = django_filters.CharFilter(field_name="subnet_id", label="Subnet", max_length=32,
+                                       widget=forms.TextInput(attrs={"placeholder": "subnet-…"}))
+    ip = IpFilter(method="filter_ip", label="IP address", help_text="private or public")
+    instance_profile = django_filters.CharFilter(
+        method="filter_instance_profile", label="Instance profile", max_length=2048,
+        help_text="its name or ARN; \"none\" for instances without one",
+    )
+    launched_after = django_filters.DateFilter(field_name="launch_time", lookup_expr="date__gte", label="Launched from",
+                                               widget=forms.DateInput(attrs={"type": "date"}))
+    launched_before = django_filters.DateFilter(field_name="launch_time", lookup_expr="date__lte", label="Launched until",
+                                                widget=forms.DateInput(attrs={"type": "date"}))
+    tag = django_filters.CharFilter(
+        method="filter_tag", label="Tag", max_length=400,
+        widget=forms.TextInput(attrs={"placeholder": "Key=Value, Key or !Key"}),
+        help_text="Key=Value: the tag has that value; Key: the tag is there; !Key: it is not",
+    )
+    # The owner tag chosen in settings (IMDSWEB_OWNER_TAG): "posture by team" links here.
+    team = django_filters.CharFilter(method="filter_team", label="Team", max_length=256)
 
     class Meta:
         model = LaunchSource

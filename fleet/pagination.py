@@ -114,6 +114,15 @@ def page(queryset, ordering, per_page, after=None, before=None, last=False):
     return KeysetPage(rows[:per_page], has_previous=bool(after), has_next=len(rows) > per_page)
 
 
+def numbered_page(queryset, ordering, per_page, number):
+    """Page ``number`` (from 1) by OFFSET: only for the first few pages (fleet.views.instances
+    offers numbers up to MAX_NUMBERED_PAGE), where the rows skipped are a short index walk."""
+    rows, _ = ordered(queryset, ordering)
+    start = (number - 1) * per_page
+    rows = list(rows[start:start + per_page + 1])
+    return KeysetPage(rows[:per_page], has_previous=number > 1, has_next=len(rows) > per_page)
+
+
 def bounded_count(queryset, bound):
     """COUNT(*) that stops at ``bound`` rows: exact below it, ``bound`` means "at least"."""
     return queryset.order_by().values("pk")[:bound].count()

@@ -192,6 +192,9 @@ def refresh_region(account_pk, region):
         HopLimitCount.objects.filter(posture=row).delete()
         HopLimitCount.objects.bulk_create(HopLimitCount(posture=row, hop_limit=None if key == "none" else int(key), n=n)
                                           for key, n in hops.items() if n)
+    from . import teams  # posture by team (it imports this module's percent)
+
+    teams.refresh_region(account_pk, region)
 
 
 def refresh_all():
@@ -295,6 +298,7 @@ COMBINED_COUNTS = {
     frozenset({("posture", "not_enforced"), ("v1_usage", "no")}): lambda row: row.safe_to_enforce,
     frozenset({("posture", "not_enforced"), ("v1_usage", "yes")}): lambda row: row.not_enforced_in_use,
     frozenset({("posture", "not_enforced"), ("v1_usage", "unknown")}): lambda row: row.not_enforced_unmeasured,
+    frozenset({("posture", "counted"), ("hop_limit_min", "2")}): lambda row: row.hop_limit_over_1,
 }
 # The groups of ``value_counts`` a ``posture`` scope (or none) covers.
 SCOPE_GROUPS = {None: ("counted", "not_counted"), "counted": ("counted",), "not_counted": ("not_counted",)}

@@ -35,6 +35,10 @@ SYNCED_FIELDS = (
     "autoscaling_group",
     "iam_instance_profile_arn",
     "public_ip",
+    "vpc_id",
+    "subnet_id",
+    "private_ip",
+    "platform_details",
     *INSTANCE_OPTION_FIELDS,
     "metadata_state",
     "last_seen",
@@ -43,7 +47,7 @@ SYNCED_FIELDS = (
 # Fields whose change makes an instance count as "changed" in a run.
 COMPARED_FIELDS = (
     "name", "tags", "instance_state", "instance_type", "iam_instance_profile_arn", "public_ip",
-    *INSTANCE_OPTION_FIELDS, "metadata_state",
+    "vpc_id", "subnet_id", "private_ip", "platform_details", *INSTANCE_OPTION_FIELDS, "metadata_state",
 )
 
 
@@ -70,6 +74,11 @@ def instance_fields(data):
         # The SSRF risk's inputs (fleet.models.inventory.RISKS); absent is None (NULL).
         "iam_instance_profile_arn": data.get("IamInstanceProfile", {}).get("Arn") or None,
         "public_ip": data.get("PublicIpAddress") or None,
+        # Context for the engineer reading the list (absent is None, as above).
+        "vpc_id": data.get("VpcId") or None,
+        "subnet_id": data.get("SubnetId") or None,
+        "private_ip": data.get("PrivateIpAddress") or None,
+        "platform_details": data.get("PlatformDetails") or None,
         # Absent members stay None (NULL), never "": see Instance's option fields.
         **{field: options[field] for field in INSTANCE_OPTION_FIELDS},
         "metadata_state": options["metadata_state"],

@@ -2,13 +2,16 @@
 versions. Cells are escaped by the library."""
 
 import django_tables2 as tables
+from django.conf import settings
 from django.core.paginator import Paginator
 from django.db.models.functions import Coalesce
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
-from .choices import BatchStatus, DriftKind, ItemState, LaunchVerdict
+from .choices import BatchStatus, DriftKind, ItemState, LaunchVerdict, aws_options
 from .models import ChangeBatch, ChangeItem, DriftEvent, Instance, LaunchSource, LaunchTemplateVersion, Waiver
+from .models.inventory import NEVER
 from .pagination import Ordering
 from .posture import percent
 from .source_kinds import kind_of
@@ -33,6 +36,14 @@ class BaseTable(tables.Table):
         return super().paginate(paginator_class, per_page, page, *args, **kwargs)
 
 
+def state_changed_at():
+    """When an item last changed state: its latest timestamp (claimed, submitted, finished), else its
+    creation (held and skipped items are final when created). An expression for ``annotate``."""
+    from django.db.models.functions import Greatest
+
+    return Greatest(*(Coalesce(name, "created_at") for name in ("claimed_at", "submitted_at", "finished_at")))
+
+
 def badge(text, level):
     return format_html('<span class="badge badge-{}">{}</span>', level, text)
 
@@ -46,27 +57,38 @@ class InstanceTable(BaseTable):
     instance_id = tables.Column(linkify=True, verbose_name="Instance", attrs={"td": {"class": "nowrap mono"}})
     name = tables.Column(verbose_name="Name")
     # Sorting by account keeps its regions together: the list's default order, the unique index's.
+    # "name (123456789012)" (the template writes it; sorting by account keeps its regions together).
     account = tables.Column(accessor="account__name", verbose_name="Account")
     # Columns of a few values are filtered on, not sorted by: a sort would need an index each.
     region = tables.Column(attrs={"td": {"class": "nowrap"}}, orderable=False)
+    # The owner tag chosen in settings (IMDSWEB_OWNER_TAG); the header names the tag.
+    team = tables.Column(empty_values=(), verbose_name="Team", orderable=False)
+    # Sorted by the instance_sort_instance_type index; the platform (PlatformDetails) under it.
+    instance_type = tables.Column(verbose_name="Type")
     instance_state = tables.Column(verbose_name="State", orderable=False)
     http_tokens = tables.Column(verbose_name="HttpTokens", orderable=False)
-    http_endpoint = tables.Column(verbose_name="Endpoint", orderable=False)
-    hop_limit = tables.Column(verbose_name="Hops")
-    metadata_state = tables.Column(verbose_name="Options", orderable=False)
-    instance_metadata_tags = tables.Column(verbose_name="Tags", orderable=False)
+    # AWS's parameter names (a break opportunity in the long ones, so the headers can wrap).
+    http_endpoint = tables.Column(verbose_name="HttpEndpoint", orderable=False)
+    hop_limit = tables.Column(verbose_name=mark_safe("HttpPutResponse<wbr>HopLimit"), attrs={"th": {"class": "wrap"}})
+    metadata_state = tables.Column(verbose_name="Options state", orderable=False, attrs={"th": {"class": "wrap"}})
+    instance_metadata_tags = tables.Column(verbose_name=mark_safe("InstanceMetadata<wbr>Tags"), orderable=False,
+                                           attrs={"th": {"class": "wrap"}})
     v1_calls = tables.Column(verbose_name="IMDSv1 calls", default="not measured")
     # The queryset's ``risk`` annotation (Instance.objects.with_risk(), fleet.models.inventory.RISK).
     risk = tables.Column(verbose_name="IMDSv1 risk", orderable=False, default="—")
-    last_seen = tables.DateTimeColumn(verbose_name="Last seen", format="Y-m-d H:i", attrs={"td": {"class": "nowrap"}})
+    iam_instance_profile_arn = tables.Column(verbose_name="Instance profile", orderable=False)
+    network = tables.Column(empty_values=(), verbose_name="VPC / subnet", orderable=False)
+    ip = tables.Column(empty_values=(), verbose_name="Private / public IP", orderable=False)
+    launch_time = tables.DateTimeColumn(verbose_name="Launched", attrs={"td": {"class": "nowrap"}})
+    last_seen = tables.DateTimeColumn(verbose_name="Last seen", attrs={"td": {"class": "nowrap"}})
 
     class Meta(BaseTable.Meta):
         model = Instance
         fields = ()
         sequence = (
-            "ids", "instance_id", "name", "account", "region", "instance_state", "http_tokens",
-            "http_endpoint", "hop_limit", "metadata_state", "instance_metadata_tags", "v1_calls", "risk",
-            "last_seen",
+            "ids", "instance_id", "name", "account", "region", "team", "instance_type", "instance_state",
+            "http_tokens", "http_endpoint", "hop_limit", "metadata_state", "instance_metadata_tags", "v1_calls",
+            "risk", "iam_instance_profile_arn", "network", "ip", "launch_time", "last_seen",
         )
         # Its rows are written out in the template (cell by cell rendering was most of the page's time).
         template_name = "fleet/partials/keyset_table.html"
@@ -80,8 +102,15 @@ class InstanceTable(BaseTable):
         "hop_limit": (Coalesce("hop_limit", 0), "id"),
         "v1_calls": (Coalesce("v1_calls", -1), "id"),
         "last_seen": ("last_seen", "id"),
+        "instance_type": ("instance_type", "id"),
+        "launch_time": (Coalesce("launch_time", NEVER), "id"),
     }
     DEFAULT_SORT = "account"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The written-out rows (keyset_table.html) read the team from this tag.
+        self.owner_tag = settings.IMDSWEB_OWNER_TAG
 
     @classmethod
     def ordering_for(cls, sort):
@@ -95,7 +124,7 @@ class InstanceTable(BaseTable):
 
 class ChangeBatchTable(BaseTable):
     id = tables.Column(linkify=True, verbose_name="#")
-    created_at = tables.DateTimeColumn(verbose_name="Requested", format="Y-m-d H:i")
+    created_at = tables.DateTimeColumn(verbose_name="Requested")
     created_by = tables.Column(verbose_name="By", default="—")
     kind = tables.Column()
     desired = tables.Column(orderable=False, verbose_name="Change")
@@ -109,7 +138,7 @@ class ChangeBatchTable(BaseTable):
         sequence = ("id", "created_at", "created_by", "kind", "desired", "status", "progress", "comment")
 
     def render_desired(self, value, record):
-        text = ", ".join(f"{key}={val}" for key, val in value.items())
+        text = aws_options(value)
         if record.rollback_of_id:
             text = f"rollback of #{record.rollback_of_id}" + (f": {text}" if text else "")
         if record.dry_run:
@@ -160,7 +189,7 @@ ITEM_STATE_LEVEL = {
     ItemState.APPLIED: "good",
     ItemState.FAILED: "bad",
     ItemState.SKIPPED: "neutral",
-    ItemState.HELD: "warn",
+    ItemState.HELD: "held",  # its own colour: not the pending amber
     ItemState.CANCELLED: "neutral",
     ItemState.STUCK: "bad",
 }
@@ -171,23 +200,28 @@ class ChangeItemTable(BaseTable):
     target = tables.Column(
         empty_values=(), order_by=("instance__instance_id", "account__name", "region"), attrs={"td": {"class": "nowrap mono"}}
     )
-    account = tables.Column(accessor="account__name", verbose_name="Account", order_by=("account__name",))
+    account = tables.Column(verbose_name="Account", order_by=("account__name", "account__account_id"))
     region = tables.Column(attrs={"td": {"class": "nowrap"}})
     state = tables.Column(attrs={"td": {"class": "nowrap"}})
     sets = tables.Column(empty_values=(), orderable=False, verbose_name="Sets", attrs={"td": {"class": "mono small"}})
     previous = tables.Column(orderable=False, verbose_name="Before", attrs={"td": {"class": "mono small"}})
-    reason = tables.Column(default="", attrs={"td": {"class": "reason"}})
+    # Why an item was skipped, held or cancelled, and AWS's error when it failed: one column, as an
+    # item has one or the other, so the table fits its card (AWS's messages can be long).
+    reason = tables.Column(empty_values=(), verbose_name="Reason / error", attrs={"td": {"class": "reason"}})
     attempts = tables.Column(attrs={"td": {"class": "num"}})
-    error = tables.Column(empty_values=(), orderable=False, attrs={"td": {"class": "reason"}})
-    request_id = tables.Column(default="", verbose_name="Request id", attrs={"td": {"class": "mono small nowrap"}})
-    updated_at = tables.DateTimeColumn(verbose_name="Updated", format="Y-m-d H:i:s", attrs={"td": {"class": "nowrap"}})
+    # AWS's request ids are 36 characters: they wrap rather than widen the table past its card.
+    request_id = tables.Column(default="", verbose_name="Request id", attrs={"td": {"class": "mono small request-id"}})
+    # The last state change (state_changed_at(), annotated by the views), not the row's last write.
+    state_changed_at = tables.DateTimeColumn(
+        verbose_name="Updated", attrs={"th": {"title": "when the item last changed state"}, "td": {"class": "nowrap"}}
+    )
 
     class Meta(BaseTable.Meta):
         model = ChangeItem
         fields = ()
         sequence = (
-            "batch", "target", "account", "region", "state", "sets", "previous", "reason", "attempts", "error", "request_id",
-            "updated_at",
+            "batch", "target", "account", "region", "state", "sets", "previous", "reason", "attempts", "request_id",
+            "state_changed_at",
         )
         row_attrs = {"class": lambda record: f"item-{record.state}"}
 
@@ -209,15 +243,17 @@ class ChangeItemTable(BaseTable):
     def render_sets(self, record):
         # An item carries its own values only when they differ per item (a rollback).
         values = getattr(record, "desired", None) or record.batch.desired
-        return ", ".join(f"{key}={val}" for key, val in values.items()) if values else "—"
+        return aws_options(values) if values else "—"
 
     def render_previous(self, value):
-        return ", ".join(f"{key}={val}" for key, val in value.items()) if value else "—"
+        return aws_options(value) if value else "—"
 
-    def render_error(self, record):
-        if not (record.error_code or record.error_message):
-            return ""
-        return format_html("<code>{}</code> {}", record.error_code, record.error_message)
+    def render_reason(self, record):
+        error = format_html("<code>{}</code> {}", record.error_code, record.error_message) if (
+            record.error_code or record.error_message) else ""
+        if record.reason and error:
+            return format_html("{}<br>{}", record.reason, error)
+        return record.reason or error
 
 
 # ---- drift
@@ -228,13 +264,13 @@ DRIFT_TONE = {DriftKind.REGRESSED: "bad", DriftKind.NEW_V1: "warn"}
 
 
 class DriftEventTable(BaseTable):
-    detected_at = tables.DateTimeColumn(verbose_name="Seen", format="Y-m-d H:i", attrs={"td": {"class": "nowrap"}})
+    detected_at = tables.DateTimeColumn(verbose_name="Seen", attrs={"td": {"class": "nowrap"}})
     kind = tables.Column(verbose_name="Drift")
     instance = tables.Column(linkify=True, verbose_name="Instance", attrs={"td": {"class": "nowrap mono"}})
     name = tables.Column(accessor="instance__name", verbose_name="Name", orderable=False)
-    account = tables.Column(accessor="account__name", verbose_name="Account")
+    account = tables.Column(verbose_name="Account", order_by=("account__name", "account__account_id"))
     region = tables.Column()
-    launch_time = tables.DateTimeColumn(accessor="instance__launch_time", verbose_name="Launched", format="Y-m-d H:i")
+    launch_time = tables.DateTimeColumn(accessor="instance__launch_time", verbose_name="Launched")
     now = tables.Column(empty_values=(), orderable=False, verbose_name="Now")
 
     class Meta(BaseTable.Meta):
@@ -303,7 +339,7 @@ class LaunchTemplateVersionTable(BaseTable):
     http_tokens = tables.Column(verbose_name="HttpTokens", default="unset")
     hop_limit = tables.Column(verbose_name="Hops", default="unset")
     http_endpoint = tables.Column(verbose_name="Endpoint", default="unset")
-    created_at = tables.DateTimeColumn(verbose_name="Created", format="Y-m-d H:i", default="—")
+    created_at = tables.DateTimeColumn(verbose_name="Created", default="—")
 
     class Meta(BaseTable.Meta):
         model = LaunchTemplateVersion

@@ -64,6 +64,16 @@ filter_dict_attribute_mapping.update(
 )
 
 
+def _platform_details(instance: Instance) -> str:
+    """DescribeInstances' PlatformDetails, which moto leaves out: the AMI's platform, in AWS's
+    words ("Windows" for a Windows AMI, else "Linux/UNIX"; AWS always returns it)."""
+    return "Windows" if instance.platform == "windows" else "Linux/UNIX"
+
+
+# moto serialises an instance's attributes by name: the property fills PlatformDetails in.
+Instance.platform_details = property(_platform_details)
+
+
 class SimMetadataOptions(MetadataOptions):
     """moto's MetadataOptions with a state that moves from ``pending`` to ``applied`` over time.
 

@@ -20,6 +20,9 @@ if env_file.exists():
     env.read_env(str(env_file))
 
 DEBUG = env.bool("DJANGO_DEBUG", default=True)
+# Django's technical 404 and 500 pages under DEBUG (for development); the demo turns them off so
+# that its users meet the product's own pages (fleet.views.errors.ProductErrorPagesMiddleware).
+IMDSWEB_DEBUG_ERROR_PAGES = env.bool("IMDSWEB_DEBUG_ERROR_PAGES", default=DEBUG)
 if DEBUG:
     SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="insecure-dev-key-do-not-use-in-production")
 else:
@@ -56,7 +59,10 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    # The product's 404/500 pages under DEBUG when IMDSWEB_DEBUG_ERROR_PAGES is off (the demo).
+    "fleet.views.errors.ProductErrorPagesMiddleware",
     "fleet.signin.SessionTimeoutMiddleware",
+    "fleet.profile.UserTimezoneMiddleware",  # the user's own time zone (UTC by default)
     "fleet.signin.PrivateCacheMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
@@ -188,6 +194,8 @@ CONTENT_SECURITY_POLICY = {
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
+# One date format with the time zone on every page (imdsweb/formats/en/formats.py).
+FORMAT_MODULE_PATH = ["imdsweb.formats"]
 USE_TZ = True
 
 STATIC_URL = "static/"
@@ -258,6 +266,9 @@ IMDSWEB_MAX_ERROR_ATTEMPTS = env.int("IMDSWEB_MAX_ERROR_ATTEMPTS", default=25)
 IMDSWEB_SYNC_INTERVAL_MINUTES = env.int("IMDSWEB_SYNC_INTERVAL_MINUTES", default=15)
 IMDSWEB_USAGE_SYNC_INTERVAL_MINUTES = env.int("IMDSWEB_USAGE_SYNC_INTERVAL_MINUTES", default=360)
 IMDSWEB_USAGE_WINDOW_DAYS = env.int("IMDSWEB_USAGE_WINDOW_DAYS", default=14)
+# The tag naming an instance's owning team: its own column in the instance list and the
+# overview's "posture by team" (fleet.teams). Tag keys are case-sensitive in AWS.
+IMDSWEB_OWNER_TAG = env.str("IMDSWEB_OWNER_TAG", default="Team")
 # A usage reading older than this is no evidence: the readiness gate holds such instances.
 IMDSWEB_USAGE_STALE_MINUTES = env.int(
     "IMDSWEB_USAGE_STALE_MINUTES", default=2 * IMDSWEB_USAGE_SYNC_INTERVAL_MINUTES
@@ -274,6 +285,10 @@ IMDSWEB_STALE_SYNC_MINUTES = env.int("IMDSWEB_STALE_SYNC_MINUTES", default=60)
 IMDSWEB_TRACK_PENDING_SECONDS = env.float("IMDSWEB_TRACK_PENDING_SECONDS", default=10.0)
 IMDSWEB_TRACK_FAST_SECONDS = env.float("IMDSWEB_TRACK_FAST_SECONDS", default=1.0)
 IMDSWEB_TRACK_STOPPED_SECONDS = env.float("IMDSWEB_TRACK_STOPPED_SECONDS", default=60.0)
+# What the confirmation page's time estimate assumes (fleet.changes.planning.estimate_seconds):
+# one ModifyInstanceMetadataOptions round trip, and AWS's pending -> applied on a running instance.
+IMDSWEB_ESTIMATE_CALL_SECONDS = env.float("IMDSWEB_ESTIMATE_CALL_SECONDS", default=0.15)
+IMDSWEB_ESTIMATE_APPLY_SECONDS = env.float("IMDSWEB_ESTIMATE_APPLY_SECONDS", default=5.0)
 # Items queued and no worker has taken work for this long: the pages say the engine is stalled.
 IMDSWEB_WORKER_STALL_SECONDS = env.float("IMDSWEB_WORKER_STALL_SECONDS", default=60.0)
 IMDSWEB_SWEEP_SECONDS = env.float("IMDSWEB_SWEEP_SECONDS", default=30.0)

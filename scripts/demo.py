@@ -67,6 +67,8 @@ def build_env(sim_url):
     env = dict(os.environ)
     env.setdefault("DJANGO_SETTINGS_MODULE", "imdsweb.settings")
     env.setdefault("DJANGO_DEBUG", "true")
+    # A demo user meets the product's 404 and 500 pages, not Django's technical ones.
+    env.setdefault("IMDSWEB_DEBUG_ERROR_PAGES", "false")
     if "CELERY_BROKER_URL" not in os.environ:
         if redis_reachable():
             env["CELERY_BROKER_URL"] = "redis://127.0.0.1:6379/0"

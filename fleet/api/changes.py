@@ -105,7 +105,8 @@ class PlanView(APIView):
         "busy": serializers.IntegerField(), "waived": serializers.IntegerField(), "held": serializers.IntegerField(), "unreachable": serializers.IntegerField(),
         "stopped": serializers.IntegerField(), "hop_limit_one_containers": serializers.IntegerField(),
         "per_region": serializers.ListField(child=serializers.DictField()),
-        "estimated_seconds": serializers.IntegerField(), "warnings": serializers.ListField(child=serializers.CharField()),
+        "estimated_seconds": serializers.IntegerField(), "estimate_assumptions": serializers.CharField(),
+        "warnings": serializers.ListField(child=serializers.CharField()),
     }))
     def post(self, request):
         payload = request.data if isinstance(request.data, dict) else None

@@ -138,3 +138,14 @@ def reset_caches():
     with _lock:
         _sessions.clear()
         _clients.clear()
+
+
+def ec2_regions():
+    """Every EC2 region botocore knows, in its three partitions (aws, aws-cn, aws-us-gov), from the
+    endpoint data it ships with: no call to AWS. A region newer than the installed botocore is
+    missing here; the admin keeps an account's regions that are not in the list."""
+    session = botocore.session.get_session()
+    regions = set()
+    for partition in ("aws", "aws-cn", "aws-us-gov"):
+        regions.update(session.get_available_regions("ec2", partition_name=partition))
+    return sorted(regions)

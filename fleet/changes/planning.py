@@ -46,14 +46,39 @@ def outcome_group(name):
     return groups.get(name, Q(outcome=name))
 
 
-def estimate_seconds(per_region_counts):
-    """Time to submit, from AWS's bucket for ModifyInstanceMetadataOptions: account/regions run
-    in parallel, each spends its burst at once and then the refill rate."""
+def submit_seconds(count):
+    """Time to submit ``count`` changes in one account/region: one call after another at
+    IMDSWEB_ESTIMATE_CALL_SECONDS each, and no faster than AWS's bucket for
+    ModifyInstanceMetadataOptions allows (its burst at once, then the refill rate)."""
     capacity, rate = ratelimit.limits_for("ModifyInstanceMetadataOptions")
-    worst = 0.0
-    for count in per_region_counts:
-        worst = max(worst, max(0, count - capacity) / rate)
-    return math.ceil(worst + (1 if per_region_counts else 0))
+    return max(count * settings.IMDSWEB_ESTIMATE_CALL_SECONDS, max(0, count - capacity) / rate)
+
+
+def estimate_seconds(per_region_counts):
+    """Until the last item is recorded applied: account/regions run in parallel, so the slowest
+    one's submit time, then AWS's pending -> applied (IMDSWEB_ESTIMATE_APPLY_SECONDS) and
+    imdsweb's next tracking round (IMDSWEB_TRACK_FAST_SECONDS). Stopped instances apply when they
+    next start and are not in it. ``estimate_assumptions`` says the same in words."""
+    counts = [count for count in per_region_counts if count]
+    if not counts:
+        return 0
+    worst = max(submit_seconds(count) for count in counts)
+    return math.ceil(worst + settings.IMDSWEB_ESTIMATE_APPLY_SECONDS + settings.IMDSWEB_TRACK_FAST_SECONDS)
+
+
+def estimate_assumptions(per_region_counts):
+    """What ``estimate_seconds`` assumes, for the confirmation page."""
+    capacity, rate = ratelimit.limits_for("ModifyInstanceMetadataOptions")
+    counts = [count for count in per_region_counts if count]
+    worst = max(counts, default=0)
+    return (
+        f"submitting {worst:,} change{'s' if worst != 1 else ''} in the busiest of {len(counts):,} account/region"
+        f"{'s' if len(counts) != 1 else ''} (they run in parallel): {submit_seconds(worst):.0f} s at "
+        f"{settings.IMDSWEB_ESTIMATE_CALL_SECONDS:g} s a call, no faster than AWS's {capacity:g} at once then "
+        f"{rate:g} a second; then about {settings.IMDSWEB_ESTIMATE_APPLY_SECONDS:g} s for AWS to apply and up to "
+        f"{settings.IMDSWEB_TRACK_FAST_SECONDS:g} s for imdsweb to see it applied. Stopped instances apply when "
+        f"they next start and are not included."
+    )
 
 
 @dataclass
@@ -78,6 +103,7 @@ class Plan:
     busy_batches: list = field(default_factory=list)
     unmeasured_regions: list = field(default_factory=list)
     estimated_seconds: int = 0
+    estimate_assumptions: str = ""
     warnings: list = field(default_factory=list)
 
     @property
@@ -144,6 +170,7 @@ def plan_change(instances, desired, override_usage=False, override_owner=False, 
             for region in plan.per_region if region["held"]
         ]
     plan.estimated_seconds = estimate_seconds([region["to_change"] for region in plan.per_region])
+    plan.estimate_assumptions = estimate_assumptions([region["to_change"] for region in plan.per_region])
     plan.warnings = _warnings(plan)
     return plan
 

@@ -13,7 +13,7 @@ once: to redo its change, roll back the rollback.
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ..choices import HttpTokens, ItemState
+from ..choices import HttpTokens, ItemState, aws_options
 from ..engine.targets import target_for
 from ..models import ChangeItem
 from .validation import ChangeRefused
@@ -58,14 +58,14 @@ class RollbackPlan:
         return Counter(entry.reason for entry in self.skipped).most_common()
 
     def summary(self):
-        """What goes back to which values, in words: ["716 instances go back to http_tokens=optional
+        """What goes back to which values, in words: ["716 instances go back to HttpTokens=optional
         (they will allow IMDSv1 again)"]."""
         target = target_for(self.batch.kind)
         noun = target.noun
         groups = Counter(tuple(sorted(entry.restore.items())) for entry in self.restore)
         lines = []
         for values, count in groups.most_common():
-            text = ", ".join(f"{name}={value}" for name, value in values)
+            text = aws_options(dict(values))
             line = f"{count:,} {noun}{'s' if count != 1 else ''} go back to {text}"
             if dict(values).get("http_tokens") == HttpTokens.OPTIONAL:
                 line += f" ({target.allows_imdsv1_again})"

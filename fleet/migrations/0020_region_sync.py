@@ -32,7 +32,7 @@ def fill_hop_limits(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('fleet', '0015_risk_first'),
+        ('fleet', '0019_instance_context_team_posture_profile'),
     ]
 
     operations = [

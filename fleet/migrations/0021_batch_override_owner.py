@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('fleet', '0018_rollout_windows_approval'),
+        ('fleet', '0020_region_sync'),
     ]
 
     operations = [

@@ -7,13 +7,15 @@ from .inventory import Account, Instance, MetadataDefaults, RegionSync, SyncRun,
 from .notifications import Delivery, NotificationEvent, NotificationRule
 from .organization import AccountHealth, DiscoveryRun, OrganizationSource
 from .posture import HopLimitCount, RegionPosture
+from .profile import UserProfile
 from .rollout import BatchEvent
 from .signin import OidcIdentity
 from .sources import Image, LaunchSource, LaunchTemplateVersion, SourceSyncState
+from .teams import TeamPosture
 from .waivers import Waiver, WaiverEvent
 
 __all__ = [
     "Account", "AccountHealth", "ApiToken", "BatchEvent", "ChangeBatch", "ChangeItem", "Delivery", "DriftEvent", "FleetSnapshot", "Image", "Instance", "LaunchSource", "LaunchTemplateVersion", "SourceSyncState",
-    "MetadataDefaults", "NotificationEvent", "NotificationRule", "OidcIdentity", "PostureSnapshot", "HopLimitCount", "RegionPosture", "RegionSync", "SyncRun",
+    "MetadataDefaults", "NotificationEvent", "NotificationRule", "OidcIdentity", "PostureSnapshot", "HopLimitCount", "RegionPosture", "RegionSync", "SyncRun", "TeamPosture", "UserProfile",
     "UsageReading", "DiscoveryRun", "OrganizationSource", "Waiver", "WaiverEvent",
 ]

@@ -1,8 +1,10 @@
 """The cached fleet: accounts, instances with their metadata options, account defaults, sync runs."""
 
+from datetime import UTC, datetime
+
 from django.core.exceptions import ValidationError
 from django.db import models
-from django.db.models import Case, CharField, F, Q, Value, When
+from django.db.models import Case, CharField, DateTimeField, F, Q, Value, When
 from django.db.models.functions import Coalesce
 from django.urls import reverse
 
@@ -111,6 +113,10 @@ WAIVED = ~ENFORCED & Q(waiver__isnull=False)
 RISK = Case(*(When(q, then=Value(key.value)) for key, q in RISKS.items()), default=None, output_field=CharField())
 
 
+# A launch time AWS left out sorts first: keyset keys are never NULL (fleet.pagination).
+NEVER = Value(datetime(1970, 1, 1, tzinfo=UTC), output_field=DateTimeField())
+
+
 class InstanceQuerySet(models.QuerySet):
     """Posture filters shared by the list, the overview and the change engine."""
 
@@ -152,6 +158,13 @@ class Instance(models.Model):
     # (no instance profile, no public IP), and for bulk COPY paths that predate the columns.
     iam_instance_profile_arn = models.CharField(max_length=2048, null=True, blank=True)  # noqa: DJ001
     public_ip = models.GenericIPAddressField(null=True, blank=True)
+    # Where it runs and what it is (DescribeInstances' VpcId, SubnetId, PrivateIpAddress and
+    # PlatformDetails, e.g. "Linux/UNIX", "Windows"); NULL when AWS leaves them out (EC2-Classic,
+    # an instance still launching or terminated), and for bulk COPY paths that predate them.
+    vpc_id = models.CharField(max_length=32, null=True, blank=True)  # noqa: DJ001
+    subnet_id = models.CharField(max_length=32, null=True, blank=True)  # noqa: DJ001
+    private_ip = models.GenericIPAddressField(null=True, blank=True)
+    platform_details = models.CharField(max_length=64, null=True, blank=True)  # noqa: DJ001
 
     # A member DescribeInstances left out of MetadataOptions is NULL: one value for "absent", so
     # the filters, the posture summary and the CSV export all count it the same way.
@@ -209,6 +222,11 @@ class Instance(models.Model):
             models.Index(Coalesce("hop_limit", 0), F("id"), name="instance_sort_hop_limit"),
             models.Index(Coalesce("v1_calls", -1), F("id"), name="instance_sort_v1_calls"),
             models.Index(fields=["last_seen", "id"], name="instance_sort_last_seen"),
+            models.Index(fields=["instance_type", "id"], name="instance_sort_instance_type"),
+            models.Index(Coalesce("launch_time", NEVER), F("id"), name="instance_sort_launch_time"),
+            # The VPC and subnet filters (a VPC holds a few hundred of a million instances).
+            models.Index(fields=["vpc_id"], name="instance_vpc"),
+            models.Index(fields=["subnet_id"], name="instance_subnet"),
         ]
 
     def __str__(self):

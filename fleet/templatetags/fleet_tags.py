@@ -2,7 +2,7 @@
 
 from django import template
 
-from ..choices import Risk
+from ..choices import Risk, aws_options
 from ..posture import posture_level
 
 register = template.Library()
@@ -21,10 +21,10 @@ def pct(value):
 
 @register.filter
 def options(value):
-    """A desired/previous dict as ``key=value, …``."""
+    """A desired/previous dict as ``HttpTokens=required, …`` (AWS's parameter names)."""
     if not value:
         return "—"
-    return ", ".join(f"{key}={val}" for key, val in value.items())
+    return aws_options(value)
 
 
 ROW_HEIGHT = 24
@@ -82,6 +82,12 @@ def risk_label(value):
 def get_item(mapping, key):
     """``{{ links|get_item:bucket }}``: a dict lookup by a variable key."""
     return (mapping or {}).get(key, "")
+
+@register.filter
+def profile_name(arn):
+    """An instance profile ARN's name (the part after ``instance-profile/`` and any path)."""
+    return (arn or "").rsplit("/", 1)[-1]
+
 
 # ---- the burndown (fleet.history)
 

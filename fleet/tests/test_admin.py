@@ -1,5 +1,7 @@
 """The admin site: the admin role manages accounts; rows from AWS and the audit trail are read-only."""
 
+import re
+
 import pytest
 from django.core.management import CommandError, call_command
 
@@ -42,7 +44,7 @@ def test_admin_edits_accounts_without_revealing_the_external_id(admin_client):
     assert page.status_code == 200 and b"very-secret-ext-id" not in page.content
     response = admin_client.post(f"/admin/fleet/account/{account.pk}/change/", {
         "account_id": account.account_id, "name": "renamed", "role_arn": account.role_arn,
-        "external_id": "", "regions": '["us-east-1"]', "enabled": "on",
+        "external_id": "", "regions": ["us-east-1"], "enabled": "on",
     })
     assert response.status_code == 302, response.content.decode()[:2000]
     account.refresh_from_db()
@@ -58,7 +60,7 @@ def test_non_admin_roles_have_no_admin_site(client, role):
 
 def account_form(**fields):
     return {"account_id": "100000000099", "name": "prod", "role_arn": "", "external_id": "",
-            "regions": '["us-east-1"]', "enabled": "on", **fields}
+            "regions": ["us-east-1"], "enabled": "on", **fields}
 
 
 @pytest.mark.parametrize("fields, field, message", [
@@ -92,3 +94,23 @@ def test_admin_judges_the_kept_external_id_and_can_clear_it(admin_client):
     assert response.status_code == 302, response.content.decode()[:2000]
     account.refresh_from_db()
     assert account.role_arn == "" and account.external_id == ""
+
+
+def test_admin_regions_are_a_multi_select_of_real_region_names(admin_client):
+    page = admin_client.get("/admin/fleet/account/add/").content.decode()
+    select = page[page.index('name="regions"') - 200:]
+    select = select[:select.index("</select>")]
+    options = set(re.findall(r'<option value="([a-z0-9-]+)"', select))
+    assert {"us-east-1", "eu-west-1", "ap-southeast-2", "cn-north-1", "us-gov-west-1"} <= options
+    assert "multiple" in select
+    response = admin_client.post("/admin/fleet/account/add/", account_form(regions=["eu-west-1", "us-east-1"]))
+    assert response.status_code == 302
+    assert Account.objects.get().regions == ["eu-west-1", "us-east-1"]
+    bad = admin_client.post("/admin/fleet/account/add/", account_form(account_id="100000000098", regions=["mars-1"]))
+    assert bad.status_code == 200 and "mars-1 is not one of the available choices" in bad.content.decode()
+
+
+def test_admin_keeps_a_region_botocore_does_not_know(admin_client):
+    account = AccountFactory(regions=["us-east-1", "xx-future-1"])
+    page = admin_client.get(f"/admin/fleet/account/{account.pk}/change/").content.decode()
+    assert '<option value="xx-future-1" selected>' in page

@@ -126,7 +126,7 @@ def test_require_imdsv2_for_a_filtered_set_and_watch_it_apply(page, live_server,
     matching = int(re.search(r"for all ([\d,]+) matching", bulk.inner_text()).group(1).replace(",", ""))
     assert 20 < matching < 300
     expect(page.locator(".toolbar .count")).to_contain_text(f"{matching} instance")
-    states = set(page.locator("table tbody td:nth-child(6)").all_inner_texts())
+    states = set(page.locator("table tbody td:nth-child(8)").all_inner_texts())
     assert states == {"running"}
     screenshot(page, "instances.png")
 
@@ -167,7 +167,7 @@ def test_require_imdsv2_for_a_filtered_set_and_watch_it_apply(page, live_server,
     # The rollback's own confirmation page says what goes back before anything is queued.
     rollback.click()
     expect(page.locator("#rollback-plan")).to_contain_text(
-        f"{to_change:,} instances go back to http_tokens=optional (they will allow IMDSv1 again)")
+        f"{to_change:,} instances go back to HttpTokens=optional (they will allow IMDSv1 again)")
     screenshot(page, "rollback.png", full_page=False)
     page.go_back()
 

@@ -251,7 +251,7 @@ def test_rollback_confirmation_page_says_what_goes_back(operator):
     page = operator.get(reverse("fleet:change_rollback", args=[batch.pk]))
     assert page.status_code == 200
     html = page.content.decode()
-    assert "3 instances go back to http_tokens=optional (they will allow IMDSv1 again)" in html
+    assert "3 instances go back to HttpTokens=optional (they will allow IMDSv1 again)" in html
     assert not ChangeBatch.objects.filter(rollback_of=batch).exists()  # GET changes nothing
 
 

@@ -221,3 +221,29 @@ def test_conflicting_cursors_follow_after(viewer, fleet):
     anchor = Instance.objects.get(instance_id=order[9])
     for query in (f"after={anchor.pk}&before={anchor.pk}", f"after={anchor.pk}&last=1"):
         assert ids(viewer.get(f"{LIST}?per_page=5&{query}")) == order[10:15]
+
+
+def test_page_numbers_where_the_count_is_known(viewer, fleet):
+    order = expected_order("")
+    first = viewer.get(f"{LIST}?per_page=7")
+    assert first.context["table"].page_numbers == [1, 2, 3, 4, 5]  # 31 rows
+    assert '<span aria-current="page">1</span>' in first.content.decode()
+    for number in range(1, 6):
+        response = viewer.get(f"{LIST}?per_page=7&page={number}")
+        assert ids(response) == order[(number - 1) * 7:number * 7]
+        assert response.context["table"].page_number == number
+    # From a numbered page, next continues by keyset without a gap.
+    third = viewer.get(f"{LIST}?per_page=7&page=3")
+    assert ids(viewer.get(link(third, "next"))) == order[21:28]
+
+
+@pytest.mark.parametrize("number", ["0", "11", "x", "-2"])
+def test_a_page_number_out_of_range_is_the_first_page(viewer, fleet, number):
+    response = viewer.get(f"{LIST}?per_page=7&page={number}")
+    assert response.status_code == 200 and ids(response) == expected_order("")[:7]
+
+
+def test_no_page_numbers_when_the_count_is_only_a_lower_bound(viewer, fleet, monkeypatch):
+    monkeypatch.setattr(InstanceListView, "COUNT_BOUND", 5)
+    response = viewer.get(f"{LIST}?per_page=7&q=node")  # a search: the summary cannot count it
+    assert response.context["total_at_least"] and response.context["table"].page_numbers == []

@@ -276,7 +276,7 @@ def test_rollback_items_show_their_own_values(operator):
     ChangeItemFactory(batch=batch, state="applied", previous={"http_tokens": "optional"})
     operator.post(reverse("fleet:change_rollback", args=[batch.pk]))
     rollback = ChangeBatch.objects.get(rollback_of=batch)
-    assert "http_tokens=optional" in operator.get(rollback.get_absolute_url()).content.decode()
+    assert "HttpTokens=optional" in operator.get(rollback.get_absolute_url()).content.decode()
 
 
 def test_rollback_is_labelled_in_the_list(operator):

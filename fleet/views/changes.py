@@ -15,10 +15,11 @@ from django_tables2 import RequestConfig
 from .. import changes, usage
 from ..changes import rollout
 from ..choices import ItemState
+from ..engine.targets import target_for
 from ..filters import ChangeBatchFilterSet, ChangeItemFilterSet
 from ..forms import InstanceChangeForm, RollbackForm
 from ..models import Account, ChangeBatch, UsageReading
-from ..tables import ChangeBatchTable, ChangeItemTable
+from ..tables import ChangeBatchTable, ChangeItemTable, state_changed_at
 from .base import ConfirmActionView, FilteredTableView, OperatorRequiredMixin, refusal_message
 
 # The live view asks every POLL_ACTIVE seconds while items move, every POLL_AWAITING while only
@@ -82,7 +83,7 @@ def outcome_links(form):
     base = reverse("fleet:instance_list")
     query = form.cleaned_data.get("filter") or ""
     change = ",".join(f"{name}={value}" for name, value in form.desired.items())
-    links = {}
+    links = {"selected": f"{base}?{query + '&' if query else ''}{urlencode(selection)}"}
     for bucket, _label in changes_outcome_choices():
         params = urlencode({**selection, "outcome": bucket, "change": change})
         links[bucket] = f"{base}?{query + '&' if query else ''}{params}"
@@ -159,7 +160,7 @@ def measure_usage_status(request):
 class ChangeListView(FilteredTableView):
     queryset = ChangeBatch.objects.with_counts().select_related("created_by").annotate(
         rolled_back_by=Subquery(ChangeBatch.objects.filter(rollback_of=OuterRef("pk")).order_by("pk").values("pk")[:1])
-    )
+    ).order_by("-created_at", "-pk")  # newest first (ties: the later batch first)
     filterset_class = ChangeBatchFilterSet
     table_class = ChangeBatchTable
     template_name = "fleet/change_list.html"
@@ -209,12 +210,26 @@ def progress_context(batch):
     }
 
 
+def applies(batch):
+    """What of an instance change applies to this batch: the IMDSv1 readiness gate and the
+    breakage watch (a change that requires IMDSv2, not a rollback of one), and waiting for a
+    stopped instance to start (instances only: defaults, templates and enforcement apply at once)."""
+    instances = target_for(batch.kind).per_instance
+    return {"usage_gate": instances and not batch.rollback_of_id, "breakage": instances and not batch.rollback_of_id,
+            "awaiting_start": instances}
+
+
 def items_table(request, batch):
     """The batch's items, filtered and paginated from the query string (the page and its poll)."""
-    items = batch.items.select_related("account", "instance", "source")
+    items = batch.items.select_related("account", "instance", "source").annotate(state_changed_at=state_changed_at())
     filterset = ChangeItemFilterSet(request.GET or None, queryset=items)
+    for name, applicable in applies(batch).items():
+        if not applicable and name in filterset.filters:
+            del filterset.filters[name]
     items = filterset.qs if filterset.is_valid() or not filterset.is_bound else items.none()
-    table = RequestConfig(request, paginate={"per_page": 50}).configure(ChangeItemTable(items, exclude=("batch",)))
+    # A batch of one kind sets the same values on every item (a rollback restores each item's own).
+    exclude = ("batch",) if batch.rollback_of_id else ("batch", "sets")
+    table = RequestConfig(request, paginate={"per_page": 50}).configure(ChangeItemTable(items, exclude=exclude))
     return filterset, table
 
 
@@ -229,7 +244,7 @@ class ChangeDetailView(DetailView):
         filterset, table = items_table(self.request, self.object)
         return super().get_context_data(
             **kwargs, **progress_context(self.object), filter=filterset, table=table,
-            rollbacks=self.object.rollbacks.all(), rollback_form=RollbackForm(),
+            rollbacks=self.object.rollbacks.all(), rollback_form=RollbackForm(), applies=applies(self.object),
             events=self.object.events.select_related("user"), window_text=rollout.describe_window(self.object.window),
         )
 

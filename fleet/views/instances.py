@@ -1,5 +1,6 @@
 """Instances: the filtered list, its CSV export, one instance's page and its options form."""
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db.models import F
 from django.http import Http404, HttpResponseBadRequest
@@ -10,13 +11,13 @@ from django.views.decorators.http import require_safe
 from django.views.generic import DetailView
 from django.views.generic.edit import FormMixin
 
-from .. import csv_export, owners, pagination
+from .. import console, csv_export, owners, pagination
 from ..choices import ManagedOwner
 from ..filters import InstanceFilterSet
 from ..forms import InstanceOptionsForm
 from ..models import Instance
 from ..roles import RoleRequired
-from ..tables import ChangeItemTable, InstanceTable, per_page_in_range
+from ..tables import ChangeItemTable, InstanceTable, per_page_in_range, state_changed_at
 from ..validators import instance_id_validator
 from .base import QUEUE_CHANGE, FilteredTableView
 from .sources import source_for_instance
@@ -38,15 +39,24 @@ class InstanceListView(FilteredTableView):
     # "1,000+" (the confirmation page of a bulk change counts exactly). A bound of
     # 10,000 cost 65 ms for a common search term at a million instances.
     COUNT_BOUND = 1_000
+    # Pages reachable by number (OFFSET); deeper pages by next/previous/last (keyset).
+    MAX_NUMBERED_PAGE = 10
 
     def get_table(self, **kwargs):
         params = self.request.GET
         sort, ordering = self.table_class.ordering_for(params.get("sort"))
         after, before = (pagination.parse_cursor(params.get(key)) for key in ("after", "before"))
-        self.page = pagination.page(
-            self.get_table_data(), ordering, self._per_page(params.get("per_page")),
-            after=after or None, before=before or None, last=params.get("last") == "1",
-        )
+        self.per_page = self._per_page(params.get("per_page"))
+        number = pagination.parse_cursor(params.get("page"))
+        self.number = number if number and number <= self.MAX_NUMBERED_PAGE else None
+        if self.number and not (after or before or params.get("last") == "1"):
+            self.page = pagination.numbered_page(self.get_table_data(), ordering, self.per_page, self.number)
+        else:
+            self.number = 1 if not (after or before or params.get("last") == "1") else None
+            self.page = pagination.page(
+                self.get_table_data(), ordering, self.per_page,
+                after=after or None, before=before or None, last=params.get("last") == "1",
+            )
         self.bad_cursor = after is False or before is False or self.page.stale_cursor
         table = self.table_class(data=pagination.PageData(self.page.rows), order_by=sort or None, **kwargs)
         table.keyset = self.page
@@ -70,7 +80,16 @@ class InstanceListView(FilteredTableView):
             total, at_least = known, False
         else:
             total, at_least = self.COUNT_BOUND, True
-        return context | {"total": total, "total_at_least": at_least, "bad_cursor": self.bad_cursor}
+        # Page numbers where the count is known: the first MAX_NUMBERED_PAGE pages (OFFSET stays a
+        # short index walk there), then "next" and "last" move by keyset at any depth.
+        pages = -(-total // self.per_page) if not at_least else None
+        table = context["table"]
+        table.page_number, table.page_count = self.number, pages
+        table.page_numbers = list(range(1, min(pages or 0, self.MAX_NUMBERED_PAGE) + 1)) if (pages or 0) > 1 else []
+        return context | {
+            "total": total, "total_at_least": at_least, "bad_cursor": self.bad_cursor,
+            "owner_tag": settings.IMDSWEB_OWNER_TAG, "context_filters": InstanceFilterSet.CONTEXT_FILTERS,
+        }
 
 
 @require_safe
@@ -108,7 +127,8 @@ class InstanceDetailView(FormMixin, DetailView):
         return super().get_form_kwargs() | {"instance": self.object}
 
     def get_context_data(self, **kwargs):
-        items = list(self.object.change_items.select_related("batch", "account", "instance").order_by("-id")[:50])
+        items = list(self.object.change_items.select_related("batch", "account", "instance")
+                     .annotate(state_changed_at=state_changed_at()).order_by("-id")[:50])
         table = ChangeItemTable(items, exclude=("target", "account", "region", "request_id"), orderable=False)
         # The latest enforcement after which this instance's IMDSv1 calls started being refused.
         breakage = next((item for item in items if item.breakage_suspected), None)
@@ -123,7 +143,18 @@ class InstanceDetailView(FormMixin, DetailView):
         return super().get_context_data(
             **kwargs, history=table, breakage=breakage, source_template=launch_template, source_group=group,
             owner=ManagedOwner(owner).label if owner else "", owner_detail=owner_detail,
+            owner_tag=settings.IMDSWEB_OWNER_TAG, console=self.console_links(),
         )
+
+    def console_links(self):
+        instance = self.object
+        return {
+            "instance": console.instance_url(instance.region, instance.instance_id),
+            "launch_template": instance.launch_template_id
+            and console.launch_template_url(instance.region, instance.launch_template_id),
+            "autoscaling_group": instance.autoscaling_group
+            and console.autoscaling_group_url(instance.region, instance.autoscaling_group),
+        }
 
     def post(self, request, *args, **kwargs):
         self.object = self.get_object()

@@ -3,7 +3,7 @@
 from django.conf import settings
 from django.views.generic import TemplateView
 
-from .. import health, posture
+from .. import health, posture, teams
 from ..choices import LaunchVerdict
 from ..models import LaunchSource
 from .history import burndown_context
@@ -21,4 +21,5 @@ class OverviewView(TemplateView):
             account_health=health.summary(), sync_interval=settings.IMDSWEB_SYNC_INTERVAL_MINUTES,
             burndown=burndown_context(self.request.GET),
             v1_sources=LaunchSource.objects.filter(gone_at__isnull=True, verdict=LaunchVerdict.IMDSV1).count(),
+            teams=teams.by_team(), owner_tag=settings.IMDSWEB_OWNER_TAG,
         )

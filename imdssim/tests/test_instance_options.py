@@ -190,3 +190,15 @@ def test_omit_refuses_unknown_members_and_instances(account, sim):
             sim.omit_options(*body)
         assert excinfo.value.code == 400
         assert message in json.loads(excinfo.value.read())["error"]
+
+
+def test_describe_returns_the_context_aws_returns(account):
+    """PlatformDetails (which moto leaves out) on every instance, beside moto's network fields."""
+    _, client = account
+    ec2 = client("ec2")
+    [instance_id] = launch(ec2)
+    [instance] = [i for r in ec2.describe_instances(InstanceIds=[instance_id])["Reservations"] for i in r["Instances"]]
+
+    assert instance["PlatformDetails"] == "Linux/UNIX"
+    assert instance["VpcId"].startswith("vpc-") and instance["SubnetId"].startswith("subnet-")
+    assert instance["PrivateIpAddress"] and instance["InstanceType"] and instance["LaunchTime"]

@@ -65,6 +65,8 @@ MATRIX = {
         "GET": (OPERATOR_PAGE, {"targets": f"{ACCOUNT_ID}/us-east-1"}),
         "POST": (OPERATOR_ACTION, {"targets": f"{ACCOUNT_ID}/us-east-1", "enable": "1", "override_held": "on"}),
     },
+    # Every signed-in user sets their own time zone.
+    "profile": {"GET": (READ, None), "POST": (READ, {"timezone": "Europe/Berlin"})},
     # Every signed-in user manages their own API tokens (they carry that user's role).
     "api_tokens": {"GET": (READ, None), "POST": (READ, {"name": "report script"})},
     # Another user's token (the fixture has none of this user's): 404, nothing revoked.
@@ -163,7 +165,7 @@ def test_admin_site_only_for_admins(world, role):
 def test_non_admins_cannot_edit_accounts(world, role):
     client = client_for(role)
     url = reverse("admin:fleet_account_change", args=[world["account"].pk])
-    response = client.post(url, {"account_id": ACCOUNT_ID, "name": "hijacked", "regions": '["us-east-1"]'})
+    response = client.post(url, {"account_id": ACCOUNT_ID, "name": "hijacked", "regions": ["us-east-1"]})
     assert response.status_code == 302
     world["account"].refresh_from_db()
     assert world["account"].name == "prod"

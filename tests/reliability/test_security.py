@@ -162,9 +162,9 @@ def post_urls(world):
     urls += [
         (reverse("logout"), {}),
         (reverse("admin:fleet_account_change", args=[world["account"].pk]),
-         {"account_id": ACCOUNT_ID, "name": "renamed", "regions": '["us-east-1"]', "role_arn": ""}),
+         {"account_id": ACCOUNT_ID, "name": "renamed", "regions": ["us-east-1"], "role_arn": ""}),
         (reverse("admin:fleet_account_add"),
-         {"account_id": "333333333333", "name": "new", "regions": '["us-east-1"]', "role_arn": ""}),
+         {"account_id": "333333333333", "name": "new", "regions": ["us-east-1"], "role_arn": ""}),
         (reverse("admin:logout"), {}),
     ]
     return urls

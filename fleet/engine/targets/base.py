@@ -22,6 +22,7 @@ class Target:
     """One kind of change.
 
     - ``kind``: its ``ChangeKind``;
+    - ``per_instance``: whether its items are instances (usage gate, breakage watch, awaiting start);
     - ``action``: the AWS action whose token bucket paces its items (the runner takes that token
       before ``call``, without waiting for it);
     - ``refusal(item)``: ``(code, message)`` to fail the item without calling AWS, or None;
@@ -44,6 +45,9 @@ class Target:
     kind = None
     action = None
     noun = "item"
+    # Whether its items are instances: the IMDSv1 readiness gate, the breakage watch and waiting
+    # for a stopped instance to start apply to it (the batch page shows them only then).
+    per_instance = False
     allows_imdsv1_again = "IMDSv1 is allowed again"
 
     def refusal(self, item):

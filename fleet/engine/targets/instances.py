@@ -13,6 +13,7 @@ from .base import Target, Tracked
 
 class InstanceOptionsTarget(Target):
     kind = ChangeKind.INSTANCE_OPTIONS
+    per_instance = True
     action = "ModifyInstanceMetadataOptions"
     noun = "instance"
     allows_imdsv1_again = "they will allow IMDSv1 again"
