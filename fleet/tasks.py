@@ -8,6 +8,7 @@ from django.conf import settings
 
 from . import apply, aws, discovery, health, history, posture, sync, usage, workers
 from . import notify as notify_service
+from .changes import expansion
 from .choices import SyncStatus
 from .models import Account
 
@@ -63,6 +64,12 @@ def dispatch_batch(batch_pk):
 
 
 @shared_task(ignore_result=True)
+def expand_batch(batch_pk):
+    """Write a large batch's items chunk by chunk (runners start as chunks land)."""
+    expansion.expand(batch_pk)
+
+
+@shared_task(ignore_result=True)
 def apply_region(account_pk, region):
     again = apply.run_region(account_pk, region)
     if again is not None:
@@ -103,6 +110,8 @@ def track_pending_region(account_pk, region):
 def sweep():
     for account_pk, region in apply.sweep():
         apply_region.delay(account_pk, region)
+    for batch_pk in expansion.stalled():  # an expander died mid-way: go on after its last chunk
+        expand_batch.delay(batch_pk)
 
 
 @shared_task(ignore_result=True)
