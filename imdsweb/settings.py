@@ -302,9 +302,9 @@ IMDSWEB_RATE_LIMITS = {
 }
 # Multiplies every refill rate: set it to the simulator's --time-scale.
 IMDSWEB_RATE_TIME_SCALE = env.float("IMDSWEB_RATE_TIME_SCALE", default=1.0)
-# Share of AWS's refill rate imdsweb uses. AWS's buckets are shared with every other caller in the
-# account, and network jitter bunches calls up: pacing at exactly AWS's rate gets throttled.
-IMDSWEB_RATE_HEADROOM = env.float("IMDSWEB_RATE_HEADROOM", default=0.96)
+# The most of AWS's refill rate imdsweb paces at. 1.0: all of it, when nobody else spends the
+# bucket; fleet/ratelimit.py learns a lower rate from AWS's throttling answers when someone does.
+IMDSWEB_RATE_HEADROOM = env.float("IMDSWEB_RATE_HEADROOM", default=1.0)
 
 # --- history, drift, notifications, metrics (issue 18: fleet/history.py, notify.py, metrics.py) ---
 IMDSWEB_HISTORY_RETENTION_DAYS = env.int("IMDSWEB_HISTORY_RETENTION_DAYS", default=400)
