@@ -33,8 +33,9 @@ import decimal
 import logging
 import uuid
 
+from django.conf import settings
 from django.core.cache import cache
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
@@ -46,9 +47,9 @@ log = logging.getLogger(__name__)
 
 # Above this many selected instances the request leaves the items to a worker.
 INLINE_MAX = 10_000
-# Instances per chunk: a chunk's INSERT ... SELECT takes a fraction of a second and its
-# transaction holds the batch row only that long.
-CHUNK = 20_000
+# Instances per chunk (None: IMDSWEB_EXPANSION_CHUNK, 20,000): a chunk's INSERT ... SELECT takes
+# about a second and its transaction holds the batch row only that long.
+CHUNK = None
 # The expander's guard in the cache: renewed by every chunk; once expired the sweeper resumes.
 GUARD_TTL = 60
 
@@ -121,12 +122,12 @@ def stalled():
             if cache.get(_guard_key(pk)) is None]
 
 
-def _insert_chunk(batch, chunk, now):
+def _insert_chunk(batch, chunk, pk_range, now):
     """The chunk's items; decided again once if it lost a race on one active item per instance."""
     for attempt in (1, 2):
         try:
             with transaction.atomic():
-                return create_items(batch, chunk, batch.desired, batch.override_usage, now)
+                return create_items(batch, chunk, batch.desired, batch.override_usage, now, pk_range=pk_range)
         except IntegrityError:
             if attempt == 2:
                 raise
@@ -137,7 +138,7 @@ def _insert_chunk(batch, chunk, now):
 def expand_chunk(batch_pk, size=None):
     """Write the next chunk of a batch's items. Returns the (account pk, region) pairs that got
     queued items (they need a runner), or None once the batch is fully expanded (or cancelled)."""
-    size = size or CHUNK
+    size = size or CHUNK or settings.IMDSWEB_EXPANSION_CHUNK
     with transaction.atomic():
         batch = ChangeBatch.objects.select_for_update().filter(pk=batch_pk, expanding=True).first()
         if batch is None:
@@ -148,7 +149,11 @@ def expand_chunk(batch_pk, size=None):
             remaining = remaining.filter(pk__gt=after)
         bound = remaining.order_by("pk").values_list("pk", flat=True)[size - 1:size].first()
         chunk = remaining if bound is None else remaining.filter(pk__lte=bound)
-        count = _insert_chunk(batch, chunk, timezone.now())
+        if connection.vendor == "postgresql":
+            # A chunk is a short indexed range: compiling it (JIT) costs more than it saves.
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL jit = off")
+        count = _insert_chunk(batch, chunk, (after, bound), timezone.now())
         landed = ChangeItem.objects.filter(batch=batch, state=ItemState.QUEUED)
         if after is not None:
             landed = landed.filter(instance_id__gt=after)
