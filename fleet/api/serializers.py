@@ -3,7 +3,7 @@
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from ..choices import ItemState, Risk
+from ..choices import BatchStatus, ItemState, Risk
 from ..models import ChangeBatch, ChangeItem, DriftEvent, Instance, MetadataDefaults, RegionPosture
 
 
@@ -109,9 +109,17 @@ class ChangeBatchSerializer(serializers.ModelSerializer):
     class Meta:
         model = ChangeBatch
         fields = ["id", "created_at", "created_by", "kind", "desired", "selection", "comment", "dry_run",
-                  "override_usage", "rollback_of", "breakage_flagged_at", "status", "counts"]
+                  "override_usage", "rollback_of", "breakage_flagged_at", "status", "counts", "expanding",
+                  "expected", "expanded"]
+        extra_kwargs = {
+            "expanding": {"help_text": "A worker is still writing this batch's items (a large selection)."},
+            "expected": {"help_text": "Instances the selection held when the change was requested."},
+            "expanded": {"help_text": "Instances written as items so far."},
+        }
 
     def get_status(self, batch) -> str:
+        if batch.expanding:
+            return BatchStatus.EXPANDING.value
         return batch.status_from_counts(batch.counts()).value
 
     @extend_schema_field(CountsSerializer)
