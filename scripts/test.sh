@@ -44,4 +44,4 @@ DATABASE_URL=sqlite:///var/test-sqlite.sqlite3 \
     fleet/tests/test_commands.py fleet/tests/test_posture.py fleet/tests/test_views_changes.py \
     fleet/tests/test_views_overview.py fleet/tests/test_apply_pacing.py fleet/tests/test_instance_pages.py \
     fleet/tests/test_fail_closed.py fleet/tests/test_history.py fleet/tests/test_notifications.py \
-    fleet/tests/test_sources_sync.py fleet/tests/test_source_changes.py
+    fleet/tests/test_sources_sync.py fleet/tests/test_source_changes.py fleet/tests/test_expansion.py
