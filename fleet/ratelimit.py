@@ -67,7 +67,10 @@ local ts = tonumber(state[2]) or now
 local rate = tonumber(state[3]) or ceiling
 local cut_at = tonumber(state[4]) or 0
 local throttled_at = tonumber(state[5]) or 0
-local elapsed = math.max(0, now - ts)
+-- Two workers' calls can reach Redis in the other order than their clocks read: never move the
+-- bucket's time backwards, or the next call would be credited the same refill twice.
+if now < ts then now = ts end
+local elapsed = now - ts
 if rate < ceiling then
   local quiet = math.max(0, now - cut_at)
   rate = math.min(ceiling, rate + ceiling * tonumber(ARGV[6]) * elapsed * (1 + quiet / tonumber(ARGV[7])))
@@ -116,15 +119,16 @@ class _LocalBuckets:
 
     def _load(self, key, capacity, ceiling, now):
         tokens, ts, rate, cut_at, throttled_at = self._state.get(key, (capacity, now, ceiling, 0.0, 0.0))
-        elapsed = max(0.0, now - ts)
+        now = max(now, ts)  # threads can arrive out of clock order: never credit a refill twice
+        elapsed = now - ts
         if rate < ceiling:
             quiet = max(0.0, now - cut_at)
             rate = min(ceiling, rate + ceiling * GROWTH * elapsed * (1 + quiet / ACCELERATE_SECONDS))
-        return min(capacity, tokens + elapsed * rate), rate, cut_at, throttled_at
+        return min(capacity, tokens + elapsed * rate), rate, cut_at, throttled_at, now
 
     def take(self, key, capacity, ceiling, now, only_if_available=False):
         with self._lock:
-            tokens, rate, cut_at, throttled_at = self._load(key, capacity, ceiling, now)
+            tokens, rate, cut_at, throttled_at, now = self._load(key, capacity, ceiling, now)
             if only_if_available and tokens < 1:
                 self._state[key] = (tokens, now, rate, cut_at, throttled_at)
                 return (1 - tokens) / rate
@@ -134,7 +138,7 @@ class _LocalBuckets:
 
     def throttled(self, key, capacity, ceiling, now):
         with self._lock:
-            tokens, rate, cut_at, throttled_at = self._load(key, capacity, ceiling, now)
+            tokens, rate, cut_at, throttled_at, now = self._load(key, capacity, ceiling, now)
             tokens = min(tokens, 0.0)
             window = capacity / ceiling * WINDOW_BUCKETS
             if throttled_at > 0 and now - throttled_at < window and now - cut_at >= HOLD_TOKENS / rate:

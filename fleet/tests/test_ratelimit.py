@@ -171,3 +171,13 @@ def test_with_another_client_spending_30_percent_it_settles_at_what_is_left(modi
     assert 0.85 * 3.5 <= rate <= 1.03 * 3.5  # what the other client leaves: 70 % of 5 per second
     assert throttled <= 0.02 * (ok + throttled)
     assert other_throttled <= 0.02 * 1.5 * 300
+
+
+def test_a_call_with_an_earlier_clock_is_not_credited_the_refill_twice(buckets, clock):
+    region = drained_bucket()  # 3 spent at the clock's time
+    clock.now += 0.5  # one token refilled (2 per second)
+    assert ratelimit.try_take("123456789012", region, "TestAction") == 0
+    clock.now -= 0.4  # another worker whose call left earlier arrives now
+    assert ratelimit.try_take("123456789012", region, "TestAction") > 0
+    clock.now += 0.5  # 0.1 s after the last token: 0.2 of a token, not the 1.0 a backwards clock credited
+    assert ratelimit.try_take("123456789012", region, "TestAction") > 0
