@@ -169,3 +169,20 @@ def test_a_replayed_large_request_creates_one_batch():
     with pytest.raises(changes.AlreadySubmitted) as refused:
         request(account, request_token="big-token")
     assert refused.value.batch == first
+
+
+def test_the_api_answers_a_large_request_with_the_batch_still_expanding(client):
+    from fleet.tests.test_api_changes import bearer, post
+
+    account, _ = fleet(9, busy=0)
+    _user, headers = bearer("operator")
+    plan = post(client, "changes/plan/", {"filter": f"account={account.account_id}", "http_tokens": "required"},
+                headers)
+    assert plan.status_code == 200, plan.content
+    queued = post(client, "changes/", {"plan_token": plan.json()["plan_token"]}, headers)
+    assert queued.status_code == 201, queued.content
+    body = queued.json()
+    assert (body["status"], body["expanding"], body["expected"], body["expanded"]) == ("expanding", True, 9, 0)
+    tasks.expand_batch(body["id"])
+    batch = ChangeBatch.objects.get(pk=body["id"])
+    assert (batch.expanding, batch.expanded, batch.counts()["queued"]) == (False, 9, 9)
