@@ -159,7 +159,11 @@ ANALYSIS = {
         "The state is one Redis hash per bucket, updated by the same Lua call that takes a token, so all "
         "workers of an account/region pace by it. `fleet/tests/test_ratelimit.py` runs the controller against "
         "the simulator's own TokenBucket on a simulated clock (alone: 0 throttled, >= 98 %; with a client at "
-        "30 %: the engine settles within 85-103 % of the 70 % left, <= 2 % throttled)."
+        "30 %: the engine settles within 85-103 % of the 70 % left, <= 2 % throttled). That model has one "
+        "caller and no latency; the live run has up to four pool processes with calls in flight, each of which "
+        "meets AWS's empty bucket before the first throttle has emptied ours, and a first call that reaches "
+        "AWS later than its token was taken (AWS's full bucket wastes refill meanwhile): compare the live "
+        "throttled share with the simulated one before tuning DECREASE and GROWTH."
     ),
     "P5b": (
         "Each point is P5's run with more account/regions. The theoretical rate is 5/s per account/region, "
