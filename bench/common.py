@@ -11,6 +11,7 @@ import os
 import random
 import statistics
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -359,3 +360,79 @@ def ec2_client(endpoint_url, region, account_id=None):
     return boto3.client("ec2", region_name=region, endpoint_url=endpoint_url,
                         aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
                         aws_session_token=creds["SessionToken"])
+
+
+# ---------------------------------------------------------------- engine CPU
+
+
+def _cpu_of(pid):
+    """utime + stime of one process, in seconds (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _tree(pid):
+    pids, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        pids.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                todo += [int(child) for child in task.read_text().split()]
+            except OSError:
+                pass
+    return pids
+
+
+def _backends(database):
+    """PostgreSQL backends serving ``database`` (their process title names it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if title.startswith("postgres: ") and f" {database} " in title:
+            found.append(int(entry.name))
+    return found
+
+
+class EngineCpu:
+    """CPU seconds of the workers (each process tree) and of the database's backends for one
+    database, sampled every half second by a thread so that short-lived backends count too."""
+
+    def __init__(self, worker_pids, database):
+        self.worker_pids, self.database = worker_pids, database
+        self.first, self.last = {}, {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self):
+        pids = [pid for root in self.worker_pids for pid in _tree(root)] + _backends(self.database)
+        for pid in pids:
+            cpu = _cpu_of(pid)
+            self.first.setdefault(pid, cpu if not self._thread.is_alive() else 0.0)
+            self.last[pid] = max(self.last.get(pid, 0.0), cpu)
+
+    def _run(self):
+        while not self._stop.wait(0.5):
+            self._sample()
+
+    def __enter__(self):
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    @property
+    def seconds(self):
+        return sum(self.last[pid] - self.first.get(pid, 0.0) for pid in self.last)

@@ -14,7 +14,7 @@ so 480 calls/s need more than the 2 cores before any worker runs.
 
 import os
 
-from bench.common import Timer, parse_args, setup_django, truncate_fleet, write_result
+from bench.common import EngineCpu, Timer, parse_args, setup_django, truncate_fleet, write_result
 from imdssim.testing import launch
 
 ACCOUNTS = ("720000000001", "720000000002")
@@ -63,6 +63,8 @@ def run_config(settings, scale, per_region, workers, accounts):
         stack.sim.reset_stats()
         load = os.getloadavg()[0]
         cpu_before = cpu_sample()
+        engine_cpu = EngineCpu([worker.pid for worker in stack.workers],
+                               settings.DATABASES["default"]["NAME"]).__enter__()
         batch = changes.request_change(None, Instance.objects.filter(account__account_id__in=accounts),
                                        changes.REQUIRE_IMDSV2,
                                        override_usage=True)  # measures apply, not the readiness gate
@@ -72,6 +74,7 @@ def run_config(settings, scale, per_region, workers, accounts):
 
         wait_for(all_sent, timeout=900, interval=0.1, message="every item submitted", stack=stack)
         cpu_after = cpu_sample()
+        engine_cpu.__exit__(None, None, None)
         last = batch.items.aggregate(last=Max("submitted_at"))["last"]
         span = (last - batch.created_at).total_seconds()
 
@@ -109,6 +112,7 @@ def run_config(settings, scale, per_region, workers, accounts):
         "modify_throttled": stats.get("throttled", 0),
         "throttled_pct": round(throttled_pct, 2),
         "machine_cpu_busy_pct": round(100 * busy, 1),
+        "engine_cpu_ms_per_item": round(1000 * engine_cpu.seconds / max(1, total), 2),
         "load_average_1m_at_start": round(load, 2),
     }
     print(f"P5: scale {scale:g}: {figures}", flush=True)

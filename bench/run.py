@@ -18,8 +18,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHMARKS = ("p1_ingest", "p2_sync", "p3_views", "p4_bulk", "p5_apply", "p6_track", "p7_rss", "p8_sources",
-              "p9_flood", "org_sync")
+BENCHMARKS = ("p1_ingest", "p2_sync", "p3_views", "p4_bulk", "p4b_expand", "p5_apply", "p5b_curve", "p5c_adaptive",
+              "p6_track", "p7_rss", "p8_sources", "p9_flood",
+              "org_sync")
+# Options passed through to one benchmark: (runner option, benchmark module, its option).
+PASS_THROUGH = (("--p4b-size", "p4b_expand", "--size"),)
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 
 
@@ -30,6 +33,7 @@ def parse_args(argv=None):
     parser.add_argument("--docs", type=Path, help="Markdown report (default: docs/benchmarks.md; none when quick)")
     parser.add_argument("--only", help="comma-separated benchmark ids, e.g. P1,P4")
     parser.add_argument("--database", help="database name (default imdsweb_bench; quick: a throwaway one)")
+    parser.add_argument("--p4b-size", type=int, help="instances in P4b's big request (default 1,000,000)")
     args = parser.parse_args(argv)
     if args.out is None:
         args.out = ROOT / ("var/bench-quick/results.json" if args.quick else "bench/results.json")
@@ -112,6 +116,10 @@ def main(argv=None):
         for name in wanted:
             part = work / f"{name}.json"
             command = [sys.executable, "-m", f"bench.{name}", "--out", str(part), *(["--quick"] if args.quick else [])]
+            for option, module, theirs in PASS_THROUGH:
+                value = getattr(args, option.lstrip("-").replace("-", "_"))
+                if module == name and value is not None:
+                    command += [theirs, str(value)]
             print(f"== {name}", flush=True)
             checkpoint(database)  # the previous benchmark's writes are not flushed during this one
             began = time.monotonic()

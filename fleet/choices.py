@@ -98,6 +98,8 @@ class ItemState(models.TextChoices):
 class BatchStatus(models.TextChoices):
     """Derived from a batch's items, never stored on its own."""
 
+    # A large selection is still being expanded into items by a worker (items run as they land).
+    EXPANDING = "expanding", "expanding"
     QUEUED = "queued", "queued"
     RUNNING = "running", "running"
     PENDING = "pending", "waiting for AWS"

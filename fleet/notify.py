@@ -76,6 +76,8 @@ def scan_batches(now=None):
         counts.setdefault(row["batch_id"], {})[row["state"]] = row["n"]
     events = []
     for batch in open_batches:
+        if batch.expanding:  # items are still being written: not finished, whatever they say so far
+            continue
         by_state = counts.get(batch.pk, {})
         by_state["total"] = sum(by_state.values())
         full = dict.fromkeys(ItemState.values, 0) | by_state

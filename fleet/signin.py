@@ -394,7 +394,8 @@ def _remember_auth_time(sender, request, user, **kwargs):
 class SessionTimeoutMiddleware:
     """The idle timeout is the session's age (SESSION_COOKIE_AGE), pushed back when the user is
     active; writing the session on every request would cost a database write per page, so the
-    expiry moves at most once a minute (or a tenth of the idle time). The absolute limit is
+    expiry moves at most once per IMDSWEB_SESSION_TOUCH_SECONDS (a minute; or a tenth of the idle
+    time). The absolute limit is
     checked here."""
 
     def __init__(self, get_response):
@@ -411,7 +412,8 @@ class SessionTimeoutMiddleware:
                 logout(request)
                 messages.info(request, "Your session has ended: please sign in again.")
                 return redirect_to_login(request.get_full_path())
-            elif now - session.get(TOUCHED_KEY, 0) > min(60, settings.SESSION_COOKIE_AGE // 10):
+            elif now - session.get(TOUCHED_KEY, 0) > min(settings.IMDSWEB_SESSION_TOUCH_SECONDS,
+                                                         settings.SESSION_COOKIE_AGE // 10):
                 session[TOUCHED_KEY] = now
         return self.get_response(request)
 

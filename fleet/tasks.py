@@ -8,6 +8,7 @@ from django.conf import settings
 
 from . import aws, discovery, health, history, posture, sync, usage, waivers, workers
 from . import notify as notify_service
+from .changes import expansion
 from .choices import SyncStatus
 from .engine import runner, tracking
 from .engine import sweep as sweeper
@@ -65,6 +66,12 @@ def dispatch_batch(batch_pk):
 
 
 @shared_task(ignore_result=True)
+def expand_batch(batch_pk):
+    """Write a large batch's items chunk by chunk (runners start as chunks land)."""
+    expansion.expand(batch_pk)
+
+
+@shared_task(ignore_result=True)
 def apply_region(account_pk, region):
     again = runner.run_region(account_pk, region)
     if again is not None:
@@ -115,6 +122,8 @@ def advance_rollouts():
 def sweep():
     for account_pk, region in sweeper.sweep():
         apply_region.delay(account_pk, region)
+    for batch_pk in expansion.stalled():  # an expander died mid-way: go on after its last chunk
+        expand_batch.delay(batch_pk)
 
 
 @shared_task(ignore_result=True)

@@ -170,6 +170,8 @@ AXES_CLIENT_IP_CALLABLE = "fleet.signin.client_address"
 IMDSWEB_SESSION_IDLE_MINUTES = env.int("IMDSWEB_SESSION_IDLE_MINUTES", default=8 * 60)
 IMDSWEB_SESSION_MAX_HOURS = env.int("IMDSWEB_SESSION_MAX_HOURS", default=24)
 SESSION_COOKIE_AGE = IMDSWEB_SESSION_IDLE_MINUTES * 60
+# The idle expiry is pushed back (one session write) at most this often.
+IMDSWEB_SESSION_TOUCH_SECONDS = env.int("IMDSWEB_SESSION_TOUCH_SECONDS", default=60)
 
 # Email: the password-reset pages exist only when mail can be sent (EMAIL_URL, e.g. smtp+tls://...).
 # One mail configuration for both (and for notifications, below): EMAIL_URL, or its older name
@@ -319,9 +321,11 @@ IMDSWEB_RATE_LIMITS = {
 }
 # Multiplies every refill rate: set it to the simulator's --time-scale.
 IMDSWEB_RATE_TIME_SCALE = env.float("IMDSWEB_RATE_TIME_SCALE", default=1.0)
-# Share of AWS's refill rate imdsweb uses. AWS's buckets are shared with every other caller in the
-# account, and network jitter bunches calls up: pacing at exactly AWS's rate gets throttled.
+# The most of AWS's refill rate imdsweb paces at. 1.0: all of it, when nobody else spends the
+# bucket; fleet/ratelimit.py learns a lower rate from AWS's throttling answers when someone does.
 IMDSWEB_RATE_HEADROOM = env.float("IMDSWEB_RATE_HEADROOM", default=0.96)
+# Instances per chunk when a worker expands a large selection into items (fleet/changes/expansion.py).
+IMDSWEB_EXPANSION_CHUNK = env.int("IMDSWEB_EXPANSION_CHUNK", default=20_000)
 
 # --- history, drift, notifications, metrics (issue 18: fleet/history.py, notify.py, metrics.py) ---
 # Staged rollouts, windows and approval (fleet.changes.rollout): the beat's tick, the soak's

@@ -46,4 +46,5 @@ DATABASE_URL=sqlite:///var/test-sqlite.sqlite3 \
     fleet/tests/test_fail_closed.py fleet/tests/test_history.py fleet/tests/test_notifications.py \
     fleet/tests/test_sources_sync.py fleet/tests/test_source_changes.py fleet/tests/test_managed_owner.py \
     fleet/tests/test_waivers.py \
-    fleet/tests/test_rollout.py
+    fleet/tests/test_rollout.py \
+    fleet/tests/test_expansion.py

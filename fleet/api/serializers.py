@@ -3,7 +3,7 @@
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from ..choices import ItemState, Risk
+from ..choices import BatchStatus, ItemState, Risk
 from ..models import ChangeBatch, ChangeItem, DriftEvent, Instance, MetadataDefaults, RegionPosture, Waiver
 
 
@@ -114,9 +114,17 @@ class ChangeBatchSerializer(serializers.ModelSerializer):
                   "override_usage", "override_owner", "override_waivers", "rollback_of", "breakage_flagged_at", "status", "counts",
                   "waves", "released_wave", "wave_labels", "soak_seconds", "rollout_state", "soak_until",
                   "rollout_note", "start_at", "window", "run_from", "run_until", "approval", "approval_reason",
-                  "approval_expires_at", "approved_by", "approved_at"]
+                  "approval_expires_at", "approved_by", "approved_at", "expanding",
+                  "expected", "expanded"]
+        extra_kwargs = {
+            "expanding": {"help_text": "A worker is still writing this batch's items (a large selection)."},
+            "expected": {"help_text": "Instances the selection held when the change was requested."},
+            "expanded": {"help_text": "Instances written as items so far."},
+        }
 
     def get_status(self, batch) -> str:
+        if batch.expanding:
+            return BatchStatus.EXPANDING.value
         return batch.status_from_counts(batch.counts()).value
 
     @extend_schema_field(CountsSerializer)

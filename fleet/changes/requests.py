@@ -14,6 +14,7 @@ from django.utils import timezone
 from ..choices import BatchStatus, ChangeKind, ItemState, ManagedBy
 from ..engine.targets import target_for
 from ..models import ChangeBatch, ChangeItem, Instance, MetadataDefaults
+from . import expansion
 from .items import BULK_SIZE, create_items
 from .validation import AlreadySubmitted, ChangeRefused, clean_defaults_desired, clean_instance_desired
 
@@ -97,10 +98,26 @@ def request_change(user, instances, desired, *, comment="", selection="", dry_ru
     except ValidationError as exc:
         raise ChangeRefused(" ".join(exc.messages)) from exc
     _refuse_replay(request_token)
+    selected = instances.count()
+    if not selected:
+        raise ChangeRefused("No instances selected.")
+    from . import rollout as rollouts
+
+    rollout = rollout or rollouts.RolloutOptions()
+    # A staged, scheduled or approval-gated change expands inline: its waves and its approval rule
+    # are decided on its items, which must exist before any of them may be claimed.
+    gated = rollout != rollouts.RolloutOptions() or rollouts.approval_configured()
+    query = expansion.selection_query(instances) if selected > expansion.INLINE_MAX and not gated else None
+    if query is not None:
+        return _request_expansion(user, desired, query, selected, comment=comment, selection=selection,
+                                  dry_run=dry_run, override_usage=override_usage, override_owner=override_owner,
+                                  override_waivers=override_waivers, request_token=request_token)
     try:
         with transaction.atomic():
             batch = ChangeBatch.objects.create(
                 created_by=_author(user),
+                expected=selected,
+                expanded=selected,
                 kind=ChangeKind.INSTANCE_OPTIONS,
                 desired=desired,
                 selection=selection[:2000],
@@ -117,15 +134,52 @@ def request_change(user, instances, desired, *, comment="", selection="", dry_ru
                 raise ChangeRefused("No instances selected.")  # rolls the empty batch back
             if not batch.items.filter(state=ItemState.QUEUED).exists():
                 raise _nothing_to_queue(batch)  # rolls the batch back too
-            from . import rollout as rollouts
-
-            rollouts.prepare(batch, rollout or rollouts.RolloutOptions(), _author(user), timezone.now())
+            rollouts.prepare(batch, rollout, _author(user), timezone.now())
             _dispatch_on_commit(batch)
     except IntegrityError as exc:
         _refuse_replay(request_token)
         raise _in_progress(instances.order_by().values("pk")) from exc
     log.info("batch %s queued by %s: %s on %d instance(s)", batch.pk, user, desired, count)
     return batch
+
+
+def _request_expansion(user, desired, query, selected, *, comment, selection, dry_run, override_usage,
+                       override_owner, override_waivers, request_token):
+    """The batch of a large selection, written in constant queries; a worker expands its items
+    (:mod:`fleet.changes.expansion`)."""
+    try:
+        with transaction.atomic():
+            batch = ChangeBatch.objects.create(
+                created_by=_author(user),
+                kind=ChangeKind.INSTANCE_OPTIONS,
+                desired=desired,
+                selection=selection[:2000],
+                comment=comment,
+                dry_run=dry_run,
+                override_usage=override_usage,
+                override_owner=override_owner,
+                override_waivers=override_waivers,
+                request_token=request_token or None,
+                expanding=True,
+                selection_query=query,
+                expected=selected,
+            )
+            transaction.on_commit(lambda: _expand_later(batch.pk))
+    except IntegrityError as exc:  # only the one-time token's unique index can refuse this insert
+        _refuse_replay(request_token)
+        raise ChangeRefused("This confirmation was submitted twice at the same moment; try again.") from exc
+    log.info("batch %s requested by %s: %s on %d instance(s), expanding in a worker", batch.pk, user, desired,
+             selected)
+    return batch
+
+
+def _expand_later(batch_pk):
+    from ..tasks import expand_batch
+
+    try:
+        expand_batch.delay(batch_pk)
+    except Exception as exc:  # broker down: the sweeper resumes batches left expanding
+        log.warning("could not hand batch %s's expansion to the broker (%s); the sweeper will", batch_pk, exc)
 
 
 def request_defaults_change(user, targets, desired, *, comment="", dry_run=False, request_token=None):
@@ -195,6 +249,9 @@ def _defaults_holder(targets):
 def cancel_queued(batch, user):
     """Cancel the items no worker has claimed yet. Items already sent go on."""
     who = getattr(user, "username", None) or "system"
+    # Stop a running expansion first: it takes the batch row's lock chunk by chunk, so the next
+    # chunk sees this and writes nothing; the items already written are cancelled below.
+    ChangeBatch.objects.filter(pk=batch.pk, expanding=True).update(expanding=False)
     return batch.items.filter(state=ItemState.QUEUED).update(
         state=ItemState.CANCELLED, reason=f"cancelled by {who}", finished_at=timezone.now()
     )
@@ -253,6 +310,9 @@ def restore_previous(batch, user, comment="", request_token=None, wave=None):
     try:
         with transaction.atomic():
             locked = ChangeBatch.objects.select_for_update().get(pk=batch.pk)
+            if locked.expanding:
+                raise ChangeRefused(f"Batch #{batch.pk} is still being expanded into items "
+                                    f"({locked.expanded:,} of {locked.expected or 0:,}); cancel it or wait, then roll back.")
             plan = plan_rollback(locked, wave=wave)
             plan.raise_if_refused()
             rollback_batch = ChangeBatch.objects.create(

@@ -248,6 +248,11 @@ def assign_waves(batch, options, now):
     batch.wave_started_at = now
 
 
+def approval_configured():
+    """Whether any batch may need a second person's approval (the settings' four-eyes rule)."""
+    return bool(settings.IMDSWEB_APPROVAL_MIN_ITEMS or settings.IMDSWEB_APPROVAL_ACCOUNTS)
+
+
 def approval_needed(batch):
     """Why this batch needs a second person's approval (IMDSWEB_APPROVAL_MIN_ITEMS,
     IMDSWEB_APPROVAL_ACCOUNTS), or ""."""

@@ -170,7 +170,9 @@ def run_region(account_pk, region, budget=None):
             error = submit(item)
             submitted += 1
             if error is not None:
-                again = backoff(account_pk, region)
+                # A throttle teaches the shared pacing controller; other errors back off.
+                again = (ratelimit.throttled(account.account_id, region, target_of(item).action)
+                         if error.code in THROTTLE_CODES else backoff(account_pk, region))
                 log.info("%s/%s: %s, backing off %.1fs", account.account_id, region, error.code, again)
                 break
             if not streak_cleared:  # AWS took a call: the backoff streak starts over

@@ -50,6 +50,14 @@ class ChangeBatch(models.Model):
     # tabs, a resent POST) finds this batch instead of creating a second one.
     request_token = models.CharField(max_length=64, null=True, blank=True, unique=True, editable=False)
     breakage_flagged_at = models.DateTimeField(null=True, blank=True)
+    # A large selection is expanded into items by a worker, in chunks (fleet.changes.expansion):
+    # the selection's query, the instances it held when requested, how many are expanded, and
+    # the keyset cursor (the last instance pk expanded) a resumed expansion starts after.
+    expanding = models.BooleanField(default=False, editable=False)
+    selection_query = models.JSONField(default=dict, blank=True, editable=False)
+    expected = models.PositiveIntegerField(null=True, blank=True, editable=False)
+    expanded = models.PositiveIntegerField(default=0, editable=False)
+    expanded_through = models.BigIntegerField(null=True, blank=True, editable=False)
 
     # Staged rollout (fleet.changes.rollout): items carry a wave number; the runner claims only
     # items of waves up to ``released_wave``. A batch of one wave has wave 0 released from the start.
@@ -139,6 +147,8 @@ class ChangeBatch(models.Model):
 
     @property
     def status(self):
+        if self.expanding:
+            return BatchStatus.EXPANDING
         return self.status_from_counts(self.counts())
 
     @property

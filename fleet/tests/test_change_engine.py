@@ -21,7 +21,8 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 _accounts = (f"5555{n:08d}" for n in itertools.count(1))
 
 
-live_stack = module_stack(time_scale=10, apply_delay=0.5)
+# Small expansion chunks, so that a large request's expansion takes several chunks in the worker.
+live_stack = module_stack(time_scale=10, apply_delay=0.5, env={"IMDSWEB_EXPANSION_CHUNK": "5"})
 
 
 @pytest.fixture
@@ -70,6 +71,21 @@ def test_pending_then_applied_and_cache_refreshed(stack):
         ("required", "applied")
     }
     assert all(item.request_id for item in batch.items.all())
+
+
+def test_a_large_request_is_expanded_by_the_worker_in_chunks_and_applied(stack, monkeypatch):
+    from fleet.changes import expansion
+
+    monkeypatch.setattr(expansion, "INLINE_MAX", 5)  # this process's request leaves the items to a worker
+    account = seed(stack, count=12, HttpTokens="optional")
+    batch = changes.request_change(None, Instance.objects.filter(account=account), changes.REQUIRE_IMDSV2)
+    assert batch.expanding and batch.expected == 12 and not batch.items.exists()
+    wait_for(lambda: batch.counts()["total"] == 12 and final(batch)(), timeout=120, message="expanded and final",
+             stack=stack)
+    batch.refresh_from_db()
+    assert not batch.expanding and batch.expanded == 12
+    assert batch.counts()[ItemState.APPLIED] == 12
+    assert {o["HttpTokens"] for o in stack.aws_options(account.account_id, "us-east-1").values()} == {"required"}
 
 
 def test_throttling_storm_fails_nothing(stack):

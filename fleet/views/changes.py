@@ -14,7 +14,7 @@ from django_tables2 import RequestConfig
 
 from .. import changes, usage
 from ..changes import rollout
-from ..choices import ItemState
+from ..choices import BatchStatus, ItemState
 from ..engine.targets import target_for
 from ..filters import ChangeBatchFilterSet, ChangeItemFilterSet
 from ..forms import InstanceChangeForm, RollbackForm
@@ -176,7 +176,8 @@ def progress_context(batch):
     """Counts, bar segments and notes of a batch's progress panel (one query, two when a
     breakage was flagged)."""
     counts = batch.counts()
-    status = batch.status_from_counts(counts)
+    # While a worker writes a large batch's items they already run, but the batch is not final.
+    status = BatchStatus.EXPANDING if batch.expanding else batch.status_from_counts(counts)
     total = counts["total"]
     waiting_for_start = counts["awaiting_start"]
     # Items waiting for their instance to start are done for now: they are not counted as finished,
@@ -198,10 +199,11 @@ def progress_context(batch):
         segment["x"], offset = offset, offset + segment["pct"]
     return {
         "batch": batch, "counts": counts, "status": status,
-        "final": not counts["active"] and not waiting_for_start,
+        "final": not counts["active"] and not waiting_for_start and not batch.expanding,
+        "expanding_pct": round(100.0 * batch.expanded / batch.expected) if batch.expanding and batch.expected else None,
         "done": done, "done_pct": round(100.0 * done / total) if total else 100, "segments": segments,
         "waiting_for_start": waiting_for_start,
-        "poll_seconds": POLL_ACTIVE if counts["active"] else POLL_AWAITING,
+        "poll_seconds": POLL_ACTIVE if counts["active"] or batch.expanding else POLL_AWAITING,
         "breakage": batch.items.filter(breakage_suspected=True).count() if batch.breakage_flagged_at else 0,
         "held_reasons": held_reasons,
         "rolled_back": batch.rollbacks.order_by("pk").first(),
