@@ -255,10 +255,11 @@ def truncate_fleet():
 
     with connection.cursor() as cursor:
         # Every table with a foreign key to one of these goes too (drift and notification events
-        # point at instances and sync runs): PostgreSQL refuses to truncate a referenced table alone.
+        # point at instances and sync runs, waivers at instances, batch events at batches): PostgreSQL refuses to truncate a referenced table alone.
         cursor.execute(
-            "TRUNCATE fleet_driftevent, fleet_notificationevent, fleet_changeitem, fleet_changebatch,"
-            " fleet_instance, fleet_regionsync, fleet_syncrun, fleet_metadatadefaults"
+            "TRUNCATE fleet_driftevent, fleet_notificationevent, fleet_changeitem, fleet_batchevent,"
+            " fleet_changebatch, fleet_waiverevent, fleet_waiver, fleet_instance, fleet_regionsync, fleet_syncrun,"
+            " fleet_metadatadefaults"
         )
 
 

@@ -6,7 +6,6 @@ checked here for shape and then by ``changes.clean_*_desired`` for the domain ru
 
 from django import forms
 from django.core.exceptions import ValidationError
-from django.db.models import Q
 from django.http import QueryDict
 from django.utils import timezone
 
@@ -369,25 +368,10 @@ class SourceFixForm(forms.Form):
 
     @staticmethod
     def _with_group_templates(selected):
-        """An Auto Scaling group chosen here stands for the launch templates it launches from: its
-        own and those its MixedInstancesPolicy overrides name (a group is fixed through them)."""
-        from .choices import SourceKind
-        from .models import LaunchSource
+        """An Auto Scaling group chosen here stands for the launch templates it launches from."""
+        from .source_kinds import fix_targets
 
-        groups = [s for s in selected if s.kind == SourceKind.AUTO_SCALING_GROUP]
-        if not groups:
-            return selected
-        wanted = Q(pk__in=[g.template_id for g in groups if g.template_id])
-        for group in groups:
-            ids = [o["template_id"] for o in group.override_templates or [] if o.get("own_template") and o.get("template_id")]
-            if ids:
-                wanted |= Q(account_id=group.account_id, region=group.region, kind=SourceKind.LAUNCH_TEMPLATE,
-                            source_id__in=ids)
-        templates = LaunchSource.objects.filter(wanted).select_related("account")
-        chosen = {s.pk: s for s in selected if s.kind != SourceKind.AUTO_SCALING_GROUP}
-        for template in templates:
-            chosen.setdefault(template.pk, template)
-        return sorted(chosen.values(), key=lambda s: (s.account.name, s.region, s.name))
+        return fix_targets(selected)
 
 
 class EnforcementForm(forms.Form):

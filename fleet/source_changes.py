@@ -50,7 +50,7 @@ def plan(selected, hop_limit=None, update_pinned=False, override_owner=False):
     }
     rows = []
     for source in selected:
-        pinned = _pinned_groups(source) if update_pinned and source.kind == SourceKind.LAUNCH_TEMPLATE else []
+        pinned = _pinned_groups(source) if update_pinned and kind_of(source).has_versions else []  # templates only
         version = versions.get((source.pk, source.default_version))
         if kind_of(source).not_changed_in_place:
             reason = kind_of(source).not_changed_in_place

@@ -44,6 +44,11 @@ class _SourceKind:
         """The MixedInstancesPolicy overrides the source launches from, each with its template row."""
         return []
 
+    def fixed_through(self, source):
+        """The launch templates "require IMDSv2 at the source" changes when this source is chosen,
+        as a filter over LaunchSource (None: the source stands for itself)."""
+        return None
+
     def read_only_reason(self, source):
         """Why imdsweb will not change this source in place (None when it may)."""
         if source.owner:
@@ -105,6 +110,16 @@ class AutoScalingGroupKind(_SourceKind):
     def template(self, source):
         return source.template
 
+    def fixed_through(self, group):
+        """A group is fixed through its templates: its own and those its MixedInstancesPolicy
+        overrides name."""
+        wanted = Q(pk__in=[group.template_id] if group.template_id else [])
+        ids = [o["template_id"] for o in group.override_templates or [] if o.get("own_template") and o.get("template_id")]
+        if ids:
+            wanted |= Q(account_id=group.account_id, region=group.region, kind=SourceKind.LAUNCH_TEMPLATE,
+                        source_id__in=ids)
+        return wanted
+
     def overrides(self, group):
         overrides = [dict(o) for o in group.override_templates or []]
         ids = {o["template_id"] for o in overrides if o.get("template_id")}
@@ -146,3 +161,18 @@ KINDS = {kind.kind: kind() for kind in (LaunchTemplateKind, AutoScalingGroupKind
 
 def kind_of(source):
     return KINDS[source.kind]
+
+
+def fix_targets(selected):
+    """The sources "require IMDSv2 at the source" plans for ``selected``: each source itself, or
+    what its kind is fixed through (a group: its launch templates), each once, in a stable order."""
+    chosen, wanted = {}, Q(pk__in=[])
+    for source in selected:
+        through = kind_of(source).fixed_through(source)
+        if through is None:
+            chosen[source.pk] = source
+        else:
+            wanted |= through
+    for template in LaunchSource.objects.filter(wanted).select_related("account"):
+        chosen.setdefault(template.pk, template)
+    return sorted(chosen.values(), key=lambda s: (s.account.name, s.region, s.name))

@@ -106,7 +106,7 @@ def request_change(user, instances, desired, *, comment="", selection="", dry_ru
     rollout = rollout or rollouts.RolloutOptions()
     # A staged, scheduled or approval-gated change expands inline: its waves and its approval rule
     # are decided on its items, which must exist before any of them may be claimed.
-    gated = rollout != rollouts.RolloutOptions() or rollouts.approval_configured()
+    gated = rollout.gated or rollouts.approval_configured()
     query = expansion.selection_query(instances) if selected > expansion.INLINE_MAX and not gated else None
     if query is not None:
         return _request_expansion(user, desired, query, selected, comment=comment, selection=selection,

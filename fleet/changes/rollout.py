@@ -65,6 +65,11 @@ class RolloutOptions:
     start_at: datetime | None = None
     window: dict = field(default_factory=dict)
 
+    @property
+    def gated(self):
+        """Whether this asks for waves, a scheduled start or a window (the soak matters only with waves)."""
+        return self.mode != WaveMode.NONE or self.start_at is not None or bool(self.window)
+
 
 def _event(batch, kind, user=None, wave=None, text=""):
     BatchEvent.objects.create(batch=batch, kind=kind, user=user if user and user.is_authenticated else None,

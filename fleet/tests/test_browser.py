@@ -132,7 +132,7 @@ def test_require_imdsv2_for_a_filtered_set_and_watch_it_apply(page, live_server,
 
     bulk.click()
     page.wait_for_url(re.compile(r"/changes/new/\?"))
-    expect(page.locator("h2").first).to_contain_text("http_tokens=required")
+    expect(page.locator("h2").first).to_contain_text("HttpTokens=required")
     assert tile(page, "selected") == matching
     to_change, held = tile(page, "to change"), tile(page, "held (readiness gate)")
     assert to_change > 0 and to_change + held == matching  # nothing already compliant in this filter

@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import boto3
 import pytest
+from django.conf import settings
 from django.urls import reverse
 from django.utils import timezone
 
@@ -199,6 +200,14 @@ def expected_links(rows):
         "posture=not_enforced&v1_usage=unknown": 0,  # every account/region was measured
         "posture=counted&risk=role_public": count(fail, lambda row: row["role_public"]),
     }
+    links["posture=counted&hop_limit_min=2"] = count(
+        evaluated, lambda row: (row["options"].get("HttpPutResponseHopLimit") or 0) >= 2)
+    # Posture by team (fleet.teams): no instance here has the owner tag, so one row, "no team".
+    no_team = f"tag=!{settings.IMDSWEB_OWNER_TAG}"
+    links[f"posture=counted&{no_team}"] = count(evaluated)
+    links[f"posture=not_enforced&{no_team}"] = count(fail)
+    links[f"posture=counted&v1_usage=yes&{no_team}"] = count(evaluated, lambda row: row["v1_calls"] > 0)
+    links[f"posture=counted&risk=role_public&{no_team}"] = count(fail, lambda row: row["role_public"])
     for account_id in ACCOUNTS:
         mine = [row for row in evaluated if row["account_id"] == account_id]
         links[f"account={account_id}&posture=counted"] = len(mine)

@@ -235,7 +235,7 @@ def test_every_count_on_the_confirmation_page_opens_a_list_of_that_size(operator
     table = text[text.index('id="plan-regions"'):]
     table = table[:table.index("</table>")]
     links = re.findall(r'href="([^"]+)" data-count="(\d+)"', table)
-    assert len(links) == 6 * len(plan.per_region) and len(plan.per_region) >= 2
+    assert len(links) == 7 * len(plan.per_region) and len(plan.per_region) >= 2
     for href, count in links:
         assert operator.get(html_lib.unescape(href)).context["total"] == int(count), href
 

@@ -1,6 +1,7 @@
 """Fixtures shared by the reliability and security suite: one small fleet with every kind of row a
 page can show (accounts, instances, defaults, a batch with items), logins for the four roles."""
 
+from datetime import timedelta
 from importlib import import_module
 
 import pytest
@@ -69,5 +70,10 @@ def world(db):
         account=account, region="us-east-1", kind="launch_template", source_id="lt-0123456789abcdef0", name="web",
         default_version=1, latest_version=1, first_seen=timezone.now(), last_seen=timezone.now(),
     )
+    from fleet.models import Waiver
+
+    waiver = Waiver.objects.create(scope="instance", instance=other, owner="vendor team",
+                                   reason="appliance still needs IMDSv1",
+                                   expires_on=timezone.now().date() + timedelta(days=30))
     return {"account": account, "instance": instance, "other": other, "batch": batch,
-            "items": [applied, failed], "source": source}
+            "items": [applied, failed], "source": source, "waiver": waiver}

@@ -7,8 +7,11 @@ and admin POSTs send valid data, so they really perform the action (and viewers'
 checked to have changed nothing).
 """
 
+from datetime import timedelta
+
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
 from fleet import urls as fleet_urls
 from fleet.models import ChangeBatch, ChangeItem
@@ -26,6 +29,10 @@ OPERATOR_ACTION = {"anonymous": LOGIN, "viewer": 403, "operator": 302, "admin": 
 ACTION_GET = {"anonymous": LOGIN, "viewer": 403, "operator": 405, "admin": 405}
 ACCOUNT_ONLY_GET = {"anonymous": LOGIN, "viewer": 405, "operator": 405, "admin": 405}
 NOT_FOUND = {"anonymous": LOGIN, "viewer": 404, "operator": 404, "admin": 404}
+# Waivers: every role reads them, only admins grant, extend or revoke them.
+ADMIN_PAGE = {"anonymous": LOGIN, "viewer": 403, "operator": 403, "admin": 200}
+ADMIN_ACTION = {"anonymous": LOGIN, "viewer": 403, "operator": 403, "admin": 302}
+ADMIN_ACTION_GET = {"anonymous": LOGIN, "viewer": 403, "operator": 403, "admin": 405}
 # Read-only function views answer any method; a POST still needs a CSRF token and changes nothing.
 READ_ANY_METHOD = READ
 
@@ -73,6 +80,22 @@ MATRIX = {
     "api_token_revoke": {"GET": (ACCOUNT_ONLY_GET, None), "POST": (NOT_FOUND, {})},
     # The fixture's batch is not a dry run: the rerun is refused with a message (302, nothing written).
     "change_rerun": {"GET": (ACTION_GET, None), "POST": (OPERATOR_ACTION, {})},
+    # Nor awaiting approval nor in waves: approve, refuse, promote and abort are refused with a
+    # message (302, nothing written), after the same role check as cancel and retry.
+    "change_approve": {"GET": (ACTION_GET, None), "POST": (OPERATOR_ACTION, {})},
+    "change_refuse": {"GET": (ACTION_GET, None), "POST": (OPERATOR_ACTION, {"reason": "not now"})},
+    "change_promote": {"GET": (ACTION_GET, None), "POST": (OPERATOR_ACTION, {})},
+    "change_abort": {"GET": (ACTION_GET, None), "POST": (OPERATOR_ACTION, {})},
+    "waiver_list": {"GET": (READ, {"status": "all"}), "POST": (NO_POST, {})},
+    "waiver_detail": {"GET": (READ, None), "POST": (NO_POST, {})},
+    "waiver_new": {
+        "GET": (ADMIN_PAGE, {"scope": "instance", "instance_id": "i-0123456789abcdef1"}),
+        "POST": (ADMIN_ACTION, {"scope": "instance", "instance_id": "i-0123456789abcdef1", "owner": "vendor team",
+                                "reason": "appliance still needs IMDSv1", "expires_on": "IN_30_DAYS"}),
+    },
+    "waiver_extend": {"GET": (ADMIN_ACTION_GET, None),
+                      "POST": (ADMIN_ACTION, {"expires_on": "IN_60_DAYS", "comment": "vendor fix slipped"})},
+    "waiver_revoke": {"GET": (ADMIN_ACTION_GET, None), "POST": (ADMIN_ACTION, {"comment": "fixed upstream"})},
 }
 # POSTs that change rows when allowed; the others must never change anything.
 WRITES = {"instance_detail": False, "defaults_change": True, "change_new": True, "change_cancel": True,
@@ -89,7 +112,8 @@ def url_for(name, world):
     if "instance_id" in pattern.pattern.converters:
         kwargs["instance_id"] = INSTANCE_ID
     if "pk" in pattern.pattern.converters:
-        kwargs["pk"] = {"api_token_revoke": 987654, "source_detail": world["source"].pk}.get(name, world["batch"].pk)
+        kwargs["pk"] = ({"api_token_revoke": 987654, "source_detail": world["source"].pk}.get(name)
+                        or (world["waiver"].pk if name.startswith("waiver_") else world["batch"].pk))
     return reverse(f"fleet:{name}", kwargs=kwargs)
 
 
@@ -125,6 +149,9 @@ def test_matrix(world, name, method, role, expected):
         data = data | {"targets": data["targets"].replace("ACCOUNT_PK", str(world["account"].pk))}
     if data and data.get("ids") == "SOURCE_PK":
         data = data | {"ids": str(world["source"].pk)}
+    if data and str(data.get("expires_on", "")).startswith("IN_"):
+        days = int(data["expires_on"].split("_")[1])
+        data = data | {"expires_on": (timezone.now().date() + timedelta(days=days)).isoformat()}
     before = fingerprint()
     response = client.get(url, data) if method == "GET" else client.post(url, data or {})
     if expected == LOGIN:
@@ -132,8 +159,8 @@ def test_matrix(world, name, method, role, expected):
         assert response["Location"].startswith(reverse("login") + "?next="), response["Location"]
     else:
         assert response.status_code == expected, (url, method, role, response.status_code)
-    if response.status_code == 403:
-        assert b"operator role" in response.content  # the friendly page, not a bare refusal
+    if response.status_code == 403:  # the friendly page naming the role needed, not a bare refusal
+        assert (b"admin role" if name.startswith("waiver_") else b"operator role") in response.content
     if method == "POST" and not (expected == 302 and WRITES.get(name)):
         assert fingerprint() == before, f"{role} {method} {url} changed rows"
     if method == "POST" and expected == 302 and WRITES.get(name) and name in ("change_new", "defaults_change"):

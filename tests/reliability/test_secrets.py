@@ -41,9 +41,15 @@ def stack(settings):
 
 
 def every_page(client, account, instance, batch):
-    from fleet.models import LaunchSource
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from fleet.models import LaunchSource, Waiver
 
     source = LaunchSource.objects.filter(account=account).first()
+    waiver = Waiver.objects.create(scope="account", account=account, owner="vendor team", reason="appliance",
+                                   expires_on=timezone.now().date() + timedelta(days=30))
     ids = {"instance_id": instance.instance_id, "pk": batch.pk}
     for pattern in fleet_urls.urlpatterns:
         if pattern.name == "source_detail" and source is None:
@@ -51,6 +57,8 @@ def every_page(client, account, instance, batch):
         kwargs = {name: ids[name] for name in pattern.pattern.converters}
         if pattern.name == "source_detail":
             kwargs["pk"] = source.pk
+        elif pattern.name.startswith("waiver_") and "pk" in kwargs:
+            kwargs["pk"] = waiver.pk
         yield client.get(reverse(f"fleet:{pattern.name}", kwargs=kwargs))
     for name in ("changelist", "add"):
         yield client.get(reverse(f"admin:fleet_account_{name}"))

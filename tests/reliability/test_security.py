@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,10 @@ def hostile(world):
                       reason=p3, previous={"http_tokens": "optional"})
     SyncRun.objects.create(account=account, region="us-east-1", started_at=timezone.now(),
                            finished_at=timezone.now(), status="failed", error=p1)
+    from fleet.models import Waiver
+
+    Waiver.objects.create(scope="tag", tag_key=p3[:128], tag_value=p4[:256], owner=p1[:150], reason=p2,
+                          expires_on=timezone.now().date() + timedelta(days=30))
     return {**world, "evil": evil, "evil_batch": batch}
 
 
