@@ -44,7 +44,7 @@ def main(argv=None):
         loaded = size
         analyze()
         with connection.cursor() as cursor:
-            cursor.execute("TRUNCATE fleet_changeitem, fleet_changebatch")
+            cursor.execute("TRUNCATE fleet_changeitem, fleet_batchevent, fleet_changebatch")
         client.get(reverse("fleet:overview"))  # warm: templates, URL resolver, session
         with CaptureQueriesContext(connection) as queries, Timer() as timer:
             response = client.post(reverse("fleet:change_new"), {"filter": "gone=present", "http_tokens": "required"})

@@ -92,7 +92,7 @@ def main(argv=None):
             analyze()
         print(f"P4b: {size:,} instances loaded in {loading.seconds:.0f}s", flush=True)
         with connection.cursor() as cursor:
-            cursor.execute("TRUNCATE fleet_changeitem, fleet_changebatch")
+            cursor.execute("TRUNCATE fleet_changeitem, fleet_batchevent, fleet_changebatch")
         client.get(reverse("fleet:overview"))  # warm: templates, URL resolver, session
         clicked = time.monotonic()  # noqa: F841 - the poller's origin
         with CaptureQueriesContext(connection) as queries, Timer() as timer:

@@ -98,6 +98,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         {"timeout": 30, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
     )
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+    # Tests use a file too (beside the configured one), not Django's shared-cache in-memory
+    # database: its table locks fail at once instead of waiting like the real file's.
+    _name = Path(str(DATABASES["default"]["NAME"]))
+    DATABASES["default"]["TEST"] = {"NAME": str(_name.with_name(f"test-{_name.stem}{_name.suffix}"))}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
