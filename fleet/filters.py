@@ -460,30 +460,6 @@ class LaunchSourceFilterSet(django_filters.FilterSet):
         choices=Risk.choices, method="filter_risk", label="IMDSv1 risk", empty_label="any"
     )
     gone = django_filters.ChoiceFilter(choices=GONE_CHOICES, method="filter_gone", label="Present", empty_label=None)
-    # Context from DescribeInstances: what it is, where it runs, what it may do.
-    instance_type = django_filters.CharFilter(label="Instance type", max_length=32)
-    platform = django_filters.CharFilter(field_name="platform_details", label="Platform", max_length=64,
-                                         widget=forms.TextInput(attrs={"placeholder": "Linux/UNIX, Windows…"}))
-    vpc = django_filters.CharFilter(field_name="vpc_id", label="VPC", max_length=32,
-                                    widget=forms.TextInput(attrs={"placeholder": "vpc-…"}))
-    subnet = django_filters.CharFilter(field_name="subnet_id", label="Subnet", max_length=32,
-                                       widget=forms.TextInput(attrs={"placeholder": "subnet-…"}))
-    ip = IpFilter(method="filter_ip", label="IP address", help_text="private or public")
-    instance_profile = django_filters.CharFilter(
-        method="filter_instance_profile", label="Instance profile", max_length=2048,
-        help_text="its name or ARN; \"none\" for instances without one",
-    )
-    launched_after = django_filters.DateFilter(field_name="launch_time", lookup_expr="date__gte", label="Launched from",
-                                               widget=forms.DateInput(attrs={"type": "date"}))
-    launched_before = django_filters.DateFilter(field_name="launch_time", lookup_expr="date__lte", label="Launched until",
-                                                widget=forms.DateInput(attrs={"type": "date"}))
-    tag = django_filters.CharFilter(
-        method="filter_tag", label="Tag", max_length=400,
-        widget=forms.TextInput(attrs={"placeholder": "Key=Value, Key or !Key"}),
-        help_text="Key=Value: the tag has that value; Key: the tag is there; !Key: it is not",
-    )
-    # The owner tag chosen in settings (IMDSWEB_OWNER_TAG): "posture by team" links here.
-    team = django_filters.CharFilter(method="filter_team", label="Team", max_length=256)
 
     class Meta:
         model = LaunchSource
