@@ -194,10 +194,14 @@ def _record_groups(source, groups, mixed):
 
 
 class LaunchTemplateTarget(Target):
-    """What the runner calls for a ``launch_template`` item, paced by CreateLaunchTemplateVersion."""
+    """What the runner calls for a ``launch_template`` item: paced by CreateLaunchTemplateVersion
+    (its first call), or by ModifyLaunchTemplate for a rollback, which only repoints the default."""
 
     kind = ChangeKind.LAUNCH_TEMPLATE
     action = "CreateLaunchTemplateVersion"
+
+    def action_for(self, item):
+        return "ModifyLaunchTemplate" if item.batch.rollback_of_id else self.action
 
     def rollback(self, batch, user, comment="", request_token=None):
         return rollback(batch, user, comment)

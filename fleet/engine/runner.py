@@ -151,7 +151,7 @@ def run_region(account_pk, region, budget=None):
                 break
             # The token of this item's own action: account defaults never wait for (nor spend)
             # instance-options tokens, and the other way round.
-            wait = _take_token(account, region, target_of(item).action)
+            wait = _take_token(account, region, target_of(item).action_for(item))
             if wait:
                 again = wait
                 break
@@ -171,7 +171,7 @@ def run_region(account_pk, region, budget=None):
             submitted += 1
             if error is not None:
                 # A throttle teaches the shared pacing controller; other errors back off.
-                again = (ratelimit.throttled(account.account_id, region, target_of(item).action)
+                again = (ratelimit.throttled(account.account_id, region, target_of(item).action_for(item))
                          if error.code in THROTTLE_CODES else backoff(account_pk, region))
                 log.info("%s/%s: %s, backing off %.1fs", account.account_id, region, error.code, again)
                 break

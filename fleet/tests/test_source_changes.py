@@ -118,6 +118,40 @@ def test_pinned_groups_follow_when_ticked_and_rollback_puts_them_back(region):
     assert pinned["LaunchTemplate"]["Version"] == "1"
 
 
+def test_each_step_spends_the_token_of_the_action_it_calls(region, monkeypatch):
+    """The fix's DryRun preflight and its new version each spend a CreateLaunchTemplateVersion
+    token the runner took, and repointing the default takes its own ModifyLaunchTemplate token; the
+    rollback (preflight, then the repoint) only ever spends ModifyLaunchTemplate tokens, which the
+    runner takes."""
+    a, account, _web, _eks = region
+    spent = []
+    real_take, real_acquire = ratelimit.try_take, ratelimit.acquire
+
+    def take(account_id, region_name, action, *args, **kwargs):
+        wait = real_take(account_id, region_name, action, *args, **kwargs)
+        if not wait:
+            spent.append(("runner", action))
+        return wait
+
+    def acquire(account_id, region_name, action, *args, already_taken=False, **kwargs):
+        if not already_taken:
+            spent.append(("call", action))
+        return real_acquire(account_id, region_name, action, *args, already_taken=already_taken, **kwargs)
+
+    monkeypatch.setattr(ratelimit, "try_take", take)
+    monkeypatch.setattr(ratelimit, "acquire", acquire)
+    batch = source_changes.request_source_fix(None, sources_named(account, "web"))
+    assert run(batch, account)["web"].state == ItemState.APPLIED
+    writes = [step for step in spent if step[1] in ("CreateLaunchTemplateVersion", "ModifyLaunchTemplate")]
+    assert writes == [("runner", "CreateLaunchTemplateVersion"), ("runner", "CreateLaunchTemplateVersion"),
+                      ("call", "ModifyLaunchTemplate")]
+
+    spent.clear()
+    assert run(changes.rollback(batch, None), account)["web"].state == ItemState.APPLIED
+    writes = [step for step in spent if step[1] in ("CreateLaunchTemplateVersion", "ModifyLaunchTemplate")]
+    assert writes == [("runner", "ModifyLaunchTemplate"), ("runner", "ModifyLaunchTemplate")]
+
+
 def test_managed_templates_are_skipped_unless_overridden(region):
     a, account, _web, eks = region
     batch = source_changes.request_source_fix(None, sources_named(account, "eks-nodes"))

@@ -24,7 +24,8 @@ class Target:
     - ``kind``: its ``ChangeKind``;
     - ``per_instance``: whether its items are instances (usage gate, breakage watch, awaiting start);
     - ``action``: the AWS action whose token bucket paces its items (the runner takes that token
-      before ``call``, without waiting for it);
+      before ``call``, without waiting for it); ``action_for(item)`` when one kind's items call
+      different actions (a rollback of a launch template calls ModifyLaunchTemplate only);
     - ``refusal(item)``: ``(code, message)`` to fail the item without calling AWS, or None;
     - ``call(item, dry_run)``: the AWS call(s) of one item, its token taken; raises the project's
       AWS errors (``DryRunSucceeded`` for an accepted DryRun) or returns the answer;
@@ -49,6 +50,9 @@ class Target:
     # for a stopped instance to start apply to it (the batch page shows them only then).
     per_instance = False
     allows_imdsv1_again = "IMDSv1 is allowed again"
+
+    def action_for(self, item):
+        return self.action
 
     def refusal(self, item):
         return None
