@@ -14,7 +14,7 @@ sign, and a row that has gone since makes a stale link, which shows the first pa
 
 from dataclasses import dataclass
 
-from django.db.models import BooleanField, F, Func, Value
+from django.db.models import BooleanField, F, Func, Subquery, Value
 from django_tables2.data import TableListData
 
 
@@ -93,9 +93,14 @@ def _beyond(queryset, ordering, position):
     return rows.filter(_RowCompare([F(name) for name in names], op, [Value(v) for v in position]))
 
 
-def page(queryset, ordering, per_page, after=None, before=None, last=False):
+def page(queryset, ordering, per_page, after=None, before=None, last=False, last_rows=None):
     """One page of ``queryset`` in ``ordering``: after row ``after``, else before row ``before``,
-    else the last page if ``last``, else the first. One query, plus one to find a cursor's row."""
+    else the last page if ``last`` (its last ``last_rows`` rows: what a known count leaves for the
+    last page, so that numbered pages counted back from it line up with those from the first),
+    else the first. One query, plus one to find a cursor's row."""
+    if last and not (after or before) and last_rows:
+        rows = list(_beyond(queryset, ordering.reversed(), None)[: last_rows + 1])
+        return KeysetPage(rows[:last_rows][::-1], has_previous=len(rows) > last_rows, has_next=False)
     before = None if after else before
     cursor = after or before
     position = _position(queryset, ordering, cursor) if cursor else None
@@ -121,6 +126,40 @@ def numbered_page(queryset, ordering, per_page, number):
     start = (number - 1) * per_page
     rows = list(rows[start:start + per_page + 1])
     return KeysetPage(rows[:per_page], has_previous=number > 1, has_next=len(rows) > per_page)
+
+
+def row_beyond(queryset, ordering, pk, rows):
+    """The primary key of the row ``rows`` rows after row ``pk`` in ``ordering`` (pass
+    ``ordering.reversed()`` for before it), or None: the cursor of a page a page away from the one
+    on screen, for the pager's page numbers. One query (the cursor's keys are subqueries); the rows
+    skipped are at most a page of an index."""
+    aliases = _aliases(ordering)
+    keys = queryset.model._default_manager.filter(pk=pk).annotate(**aliases)
+    position = [Subquery(keys.values(name)[:1]) for name in aliases]
+    beyond, names = ordered(queryset, ordering)
+    op = "<" if ordering.descending else ">"
+    beyond = beyond.filter(_RowCompare([F(name) for name in names], op, position))
+    found = list(beyond.values_list("pk", flat=True)[rows - 1:rows])
+    return found[0] if found else None
+
+
+def page_window(current, count, first_numbered, around=2):
+    """The page numbers a pager shows, in order, with None for a gap ("…"): every page when there
+    are at most ``first_numbered``, else the first, the ``around`` pages either side of
+    ``current`` and the last (the first ``first_numbered`` when ``current`` is not known)."""
+    if count <= first_numbered:
+        return list(range(1, count + 1))
+    if current is None:
+        shown = {*range(1, first_numbered + 1), count}
+    else:
+        shown = {1, count, *range(max(current - around, 1), min(current + around, count) + 1)}
+    window, previous = [], 0
+    for number in sorted(shown):
+        if number > previous + 1:
+            window.append(None)
+        window.append(number)
+        previous = number
+    return window
 
 
 def bounded_count(queryset, bound):

@@ -4,6 +4,7 @@ versions. Cells are escaped by the library."""
 import django_tables2 as tables
 from django.conf import settings
 from django.core.paginator import Paginator
+from django.db.models import Case, When
 from django.db.models.functions import Coalesce
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
@@ -38,10 +39,13 @@ class BaseTable(tables.Table):
 
 def state_changed_at():
     """When an item last changed state: its latest timestamp (claimed, submitted, finished), else its
-    creation (held and skipped items are final when created). An expression for ``annotate``."""
+    creation (held and skipped items are final when created). A queued item was queued at creation
+    or by a retry, which leaves the last attempt's submission time: its ``updated_at`` says when
+    (every state UPDATE sets it, ``ChangeItemQuerySet.update``). An expression for ``annotate``."""
     from django.db.models.functions import Greatest
 
-    return Greatest(*(Coalesce(name, "created_at") for name in ("claimed_at", "submitted_at", "finished_at")))
+    attempt = Greatest(*(Coalesce(name, "created_at") for name in ("claimed_at", "submitted_at", "finished_at")))
+    return Case(When(state=ItemState.QUEUED, then=Greatest("created_at", "updated_at")), default=attempt)
 
 
 def badge(text, level):

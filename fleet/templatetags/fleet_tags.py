@@ -1,6 +1,7 @@
 """Template helpers: posture colours, percentages and the server-rendered SVG charts."""
 
 from django import template
+from django.utils import formats, timezone
 
 from ..choices import Risk, aws_options
 from ..posture import posture_level
@@ -112,12 +113,16 @@ def burndown_line(points, markers, start, series, label):
     plotted = [(x(point.at), y(value), point, value) for point, value in zip(points, values, strict=True)
                if value is not None]
     suffix = "%" if series == "enforced_pct" else ""
+
+    def when(at):  # the site's one date format, in the user's time zone (fleet.profile)
+        return formats.date_format(timezone.localtime(at), "SHORT_DATETIME_FORMAT")
+
     return {
         "label": label,
         "polyline": " ".join(f"{px},{py}" for px, py, _, _ in plotted),
-        "dots": [{"x": px, "y": py, "title": f"{point.at:%Y-%m-%d %H:%M} UTC: {value:g}{suffix}"}
+        "dots": [{"x": px, "y": py, "title": f"{when(point.at)}: {value:g}{suffix}"}
                  for px, py, point, value in plotted],
-        "markers": [{"x": x(batch.created_at), "title": f"batch #{batch.pk} at {batch.created_at:%Y-%m-%d %H:%M} UTC",
+        "markers": [{"x": x(batch.created_at), "title": f"batch #{batch.pk} at {when(batch.created_at)}",
                      "url": batch.get_absolute_url()} for batch in markers],
         "dot_radius": 2.5 if len(plotted) <= 60 else 1.2,
         "peak": f"{peak:g}{suffix}", "left": LINE_LEFT, "right": LINE_LEFT + LINE_WIDTH, "height": LINE_HEIGHT,

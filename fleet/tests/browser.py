@@ -1,10 +1,11 @@
 """Helpers for the browser tests: Debian's Chromium through Playwright, the demo fleet registered
 from the simulator, a login through the real form, and the README's screenshots."""
 
+from datetime import timedelta
 from pathlib import Path
 
-from fleet import sync, usage
-from fleet.models import Account
+from fleet import history, sync, usage
+from fleet.models import Account, FleetSnapshot, PostureSnapshot
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -52,3 +53,24 @@ def login(page, live_server, username, password=PASSWORD):
 def screenshot(page, name, full_page=True):
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / name), full_page=full_page)
+
+
+def past_history(account, region, total, now, enforced_now=None, fleet=True):
+    """A month of recorded posture: daily points, hourly for the last week, enforcement climbing
+    (15 % to 75 % of ``total``, or 40 % of ``enforced_now`` to all of it). With ``fleet``, the
+    fleet's snapshots are the same rows. Returns the region's rows."""
+    current = history.bucket_of(now)
+    buckets = [current - timedelta(days=d) + timedelta(hours=23 - current.hour) for d in range(30, 7, -1)]
+    buckets += [current - timedelta(hours=h) for h in range(7 * 24, 0, -1)]
+    rows = []
+    for index, bucket in enumerate(buckets):
+        if enforced_now is None:
+            enforced = min(total, round(total * 0.15 + total * 0.6 * index / len(buckets)))
+        else:
+            enforced = round(enforced_now * (0.4 + 0.6 * index / len(buckets)))
+        rows.append(PostureSnapshot(account=account, region=region, bucket=bucket, total=total, enforced=enforced))
+    PostureSnapshot.objects.bulk_create(rows)
+    if fleet:
+        FleetSnapshot.objects.bulk_create(
+            [FleetSnapshot(bucket=row.bucket, total=row.total, enforced=row.enforced) for row in rows])
+    return rows

@@ -1,7 +1,8 @@
 """The dashboard in a real browser (GitHub issue 5): Chromium through Playwright against the live
 server, with the simulator as AWS and a real Celery worker and beat (LiveStack) doing the changes.
 
-The run also refreshes the README's screenshots in docs/screenshots/.
+The run also writes the login and batch screenshots in docs/screenshots/ that the README does not
+show; the README's own come from test_browser_walk (every page, at 1,440 px).
 """
 
 import re
@@ -128,7 +129,6 @@ def test_require_imdsv2_for_a_filtered_set_and_watch_it_apply(page, live_server,
     expect(page.locator(".toolbar .count")).to_contain_text(f"{matching} instance")
     states = set(page.locator("table tbody td:nth-child(8)").all_inner_texts())
     assert states == {"running"}
-    screenshot(page, "instances.png")
 
     bulk.click()
     page.wait_for_url(re.compile(r"/changes/new/\?"))
@@ -138,7 +138,6 @@ def test_require_imdsv2_for_a_filtered_set_and_watch_it_apply(page, live_server,
     assert to_change > 0 and to_change + held == matching  # nothing already compliant in this filter
     expect(page.locator(".warnings")).to_contain_text("held back unless you override")
     page.get_by_label("Comment").fill("CIS 5.6: IMDSv2 everywhere in prod us-east-1")
-    screenshot(page, "confirm.png")
 
     page.get_by_role("button", name="Queue the change").click()
     page.wait_for_url(re.compile(r"/changes/\d+/$"))
@@ -150,7 +149,6 @@ def test_require_imdsv2_for_a_filtered_set_and_watch_it_apply(page, live_server,
     expect(page.locator("#items-table tr.item-applied").first).to_be_visible(timeout=60_000)
     same_page = page.evaluate("window.notReloaded === true")
     assert same_page or page.get_by_role("progressbar").get_attribute("aria-valuenow") == "100"
-    screenshot(page, "batch.png", full_page=False)
 
     bar = page.get_by_role("progressbar")
     expect(bar).to_have_attribute("aria-valuenow", "100", timeout=90_000)  # htmx polling, real worker
@@ -171,7 +169,6 @@ def test_require_imdsv2_for_a_filtered_set_and_watch_it_apply(page, live_server,
     rollback.click()
     expect(page.locator("#rollback-plan")).to_contain_text(
         f"{to_change:,} instances go back to HttpTokens=optional (they will allow IMDSv1 again)")
-    screenshot(page, "rollback.png", full_page=False)
     page.go_back()
 
     # One of the changed instances: required now, the batch in its history.
@@ -179,17 +176,14 @@ def test_require_imdsv2_for_a_filtered_set_and_watch_it_apply(page, live_server,
     page.wait_for_url(re.compile(r"/instances/i-[0-9a-f]+/$"))
     expect(page.locator("h1 .badge-good")).to_have_text("IMDSv2 enforced")
     expect(page.locator("table").last).to_contain_text("applied")
-    screenshot(page, "instance.png")
 
     page.goto("/changes/")
     expect(page.locator("table tbody tr").first).to_contain_text("done")
-    screenshot(page, "changes.png")
 
     page.goto("/")
     cell = page.locator("td.heat", has=page.locator(f'a[href*="account={PROD}&region=us-east-1"]'))
     expect(cell).not_to_have_class(re.compile("heat-bad"))  # prod/us-east-1: most now enforced
     assert page.locator("td.heat-bad").count() > 0  # the rest of the fleet still allows IMDSv1
-    screenshot(page, "overview.png")
     assert not page.dialogs
 
 
@@ -221,7 +215,6 @@ def test_change_an_account_default_and_see_policy_managed_read_only(page, live_s
     row = page.locator("tbody tr", has_text=STAGING).filter(has_text="us-east-1")
     expect(row.locator("td").nth(3)).to_have_text("required")
     expect(row.locator("td").nth(4)).to_have_text("2")
-    screenshot(page, "defaults.png")
 
     # The form refuses a policy-managed region even when asked for by URL.
     page.goto(f"/defaults/change/?targets={SANDBOX}/ap-southeast-2")

@@ -1,6 +1,6 @@
 """History and drift in a real browser (issue 18): the overview's burndown over 7/30/90 days for
 the fleet and one account, with batch markers, and the drift list, after real syncs against moto.
-Refreshes docs/screenshots/burndown.png and drift.png."""
+The README's burndown and drift screenshots come from test_browser_walk."""
 
 from datetime import timedelta
 
@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from fleet import history, sync
 from fleet.models import ChangeBatch, FleetSnapshot, PostureSnapshot
-from fleet.tests.browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, VIEWPORT, login, screenshot
+from fleet.tests.browser import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, login, past_history
 from fleet.tests.conftest import AMBIENT_ACCOUNT, ec2_in
 from fleet.tests.factories import AccountFactory, ChangeItemFactory, InstanceFactory, UserFactory
 from imdssim.testing import launch
@@ -33,20 +33,6 @@ def page(live_server, monkeypatch):
         context.set_default_timeout(20_000)
         yield context.new_page()
         browser.close()
-
-
-def past_history(account, region, total, now):
-    """A month of recorded posture: daily points, hourly for the last week, enforcement climbing."""
-    current = history.bucket_of(now)
-    buckets = [current - timedelta(days=d) + timedelta(hours=23 - current.hour) for d in range(30, 7, -1)]
-    buckets += [current - timedelta(hours=h) for h in range(7 * 24, 0, -1)]
-    rows = []
-    for index, bucket in enumerate(buckets):
-        enforced = min(total, round(total * 0.15 + total * 0.6 * index / len(buckets)))
-        rows.append(PostureSnapshot(account=account, region=region, bucket=bucket, total=total, enforced=enforced))
-    PostureSnapshot.objects.bulk_create(rows)
-    FleetSnapshot.objects.bulk_create(
-        [FleetSnapshot(bucket=row.bucket, total=row.total, enforced=row.enforced) for row in rows])
 
 
 def test_burndown_and_drift_in_chromium(page, live_server, moto_endpoint):
@@ -80,8 +66,6 @@ def test_burndown_and_drift_in_chromium(page, live_server, moto_endpoint):
     assert "Burndown: prod" in burndown.locator("h2").inner_text()
     points = burndown.locator("svg[data-series='enforced_pct'] circle").count()
     assert points > 150  # hourly over a week, plus "now"
-    burndown.scroll_into_view_if_needed()
-    burndown.screenshot(path=str(SCREENSHOTS / "burndown.png"))
 
     page.get_by_role("link", name="Drift: new IMDSv1 instances →").click()
     rows = page.locator("table tbody tr")
@@ -89,6 +73,5 @@ def test_burndown_and_drift_in_chromium(page, live_server, moto_endpoint):
     text = page.locator("table").inner_text()
     assert all(instance_id in text for instance_id in [*launched, required[0]])
     assert "back to IMDSv1 allowed" in text
-    screenshot(page, "drift.png")
     page.get_by_role("link", name="These instances in the instance list →").click()
     assert page.locator("table tbody tr").count() == 4

@@ -74,8 +74,14 @@ def test_every_sort_walks_forward_and_back_without_gaps_or_repeats(viewer, fleet
 
 def test_last_page_and_first_page_links(viewer, fleet):
     last = viewer.get(f"{LIST}?sort=name&per_page=7&last=1")
-    assert ids(last) == expected_order("name")[-7:]
+    # Page 5 of 31 rows by 7: what is left after four full pages, as numbering from the first has it.
+    assert ids(last) == expected_order("name")[28:] and last.context["table"].page_number == 5
     assert link(last, "next") is None and link(last, "prev")
+    assert ids(viewer.get(link(last, "prev"))) == expected_order("name")[21:28]
+    # Where the count is only a lower bound, the last page is the last full page.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(InstanceListView, "COUNT_BOUND", 5)
+        assert ids(viewer.get(f"{LIST}?sort=name&per_page=7&q=node&last=1")) == expected_order("name")[-7:]
     first = viewer.get(f"{LIST}?sort=name&per_page=7")
     assert link(first, "prev") is None
     assert "« first" not in first.content.decode() and "last »" in first.content.decode()
@@ -247,3 +253,76 @@ def test_no_page_numbers_when_the_count_is_only_a_lower_bound(viewer, fleet, mon
     monkeypatch.setattr(InstanceListView, "COUNT_BOUND", 5)
     response = viewer.get(f"{LIST}?per_page=7&q=node")  # a search: the summary cannot count it
     assert response.context["total_at_least"] and response.context["table"].page_numbers == []
+
+
+def number_links(response):
+    return {entry["number"]: LIST + entry["href"] for entry in response.context["table"].pager["numbers"]
+            if entry["number"] and entry["href"]}
+
+
+@pytest.mark.parametrize("sort", ["", "-last_seen", "name"])
+def test_page_numbers_beyond_the_first_pages_jump_by_keyset_and_line_up_with_offset(viewer, fleet, sort):
+    """16 pages of 2: from page 1 every jump to the page two ahead lands on exactly the rows
+    OFFSET would give that number, up to the last page (one row), and back down again."""
+    order, per_page = expected_order(sort), 2
+    pages = -(-len(order) // per_page)
+
+    def rows_of(number):
+        return order[(number - 1) * per_page:number * per_page]
+
+    response, number = viewer.get(f"{LIST}?sort={sort}&per_page={per_page}"), 1
+    while number < pages:
+        links = number_links(response)
+        target = max(n for n in links if number < n <= number + 2)
+        response, number = viewer.get(links[target]), target
+        assert response.context["table"].page_number == number
+        assert ids(response) == rows_of(number), number
+    assert number == pages and len(ids(response)) == 1  # the last page holds what is left
+    while number > 1:
+        links = number_links(response)
+        target = min(n for n in links if number - 2 <= n < number)
+        response, number = viewer.get(links[target]), target
+        assert ids(response) == rows_of(number), number
+    # Next and previous keep counting.
+    deep = viewer.get(number_links(viewer.get(f"{LIST}?sort={sort}&per_page={per_page}&page=10"))[12])
+    assert deep.context["table"].page_number == 12
+    assert viewer.get(link(deep, "next")).context["table"].page_number == 13
+    assert ids(viewer.get(link(deep, "prev"))) == rows_of(11)
+
+
+def test_the_pager_shows_the_first_the_pages_around_this_one_and_the_last(viewer, fleet):
+    response = viewer.get(f"{LIST}?per_page=2&page=10")
+    deep = viewer.get(number_links(response)[12])
+    shown = [entry["number"] for entry in deep.context["table"].pager["numbers"]]
+    assert shown == [1, None, 10, 11, 12, 13, 14, None, 16]
+    html = deep.content.decode()
+    assert '<span aria-current="page">12</span>' in html and "…" in html
+    last = viewer.get(f"{LIST}?per_page=2&last=1")
+    assert last.context["table"].page_number == 16
+    assert [e["number"] for e in last.context["table"].pager["numbers"]] == [1, None, 14, 15, 16]
+
+
+@pytest.mark.parametrize(("current", "count", "window"), [
+    (1, 5, [1, 2, 3, 4, 5]),
+    (1, 40, [1, 2, 3, None, 40]),
+    (12, 40, [1, None, 10, 11, 12, 13, 14, None, 40]),
+    (4, 40, [1, 2, 3, 4, 5, 6, None, 40]),
+    (39, 40, [1, None, 37, 38, 39, 40]),
+    (None, 40, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, None, 40]),
+])
+def test_page_window(current, count, window):
+    assert pagination.page_window(current, count, first_numbered=10) == window
+
+
+def test_a_numbered_deep_page_costs_the_same_queries_at_any_depth(viewer, fleet):
+    def queries(url):
+        with CaptureQueriesContext(connection) as ctx:
+            assert viewer.get(url).status_code == 200
+        return len(ctx.captured_queries)
+
+    twelfth = number_links(viewer.get(number_links(viewer.get(f"{LIST}?per_page=2&page=10"))[12]))
+    first = queries(f"{LIST}?per_page=2")
+    deep = queries(twelfth[13])  # pages 11 and 15 are two away: one query each for their cursor
+    assert deep == first + 1 + 2  # + the cursor's row
+    InstanceFactory.create_batch(40, account=fleet[0].account)
+    assert queries(twelfth[13]) == deep

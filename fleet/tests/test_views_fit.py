@@ -3,6 +3,7 @@ is the last state change, the changes list is newest first, an instance without 
 so, and a demo user meets the product's own error pages."""
 
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.test import Client
@@ -78,6 +79,39 @@ def test_updated_is_the_last_state_change_not_the_last_write(operator):
     held = ChangeItemFactory(batch=batch, state="held")
     rows = operator.get(batch.get_absolute_url() + "?state=held").context["table"].paginated_rows
     assert [row.record.state_changed_at for row in rows] == [ChangeItem.objects.get(pk=held.pk).created_at]
+
+
+def test_a_retried_items_updated_is_the_retry_not_its_last_submission(operator):
+    from fleet import changes
+
+    batch = ChangeBatchFactory()
+    item = ChangeItemFactory(batch=batch, state="failed", attempts=1, error_code="RequestLimitExceeded")
+    failed = timezone.now() - timedelta(hours=3)
+    ChangeItem.objects.filter(pk=item.pk).update(
+        created_at=failed - timedelta(minutes=5), claimed_at=failed - timedelta(minutes=1),
+        submitted_at=failed - timedelta(seconds=30), finished_at=failed)
+    retried = timezone.now()
+    assert changes.retry_failed(batch, None) == 1
+    [row] = operator.get(batch.get_absolute_url()).context["table"].paginated_rows
+    assert row.record.state == "queued" and row.record.submitted_at < failed  # the last attempt's, kept
+    assert row.record.state_changed_at >= retried
+    # Claimed again by a worker: the claim is the last change.
+    claimed = timezone.now() + timedelta(minutes=1)
+    ChangeItem.objects.filter(pk=item.pk).update(state="submitting", claimed_at=claimed)
+    [row] = operator.get(batch.get_absolute_url()).context["table"].paginated_rows
+    assert row.record.state_changed_at == claimed
+
+
+def test_every_state_update_notes_when_it_happened():
+    item = ChangeItemFactory(state="queued")
+    ChangeItem.objects.filter(pk=item.pk).update(updated_at=timezone.now() - timedelta(days=1))
+    before = timezone.now()
+    ChangeItem.objects.filter(pk=item.pk).update(state="cancelled")
+    assert ChangeItem.objects.get(pk=item.pk).updated_at >= before
+    # Writes that do not move the state leave it alone.
+    ChangeItem.objects.filter(pk=item.pk).update(updated_at=before - timedelta(days=1))
+    ChangeItem.objects.filter(pk=item.pk).update(reason="noted")
+    assert ChangeItem.objects.get(pk=item.pk).updated_at < before
 
 
 def test_changes_list_is_newest_first_and_its_dry_run_filter_starts_at_any(operator):
@@ -187,6 +221,25 @@ def test_the_zone_of_one_user_is_not_anothers(operator):
     other = Client()
     other.force_login(UserFactory(role="viewer"))
     assert "2026-07-01 22:30 UTC" in other.get(instance.get_absolute_url()).content.decode()
+
+
+def test_the_burndown_labels_points_and_batches_in_the_users_zone():
+    from fleet.models import FleetSnapshot
+
+    user = UserFactory(role="viewer")
+    UserProfile.objects.create(user=user, timezone="Europe/Berlin")
+    client = Client()
+    client.force_login(user)
+    at = timezone.now().replace(minute=0, second=0, microsecond=0) - timedelta(hours=5)
+    FleetSnapshot.objects.create(bucket=at, total=10, enforced=4)
+    batch = ChangeBatchFactory()
+    ChangeBatch.objects.filter(pk=batch.pk).update(created_at=at + timedelta(minutes=30))
+    html = client.get(reverse("fleet:overview")).content.decode()
+    point = (at + timedelta(hours=1)).astimezone(ZoneInfo("Europe/Berlin"))  # plotted at its hour's end
+    assert f"<title>{point:%Y-%m-%d %H:%M} {point.tzname()}: 40%</title>" in html  # a point of the enforced series
+    marker = (at + timedelta(minutes=30)).astimezone(ZoneInfo("Europe/Berlin"))
+    assert f"batch #{batch.pk} at {marker:%Y-%m-%d %H:%M} {marker.tzname()}" in html
+    assert f"{at + timedelta(hours=1):%Y-%m-%d %H:%M} UTC" not in html
 
 
 @pytest.mark.parametrize("value", ["Mars/Olympus", "", "UTC; DROP TABLE"])

@@ -46,21 +46,46 @@ class InstanceListView(FilteredTableView):
         params = self.request.GET
         sort, ordering = self.table_class.ordering_for(params.get("sort"))
         after, before = (pagination.parse_cursor(params.get(key)) for key in ("after", "before"))
+        last = params.get("last") == "1" and not (after or before)
         self.per_page = self._per_page(params.get("per_page"))
+        self.ordering = ordering
+        data = self.get_table_data()
+        self.total, self.total_at_least = self._count(data)
+        # Page numbers where the count is known (and only then).
+        self.page_count = None if self.total_at_least else max(-(-self.total // self.per_page), 1)
         number = pagination.parse_cursor(params.get("page"))
-        self.number = number if number and number <= self.MAX_NUMBERED_PAGE else None
-        if self.number and not (after or before or params.get("last") == "1"):
-            self.page = pagination.numbered_page(self.get_table_data(), ordering, self.per_page, self.number)
+        if number and number <= self.MAX_NUMBERED_PAGE and not (after or before or last):
+            # The first pages by OFFSET: the rows skipped are a short index walk.
+            self.page = pagination.numbered_page(data, ordering, self.per_page, number)
         else:
-            self.number = 1 if not (after or before or params.get("last") == "1") else None
-            self.page = pagination.page(
-                self.get_table_data(), ordering, self.per_page,
-                after=after or None, before=before or None, last=params.get("last") == "1",
-            )
+            last_rows = self.total - (self.page_count - 1) * self.per_page if last and self.page_count else None
+            self.page = pagination.page(data, ordering, self.per_page, after=after or None, before=before or None,
+                                        last=last, last_rows=last_rows)
+            # A page found by its cursor carries its number in the link (``page``) where the count
+            # is known: the pager counts on from it.
+            if not self.page.has_previous:
+                number = 1
+            elif last:
+                number = self.page_count
+            elif not (self.page_count and number and number <= self.page_count):
+                number = None
+        self.number = number
         self.bad_cursor = after is False or before is False or self.page.stale_cursor
         table = self.table_class(data=pagination.PageData(self.page.rows), order_by=sort or None, **kwargs)
         table.keyset = self.page
         return table
+
+    def _count(self, data):
+        """(count, at_least): exact up to COUNT_BOUND, else the summary's when it knows the filter,
+        else COUNT_BOUND as a lower bound."""
+        counted = pagination.bounded_count(data, self.COUNT_BOUND + 1)
+        # Asked even when the bounded count will do, so that a URL costs the same queries at any size.
+        known = self.filterset.summary_count()
+        if counted <= self.COUNT_BOUND:
+            return counted, False
+        if known is not None:
+            return known, False
+        return self.COUNT_BOUND, True
 
     @staticmethod
     def _per_page(value):
@@ -69,25 +94,63 @@ class InstanceListView(FilteredTableView):
         except (TypeError, ValueError):
             return InstanceTable._meta.per_page
 
+    def _link(self, **cursor):
+        """This list's address with another page's cursor and number (the filter and sort kept)."""
+        params = self.request.GET.copy()
+        for key in ("after", "before", "last", "page"):
+            params.pop(key, None)
+        params.update({key: value for key, value in cursor.items() if value is not None})
+        return f"?{params.urlencode()}"
+
+    def pager(self):
+        """The pager's links: first, previous, the page numbers (the first MAX_NUMBERED_PAGE by
+        OFFSET, those beyond a page or two away by keyset from the rows on screen, the last by
+        ``last``), next and last. A number is only shown where the count is known."""
+        page, number, count = self.page, self.number, self.page_count
+        near = {}
+        if number is not None:
+            near = {number + 1: lambda: page.last_pk, number - 1: lambda: page.first_pk}
+            near[number + 2] = lambda: page.last_pk and pagination.row_beyond(
+                self.get_table_data(), self.ordering, page.last_pk, self.per_page)
+            near[number - 2] = lambda: page.first_pk and pagination.row_beyond(
+                self.get_table_data(), self.ordering.reversed(), page.first_pk, self.per_page)
+
+        def link(n):
+            if n == number:
+                return None
+            if n <= self.MAX_NUMBERED_PAGE:
+                return self._link(page=n if n > 1 else None)
+            if n == count:
+                return self._link(last=1, page=n)
+            cursor = near[n]() if n in near else None
+            if cursor is None:
+                return False  # not reachable from here: the number is not offered
+            return self._link(**{"after" if n > number else "before": cursor, "page": n})
+
+        numbers = []
+        for n in pagination.page_window(number, count, self.MAX_NUMBERED_PAGE) if count and count > 1 else []:
+            href = link(n) if n is not None else None
+            if href is not False:
+                numbers.append({"number": n, "href": href, "current": n is not None and n == number})
+        following = number + 1 if number is not None else None
+        return {
+            "numbers": numbers,
+            "first": self._link() if page.has_previous else None,
+            "previous": self._link(before=page.first_pk, page=number - 1 if number and number > 1 else None)
+            if page.has_previous else None,
+            "next": self._link(after=page.last_pk, page=following if count and following else None)
+            if page.has_next else None,
+            "last": self._link(last=1, page=count) if page.has_next else None,
+        }
+
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
-        counted = pagination.bounded_count(self.get_table_data(), self.COUNT_BOUND + 1)
-        # Asked even when the bounded count will do, so that a URL costs the same queries at any size.
-        known = self.filterset.summary_count()
-        if counted <= self.COUNT_BOUND:
-            total, at_least = counted, False
-        elif known is not None:
-            total, at_least = known, False
-        else:
-            total, at_least = self.COUNT_BOUND, True
-        # Page numbers where the count is known: the first MAX_NUMBERED_PAGE pages (OFFSET stays a
-        # short index walk there), then "next" and "last" move by keyset at any depth.
-        pages = -(-total // self.per_page) if not at_least else None
         table = context["table"]
-        table.page_number, table.page_count = self.number, pages
-        table.page_numbers = list(range(1, min(pages or 0, self.MAX_NUMBERED_PAGE) + 1)) if (pages or 0) > 1 else []
+        table.page_number, table.page_count = self.number, self.page_count
+        table.pager = self.pager()
+        table.page_numbers = [entry["number"] for entry in table.pager["numbers"] if entry["number"]]
         return context | {
-            "total": total, "total_at_least": at_least, "bad_cursor": self.bad_cursor,
+            "total": self.total, "total_at_least": self.total_at_least, "bad_cursor": self.bad_cursor,
             "owner_tag": settings.IMDSWEB_OWNER_TAG, "context_filters": InstanceFilterSet.CONTEXT_FILTERS,
         }
 
