@@ -245,6 +245,7 @@ def main(argv=None):
         "compliant_over_bound_s": round(compliant_s - bound, 2),
         "batch_done_s": round(done_at, 2),
         "batch_done_after_compliant_s": round(done_at - compliant_s, 2),
+        "batch_done_within_bound": done_at <= bound,
         "batch_status_at_end": BatchStatus(ChangeBatch.status_from_counts(counts)).label,
         "items_applied": counts[ItemState.APPLIED], "items_failed": counts[ItemState.FAILED],
         "items_stuck": counts[ItemState.STUCK], "items_awaiting_start": counts["awaiting_start"],
