@@ -22,7 +22,8 @@ can be applied sooner than the apply delay after its call. Once none is optional
 
 The target is the bucket-limited submit time (the largest account/region's items beyond the burst,
 at the refill rate: account/regions have their own buckets and run in parallel) plus the apply
-delay plus 3 s.
+delay plus 3 s. A stricter bound counts only the running instances' items (the runner sends those
+first); it is recorded beside the target, not instead of it.
 """
 
 import time
@@ -285,7 +286,8 @@ def main(argv=None):
         "limits": (
             f"Time scale 1: AWS's bucket ({BURST} at once, {REFILL:g}/s per account/region) sets the floor, so the "
             "largest account/region decides; the others finish earlier in parallel. The stopped instances' items "
-            "are submitted too (they take tokens) but stay pending until the instances start, as in AWS. "
+            "are submitted too, after the running instances' (they take tokens of the same bucket), and stay "
+            "pending until the instances start, as in AWS. "
             f"Compliance is seen by polls every {POLL_SECONDS:g} s once no running instance is optional, so it "
             "is late by up to that much plus a poll's own time. The apply delay is the simulator's (AWS documents no figure). The engine, the simulator, "
             "PostgreSQL and Redis share the machine's 2 cores."

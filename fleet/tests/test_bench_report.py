@@ -33,8 +33,11 @@ def test_met_run_says_met_with_its_margin_and_its_breakdown():
     assert "25.1 s after the click, 0.9 s inside the bound of 26.0 s" in text
     assert "740000000001/us-east-1: 200 items" in text  # the largest account/region decides the bound
     # 0.9 s before the first call + 0.9 s beyond the bucket + 0.3 s after the apply delay = 2.1 s of 3 s.
-    assert "0.9 s before the largest account/region's first call, 0.9 s of submitting beyond" in text
-    assert "2.1 s in all, 0.9 s to spare." in text
+    assert "The fleet was compliant 2.1 s after the bucket time plus the apply delay (23.0 s), where the bound " \
+           "allows 3 s after it (0.9 s to spare): 0.9 s passed before the largest account/region's first call, the " \
+           "calls from there to the last one for a running instance took 0.9 s more than the bucket time, and the " \
+           "poll that saw the fleet compliant came 0.3 s after the end of that call's apply delay." in text
+    assert "still sending the stopped" not in text
     assert "within the bound too" in text and "what-if" not in text
 
 
@@ -42,7 +45,8 @@ def test_missed_run_says_missed_and_by_how_much():
     text = ANALYSIS["P10"](result(compliant_s=27.5, batch_done_s=28.3))
     assert text.startswith("**Missed:")
     assert "1.5 s over the bound of 26.0 s" in text
-    assert "4.5 s in all, 1.5 s over." in text
+    assert "compliant 4.5 s after the bucket time plus the apply delay (23.0 s), where the bound allows 3 s after " \
+           "it (1.5 s over)" in text
     assert "beyond the bound too" in text
 
 
@@ -51,6 +55,12 @@ def test_the_stricter_bound_is_reported_from_its_own_figures():
     assert "last running instance's call left at 19.8 s, the batch's last call (for 10 stopped instances) at 21.8 s" \
         in text
     assert "the bound would be 24.0 s, which this run misses by 1.1 s." in text
+    # Running instances first: the breakdown follows the last running instance's call, not the batch's last.
+    assert "the last one for a running instance took 1.1 s less than the bucket time" in text
+    assert "came 2.3 s after the end of that call's apply delay" in text
+    assert "compliant 5.3 s after the last call for a running instance" in text
+    late = ANALYSIS["P10"](result(strict_bound_running_only_s=24.0, last_running_submit_s=19.8, last_submit_s=25.6))
+    assert "the batch was still sending the stopped instances' calls until 25.6 s" in late
     assert "meets by 0.1 s." in ANALYSIS["P10"](result(strict_bound_running_only_s=25.2, last_running_submit_s=19.8))
 
 
