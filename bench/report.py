@@ -250,6 +250,85 @@ ANALYSIS = {
 }
 
 
+def _relative(seconds, what):
+    """``-3.6, "its bucket time"`` -> "3.6 s before its bucket time"."""
+    return f"{abs(seconds):.1f} s {'before' if seconds < 0 else 'after'} {what}"
+
+
+def _p10_analysis(result):
+    """P10's analysis, written from its figures so that the prose follows the run."""
+    f = result["figures"]
+    largest = max(f["regions"], key=lambda region: region["items_submitted"])
+    over = f["compliant_s"] - f["target_bound_s"]
+    paced = f["bucket_limited_submit_s"] / f["rate_headroom"] if f["rate_headroom"] else None
+    before = largest["first_submit_s"]
+    last_running = f.get("last_running_submit_s", f["last_submit_s"])
+    excess = last_running - before - f["bucket_limited_submit_s"]
+    after = f["compliant_s"] - last_running - f["apply_delay_s"]
+    floor = f["bucket_limited_submit_s"] + f["apply_delay_s"]
+    running_first = "last_running_submit_s" in f
+    lines = [
+        f"**{'Met' if result['met'] else 'Missed'}: DescribeInstances reported all {f['running_instances']:,} running "
+        f"instances applied with tokens required {f['compliant_s']:.1f} s after the click, "
+        f"{abs(over):.1f} s {'inside' if over <= 0 else 'over'} the bound of {f['target_bound_s']:.1f} s.** The "
+        f"bound is AWS's bucket for the largest account/region ({largest['account_region']}: "
+        f"{largest['items_submitted']} items, {f['bucket_burst']} at once then {f['bucket_refill_per_s']:g}/s, "
+        f"{f['bucket_limited_submit_s']:.1f} s) plus the endpoint's apply delay ({f['apply_delay_s']:g} s) plus 3 s. "
+        + ("" if f.get("rate_headroom_is_default", True) else
+           f"*This is a what-if run: the workers paced at {f['rate_headroom']:.0%} of AWS's refill instead of "
+           "the product's default.* ")
+        + "Where the time went, from the click:",
+        "",
+        f"- *the request* (the confirmation form's POST, {f['items_submitted'] + f['items_skipped_already_required']:,} "
+        f"items written, {f['items_skipped_already_required']} of them skipped as already required): "
+        f"{f['request_s']:.2f} s;",
+        f"- *submitting*: the largest account/region's first call at {before:.2f} s"
+        + (f", its last call for a running instance at {largest['last_running_submit_s']:.1f} s"
+           if largest.get("last_running_submit_s") is not None else "")
+        + f", its last call at {largest['last_submit_s']:.1f} s, "
+        + _relative(largest["last_submit_s"] - largest["bucket_s"], "its bucket time")
+        + (f" (the engine paces at {f['rate_headroom']:.0%} of AWS's refill, which alone makes the bucket's "
+           f"{f['bucket_limited_submit_s']:.1f} s {paced:.1f} s)" if paced and f["rate_headroom"] < 1 else "")
+        + f"; {f['modify_throttled']} of {f['modify_calls']} ModifyInstanceMetadataOptions calls throttled "
+        "(the calls include one DryRun preflight per account/region and the stopped instances' items);",
+        f"- *AWS applying*: DescribeInstances showed the last running instance compliant "
+        f"{f['compliant_s'] - last_running:.1f} s after the last call for a running instance (apply delay "
+        f"{f['apply_delay_s']:g} s, then up to one poll of {f['poll_interval_s']:g} s);",
+        f"- *imdsweb saying so*: the batch said \"{f['batch_status_at_end']}\" "
+        f"{f['batch_done_s']:.1f} s after the click, {_relative(f['batch_done_s'] - f['compliant_s'], 'DescribeInstances')}"
+        f" ({'within' if f['batch_done_s'] <= f['target_bound_s'] else 'beyond'} the bound too): "
+        "its tracking rounds check every pending item of an account/region with batched "
+        "DescribeInstances about once a second while changes are pending"
+        + (f", and the batch was still sending the stopped instances' calls until {f['last_submit_s']:.1f} s"
+           if f["last_submit_s"] > f["compliant_s"] else "")
+        + f"; once sent, the {f['items_awaiting_start']} items on stopped instances wait for their next start and "
+        "do not keep the batch running.",
+        "",
+        f"The fleet was compliant {_relative(before + excess + after, f'the bucket time plus the apply delay ({floor:.1f} s)')}"
+        ", where the bound allows 3 s after it "
+        + (f"({over:.1f} s over)" if over > 0 else f"({-over:.1f} s to spare)")
+        + f": {before:.1f} s passed before the largest account/region's first call, the calls from there to the "
+        f"last one for a running instance took {abs(excess):.1f} s {'less' if excess < 0 else 'more'} than the "
+        "bucket time, and the poll that saw the fleet compliant came "
+        f"{_relative(after, 'the end of that call' + chr(39) + 's apply delay')}.",
+    ]
+    if running_first:
+        strict = f["strict_bound_running_only_s"]
+        lines += [
+            "",
+            f"The runner sends the items of running instances first (a stopped instance's change waits for its "
+            f"next start anyway): the last running instance's call left at {f['last_running_submit_s']:.1f} s, the "
+            f"batch's last call (for {f['stopped_instances']} stopped instances) at {f['last_submit_s']:.1f} s. "
+            "Counting only the running instances' calls, as if the stopped ones cost no tokens, the bound would be "
+            f"{strict:.1f} s, which this run {'meets' if f['compliant_s'] <= strict else 'misses'} by "
+            f"{abs(f['compliant_s'] - strict):.1f} s.",
+        ]
+    return "\n".join(lines)
+
+
+ANALYSIS["P10"] = _p10_analysis
+
+
 def _organization_table(by_size):
     """P3's organization case as a table: a column pair per size, a row per page."""
     sizes = list(by_size)
@@ -332,7 +411,8 @@ def render(report):
         if result.get("note"):
             out += [f"*Note:* {result['note']}", ""]
         if result["id"] in ANALYSIS:
-            out += [ANALYSIS[result["id"]], ""]
+            analysis = ANALYSIS[result["id"]]
+            out += [analysis(result) if callable(analysis) else analysis, ""]
         if result["id"] == "P3" and "P3-org" in ANALYSIS:
             out += [ANALYSIS["P3-org"], ""]
         organization = result["figures"].get("organization_by_account_regions")

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ("p1_ingest", "p2_sync", "p3_views", "p4_bulk", "p4b_expand", "p5_apply", "p5b_curve", "p5c_adaptive",
               "p6_track", "p7_rss", "p8_sources", "p9_flood",
-              "org_sync")
+              "p10_compliant", "org_sync")
 # Options passed through to one benchmark: (runner option, benchmark module, its option).
 PASS_THROUGH = (("--p4b-size", "p4b_expand", "--size"),)
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}

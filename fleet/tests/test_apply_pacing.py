@@ -107,3 +107,44 @@ def test_runner_db_statements_per_item(settings, monkeypatch, aws_env):
     assert per_item == 4
     item = batch.items.first()
     assert item.attempts == 1 and item.submitted_at and item.claimed_at
+
+
+def test_runner_sends_running_instances_before_those_that_wait_for_a_start(settings, monkeypatch, aws_env):
+    # Every call spends a token of the same bucket; a stopped instance's change waits for its next
+    # start anyway, so the running fleet goes first and is compliant sooner.
+    _local_buckets(settings, monkeypatch, 100, 5.0)
+    monkeypatch.setattr(aws, "prepare_modify", lambda account, region: None)
+    account = AccountFactory()
+    states = ["stopped", "running", "stopping", "running", "pending", "stopped", "running"]
+    for state in states:
+        InstanceFactory(account=account, instance_state=state)
+    batch = changes.request_change(None, Instance.objects.filter(account=account), changes.REQUIRE_IMDSV2)
+    sent = []
+
+    def fake_modify(account, region, instance_id, values, dry_run=False, token_taken=False):
+        ratelimit.acquire(account.account_id, region, "ModifyInstanceMetadataOptions", already_taken=token_taken)
+        if dry_run:
+            raise aws.DryRunSucceeded("req-dry")
+        sent.append(Instance.objects.get(account=account, instance_id=instance_id).instance_state)
+        return {**values, "metadata_state": "pending", "request_id": "req"}
+
+    monkeypatch.setattr(aws, "modify_instance_metadata_options", fake_modify)
+    assert runner.run_region(account.pk, "us-east-1", budget=5) is None
+    assert sent == ["running", "running", "pending", "running", "stopped", "stopping", "stopped"]
+    # Within each group the items keep their order.
+    submitted = list(batch.items.order_by("submitted_at", "id").values_list("instance__instance_state", "id"))
+    running_ids = [pk for state, pk in submitted if state not in ("stopped", "stopping")]
+    waiting_ids = [pk for state, pk in submitted if state in ("stopped", "stopping")]
+    assert running_ids == sorted(running_ids) and waiting_ids == sorted(waiting_ids)
+    assert batch.counts()[ItemState.PENDING] == len(states)
+
+
+def test_an_account_defaults_item_is_not_held_behind_stopped_instances():
+    from fleet.tests.factories import ChangeItemFactory
+
+    account = AccountFactory()
+    stopped = ChangeItemFactory(instance=InstanceFactory(account=account, instance_state="stopped"))
+    defaults = ChangeItemFactory(batch=stopped.batch, instance=None, account=account, region="us-east-1")
+    assert runner._next_queued(account, "us-east-1") == defaults
+    defaults.delete()
+    assert runner._next_queued(account, "us-east-1") == stopped  # nothing else left: the stopped one goes

@@ -37,7 +37,7 @@ def test_quick_mode_runs_every_benchmark_and_writes_json(tmp_path):
 
     report = json.loads(out.read_text())
     assert report["quick"] is True and report["failed"] == []
-    assert set(report["benchmarks"]) == {"P1", "P2", "P3", "P4", "P4b", "P5", "P5b", "P5c", "P6", "P7", "P8", "P9", "ORG"}
+    assert set(report["benchmarks"]) == {"P1", "P2", "P3", "P4", "P4b", "P5", "P5b", "P5c", "P6", "P7", "P8", "P9", "P10", "ORG"}
     for key, result in report["benchmarks"].items():
         assert result["id"] == key
         assert {"title", "figures", "measured", "compare", "target", "met", "limits"} <= set(result)
