@@ -283,11 +283,18 @@ def _p5c_analysis(result):
 def _p5b_analysis(result):
     """P5b's analysis, from its curve: a table, then what limits the largest point."""
     curve = result["figures"]["curve"]
+    def cores(p):
+        """Cores the engine and the simulator need at the point's theoretical rate, at its measured cost."""
+        per_item = p["engine_cpu_ms_per_item"] + (p.get("simulator_cpu_ms_per_item") or 0)
+        return f"{per_item * (p['theoretical_items_per_s'] or 0) / 1000:.2f}"
+
     header = ("account/regions", "items", "theoretical /s", "measured /s", "% of theoretical", "throttled %",
-              "failed", "engine CPU-ms / item", "simulator CPU-ms / item", "machine busy %", "load avg")
+              "failed", "engine CPU-ms / item", "simulator CPU-ms / item", "cores needed at theoretical",
+              "machine busy %", "load avg")
     rows = [(p["account_regions"], f"{p['items']:,}", p["theoretical_items_per_s"], p["items_per_s"],
              p["efficiency_pct"], p["throttled_pct"], p["failed"], p["engine_cpu_ms_per_item"],
-             p.get("simulator_cpu_ms_per_item", "-"), p["machine_cpu_busy_pct"], p["load_average_1m_at_start"])
+             p.get("simulator_cpu_ms_per_item", "-"), cores(p), p["machine_cpu_busy_pct"],
+             p["load_average_1m_at_start"])
             for p in curve]
     lines = [
         "Each point is P5's run (`bench.p5_apply.run_config`) with more account/regions, each in one run of "
@@ -297,6 +304,17 @@ def _p5b_analysis(result):
         _table(rows, header),
         "",
     ]
+    sixteen = next((p for p in curve if p["account_regions"] == 16), None)
+    if sixteen:
+        verdict = ("met" if sixteen["efficiency_pct"] >= 95 and sixteen["failed"] == 0
+                   and sixteen["throttled_pct"] <= 1 else "missed")
+        lines += [f"*The pass point, 16 account/regions:* {sixteen['efficiency_pct']:.1f} % of theoretical "
+                  f"({sixteen['items_per_s']:g} of {sixteen['theoretical_items_per_s']:g} items/s), "
+                  f"{sixteen['throttled_pct']:.2f} % throttled, {sixteen['failed']} failed: {verdict}.", ""]
+    fastest = max(curve, key=lambda p: p["items_per_s"])
+    lines += [f"The most the engine delivered on this run was {fastest['items_per_s']:g} items/s (at "
+              f"{fastest['account_regions']} account/regions); a point that asks for more falls short by the "
+              "difference, and the cores column says what it would need.", ""]
     largest = max(curve, key=lambda p: p["account_regions"])
     rate = largest["theoretical_items_per_s"] or 0
     engine = largest["engine_cpu_ms_per_item"] * rate / 1000
