@@ -288,12 +288,16 @@ def _p5b_analysis(result):
         per_item = p["engine_cpu_ms_per_item"] + (p.get("simulator_cpu_ms_per_item") or 0)
         return f"{per_item * (p['theoretical_items_per_s'] or 0) / 1000:.2f}"
 
+    def used(p):
+        """Cores the engine had on average while the point ran: its CPU over the submit span."""
+        return f"{p['engine_cpu_ms_per_item'] * p['items_per_s'] / 1000:.2f}"
+
     header = ("account/regions", "items", "theoretical /s", "measured /s", "% of theoretical", "throttled %",
               "failed", "engine CPU-ms / item", "simulator CPU-ms / item", "cores needed at theoretical",
-              "machine busy %", "load avg")
+              "engine cores used", "machine busy %", "load avg")
     rows = [(p["account_regions"], f"{p['items']:,}", p["theoretical_items_per_s"], p["items_per_s"],
              p["efficiency_pct"], p["throttled_pct"], p["failed"], p["engine_cpu_ms_per_item"],
-             p.get("simulator_cpu_ms_per_item", "-"), cores(p), p["machine_cpu_busy_pct"],
+             p.get("simulator_cpu_ms_per_item", "-"), cores(p), used(p), p["machine_cpu_busy_pct"],
              p["load_average_1m_at_start"])
             for p in curve]
     lines = [
@@ -327,7 +331,8 @@ def _p5b_analysis(result):
                  f"{need:.2f} of the machine's 2 cores before Redis, beat and the other helpers' work")
     text += (f". It reached {largest['efficiency_pct']:.1f} % of theoretical with the machine "
              f"{largest['machine_cpu_busy_pct']:.0f} % busy (load average {largest['load_average_1m_at_start']:.2f} at "
-             "its start). ")
+             f"its start), the engine having {used(largest)} of a core on average: the rest went to the simulator, "
+             "Redis, beat and whatever else the machine ran. ")
     if largest["efficiency_pct"] >= 95:
         text += "AWS's buckets, not the cores, set its pace on this run."
     elif largest["machine_cpu_busy_pct"] >= 85 or need >= 1.5:

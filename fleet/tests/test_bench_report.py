@@ -45,5 +45,6 @@ def test_p5b_analysis_tabulates_every_point_and_names_the_limit_of_the_largest()
     assert "The cores are the limit" in text and "80.0 % of theoretical" in text
     assert "*The pass point, 16 account/regions:* 96.0 %" in text and "failed: met." in text
     assert f"{7.0 * rate / 1000:.2f} |" in text  # cores needed: (3 + 4) CPU-ms per item at that rate
+    assert f"the engine having {3.0 * curve[-1]['items_per_s'] / 1000:.2f} of a core" in text
     curve[-1] = point(32, 97.0, 60.0)
     assert "AWS's buckets, not the cores, set its pace" in report.GENERATED["P5b"]({"figures": {"curve": curve}})
