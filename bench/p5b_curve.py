@@ -46,10 +46,11 @@ def main(argv=None):
         "limits": (
             "Each point starts a stack of its own (simulator, 2 workers x 2 pool processes, beat, Redis) and "
             "seeds its instances through the simulator first. The theoretical rate grows with the account/regions "
-            "(5/s each) while the machine stays at 2 cores shared by the simulator (~4 ms of CPU per call), the "
-            "workers, PostgreSQL and Redis: the engine's CPU per item times the theoretical rate says when the "
-            "cores, not AWS's buckets, become the limit. Engine CPU counts PostgreSQL backends seen by a "
-            "half-second sampler, so a backend that lived less than that is missed."
+            "(5/s each) while the machine stays at 2 cores shared by the simulator, the workers, PostgreSQL, Redis "
+            "and other work (the load average at each point's start is recorded): the engine's and the "
+            "simulator's CPU per item times the theoretical rate say when the cores, not AWS's buckets, become "
+            "the limit. Engine CPU counts PostgreSQL backends seen by a half-second sampler, so a backend that "
+            "lived less than that is missed."
         ),
     })
 

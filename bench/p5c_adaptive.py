@@ -13,6 +13,7 @@ tally is subtracted to get the engine's.
   rate is learned) as % of what the second client leaves (70 % of the refill), throttled %.
 """
 
+import os
 import threading
 import time
 
@@ -72,6 +73,7 @@ def run_scenario(settings, scale, items, account_id, other):
         assert sync.sync_region(account, REGION).seen == items
         outsider_id = launch(ec2, 1, HttpTokens="optional")[0]  # the second client's, not in the batch
         stack.sim.reset_stats()  # refills the simulator's buckets
+        load = os.getloadavg()[0]
         if other:
             import boto3
 
@@ -81,7 +83,7 @@ def run_scenario(settings, scale, items, account_id, other):
             client = boto3.client("ec2", region_name=REGION, endpoint_url=stack.sim.endpoint_url,
                                   aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
                                   aws_session_token=creds["SessionToken"],
-                                  config=Config(retries={"max_attempts": 1, "mode": "standard"}))
+                                  config=Config(retries={"total_max_attempts": 1, "mode": "standard"}))
             second = SecondClient(client, outsider_id, OTHER_SHARE * REFILL * scale)
             second.start()
         batch = changes.request_change(None, Instance.objects.filter(account=account).exclude(
@@ -117,6 +119,7 @@ def run_scenario(settings, scale, items, account_id, other):
         "throttled_pct": round(100.0 * throttled / max(1, calls), 2),
         "failed": counts[ItemState.FAILED], "applied_or_pending": counts[ItemState.APPLIED] + counts[ItemState.PENDING],
         "learned_rate_at_end": round(learned, 2), "aws_rate": rate,
+        "load_average_1m_at_start": round(load, 2),
     }
     if other:
         half = stamps[len(stamps) // 2:]

@@ -1,7 +1,9 @@
 """Render docs/benchmarks.md from results.json: ``python -m bench.report bench/results.json docs/benchmarks.md``.
 
-The figures come from the run; the analysis below (what changed, what a miss needs) is written by
-hand after looking at them and says which run it was written for.
+The figures come from the run. A benchmark's analysis (``ANALYSIS``: what changed, what a miss
+needs) is either a function of its result, written from the run's own figures so that the prose
+follows them, or text written by hand after looking at them, which then says which run it was
+written for.
 """
 
 import json
@@ -37,8 +39,11 @@ CHANGES = """\
 - **`fleet/models/changes.py`, migration 0005 — item inserts (P4).** `ChangeItem.batch` and
   `.account` carry no database constraint and no index of their own: at COMMIT PostgreSQL
   re-checked the same batch row and account rows once per item (see P4).
-- **`fleet/ratelimit.py` — headroom (P5).** The engine paces at 96 % of AWS's refill rate
-  (`IMDSWEB_RATE_HEADROOM`), after exact pacing had 11 % of calls throttled at scale 1.
+- **`fleet/ratelimit.py` — pacing learned from AWS's throttles (P5, P5c).** Exact pacing once had
+  11 % of calls throttled at scale 1, and a fixed 96 % headroom then capped the engine at 96 %;
+  beside a second client the AIMD controller that followed had 16-20 % of calls throttled. The
+  rate is now estimated from the calls AWS accepted between two throttles (see P5c), at up to all
+  of AWS's refill (`IMDSWEB_RATE_HEADROOM` 1.0 by default).
 - **`fleet/signin.py`, django-axes, threaded gunicorn workers (P9, GitHub issue 17).** Failed
   logins lock out the username and the address; a locked-out attempt is refused before any password
   is checked, with reads only, and answered after a 1 s pause; concurrent attempts for one username
@@ -194,30 +199,6 @@ ANALYSIS = {
         "COMMIT per item, as in P4. The expansion is one worker slot; chunks of disjoint id ranges could be "
         "expanded by several workers at once (each its own cursor), which is what more cores would buy."
     ),
-    "P5c": (
-        "The controller (`fleet/ratelimit.py`): our bucket has AWS's size and starts at AWS's full refill "
-        "rate. A `RequestLimitExceeded` empties our bucket (AWS's is empty at that moment); a lone engine "
-        "whose bucket ran a little ahead of AWS's is back in step and keeps its rate. A second throttle "
-        "within one bucket-refill time (20 s for ModifyInstanceMetadataOptions) means another caller spends "
-        "the bucket: the rate is cut to 80 %, at most once per four token-times. Without throttles the rate "
-        "grows back by 0.1 % of AWS's rate per second, plus as much again every 10 s without a throttle. "
-        "The state is one Redis hash per bucket, updated by the same Lua call that takes a token, so all "
-        "workers of an account/region pace by it. `fleet/tests/test_ratelimit.py` runs the controller against "
-        "the simulator's own TokenBucket on a simulated clock (alone: 0 throttled, >= 98 %; with a client at "
-        "30 %: the engine settles within 85-103 % of the 70 % left, <= 2 % throttled). That model has one "
-        "caller and no latency; the live run has up to four pool processes with calls in flight, each of which "
-        "meets AWS's empty bucket before the first throttle has emptied ours, and a first call that reaches "
-        "AWS later than its token was taken (AWS's full bucket wastes refill meanwhile): compare the live "
-        "throttled share with the simulated one before tuning DECREASE and GROWTH."
-    ),
-    "P5b": (
-        "Each point is P5's run with more account/regions. The theoretical rate is 5/s per account/region, "
-        "so 32 account/regions ask for 160 modifies per second from 2 cores that also run the simulator "
-        "(~4 ms of CPU per call, 0.64 of a core at 160/s), the workers, PostgreSQL and Redis: the engine's "
-        "CPU-ms per item times that rate is the share of the machine the engine needs. More workers on more "
-        "cores raise that point; AWS's buckets are per account/region, so the engine's own ceiling grows "
-        "with the account/regions."
-    ),
     "P5": (
         "**At AWS's real rate (scale 1): 93.9 % of the theoretical maximum in this run (target 90 %), 0 failed, "
         "0 throttled calls; 93.0, 93.5 and 92.1 % in three earlier runs on the same code while other work "
@@ -327,6 +308,126 @@ def _p10_analysis(result):
 
 
 ANALYSIS["P10"] = _p10_analysis
+def _pct(part, whole):
+    return 100.0 * part / whole if whole else 0.0
+
+
+def _p5c_analysis(result):
+    """P5c's analysis, from its figures: the controller's design, then what each run measured."""
+    alone, shared = result["figures"]["runs"]
+    lines = [
+        "The controller (`fleet/ratelimit.py`) learns the rate left for imdsweb from AWS's token-bucket "
+        "semantics. A `RequestLimitExceeded` is an *empty moment* of AWS's bucket; between two empty moments "
+        "AWS refilled at its fixed rate and every token was spent, so the calls AWS accepted from us over "
+        "that span are, to within one token, the rate the other callers leave. The first throttle only "
+        "empties our bucket (back in step with AWS's; a lone engine keeps AWS's full rate); a later one, "
+        "over a span of at least 60 token-times, sets the rate 3 % below that estimate, over a shorter span "
+        "to at most its upper bound (accepted + 1) / span and at least 15 % lower. The rate is then held 50 "
+        "token-times and probed up additively (0.2 % of AWS's rate per second, growing). The state is one "
+        "Redis hash per bucket, updated by the Lua call that takes the token, so every worker of an "
+        "account/region paces by it; a throttled item is requeued and retried, never failed. "
+        "`fleet/tests/test_ratelimit.py` pins the estimator on a fake clock and runs it against the "
+        "simulator's own TokenBucket with a second client.",
+        "",
+    ]
+    verdict = "met" if alone["met"] else "missed"
+    lines.append(
+        f"- *Alone ({alone['items']:,} items, refill {alone['aws_rate']:g}/s):* the last item was submitted "
+        f"{alone['submit_span_s']:.1f} s after the click against a theoretical {alone['theoretical_s']:.1f} s "
+        f"= **{alone['efficiency_pct']:.1f} %** (target ≥ 98 %); {alone['engine_throttled']} of "
+        f"{alone['engine_calls']} calls throttled (**{alone['throttled_pct']:.2f} %**, target ≤ 1 %), "
+        f"{alone['failed']} failed; learned rate at the end {alone['learned_rate_at_end']:.2f}/s of "
+        f"{alone['aws_rate']:g}/s: {verdict}."
+    )
+    verdict = "met" if shared["met"] else "missed"
+    lines.append(
+        f"- *Beside a client spending 30 % ({shared['items']:,} items):* over the second half of its items the "
+        f"engine ran at {shared['settled_rate']:.2f}/s = **{shared['settled_pct_of_left']:.1f} %** of the "
+        f"{shared['left_rate']:.2f}/s left (pass band 90-105 %); {shared['engine_throttled']} of "
+        f"{shared['engine_calls']} engine calls throttled (**{shared['throttled_pct']:.2f} %**, target ≤ 2 %, "
+        f"the burst and the learning included), {shared['failed']} failed; learned rate at the end "
+        f"{shared['learned_rate_at_end']:.2f}/s. The second client had {shared['second_client_throttled']} of its "
+        f"{shared['second_client_calls']} calls throttled "
+        f"({_pct(shared['second_client_throttled'], shared['second_client_calls']):.1f} %: it meets the same "
+        f"empty moments; reported, not targeted): {verdict}."
+    )
+    loads = [run.get("load_average_1m_at_start") for run in (alone, shared)]
+    if all(load is not None for load in loads):
+        lines.append(f"- Load average (1 min) at the start of each run: {loads[0]:.2f} and {loads[1]:.2f} on "
+                     "this 2-core machine shared with other work.")
+    return "\n".join(lines)
+
+
+def _p5b_analysis(result):
+    """P5b's analysis, from its curve: a table, then what limits the largest point."""
+    curve = result["figures"]["curve"]
+    def cores(p):
+        """Cores the engine and the simulator need at the point's theoretical rate, at its measured cost."""
+        per_item = p["engine_cpu_ms_per_item"] + (p.get("simulator_cpu_ms_per_item") or 0)
+        return f"{per_item * (p['theoretical_items_per_s'] or 0) / 1000:.2f}"
+
+    def used(p):
+        """Cores the engine had on average while the point ran: its CPU over the submit span."""
+        return f"{p['engine_cpu_ms_per_item'] * p['items_per_s'] / 1000:.2f}"
+
+    header = ("account/regions", "items", "theoretical /s", "measured /s", "% of theoretical", "throttled %",
+              "failed", "engine CPU-ms / item", "simulator CPU-ms / item", "cores needed at theoretical",
+              "engine cores used", "machine busy %", "load avg")
+    rows = [(p["account_regions"], f"{p['items']:,}", p["theoretical_items_per_s"], p["items_per_s"],
+             p["efficiency_pct"], p["throttled_pct"], p["failed"], p["engine_cpu_ms_per_item"],
+             p.get("simulator_cpu_ms_per_item", "-"), cores(p), used(p), p["machine_cpu_busy_pct"],
+             p["load_average_1m_at_start"])
+            for p in curve]
+    lines = [
+        "Each point is P5's run (`bench.p5_apply.run_config`) with more account/regions, each in one run of "
+        "its own: the theoretical rate is 100 at once, then 5/s per account/region, so the work per second "
+        "grows with the point while the machine stays at 2 cores.",
+        "",
+        _table(rows, header),
+        "",
+    ]
+    sixteen = next((p for p in curve if p["account_regions"] == 16), None)
+    if sixteen:
+        verdict = ("met" if sixteen["efficiency_pct"] >= 95 and sixteen["failed"] == 0
+                   and sixteen["throttled_pct"] <= 1 else "missed")
+        lines += [f"*The pass point, 16 account/regions:* {sixteen['efficiency_pct']:.1f} % of theoretical "
+                  f"({sixteen['items_per_s']:g} of {sixteen['theoretical_items_per_s']:g} items/s), "
+                  f"{sixteen['throttled_pct']:.2f} % throttled, {sixteen['failed']} failed: {verdict}.", ""]
+    fastest = max(curve, key=lambda p: p["items_per_s"])
+    lines += [f"The most the engine delivered on this run was {fastest['items_per_s']:g} items/s (at "
+              f"{fastest['account_regions']} account/regions); a point that asks for more falls short by the "
+              "difference, and the cores column says what it would need.", ""]
+    largest = max(curve, key=lambda p: p["account_regions"])
+    rate = largest["theoretical_items_per_s"] or 0
+    engine = largest["engine_cpu_ms_per_item"] * rate / 1000
+    simulator = largest.get("simulator_cpu_ms_per_item")
+    need = engine + (simulator * rate / 1000 if simulator is not None else 0)
+    text = (f"*What limits the {largest['account_regions']}-account/region point:* it asks for {rate:g} items/s. "
+            f"At its measured cost the engine (workers + PostgreSQL) needs {engine:.2f} of a core for that")
+    if simulator is not None:
+        text += (f", the simulator {simulator * rate / 1000:.2f} ({simulator:.1f} CPU-ms per item): "
+                 f"{need:.2f} of the machine's 2 cores before Redis, beat and the other helpers' work")
+    text += (f". It reached {largest['efficiency_pct']:.1f} % of theoretical with the machine "
+             f"{largest['machine_cpu_busy_pct']:.0f} % busy (load average {largest['load_average_1m_at_start']:.2f} at "
+             f"its start), the engine having {used(largest)} of a core on average: the rest went to the simulator, "
+             "Redis, beat and whatever else the machine ran. ")
+    if largest["efficiency_pct"] >= 95:
+        text += "AWS's buckets, not the cores, set its pace on this run."
+    elif largest["machine_cpu_busy_pct"] >= 85 or need >= 1.5:
+        text += ("The cores are the limit: a runner's next call waits for a CPU, not for a token, so AWS's "
+                 "buckets refill unused. More cores (or workers and the simulator on separate machines) move "
+                 "the point up; AWS's buckets are per account/region, so the engine's own ceiling grows with "
+                 "the account/regions.")
+    else:
+        text += ("The machine was not saturated, so the shortfall is latency in the engine's own path "
+                 "(runner resumptions, dispatch), not CPU.")
+    lines.append(text)
+    return "\n".join(lines)
+
+
+# Analyses generated from a benchmark's own figures, so their prose follows the data.
+ANALYSIS["P5c"] = _p5c_analysis
+ANALYSIS["P5b"] = _p5b_analysis
 
 
 def _organization_table(by_size):

@@ -1,36 +1,44 @@
-"""Token buckets per account/region/action, shared by every worker through Redis, paced by what
-AWS's throttling answers teach.
+"""Token buckets per account/region/action, shared by every worker through Redis, paced at the
+rate AWS's throttling answers show is left for us.
 
-AWS throttles EC2 per account, per region and per action with token buckets (the EC2 API reference, "Request throttling").
-Taking our own token before each call keeps a whole worker fleet under AWS's refill rate, so
-calls are paced instead of being refused with ``RequestLimitExceeded``.
+AWS throttles EC2 per account, per region and per action with token buckets (the EC2 API
+reference, "Request throttling"): a bucket of ``capacity`` tokens refilled at a fixed rate, shared
+by every caller of the account. Taking our own token before each call keeps a whole worker fleet
+under AWS's refill, so calls are paced instead of refused with ``RequestLimitExceeded``. Our
+bucket has AWS's size; its refill is the *learned rate*, at most AWS's refill times
+``IMDSWEB_RATE_HEADROOM`` (1.0 by default: alone, the engine uses all of AWS's bucket).
 
-Our bucket has AWS's size and starts at AWS's refill rate times ``IMDSWEB_RATE_HEADROOM`` (0.96 by
-default: measured alone, pacing at the full rate had 1.5-2.2 % of calls throttled with four pool
-processes' calls in flight, the fixed margin none; 1.0 lets the controller alone find the rate).
-But the bucket is shared with every other caller of the account
-(a CI pipeline, a console user, another tool), so the rate is learned from AWS's answers:
+How the rate is learned (the estimator), from the token bucket's own semantics:
 
-- a throttle means AWS's bucket is empty now, so ours is emptied too (:func:`throttled`). A lone
-  engine whose bucket ran a little ahead of AWS's (clock steps, calls in flight) is back in step
-  and nothing else changes: its rate stays at AWS's;
-- a second throttle within one bucket-refill time confirms that someone else spends the bucket:
-  the rate is cut multiplicatively (``DECREASE``), at most once per few token-times, since the
-  calls already in flight meet the same empty bucket;
-- without throttles the rate grows back towards AWS's, slowly just after a cut (the engine sits
-  just under what the other caller leaves, so it is rarely throttled) and faster the longer no
-  throttle comes (when the other caller has gone, the ceiling is back within about a minute).
+- a throttle means AWS's bucket holds less than one token at that moment: an *empty moment*. Our
+  bucket is emptied too, so the two are back in step (:func:`throttled`);
+- between two empty moments AWS refilled ``refill x span`` tokens and every one was spent, by us
+  (the calls it accepted, which we count) or by someone else. So our accepted calls over the span
+  are, to within one token, exactly the rate the other callers leave us: the estimate is
+  ``accepted / span``, whatever the others' pattern, once the burst is spent;
+- the first empty moment (or the first after a long quiet) only resynchronises and becomes the
+  reference: a lone engine whose bucket ran a little ahead of AWS's (AWS's full bucket wasting
+  refill before our first call arrived) is back in step and keeps AWS's full rate;
+- a later throttle, once the span holds ``MIN_SPAN_TOKENS`` token-times, sets the rate to
+  ``MARGIN`` below the estimate and moves the reference; over a shorter span the estimate is
+  uncertain, so only its upper bound ``(accepted + 1) / span`` is used (at least a ``MARGIN`` cut).
+  Throttles within ``HOLD_TOKENS`` token-times of a decision are calls that were already in flight:
+  they resynchronise only;
+- after a decision the rate is held for ``COOL_TOKENS`` token-times, then probed up additively
+  (``PROBE`` of AWS's rate per second, growing by as much again every ``ACCELERATE_SECONDS``
+  without a throttle), so the engine sits just under what is left, is throttled about once per
+  probe cycle, and is back at AWS's full rate about a minute after the other caller has gone.
 
-That is additive-increase / multiplicative-decrease with an accelerating increase (in the spirit
-of TCP CUBIC), plus the resynchronisation a token bucket allows. The learned rate, the tokens and
-the times of the last throttle and cut live in one Redis hash per bucket, updated by one Lua
-script per token or throttle, so every worker of an account/region paces by the same state. No
-maintained library offers a Redis token bucket with a burst size, a fractional refill rate and a
-rate learned from the server's refusals, hence this small module. An idle bucket's state expires,
-so a new batch starts at the ceiling again.
+The state (tokens, learned rate, accepted-call counter, reference, cool-down) lives in one Redis
+hash per bucket, updated by one Lua script per token or throttle, so every worker of an
+account/region paces by the same state. No maintained library offers a Redis token bucket with a
+burst size, a fractional refill and a rate learned from the server's refusals (botocore's
+``adaptive`` retry mode is per process and cuts by 30 % per throttle), hence this small module. An
+idle bucket's state expires, so a new batch starts at the ceiling again.
 
-When Redis cannot be reached (the embedded demo without Redis) the buckets live in the
-process, which is exact for the single worker that setup runs.
+When Redis cannot be reached (the embedded demo without Redis) the buckets live in the process
+(:class:`_LocalBuckets`, the same controller in Python), which is exact for the single worker that
+setup runs.
 """
 
 import logging
@@ -42,19 +50,21 @@ from django.conf import settings
 
 log = logging.getLogger(__name__)
 
-# The pacing controller's constants (see the module docstring). Rates are fractions of AWS's.
-DECREASE = 0.8           # a confirmed throttle cuts the learned rate to 80 %
+# The estimator's constants (see the module docstring). Rates are fractions of AWS's refill;
+# "token-times" are multiples of AWS's refill interval (0.2 s for ModifyInstanceMetadataOptions).
+MARGIN = 0.03            # pace this far below the estimated rate that is left
+SHORT_DECREASE = 0.85    # over a span too short to estimate, cut at least this much
+MIN_SPAN_TOKENS = 60     # a span of 60 token-times (12 s) estimates within 1/60 of AWS's rate
+HOLD_TOKENS = 0.5        # throttles this soon after a decision were already in flight
+COOL_TOKENS = 50         # hold the rate 50 token-times (10 s) after a decision ...
+PROBE = 0.002            # ... then probe up by 0.2 % of AWS's rate per second ...
+ACCELERATE_SECONDS = 30  # ... and by as much again every 30 s without a throttle
 FLOOR = 0.05             # never below 5 % of AWS's rate: the engine keeps probing
-GROWTH = 0.001           # recovery per second, as a fraction of AWS's rate, just after a cut ...
-ACCELERATE_SECONDS = 10  # ... growing by that much again every 10 s without a throttle
-# Two throttles within WINDOW_BUCKETS bucket-refill times (capacity / rate: 20 s for
-# ModifyInstanceMetadataOptions) confirm that someone else spends the bucket; at most one cut per
-# HOLD_TOKENS token-times (the calls already in flight meet the same empty bucket).
-WINDOW_BUCKETS = 1.0
-HOLD_TOKENS = 4
+WINDOW_BUCKETS = 15      # a throttle after 15 bucket-refill times (300 s) of quiet starts afresh
 
-# KEYS[1] bucket; ARGV: capacity, AWS's refill per second (the ceiling), now (s), only_if_available
-# (0/1), and the controller's constants. Returns the seconds to wait for the token (0 = taken now).
+# One Lua script per operation, all starting with _LOAD (read the hash, refill, probe) and ending
+# with _SAVE. KEYS[1] the bucket; ARGV: capacity, the ceiling (AWS's refill per second), now (s),
+# only_if_available (0/1), then the constants above in _constants()'s order.
 # - only_if_available=0 ("reserve"): the token is always taken, possibly on credit; a caller that
 #   must wait has its token already, so waiting callers are served in order, never starved.
 # - only_if_available=1 ("try"): the token is taken only if it is there now; otherwise nothing is
@@ -63,24 +73,35 @@ _LOAD = """
 local capacity = tonumber(ARGV[1])
 local ceiling = tonumber(ARGV[2])
 local now = tonumber(ARGV[3])
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts', 'rate', 'cut_at', 'throttled_at')
-local tokens = tonumber(state[1]) or capacity
-local ts = tonumber(state[2]) or now
-local rate = tonumber(state[3]) or ceiling
-local cut_at = tonumber(state[4]) or 0
-local throttled_at = tonumber(state[5]) or 0
+local MARGIN, SHORT_DECREASE, MIN_SPAN = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local HOLD, COOL, PROBE = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local ACCELERATE, FLOOR, WINDOW = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
+local s = redis.call('HMGET', KEYS[1], 'tokens', 'ts', 'rate', 'accepted', 'ref_at', 'ref_accepted',
+                     'decided_at', 'cool_until', 'throttled_at')
+local tokens = tonumber(s[1]) or capacity
+local ts = tonumber(s[2]) or now
+local rate = math.min(ceiling, tonumber(s[3]) or ceiling)
+local accepted = tonumber(s[4]) or 0
+local ref_at = tonumber(s[5]) or 0
+local ref_accepted = tonumber(s[6]) or 0
+local decided_at = tonumber(s[7]) or 0
+local cool_until = tonumber(s[8]) or 0
+local throttled_at = tonumber(s[9]) or 0
 -- Two workers' calls can reach Redis in the other order than their clocks read: never move the
 -- bucket's time backwards, or the next call would be credited the same refill twice.
 if now < ts then now = ts end
-local elapsed = now - ts
-if rate < ceiling then
-  local quiet = math.max(0, now - cut_at)
-  rate = math.min(ceiling, rate + ceiling * tonumber(ARGV[6]) * elapsed * (1 + quiet / tonumber(ARGV[7])))
+tokens = math.min(capacity, tokens + (now - ts) * rate)
+if rate < ceiling and now > cool_until then
+  -- additive probe, PROBE of the ceiling per second plus as much again every ACCELERATE s
+  local q0 = math.max(0, ts - cool_until)
+  local q1 = now - cool_until
+  rate = math.min(ceiling, rate + ceiling * PROBE * ((q1 - q0) + (q1 * q1 - q0 * q0) / (2 * ACCELERATE)))
 end
-tokens = math.min(capacity, tokens + elapsed * rate)
 """
 _SAVE = """
-redis.call('HSET', KEYS[1], 'tokens', tokens, 'ts', now, 'rate', rate, 'cut_at', cut_at, 'throttled_at', throttled_at)
+redis.call('HSET', KEYS[1], 'tokens', tokens, 'ts', now, 'rate', rate, 'accepted', accepted, 'ref_at', ref_at,
+           'ref_accepted', ref_accepted, 'decided_at', decided_at, 'cool_until', cool_until,
+           'throttled_at', throttled_at)
 redis.call('EXPIRE', KEYS[1], math.ceil(capacity / ceiling) + 60)
 """
 _TAKE = _LOAD + """
@@ -89,27 +110,81 @@ if ARGV[4] == '1' and tokens < 1 then
   wait = (1 - tokens) / rate
 else
   tokens = tokens - 1
+  accepted = accepted + 1
   if tokens < 0 then wait = -tokens / rate end
 end
 """ + _SAVE + "return tostring(wait)"
-# AWS answered RequestLimitExceeded: its bucket is empty now, so ours is emptied too (a lone
-# engine whose bucket ran a little ahead of AWS's is back in step, nothing else changes). A second
-# throttle within the window means another caller spends the bucket: cut the rate (once per hold).
+# AWS answered RequestLimitExceeded: an empty moment of AWS's bucket (see the module docstring).
 # Returns the seconds until the next token.
 _THROTTLED = _LOAD + """
 tokens = math.min(tokens, 0)
-local window = capacity / ceiling * tonumber(ARGV[9])
-local hold = tonumber(ARGV[10]) / rate
-if throttled_at > 0 and now - throttled_at < window and now - cut_at >= hold then
-  rate = math.max(ceiling * tonumber(ARGV[8]), rate * tonumber(ARGV[5]))
-  cut_at = now
+accepted = accepted - 1  -- the token was taken, the call refused
+if ref_at == 0 or now - throttled_at > WINDOW * capacity / ceiling then
+  ref_at, ref_accepted, decided_at = now, accepted, now  -- resynchronise only
+elseif now - decided_at >= HOLD / rate then
+  local span = now - ref_at
+  local got = accepted - ref_accepted
+  if span * ceiling >= MIN_SPAN then
+    rate = math.min(rate, got / span) * (1 - MARGIN)
+    ref_at, ref_accepted = now, accepted
+  else
+    rate = math.min(rate * SHORT_DECREASE, (got + 1) / span * (1 - MARGIN))
+  end
+  rate = math.max(ceiling * FLOOR, rate)
+  decided_at, cool_until = now, now + COOL / ceiling
 end
 throttled_at = now
 """ + _SAVE + "return tostring((1 - tokens) / rate)"
+_PEEK = _LOAD + "return tostring(rate)"
 
 
 def _constants():
-    return (DECREASE, GROWTH, ACCELERATE_SECONDS, FLOOR, WINDOW_BUCKETS, HOLD_TOKENS)
+    return (MARGIN, SHORT_DECREASE, MIN_SPAN_TOKENS, HOLD_TOKENS, COOL_TOKENS, PROBE, ACCELERATE_SECONDS, FLOOR,
+            WINDOW_BUCKETS)
+
+
+class _Bucket:
+    """One bucket's state; the same steps as the Lua scripts above."""
+
+    def __init__(self, capacity, ceiling, now):
+        self.tokens, self.ts, self.rate = float(capacity), now, ceiling
+        self.accepted = self.ref_accepted = 0.0
+        self.ref_at = self.decided_at = self.cool_until = self.throttled_at = 0.0
+
+    def load(self, capacity, ceiling, now):
+        now = max(now, self.ts)  # threads can arrive out of clock order: never credit a refill twice
+        self.rate = min(ceiling, self.rate)
+        self.tokens = min(capacity, self.tokens + (now - self.ts) * self.rate)
+        if self.rate < ceiling and now > self.cool_until:
+            q0, q1 = max(0.0, self.ts - self.cool_until), now - self.cool_until
+            self.rate = min(ceiling, self.rate + ceiling * PROBE * ((q1 - q0) + (q1 * q1 - q0 * q0) /
+                                                                     (2 * ACCELERATE_SECONDS)))
+        self.ts = now
+        return now
+
+    def take(self, only_if_available):
+        if only_if_available and self.tokens < 1:
+            return (1 - self.tokens) / self.rate
+        self.tokens -= 1
+        self.accepted += 1
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+    def throttled(self, capacity, ceiling, now):
+        self.tokens = min(self.tokens, 0.0)
+        self.accepted -= 1
+        if not self.ref_at or now - self.throttled_at > WINDOW_BUCKETS * capacity / ceiling:
+            self.ref_at, self.ref_accepted, self.decided_at = now, self.accepted, now
+        elif now - self.decided_at >= HOLD_TOKENS / self.rate:
+            span, got = now - self.ref_at, self.accepted - self.ref_accepted
+            if span * ceiling >= MIN_SPAN_TOKENS:
+                rate = min(self.rate, got / span) * (1 - MARGIN)
+                self.ref_at, self.ref_accepted = now, self.accepted
+            else:
+                rate = min(self.rate * SHORT_DECREASE, (got + 1) / span * (1 - MARGIN))
+            self.rate = max(ceiling * FLOOR, rate)
+            self.decided_at, self.cool_until = now, now + COOL_TOKENS / ceiling
+        self.throttled_at = now
+        return (1 - self.tokens) / self.rate
 
 
 class _LocalBuckets:
@@ -119,38 +194,27 @@ class _LocalBuckets:
         self._lock = threading.Lock()
         self._state = {}
 
-    def _load(self, key, capacity, ceiling, now):
-        tokens, ts, rate, cut_at, throttled_at = self._state.get(key, (capacity, now, ceiling, 0.0, 0.0))
-        now = max(now, ts)  # threads can arrive out of clock order: never credit a refill twice
-        elapsed = now - ts
-        if rate < ceiling:
-            quiet = max(0.0, now - cut_at)
-            rate = min(ceiling, rate + ceiling * GROWTH * elapsed * (1 + quiet / ACCELERATE_SECONDS))
-        return min(capacity, tokens + elapsed * rate), rate, cut_at, throttled_at, now
+    def _bucket(self, key, capacity, ceiling, now):
+        bucket = self._state.get(key)
+        if bucket is None:
+            bucket = self._state[key] = _Bucket(capacity, ceiling, now)
+        bucket.load(capacity, ceiling, now)
+        return bucket
 
     def take(self, key, capacity, ceiling, now, only_if_available=False):
         with self._lock:
-            tokens, rate, cut_at, throttled_at, now = self._load(key, capacity, ceiling, now)
-            if only_if_available and tokens < 1:
-                self._state[key] = (tokens, now, rate, cut_at, throttled_at)
-                return (1 - tokens) / rate
-            tokens -= 1
-            self._state[key] = (tokens, now, rate, cut_at, throttled_at)
-        return 0.0 if tokens >= 0 else -tokens / rate
+            return self._bucket(key, capacity, ceiling, now).take(only_if_available)
 
     def throttled(self, key, capacity, ceiling, now):
         with self._lock:
-            tokens, rate, cut_at, throttled_at, now = self._load(key, capacity, ceiling, now)
-            tokens = min(tokens, 0.0)
-            window = capacity / ceiling * WINDOW_BUCKETS
-            if throttled_at > 0 and now - throttled_at < window and now - cut_at >= HOLD_TOKENS / rate:
-                rate, cut_at = max(ceiling * FLOOR, rate * DECREASE), now
-            self._state[key] = (tokens, now, rate, cut_at, now)
-        return (1 - tokens) / rate
+            bucket = self._bucket(key, capacity, ceiling, now)
+            return bucket.throttled(capacity, ceiling, bucket.ts)
 
     def rate(self, key, capacity, ceiling, now):
         with self._lock:
-            return self._load(key, capacity, ceiling, now)[1] if key in self._state else ceiling
+            if key not in self._state:
+                return ceiling
+            return self._bucket(key, capacity, ceiling, now).rate
 
 
 _local = _LocalBuckets()
@@ -176,8 +240,8 @@ def _client():
 
 def limits_for(action):
     """(bucket size, refill per second) of AWS's bucket for ``action``, time-scaled: the ceiling
-    of the controller (times IMDSWEB_RATE_HEADROOM: 0.96 by default, AWS's buckets being shared with
-    other callers; 1.0 lets the controller alone find the rate)."""
+    of the controller (times IMDSWEB_RATE_HEADROOM, 1.0 by default: the estimator finds what other
+    callers leave; a lower value keeps a fixed share of AWS's bucket for them)."""
     capacity, rate = settings.IMDSWEB_RATE_LIMITS.get(action, (50, 5.0))
     return capacity, rate * settings.IMDSWEB_RATE_TIME_SCALE * settings.IMDSWEB_RATE_HEADROOM
 
@@ -222,16 +286,7 @@ def throttled(account_id, region, action):
 
 def learned_rate(account_id, region, action):
     """The refill rate the controller paces this bucket at now (calls per second)."""
-    global _redis
-    capacity, ceiling = limits_for(action)
-    conn = _client()
-    if conn is not None:
-        try:
-            rate = conn.hget(_key(account_id, region, action), "rate")
-            return min(ceiling, float(rate)) if rate is not None else ceiling
-        except redis.RedisError:
-            _redis = None
-    return _local.rate(_key(account_id, region, action), capacity, ceiling, _now())
+    return _run(_PEEK, _local.rate, account_id, region, action)
 
 
 def acquire(account_id, region, action, already_taken=False):

@@ -327,7 +327,7 @@ IMDSWEB_RATE_LIMITS = {
 IMDSWEB_RATE_TIME_SCALE = env.float("IMDSWEB_RATE_TIME_SCALE", default=1.0)
 # The most of AWS's refill rate imdsweb paces at. 1.0: all of it, when nobody else spends the
 # bucket; fleet/ratelimit.py learns a lower rate from AWS's throttling answers when someone does.
-IMDSWEB_RATE_HEADROOM = env.float("IMDSWEB_RATE_HEADROOM", default=0.96)
+IMDSWEB_RATE_HEADROOM = env.float("IMDSWEB_RATE_HEADROOM", default=1.0)
 # Instances per chunk when a worker expands a large selection into items (fleet/changes/expansion.py).
 IMDSWEB_EXPANSION_CHUNK = env.int("IMDSWEB_EXPANSION_CHUNK", default=20_000)
 

@@ -36,8 +36,10 @@ ASSUME_ROLE_SECONDS = 3600
 
 
 def _config(max_attempts):
+    # botocore's "max_attempts" counts retries (max_attempts=1 is two calls AWS's bucket sees);
+    # "total_max_attempts" counts every call, the first included.
     return Config(
-        retries={"mode": "standard", "max_attempts": max_attempts},
+        retries={"mode": "standard", "total_max_attempts": max_attempts},
         connect_timeout=settings.IMDSWEB_AWS_CONNECT_TIMEOUT,
         read_timeout=settings.IMDSWEB_AWS_READ_TIMEOUT,
         max_pool_connections=20,

@@ -146,7 +146,12 @@ class LiveStack:
         # this, a process started with one (bench.run's) publishes the tasks this process sends
         # (a batch's dispatch) to a broker no worker of this stack consumes.
         os.environ["CELERY_BROKER_URL"] = env["CELERY_BROKER_URL"]
-        app.close()  # drop pooled connections to the previous broker
+        app.close()  # drop pooled connections to the previous broker ...
+        # ... and the producer pool, which keeps the previous broker's connections (and URL) past
+        # close(): without this a second stack in one process dispatches to the first's broker.
+        if app.amqp._producer_pool is not None:
+            app.amqp._producer_pool.force_close_all()
+            app.amqp._producer_pool = None
         ratelimit._redis = None
         counters._redis = None  # the AWS call counters (/metrics) live in this stack's Redis too
         for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
