@@ -11,6 +11,7 @@ from django.http import QueryDict
 from django.utils import timezone
 
 from . import posture, teams
+from .changes.decision import Outcome
 from .choices import (
     ChangeKind,
     DriftKind,
@@ -369,6 +370,9 @@ class ChangeItemFilterSet(django_filters.FilterSet):
         method="filter_awaiting_start", label="Waiting for start",
         widget=forms.Select(choices=[("", "any"), ("true", "yes"), ("false", "no")]),
     )
+    # Why an item was held or skipped (the batch page's held-reason counts link here).
+    outcome = django_filters.ChoiceFilter(choices=Outcome.choices, method="filter_outcome", label="Outcome",
+                                          empty_label="any", widget=forms.HiddenInput)
 
     class Meta:
         model = ChangeItem
@@ -377,6 +381,12 @@ class ChangeItemFilterSet(django_filters.FilterSet):
     def filter_q(self, queryset, name, value):
         value = value.strip()
         return queryset.filter(instance__instance_id__istartswith=value) if value else queryset
+
+    def filter_outcome(self, queryset, name, value):
+        # Items held before outcomes were recorded carry none: the page counts them as IMDSv1 calls.
+        if value == Outcome.HELD_CALLS:
+            return queryset.filter(Q(outcome=value) | Q(state=ItemState.HELD) & ~Q(outcome__in=Outcome.values))
+        return queryset.filter(outcome=value)
 
     def filter_awaiting_start(self, queryset, name, value):
         """Pending items on stopped instances (AWS applies them at the next start), or not those."""

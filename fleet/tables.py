@@ -41,7 +41,7 @@ def state_changed_at():
     """When an item last changed state: its latest timestamp (claimed, submitted, finished), else its
     creation (held and skipped items are final when created). A queued item was queued at creation
     or by a retry, which leaves the last attempt's submission time: its ``updated_at`` says when
-    (every state UPDATE sets it, ``ChangeItemQuerySet.update``). An expression for ``annotate``."""
+    (``retry_failed`` sets it). An expression for ``annotate``."""
     from django.db.models.functions import Greatest
 
     attempt = Greatest(*(Coalesce(name, "created_at") for name in ("claimed_at", "submitted_at", "finished_at")))

@@ -13,7 +13,7 @@ from django.db.models.fields.json import KeyTextTransform
 
 from .choices import Risk
 from .models import Instance, TeamPosture
-from .models.inventory import ENFORCED, RISKS, V1_USAGE
+from .models.inventory import ENFORCED, RISKS, V1_USAGE, WAIVED
 from .posture import percent, posture_level
 
 
@@ -33,15 +33,16 @@ def _flag(q):
 def refresh_region(account_pk, region):
     groups = (
         Instance.objects.counted().filter(account_id=account_pk, region=region)
-        .annotate(team=team_expression(), is_enforced=_flag(ENFORCED), in_use=_flag(V1_USAGE["yes"]),
-                  role_public=_flag(RISKS[Risk.ROLE_PUBLIC]))
-        .values("team", "is_enforced", "in_use", "role_public").annotate(n=Count("id")).order_by()
+        .annotate(team=team_expression(), is_enforced=_flag(ENFORCED), is_waived=_flag(WAIVED),
+                  in_use=_flag(V1_USAGE["yes"]), role_public=_flag(RISKS[Risk.ROLE_PUBLIC]))
+        .values("team", "is_enforced", "is_waived", "in_use", "role_public").annotate(n=Count("id")).order_by()
     )
     rows = {}
     for group in groups:
         row = rows.setdefault(group["team"], TeamPosture(account_id=account_pk, region=region, team=group["team"]))
         row.total += group["n"]
         row.enforced += group["n"] * bool(group["is_enforced"])
+        row.waived += group["n"] * bool(group["is_waived"])
         row.v1_in_use += group["n"] * bool(group["in_use"])
         row.risk_role_public += group["n"] * bool(group["role_public"])
     with transaction.atomic():
@@ -50,18 +51,19 @@ def refresh_region(account_pk, region):
 
 
 def by_team():
-    """[{team, total, enforced, not_enforced, enforced_pct, level, v1_in_use, risk_role_public}],
-    worst first (most instances not enforced), the untagged last: one query over the summary rows."""
+    """[{team, total, enforced, waived, not_enforced, enforced_pct, level, v1_in_use, risk_role_public}],
+    worst first (most instances not enforced), the untagged last: one query over the summary rows.
+    As on the tiles, not enforced = neither enforced nor waived."""
     sums = (
         TeamPosture.objects.values("team")
-        .annotate(total=Sum("total"), enforced=Sum("enforced"), v1_in_use=Sum("v1_in_use"),
+        .annotate(total=Sum("total"), enforced=Sum("enforced"), waived=Sum("waived"), v1_in_use=Sum("v1_in_use"),
                   risk_role_public=Sum("risk_role_public"))
         .filter(total__gt=0).order_by()
     )
     rows = []
     for row in sums:
         pct = percent(row["enforced"], row["total"])
-        rows.append(row | {"not_enforced": row["total"] - row["enforced"], "enforced_pct": pct,
+        rows.append(row | {"not_enforced": row["total"] - row["enforced"] - row["waived"], "enforced_pct": pct,
                            "level": posture_level(pct)})
     rows.sort(key=lambda row: (row["team"] is None, -row["not_enforced"], row["team"] or ""))
     return rows
@@ -73,6 +75,7 @@ TEAM_COUNTS = {
     frozenset({("posture", "counted")}): "total",
     frozenset({("posture", "enforced")}): "enforced",
     frozenset({("posture", "not_enforced")}): "not_enforced",
+    frozenset({("posture", "waived")}): "waived",
     frozenset({("posture", "counted"), ("v1_usage", "yes")}): "v1_in_use",
     frozenset({("posture", "counted"), ("risk", "role_public")}): "risk_role_public",
 }
@@ -101,8 +104,8 @@ def present_count(filters, account_pks=None, regions=None):
         rows = rows.filter(account_id__in=account_pks)
     if regions:
         rows = rows.filter(region__in=regions)
-    sums = rows.aggregate(total=Sum("total"), enforced=Sum("enforced"), v1_in_use=Sum("v1_in_use"),
-                          risk_role_public=Sum("risk_role_public"))
+    sums = rows.aggregate(total=Sum("total"), enforced=Sum("enforced"), waived=Sum("waived"),
+                          v1_in_use=Sum("v1_in_use"), risk_role_public=Sum("risk_role_public"))
     sums = {key: value or 0 for key, value in sums.items()}
-    sums["not_enforced"] = sums["total"] - sums["enforced"]
+    sums["not_enforced"] = sums["total"] - sums["enforced"] - sums["waived"]
     return sums[column]

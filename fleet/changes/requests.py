@@ -265,7 +265,7 @@ def retry_failed(batch, user):
         with transaction.atomic():
             count = retry.update(
                 state=ItemState.QUEUED, error_code="", error_message="", reason="", finished_at=None,
-                claimed_at=None,
+                claimed_at=None, updated_at=timezone.now(),  # the batch page's "Updated" for a queued item
             )
             if count:
                 _dispatch_on_commit(batch)

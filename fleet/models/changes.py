@@ -160,14 +160,6 @@ class ChangeBatch(models.Model):
 class ChangeItemQuerySet(models.QuerySet):
     """The engine's transitions of many items at once (one UPDATE each)."""
 
-    def update(self, **kwargs):
-        """Every UPDATE that sets ``state`` also sets ``updated_at``: items move by UPDATE, which
-        ``auto_now`` does not see, and a retry, which queues failed items again without a timestamp
-        of its own, must still show on the batch page as their last state change."""
-        if "state" in kwargs:
-            kwargs.setdefault("updated_at", timezone.now())
-        return super().update(**kwargs)
-
     def fail_region(self, batch, account, region, error):
         """The preflight found the principal may not do this here: the batch's unsent items of this
         account/region fail with its answer."""

@@ -19,6 +19,7 @@ class TeamPosture(models.Model):
     team = models.CharField(max_length=256, null=True, blank=True)  # noqa: DJ001
     total = models.PositiveIntegerField(default=0)
     enforced = models.PositiveIntegerField(default=0)
+    waived = models.PositiveIntegerField(default=0)  # not enforced, under an active waiver
     v1_in_use = models.PositiveIntegerField(default=0)
     risk_role_public = models.PositiveIntegerField(default=0)
 

@@ -172,7 +172,7 @@ def test_posture_by_team_counts_link_to_lists_of_the_same_size(viewer, fleet):
     block = html[html.index('id="team-posture"'):]
     block = block[:block.index("</section>")]
     links = re.findall(r'href="([^"]+)" data-count="(\d+)"', block)
-    assert len(links) == 3 * 4
+    assert len(links) == 3 * 5
     for href, count in links:
         response = viewer.get(href.replace("&amp;", "&"))
         assert response.status_code == 200 and response.context["total"] == int(count), href

@@ -90,7 +90,7 @@ def test_held_items_are_counted_linked_and_filterable(operator):
     response = operator.get(batch.get_absolute_url())
     html = response.content.decode()
     assert 'data-state="held"' in html and "held (IMDSv1 in use) <strong>1</strong>" in html
-    assert '<a href="?state=held">1 held</a>' in html
+    assert '<a href="?state=held&amp;outcome=held_calls" data-count="1">1 held</a>' in html
     assert "40 IMDSv1 call(s)" in html
     rows = operator.get(batch.get_absolute_url() + "?state=held").context["table"].paginated_rows
     assert [row.record.pk for row in rows] == [held.pk]
@@ -105,7 +105,7 @@ def test_stopped_instances_pending_until_start(operator):
     html = response.content.decode()
     # Only a stopped instance is left: the batch is done for now, not "waiting for AWS".
     assert "done for now" in html and "waiting for AWS" not in html
-    assert '<a href="?awaiting_start=true" id="awaiting-start">1 will apply when started</a>' in html
+    assert '<a href="?awaiting_start=true" id="awaiting-start" data-count="1">1 will apply when started</a>' in html
     assert "1 pending until their instance starts" in html
     assert "pending: applies when the instance starts" in html  # its row in the items table
     # Nothing will move until someone starts the instance: keep watching, but rarely, and do not

@@ -218,7 +218,7 @@ def applies(batch):
     stopped instance to start (instances only: defaults, templates and enforcement apply at once)."""
     instances = target_for(batch.kind).per_instance
     return {"usage_gate": instances and not batch.rollback_of_id, "breakage": instances and not batch.rollback_of_id,
-            "awaiting_start": instances}
+            "outcome": instances and not batch.rollback_of_id, "awaiting_start": instances}
 
 
 def items_table(request, batch):
