@@ -425,33 +425,6 @@ class deferred_indexes:
         return False
 
 
-def refresh_posture_parallel(threads=4):
-    """``fleet.posture.refresh_region`` for every account/region with instances, from ``threads``
-    threads (each its own database connection). The same rows ``posture.refresh_all`` writes, one
-    account/region at a time; at 3,400 account/regions the serial loop's ~10 round trips and two
-    commits per account/region took minutes on a loaded machine, which overlapping hides. Returns
-    the number of account/regions."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from django.db import connection
-
-    from fleet import posture
-    from fleet.models import Instance
-
-    pairs = sorted(set(Instance.objects.values_list("account_id", "region").distinct().order_by()))
-
-    def refresh(chunk):
-        try:
-            for account_pk, region in chunk:
-                posture.refresh_region(account_pk, region)
-        finally:
-            connection.close()
-
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(refresh, [pairs[index::threads] for index in range(threads)]))
-    return len(pairs)
-
-
 def analyze():
     """VACUUM ANALYZE after a bulk load: statistics, and the hint bits and visibility map an
     established table has (the first reader would otherwise pay for setting them). Then a
