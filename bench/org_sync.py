@@ -59,8 +59,12 @@ def main(argv=None):
     Account.objects.all().delete()
     OrganizationSource.objects.all().delete()
     stack = LiveStack(settings, apply_delay=0.5, sim_args=("--seed-org", str(accounts), "--org-instances", "2"))
+    # The simulator seeds the organization before it answers: 200 accounts' instances take more
+    # than the default minute on a loaded machine.
+    stack.sim.startup_timeout = 600
     try:
-        stack.start(workers=0, beat=False)
+        with Timer() as seeding:
+            stack.start(workers=0, beat=False)
         for _ in range(2):
             stack.start_worker(concurrency=1)
         source = OrganizationSource.objects.create(management_role_arn=MANAGEMENT_ROLE)
@@ -96,6 +100,7 @@ def main(argv=None):
         "account_regions": len(pairs),
         "workers": 2,
         "worker_concurrency": 1,
+        "simulator_seed_s": round(seeding.seconds, 1),
         "discovery_s": round(discovering.seconds, 1),
         "discovery_changes": len(run.changes),
         "budget_s": args.budget_s,
