@@ -288,8 +288,9 @@ def _org_analysis(result):
         f"the workers were busy only {busy} of the span: they waited for work (the broker, tokens or the "
         "simulator), not for their own CPU"
     )
+    seeded = f" (the simulator seeded the organization in {f['simulator_seed_s']} s)" if "simulator_seed_s" in f else ""
     return (
-        f"{f['account_regions']:,} account/regions of {f['member_accounts']} member accounts discovered in "
+        f"{f['account_regions']:,} account/regions of {f['member_accounts']} member accounts{seeded} discovered in "
         f"{f['discovery_s']} s ({f['discovery_changes']} changes recorded) and {synced}: {f['syncs_per_s']} a "
         f"second with {f['workers']} workers of {f['worker_concurrency']} process each, {f['mean_sync_s']} s a "
         f"sync; {failed}; workers' peak RSS {', '.join(str(mb) for mb in f['worker_peak_rss_mb'])} MB. The "

@@ -28,7 +28,7 @@ def _p3():
 
 def _org(**changes):
     figures = {
-        "member_accounts": 200, "account_regions": 3435, "workers": 2, "worker_concurrency": 1, "discovery_s": 41.5,
+        "member_accounts": 200, "account_regions": 3435, "workers": 2, "simulator_seed_s": 75.5, "worker_concurrency": 1, "discovery_s": 41.5,
         "discovery_changes": 200, "budget_s": 600.0, "completed": True, "synced": 3435, "sync_wall_s": 700.0,
         "sync_span_s": 690.5, "syncs_per_s": 4.97, "projected_all_s": None, "mean_sync_s": 0.39,
         "workers_busy_share": 0.97, "failed": 1, "failed_accounts": ["500000000002"],
@@ -53,7 +53,7 @@ def test_p3_analysis_says_what_this_run_measured():
 
 def test_org_analysis_from_figures_and_a_projection_is_called_one():
     text = report._org_analysis(_org())
-    assert "3,435 account/regions of 200 member accounts discovered in 41.5 s" in text
+    assert "3,435 account/regions of 200 member accounts (the simulator seeded the organization in 75.5 s) discovered in 41.5 s" in text
     assert "synced in 690.5 s" in text and "4.97 a second" in text and "500000000002" in text
     assert "each sync's own work was the limit" in text and "projected" not in text
     partial = report._org_analysis(_org(completed=False, synced=2900, projected_all_s=711, workers_busy_share=0.5))
