@@ -285,8 +285,8 @@ def _org_analysis(result):
         "dispatch (one Python process answers every call), the rows and the posture refresh, all on the "
         "same shared cores"
         if busy is not None and busy >= 0.9 else
-        f"the workers were busy only {busy} of the span: they waited for work (the broker, tokens or the "
-        "simulator), not for their own CPU"
+        f"the workers were busy only {busy} of the span: the rest of it they waited between syncs (for the "
+        "broker, a token or the simulator)"
     )
     seeded = f" (the simulator seeded the organization in {f['simulator_seed_s']} s)" if "simulator_seed_s" in f else ""
     return (
