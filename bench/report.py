@@ -1,9 +1,9 @@
 """Render docs/benchmarks.md from results.json: ``python -m bench.report bench/results.json docs/benchmarks.md``.
 
 The figures come from the run. A benchmark's analysis (``ANALYSIS``: what changed, what a miss
-needs) is either a function of its result, written from the run's own figures so that the prose
-follows them, or text written by hand after looking at them, which then says which run it was
-written for.
+needs) is a function of its result, written from the run's own figures so that the prose follows
+them, or text written by hand after looking at them, which then says which run it was written
+for, or a tuple of both.
 """
 
 import json
@@ -141,23 +141,7 @@ ANALYSIS = {
         "per row (a signature inspection and several template lookups per cell), most of a 50-row page's "
         "time; `fleet/partials/keyset_table.html` writes the same cells (a test checks they match the "
         "table's columns). Headers, sort links and the column set stay django-tables2's.\n\n"
-        "The overview (78-90 ms) is now the slowest page: its database work is ~1 ms of execution in 12 "
-        "queries, the rest is rendering the heat map and tables for 60 account/regions with DEBUG on, which "
-        "grows with account/regions, not instances. A page after a cursor makes one query more than a first "
-        "page (the cursor row's keys), at every size."
-    ),
-    "ORG": (
-        "Written for the run of 39115cd (2026-11-30, load average 5-8 on the 2 cores; the figures above "
-        "are the current run's): 3,435 account/regions discovered in 47 s and synced in 749 s, about 4.6 a "
-        "second, the account without a role failing with AccessDenied and every other one synced. The "
-        "fan-out is one task per account/region (`sync_all`), so the two workers take them in parallel; each "
-        "account/region has its own API buckets (`fleet/ratelimit.py`) and a sync takes a few of its tokens, so "
-        "no sync waited for one. The limit is CPU on 2 shared cores: per sync a botocore client for the "
-        "account/region, the simulator's moto dispatch (one Python process for every call), the rows and "
-        "the posture refresh. In that run the rate fell from ~7/s to ~4/s as the workers grew to 3.1 GB each "
-        "caching a client per account/region; the cache is bounded since (`IMDSWEB_AWS_CLIENT_CACHE_SIZE`, "
-        "512, least recently used first). `workers_busy_share` near 1 says the workers, not tokens, were "
-        "the limit."
+        "A page after a cursor makes one query more than a first page (the cursor row's keys), at every size."
     ),
     "P3-org": (
         "What keeps the overview flat at 3,400 account/regions: the heat map shows one OU level at a time (a "
@@ -428,6 +412,74 @@ def _p5b_analysis(result):
 # Analyses generated from a benchmark's own figures, so their prose follows the data.
 ANALYSIS["P5c"] = _p5c_analysis
 ANALYSIS["P5b"] = _p5b_analysis
+def _slowest(pages):
+    name, figures = max(pages.items(), key=lambda item: item[1]["p50_ms"])
+    return (f"{name} (p50 {figures['p50_ms']} ms, p95 {figures['p95_ms']} ms; {figures['queries']} queries, "
+            f"{figures['db_ms_one_request']} ms of them in the database)")
+
+
+def _p3_analysis(result):
+    """What this run's P3 figures say: the slowest page at each size, and the organization case."""
+    figures = result["figures"]
+    lines = []
+    for size, pages in figures["by_size"].items():
+        load = figures.get("load_s", {}).get(size)
+        lines.append(f"- *{int(size):,} instances*"
+                     + (f" (loaded in {load} s, posture summary refreshed in "
+                        f"{figures['posture_refresh_all_s'][size]} s)" if load is not None else "")
+                     + f": slowest page {_slowest(pages)}.")
+    for size, case in figures.get("organization_by_account_regions", {}).items():
+        overview = {name: f for name, f in case["pages"].items() if name.startswith("org overview")}
+        worst = max(overview.values(), key=lambda f: f["p95_ms"])
+        lines.append(
+            f"- *{int(size):,} account/regions, {case['instances']:,} instances* (loaded in {case['load_s']} s, "
+            f"summary {case['posture_refresh_all_s']} s): overview p50 "
+            f"{min(f['p50_ms'] for f in overview.values())}-{max(f['p50_ms'] for f in overview.values())} ms, "
+            f"worst p95 {worst['p95_ms']} ms over its {len(overview)} variants; slowest page {_slowest(case['pages'])}."
+        )
+    constant = "constant" if figures["query_count_constant"] else "NOT constant"
+    misses = figures.get("misses") or []
+    return "\n".join([
+        "This run, page by page (the tables below have every figure):", "", *lines, "",
+        f"Query counts are {constant} across sizes; {len(misses)} page/size combinations over target"
+        + (": " + "; ".join(misses) + "." if misses else "."),
+    ])
+
+
+def _org_analysis(result):
+    """ORG from its figures: discovery, the sync of every account/region, and what limited it."""
+    f = result["figures"]
+    if f.get("completed", True):
+        synced = f"synced in {f['sync_span_s']} s (first start to last finish)"
+    else:
+        synced = (f"{f['synced']:,} of them synced in the {f['budget_s']:.0f} s budget; at that rate all would take "
+                  f"about {f['projected_all_s']} s (projected, not measured)")
+    failed = (f"{f['failed']} failed ({', '.join(f['failed_accounts'])}: `{f['failed_error_example'][:120]}`)"
+              if f["failed"] else "none failed")
+    busy = f.get("workers_busy_share")
+    limit = (
+        "the workers were busy nearly the whole span, so each sync's own work was the limit, not waiting "
+        "for a rate-limit token: per sync a botocore client for the account/region, the simulator's moto "
+        "dispatch (one Python process answers every call), the rows and the posture refresh, all on the "
+        "same shared cores"
+        if busy is not None and busy >= 0.9 else
+        f"the workers were busy only {busy} of the span: the rest of it they waited between syncs (for the "
+        "broker, a token or the simulator)"
+    )
+    seeded = f" (the simulator seeded the organization in {f['simulator_seed_s']} s)" if "simulator_seed_s" in f else ""
+    return (
+        f"{f['account_regions']:,} account/regions of {f['member_accounts']} member accounts{seeded} discovered in "
+        f"{f['discovery_s']} s ({f['discovery_changes']} changes recorded) and {synced}: {f['syncs_per_s']} a "
+        f"second with {f['workers']} workers of {f['worker_concurrency']} process each, {f['mean_sync_s']} s a "
+        f"sync; {failed}; workers' peak RSS {', '.join(str(mb) for mb in f['worker_peak_rss_mb'])} MB. The "
+        "fan-out is one task per account/region (`sync_all`), so the workers take them in parallel; each "
+        "account/region has its own API buckets (`fleet/ratelimit.py`) and a sync takes a few of its tokens. "
+        f"What limited it: {limit} (workers busy share {busy})."
+    )
+
+
+ANALYSIS["P3"] = (_p3_analysis, ANALYSIS["P3"])  # this run's figures, then what changed
+ANALYSIS["ORG"] = _org_analysis
 
 
 def _organization_table(by_size):
@@ -511,9 +563,9 @@ def render(report):
         out += [f"**{'Met' if result['met'] else 'Missed'}** — {result['measured']}. Target: {result['target']}.", ""]
         if result.get("note"):
             out += [f"*Note:* {result['note']}", ""]
-        if result["id"] in ANALYSIS:
-            analysis = ANALYSIS[result["id"]]
-            out += [analysis(result) if callable(analysis) else analysis, ""]
+        analysis = ANALYSIS.get(result["id"], ())
+        for part in analysis if isinstance(analysis, tuple) else (analysis,):
+            out += [part(result) if callable(part) else part, ""]
         if result["id"] == "P3" and "P3-org" in ANALYSIS:
             out += [ANALYSIS["P3-org"], ""]
         organization = result["figures"].get("organization_by_account_regions")

@@ -169,6 +169,8 @@ class HealthCheck(models.TextChoices):
     DESCRIBE_INSTANCES = "ec2:DescribeInstances", "read instances"
     GET_DEFAULTS = "ec2:GetInstanceMetadataDefaults", "read account defaults"
     GET_METRIC_DATA = "cloudwatch:GetMetricData", "read IMDSv1 usage"
+    DESCRIBE_LAUNCH_TEMPLATES = "ec2:DescribeLaunchTemplates", "read launch templates"
+    DESCRIBE_AUTO_SCALING_GROUPS = "autoscaling:DescribeAutoScalingGroups", "read Auto Scaling groups"
     MODIFY_OPTIONS = "ec2:ModifyInstanceMetadataOptions", "change instances (DryRun)"
     MODIFY_DEFAULTS = "ec2:ModifyInstanceMetadataDefaults", "change account defaults (DryRun)"
 

@@ -461,6 +461,7 @@ class LaunchSourceFilterSet(django_filters.FilterSet):
     account = django_filters.ModelChoiceFilter(
         queryset=Account.objects.all(), to_field_name="account_id", empty_label="any account"
     )
+    ou = django_filters.ChoiceFilter(choices=ou_choices, method="filter_ou", label="OU", empty_label="any OU")
     region = django_filters.ChoiceFilter(choices=region_choices, empty_label="any region")
     kind = django_filters.ChoiceFilter(choices=SourceKind.choices, empty_label="any kind")
     verdict = django_filters.ChoiceFilter(choices=LaunchVerdict.choices, label="Next launch", empty_label="any")
@@ -489,6 +490,7 @@ class LaunchSourceFilterSet(django_filters.FilterSet):
         return queryset.filter(owner="" if value == "none" else value)
 
     filter_gone = InstanceFilterSet.filter_gone
+    filter_ou = InstanceFilterSet.filter_ou
     active_querystring = InstanceFilterSet.active_querystring
 
 

@@ -1,8 +1,9 @@
 """Per-account health: can imdsweb assume the role, and may it make each call it needs?
 
 One check per :class:`~fleet.choices.HealthCheck`, made in the account's first region: a fresh
-AssumeRole, one small DescribeInstances, GetInstanceMetadataDefaults, one GetMetricData, and the
-two write actions with ``DryRun`` (``DryRunOperation`` means permitted, ``UnauthorizedOperation``
+AssumeRole, one small DescribeInstances, GetInstanceMetadataDefaults, one GetMetricData, the first
+page of DescribeLaunchTemplates and of DescribeAutoScalingGroups (what a sync reads of the launch
+sources), and the two write actions with ``DryRun`` (``DryRunOperation`` means permitted, ``UnauthorizedOperation``
 refused). AWS's exact code and message are stored for every refusal. When the role cannot be
 assumed nothing else is tried (it cannot be): those checks stay unknown, never "ok".
 """
@@ -44,6 +45,10 @@ def _probe(fn, *args, **kwargs):
         return None, _error(exc), None
 
 
+def _first_page(pages, account, region):
+    return next(pages(account, region), None)
+
+
 def check_account(account):
     """Run every check on ``account`` and store the result; returns the AccountHealth row."""
     region = account.regions[0] if account.regions else "us-east-1"
@@ -60,6 +65,10 @@ def check_account(account):
         record(HealthCheck.GET_DEFAULTS, *_probe(aws.get_instance_metadata_defaults, account, region)[:2])
         target = instance_id or PLACEHOLDER_INSTANCE
         record(HealthCheck.GET_METRIC_DATA, *_probe(aws.get_metadata_usage, account, region, [target], 1)[:2])
+        record(HealthCheck.DESCRIBE_LAUNCH_TEMPLATES,
+               *_probe(_first_page, aws.describe_launch_template_pages, account, region)[:2])
+        record(HealthCheck.DESCRIBE_AUTO_SCALING_GROUPS,
+               *_probe(_first_page, aws.describe_auto_scaling_group_pages, account, region)[:2])
         record(HealthCheck.MODIFY_OPTIONS, *_probe(
             aws.modify_instance_metadata_options, account, region, target, {"http_tokens": "required"}, dry_run=True
         )[:2])

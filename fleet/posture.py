@@ -526,11 +526,13 @@ def defaults_matrix(keys=None, ou=None):
     """Every configured account/region with its defaults row (or None if never read). Two queries.
 
     ``keys`` ("account_id/region" strings) narrows it to those cells, ``ou`` to the accounts in
-    that OU or under it.
+    that OU or under it. Grouped by OU: the accounts of one OU together (those under the root, or
+    registered by hand, first), by name within it.
     """
     from .filters import within_ou
 
     accounts = within_ou(Account.objects.all(), ou) if ou else Account.objects.all()
+    accounts = accounts.order_by("ou_path", "name", "account_id")
     by_account = {}
     for row in MetadataDefaults.objects.filter(account__in=accounts).order_by("region"):
         by_account.setdefault(row.account_id, {})[row.region] = row

@@ -309,7 +309,9 @@ def verdict_badge(source):
 class LaunchSourceTable(BaseTable):
     name = tables.Column(linkify=True, verbose_name="Source")
     kind = tables.Column()
-    account = tables.Column(accessor="account__name", verbose_name="Account", order_by=("account__name", "region"))
+    # Sorting by account groups the sources by OU first (accounts of one OU together).
+    account = tables.Column(accessor="account__name", verbose_name="Account",
+                            order_by=("account__ou_path", "account__name", "region"))
     region = tables.Column(attrs={"td": {"class": "nowrap"}})
     launches = tables.Column(empty_values=(), orderable=False, verbose_name="Launches from")
     next_http_tokens = tables.Column(verbose_name="Next HttpTokens", default="unknown")
@@ -324,6 +326,10 @@ class LaunchSourceTable(BaseTable):
 
     def render_name(self, value, record):
         return format_html('{} <small class="muted mono">{}</small>', value, record.source_id) if record.source_id != value else value
+
+    def render_account(self, value, record):
+        ou_path = record.account.ou_path
+        return format_html('{} <small class="muted">{}</small>', value, ou_path) if ou_path else value
 
     def render_launches(self, record):
         return kind_of(record).spec(record)

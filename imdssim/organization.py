@@ -9,6 +9,9 @@ this module adds what it lacks for imdsweb's discovery and per-account health ch
 - roles that do not exist (``AssumeRole`` answers 403 ``AccessDenied``), and read-only roles whose
   EC2 write actions answer 403 ``UnauthorizedOperation``, ``DryRun`` included (IAM is evaluated
   before the dry-run check, "Amazon EC2 API Reference: DryRun"). moto allows every call.
+- ListAccounts pages of at most 20 accounts, AWS's maximum (``MaxResults`` 1-20, "ListAccounts -
+  AWS Organizations API Reference"); moto's default page of 100 would let a client that never
+  follows ``NextToken`` pass against any organization of under 100 accounts.
 - a seeded organization (``--seed-org``) with deterministic account ids: moto's CreateAccount draws
   random ones, so accounts are made on moto's backend directly, as its own CreateAccount would.
 """
@@ -23,6 +26,7 @@ from xml.sax.saxutils import escape
 
 from moto.core.utils import utcnow
 from moto.organizations.models import FakeAccount, FakeOrganizationalUnit, organizations_backends
+from moto.organizations.utils import PAGINATION_MODEL
 
 from .awsquery import Ec2Error, QueryRequest, ec2_response, new_request_id, xml_elements
 
@@ -41,6 +45,10 @@ OPT_IN_REGIONS = (
     "me-central-1", "me-south-1", "mx-central-1",
 )
 ALL_REGIONS = tuple(sorted(DEFAULT_REGIONS + OPT_IN_REGIONS))
+
+# moto's paginator reads its model on every call, so this holds for every ListAccounts.
+LIST_ACCOUNTS_MAX_RESULTS = 20
+PAGINATION_MODEL["list_accounts"]["limit_default"] = LIST_ACCOUNTS_MAX_RESULTS
 
 ROLE_ACCESS = ("full", "read-only", "missing")
 READ_PREFIXES = ("Describe", "Get", "List")

@@ -12,7 +12,13 @@ from django.utils import timezone
 from fleet import heatmap, posture
 from fleet.choices import HealthCheck
 from fleet.models import AccountHealth, ChangeBatch, DiscoveryRun, OrganizationSource
-from fleet.tests.factories import AccountFactory, InstanceFactory, MetadataDefaultsFactory, UserFactory
+from fleet.tests.factories import (
+    AccountFactory,
+    InstanceFactory,
+    LaunchSourceFactory,
+    MetadataDefaultsFactory,
+    UserFactory,
+)
 
 pytestmark = pytest.mark.django_db
 OVERVIEW = reverse("fleet:overview")
@@ -113,9 +119,27 @@ def test_bulk_change_targets_an_ou(operator, org):
     assert set(batch.items.values_list("account__account_id", flat=True)) == {"500000000002"}
 
 
-def test_defaults_page_filters_by_ou(viewer, org):
+def test_defaults_page_filters_and_groups_by_ou(viewer, org):
     cells = viewer.get(reverse("fleet:defaults"), {"ou": "Workloads"}).context["cells"]
     assert {c.account.account_id for c in cells} == {"500000000001", "500000000002"}
+    # Every account's cells, the accounts of one OU together: root first, then by OU path.
+    everything = viewer.get(reverse("fleet:defaults")).context["cells"]
+    paths = [c.account.ou_path for c in everything]
+    assert paths == sorted(paths) and paths[0] == "" and len({c.account.pk for c in everything}) == 4
+
+
+def test_sources_page_filters_and_groups_by_ou(viewer, org):
+    sources = {key: LaunchSourceFactory(account=account, name=f"lt-of-{key}") for key, account in org.items()}
+    url = reverse("fleet:source_list")
+    listed = viewer.get(url, {"ou": "Workloads"}).context["filter"].qs
+    assert set(listed) == {sources["prod"], sources["dev"]}
+    html = viewer.get(url, {"ou": "Workloads"}).content.decode()
+    assert "Workloads/NonProd/Dev" in html and "lt-of-sec" not in html  # the OU shown next to the account
+    by_account = viewer.get(url, {"sort": "account"}).context["table"]
+    assert [row.record.account.ou_path for row in by_account.rows] == [
+        "", "Security", "Workloads/NonProd/Dev", "Workloads/Prod"]
+    bad = viewer.get(url, {"ou": "Not/An/OU"})
+    assert bad.status_code == 200 and "ou" in bad.context["filter"].errors
 
 
 def _health(account, readable, healthy, error=""):
