@@ -12,18 +12,19 @@ from fleet import changes, source_changes, sync
 from fleet.choices import ItemState, LaunchVerdict
 from fleet.models import Account, LaunchSource
 from fleet.tests.factories import UserFactory
-from fleet.tests.live import LiveStack, wait_for
+from fleet.tests.live import module_stack, wait_for
 from fleet.tests.test_sources_sync import Aws
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 
+# One stack for the module; each test works in a simulator account of its own (``Aws``).
+live_stack = module_stack(time_scale=10, apply_delay=0.5)
+
+
 @pytest.fixture
-def stack(settings):
-    live = LiveStack(settings, time_scale=10, apply_delay=0.5)
-    live.start(workers=1, beat=True)
-    yield live
-    live.stop()
+def stack(live_stack):
+    return live_stack.fresh()
 
 
 def final(batch):
