@@ -563,8 +563,17 @@ def _p5_analysis(result):
                 f"machine {f['machine_cpu_busy_pct']:.0f} % busy (load average {f['load_average_1m_at_start']:.2f} at "
                 "the start)")
         if f["time_scale"] == 1:
-            lines.append(f"- *At AWS's real rate (scale 1), the pass/fail:* **{head}: "
-                         f"{'met' if met else 'missed'}** (target ≥ 90 %, 0 failed, ≤ 2 % throttled).")
+            text = (f"- *At AWS's real rate (scale 1), the pass/fail:* **{head}: "
+                    f"{'met' if met else 'missed'}** (target ≥ 90 %, 0 failed, ≤ 2 % throttled).")
+            engine = f.get("engine_cpu_ms_per_item")
+            if engine is not None and f["theoretical_items_per_s"]:
+                cores = engine * f["theoretical_items_per_s"] / 1000
+                text += (f" At {engine:g} CPU-ms per item the engine (workers + PostgreSQL) needs {cores:.2f} of a "
+                         f"core for AWS's {f['theoretical_items_per_s']:g} items/s: "
+                         + ("AWS's buckets, not this machine's cores, set the pace, and more workers would not "
+                            "raise it (the buckets are AWS's, per account/region)." if cores < 1 else
+                            "the engine's own CPU is near what 2 cores give it, so more cores would help here."))
+            lines.append(text)
             continue
         text = (f"- *At time scale {f['time_scale']:g}, the capacity of this machine:* {head}: the engine "
                 f"{'kept up with' if f['efficiency_pct'] >= 90 else 'fell short of'} the rate asked for.")

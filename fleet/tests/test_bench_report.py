@@ -329,6 +329,8 @@ def test_p5_says_each_runs_verdict_and_what_the_capacity_run_needs():
     text = analysis(met)
     assert "**98.7 % of the theoretical rate (32.9 of 33.3 items/s" in text and "3 of 1004 calls throttled" in text
     assert ": met** (target ≥ 90 %" in text and "fell short of the rate asked for" in text
+    assert "At 6.1 CPU-ms per item the engine (workers + PostgreSQL) needs 0.20 of a core for AWS's 33.3 items/s: " \
+           "AWS's buckets, not this machine's cores, set the pace" in text
     assert f"480 items/s would need {(6.1 + 4.2) * 480 / 1000:.1f} cores against the machine's 2" in text
     assert "**84.0 %" in analysis(missed) and "2 failed" in analysis(missed) and ": missed**" in analysis(missed)
 
