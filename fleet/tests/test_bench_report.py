@@ -3,6 +3,9 @@ from their figures, so a met run and a missed run must read differently and quot
 numbers; P3's and ORG's, never from an old run's."""
 
 import copy
+import re
+
+import pytest
 
 from bench import report
 from bench.report import ANALYSIS, render
@@ -185,3 +188,168 @@ def test_the_rendered_report_carries_the_generated_analysis():
     text = report.render(run)
     assert text.count("This run, page by page") == 1 and "discovered in 41.5 s" in text
     assert "749 s" not in text  # no figure from an earlier run's prose
+
+
+# Every analysis, met and missed: the prose never claims the opposite verdict and quotes the run's figures.
+MET_WORDS = re.compile(r"\bmet\b", re.IGNORECASE)
+MISSED_WORDS = re.compile(r"\bmissed\b|\bMISSED\b", re.IGNORECASE)
+
+
+def analysis(result):
+    """The analysis prose render() writes for a result, every part of it."""
+    parts = ANALYSIS.get(result["id"], ())
+    texts = [part(result) if callable(part) else part for part in (parts if isinstance(parts, tuple) else (parts,))]
+    if result["id"] == "P3":
+        texts.append(ANALYSIS["P3-org"])
+    return "\n\n".join(texts)
+
+
+def bench(id, figures, met, **extra):
+    return {"id": id, "title": "t", "measured": "m", "compare": "c", "target": "t", "met": met, "limits": "l",
+            "figures": figures, **extra}
+
+
+P1 = {"instances": 100000, "pages": 100, "upsert_instances_empty_table_s": 10.56,
+      "upsert_instances_existing_rows_s": 14.57, "copy_s": 5.75, "bulk_create_path_empty_table_s": 28.04,
+      "ratio_bulk_create_path_to_copy": 4.87, "dicts_to_rows_s": 1.22, "naive_orm_subset_instances": 5000,
+      "naive_orm_subset_s": 24.78, "naive_orm_extrapolated_s": 495.6, "ratio_upsert_to_copy": 1.84,
+      "ratio_upsert_with_conversion_to_copy_with_conversion": 1.51, "ratio_naive_to_upsert": 46.9}
+P2 = {"instances": 5000, "rounds": 3, "first_sync_s": 21.83, "resync_s": [21.97, 21.67, 22.55],
+      "raw_boto3_pagination_s": [20.91, 21.76, 21.48], "ratio_resync_to_raw_median": 1.023,
+      "ratio_first_sync_to_raw_median": 1.016}
+P4 = {"runs": [{"instances": 10000, "items": 9897, "queued": 3011, "skipped": 6135, "held": 751, "request_s": 0.337,
+                "queries": 6},
+               {"instances": 100000, "items": 98929, "queued": 30749, "skipped": 60638, "held": 7542,
+                "request_s": 2.551, "queries": 6}], "query_count_constant": True}
+P5_RUN = {"time_scale": 1.0, "items": 1000, "account_regions": 4, "workers": 2, "worker_concurrency": 2,
+          "submit_span_s": 30.4, "theoretical_s": 30.0, "items_per_s": 32.9, "theoretical_items_per_s": 33.3,
+          "efficiency_pct": 98.7, "applied": 1000, "failed": 0, "stuck": 0, "modify_calls": 1004,
+          "modify_throttled": 3, "throttled_pct": 0.3, "machine_cpu_busy_pct": 74.5, "engine_cpu_ms_per_item": 6.1,
+          "simulator_cpu_ms_per_item": 4.2, "load_average_1m_at_start": 1.72}
+P5_CAPACITY = {**P5_RUN, "time_scale": 20.0, "items": 2400, "submit_span_s": 41.8, "theoretical_s": 5.0,
+               "items_per_s": 57.4, "theoretical_items_per_s": 480.0, "efficiency_pct": 12.0, "modify_calls": 2404,
+               "modify_throttled": 0, "throttled_pct": 0.0, "machine_cpu_busy_pct": 89.5}
+P8 = {"templates": 2000, "versions_per_template": 5, "groups": 1000, "rounds": 5, "first_sync_s": 37.1,
+      "resync_s": [12.6, 9.3, 17.2, 12.1, 13.0], "raw_boto3_describe_s": [12.0, 10.5, 14.7, 11.8, 12.4],
+      "ratio_resync_to_raw_median": 1.05}
+P9 = {"instances": 10000, "gunicorn_workers": 3, "gunicorn_threads": 8, "flood_connections": 8, "lockout_delay_s": 1.0,
+      "rounds": 4, "seconds_alone_and_flooded_per_round": 8.0, "failure_limit": 5,
+      "baseline": {"requests": 549, "p50_ms": 50.1, "p90_ms": 109.2, "max_ms": 171.2},
+      "during_flood": {"requests": 346, "p50_ms": 86.5, "p90_ms": 141.8, "max_ms": 352.1}, "ratio_p50": 1.73,
+      "flood_answers": {"200": 4, "429": 249}, "flood_requests_per_second": 7.9,
+      "without_lockout": {"baseline": {"requests": 52, "p50_ms": 135.6, "p90_ms": 169.8, "max_ms": 1128.3},
+                          "during_flood": {"requests": 19, "p50_ms": 380.1, "p90_ms": 626.2, "max_ms": 752.0},
+                          "ratio_p50": 2.8, "flood_answers": {"200": 10}}}
+
+
+def _met_and_missed():
+    """(met result, missed result) per benchmark id with an analysis, each missed one off target."""
+    p3_missed = _p3()
+    p3_missed.update(met=False)
+    p3_missed["figures"].update(query_count_constant=False, misses=["list at 100,000: p50 140 ms"])
+    p5_missed = copy.deepcopy(P5_RUN) | {"efficiency_pct": 84.0, "items_per_s": 28.0, "failed": 2}
+    p5b_missed = [point(4, 98.0, 40.0), point(8, 97.5, 55.0), point(16, 91.0, 90.0), point(32, 70.0, 99.0)]
+    p5c_missed = copy.deepcopy(ALONE) | {"efficiency_pct": 93.1, "throttled_pct": 3.5, "met": False}
+    shared_missed = copy.deepcopy(SHARED) | {"failed": 4, "met": False}
+    return {
+        "P1": (bench("P1", P1, True),
+               bench("P1", P1 | {"upsert_instances_empty_table_s": 20.01, "ratio_upsert_to_copy": 3.48}, False)),
+        "P2": (bench("P2", P2, True),
+               bench("P2", P2 | {"resync_s": [25.5, 26.1, 24.9], "ratio_resync_to_raw_median": 1.187}, False)),
+        "P3": (_p3(), p3_missed),
+        "P4": (bench("P4", P4, True),
+               bench("P4", {"runs": [P4["runs"][0], P4["runs"][1] | {"request_s": 3.42, "queries": 9}],
+                            "query_count_constant": False}, False)),
+        "P5": (bench("P5", {"runs": [P5_RUN, P5_CAPACITY]}, True, met_per_run=[True, False]),
+               bench("P5", {"runs": [p5_missed, P5_CAPACITY]}, False, met_per_run=[False, False])),
+        "P5b": (bench("P5b", {"curve": [point(4, 98.0, 40.0), point(8, 97.5, 55.0), point(16, 96.0, 75.0),
+                                        point(32, 97.0, 60.0)]}, True),
+                bench("P5b", {"curve": p5b_missed}, False)),
+        "P5c": (bench("P5c", {"runs": [ALONE, SHARED]}, True), bench("P5c", {"runs": [p5c_missed, shared_missed]}, False)),
+        "P8": (bench("P8", P8, True),
+               bench("P8", P8 | {"resync_s": [16.0, 15.1, 17.2, 16.4, 15.9], "ratio_resync_to_raw_median": 1.32}, False)),
+        "P9": (bench("P9", P9, True),
+               bench("P9", P9 | {"during_flood": {"requests": 300, "p50_ms": 131.0, "p90_ms": 402.0, "max_ms": 961.0},
+                                 "ratio_p50": 2.61}, False)),
+        "P10": (result() | {"id": "P10"}, result(compliant_s=27.5, batch_done_s=28.3) | {"id": "P10"}),
+        "ORG": (_org(failed=0), _org(completed=False, synced=2900, projected_all_s=711, workers_busy_share=0.5)
+                | {"met": False}),
+    }
+
+
+@pytest.mark.parametrize("id", ["P1", "P2", "P3", "P4", "P5", "P5b", "P5c", "P8", "P9", "P10", "ORG"])
+def test_no_analysis_claims_the_opposite_verdict(id):
+    met, missed = _met_and_missed()[id]
+    assert met["met"] and not missed["met"]
+    assert not MISSED_WORDS.search(analysis(met)), analysis(met)
+    assert not MET_WORDS.search(analysis(missed)), analysis(missed)
+
+
+def test_no_hand_written_text_quotes_a_figure_of_an_old_run():
+    hand = [part for parts in ANALYSIS.values() for part in (parts if isinstance(parts, tuple) else (parts,))
+            if isinstance(part, str)]
+    for stale in ("7.3", "17.1 s", "93.9", "1.73x", "2.55 s", "96 %", "Met at", "**Met", "1.05x", "2.58"):
+        assert not any(stale in text for text in hand), stale
+
+
+def test_p1_quotes_its_own_ratio_and_the_bulk_create_path():
+    met, missed = _met_and_missed()["P1"]
+    assert "**Met: `upsert_instances` wrote 100,000 instances (100 pages) into an empty table in 10.56 s, 1.84x " \
+           "a plain COPY of the same rows (5.75 s" in analysis(met)
+    assert "took 28.04 s (4.87x COPY)" in analysis(met) and "about 495.6 s for all of them" in analysis(met)
+    assert "**Missed:" in analysis(missed) and "20.01 s, 3.48x" in analysis(missed)
+
+
+def test_changes_quote_p1_from_the_run_and_no_older_figure():
+    text = report._changes({"P1": bench("P1", P1 | {"bulk_create_path_empty_table_s": 30.5,
+                                                     "ratio_bulk_create_path_to_copy": 5.3}, True)})
+    assert "that path took 30.5 s for 100,000 instances, 5.3x a plain COPY of the same rows (5.75 s)" in text
+    assert "7.3" not in text and "17.1" not in text and "96 %" not in text
+    assert "P1 measures that path" in report._changes({})
+
+
+def test_p2_p4_and_p8_follow_their_figures():
+    met, missed = _met_and_missed()["P2"]
+    assert "took 21.97 s against 21.48 s for raw boto3 pagination" in analysis(met)
+    assert "(1.023x, medians of 3 alternating rounds" in analysis(met)
+    assert "took 25.5 s against 21.48 s" in analysis(missed) and "1.187x" in analysis(missed)
+    met, missed = _met_and_missed()["P4"]
+    assert "**Met: 2.551 s at 100,000 instances" in analysis(met) and "the same query count" in analysis(met)
+    assert "about 26 s, over gunicorn's default 30 s timeout" not in analysis(met)
+    assert "**Missed: 3.42 s" in analysis(missed) and "grows with the selection" in analysis(missed)
+    assert "about 34 s, over gunicorn's default 30 s timeout" in analysis(missed)
+    met, missed = _met_and_missed()["P8"]
+    assert "took 12.6 s against 12 s for the raw describes (1.05x, medians of 5 alternating rounds, 9.3-17.2 s" \
+        in analysis(met)
+    assert "**Missed:" in analysis(missed) and "took 16 s" in analysis(missed) and "1.32x" in analysis(missed)
+
+
+def test_p5_says_each_runs_verdict_and_what_the_capacity_run_needs():
+    met, missed = _met_and_missed()["P5"]
+    text = analysis(met)
+    assert "**98.7 % of the theoretical rate (32.9 of 33.3 items/s" in text and "3 of 1004 calls throttled" in text
+    assert ": met** (target ≥ 90 %" in text and "fell short of the rate asked for" in text
+    assert "At 6.1 CPU-ms per item the engine (workers + PostgreSQL) needs 0.20 of a core for AWS's 33.3 items/s: " \
+           "AWS's buckets, not this machine's cores, set the pace" in text
+    assert f"480 items/s would need {(6.1 + 4.2) * 480 / 1000:.1f} cores against the machine's 2" in text
+    assert "**84.0 %" in analysis(missed) and "2 failed" in analysis(missed) and ": missed**" in analysis(missed)
+
+
+def test_p9_quotes_the_flood_and_the_comparison_without_lockout():
+    met, missed = _met_and_missed()["P9"]
+    text = analysis(met)
+    assert "from 50.1 ms alone to 86.5 ms during the flood (1.73x" in text and "worst request 352.1 ms" in text
+    assert "answered 249 with 429 and 4 with 200" in text and "from 135.6 ms to 380.1 ms (2.8x)" in text
+    assert "to 131 ms during the flood (2.61x" in analysis(missed)
+    quick = bench("P9", {key: value for key, value in P9.items() if key != "without_lockout"} | {"rounds": 1}, True)
+    assert "out of reach" not in analysis(quick) and "1 window of 8 s" in analysis(quick)
+
+
+def test_the_intro_lists_every_issues_targets_from_the_run():
+    run = {"P1": bench("P1", P1, True), "P3": _p3(), "P7": bench("P7", {}, True), "P10": result()}
+    text = report._targets(run)
+    assert text.startswith("Targets are from GitHub issue 7 (P1, P2: not in this run, P3, ")
+    assert "GitHub issue 16 (ORG: not in this run, P3 at 3,400 account/regions)" in text
+    assert "GitHub issue 15 (P8: not in this run)" in text and "GitHub issue 17 (P9: not in this run)" in text
+    assert "P7b, measured in P7" in text and "P10)" in text and "P4b: not in this run" in text
+    assert "no issue on record (P99)" in report._targets({"P99": bench("P99", {}, True)})
