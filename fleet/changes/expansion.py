@@ -123,11 +123,16 @@ def selected(batch, after=None, through=None):
     query = batch.selection_query
     sql, params = query["sql"], [_decode(param) for param in query["params"]]
     bounds = [(op, value) for op, value in ((">", after), ("<=", through)) if value is not None]
-    if bounds:
+    # A selection stored before its column was named is only filtered outside (slower, as correct).
+    named = f'AS "{SELECTED_ID}"' in sql
+    if bounds and named:
         where = " AND ".join(f'selection."{SELECTED_ID}" {op} %s' for op, _ in bounds)
         sql = f'SELECT selection."{SELECTED_ID}" FROM ({sql}) AS selection WHERE {where}'
         params += [value for _, value in bounds]
-    return Instance.objects.filter(pk__in=RawSQL(sql, params))
+    instances = Instance.objects.filter(pk__in=RawSQL(sql, params))
+    if not named:
+        instances = instances.filter(**{f"pk__{'gt' if op == '>' else 'lte'}": value for op, value in bounds})
+    return instances
 
 
 def _guard_key(batch_pk):
