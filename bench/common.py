@@ -306,6 +306,120 @@ def synthetic_rows(pairs, first, total, now):
         )
 
 
+def _fraction(salt):
+    """A deterministic uniform [0, 1) per instance number ``n`` and ``salt``, in SQL."""
+    return f"((hashint4((n * 16 + {salt})::int)::bigint + 2147483648) / 4294967296.0)"
+
+
+def generate_rows(pairs, first, total, now):
+    """``total`` instance rows numbered from ``first``, written by PostgreSQL itself (one
+    INSERT ... SELECT over ``generate_series``): the mix of :func:`synthetic_rows` (tokens 60 %
+    required, 3 % endpoint off, 70 % hop limit 1, 85/12/3 % running/stopped/terminated, usage never
+    measured for 30 %, IMDSv1 calls for 20 %, 1 % gone) without a Python object per row, so a
+    million rows load in seconds rather than minutes. Returns the count."""
+    from django.db import connection, transaction
+
+    accounts = [account.pk for account, _ in pairs]
+    regions = [region for _, region in pairs]
+    f = _fraction
+    pick = "(ARRAY{})[1 + (n %% {})]"
+    sql = f"""
+        INSERT INTO fleet_instance ({', '.join(COPY_COLUMNS)})
+        SELECT (%(accounts)s::bigint[])[1 + (n %% %(pairs)s)], (%(regions)s::text[])[1 + (n %% %(pairs)s)],
+               'i-' || lpad(to_hex(n), 17, '0'), name, jsonb_build_object('Name', name, 'Team', team),
+               CASE WHEN {f(1)} < 0.85 THEN 'running' WHEN {f(1)} < 0.97 THEN 'stopped' ELSE 'terminated' END,
+               {pick.format(list(TYPES), len(TYPES))}, 'ami-' || lpad(to_hex(n %% 977), 17, '0'),
+               %(base)s::timestamptz + (n %% 500000) * interval '1 minute',
+               CASE WHEN {f(2)} < 0.6 THEN 'required' ELSE 'optional' END,
+               CASE WHEN {f(3)} < 0.7 THEN 1 WHEN {f(4)} < 0.75 THEN 2 ELSE 3 END,
+               CASE WHEN {f(5)} < 0.03 THEN 'disabled' ELSE 'enabled' END, 'disabled', 'disabled',
+               CASE WHEN {f(6)} < 0.02 THEN 'pending' ELSE 'applied' END,
+               v1, CASE WHEN v1 IS NOT NULL THEN 0 END, NULL,
+               CASE WHEN v1 IS NOT NULL THEN %(now)s::timestamptz END, %(now)s::timestamptz,
+               %(now)s::timestamptz - floor({f(7)} * 3600) * interval '1 second',
+               CASE WHEN {f(8)} < 0.01 THEN %(now)s::timestamptz END
+        FROM (
+            SELECT n, {pick.format(list(NAMES), len(NAMES))} || '-' || lpad((n %% 9973)::text, 4, '0') AS name,
+                   {pick.format(list(TEAMS), len(TEAMS))} AS team,
+                   CASE WHEN {f(9)} < 0.3 THEN NULL WHEN {f(9)} < 0.8 THEN 0
+                        ELSE 1 + floor({f(10)} * 4999)::int END AS v1
+            FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS n
+        ) AS g
+    """
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(sql, {"accounts": accounts, "regions": regions, "pairs": len(pairs), "base": BASE_TIME,
+                             "now": now, "first": first, "last": first + total - 1})
+        return cursor.rowcount
+
+
+REBUILD_INDEXES_FROM = 100_000  # rows loaded at once
+
+
+def load_instances(pairs, first, total, now):
+    """:func:`generate_rows` with the instance table's secondary indexes dropped for the load and
+    built again after it, in one transaction: building an index over a million rows (the GIN
+    indexes of the search and the tags above all) is several times faster than maintaining it
+    row by row (a small load keeps them: rebuilding costs more than it saves). The primary key
+    and the unique constraint stay. Then :func:`analyze`."""
+    from django.db import connection, transaction
+
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT i.indexname, i.indexdef FROM pg_indexes i WHERE i.tablename = 'fleet_instance' AND NOT EXISTS "
+            "(SELECT 1 FROM pg_constraint c WHERE c.conindid = to_regclass(quote_ident(i.indexname)))"
+        )
+        indexes = cursor.fetchall() if total >= REBUILD_INDEXES_FROM else []
+        for name, _ in indexes:
+            cursor.execute(f'DROP INDEX "{name}"')
+        # The account foreign key is checked at the INSERT, not at COMMIT: PostgreSQL builds no
+        # index on a table with checks still pending.
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        count = generate_rows(pairs, first, total, now)
+        cursor.execute("SET LOCAL maintenance_work_mem = '256MB'")
+        for _, definition in indexes:
+            cursor.execute(definition)
+    analyze()
+    return count
+
+
+class OperatorClient:
+    """A logged-in superuser's test client and the bulk "Require IMDSv2" POST of P4 and P4b:
+    the confirmation form through the whole middleware stack, its queries counted and timed."""
+
+    def __init__(self):
+        from django.contrib.auth import get_user_model
+
+        self.user, _ = get_user_model().objects.get_or_create(username="bench-operator",
+                                                              defaults={"is_superuser": True})
+        self.user.is_superuser = True
+        self.user.save()
+        self.client = self.new_client()
+
+    def new_client(self):
+        from django.test import Client
+
+        client = Client(HTTP_HOST="localhost")
+        client.force_login(self.user)
+        return client
+
+    def require_imdsv2(self):
+        """No batches before it; returns (the batch, seconds, queries) of the request."""
+        from django.db import connection
+        from django.test.utils import CaptureQueriesContext
+        from django.urls import reverse
+
+        from fleet.models import ChangeBatch
+
+        with connection.cursor() as cursor:
+            cursor.execute("TRUNCATE fleet_changeitem, fleet_batchevent, fleet_changebatch")
+        self.client.get(reverse("fleet:overview"))  # warm: templates, URL resolver, session
+        with CaptureQueriesContext(connection) as queries, Timer() as timer:
+            response = self.client.post(reverse("fleet:change_new"),
+                                        {"filter": "gone=present", "http_tokens": "required"})
+        assert response.status_code == 302, (response.status_code, response.content[:2000])
+        return ChangeBatch.objects.get(), timer.seconds, len(queries)
+
+
 def copy_rows(rows, table="fleet_instance", columns=COPY_COLUMNS):
     """COPY ``rows`` (tuples in ``columns`` order) into ``table`` with psycopg 3. Returns the count."""
     from django.db import connection, transaction

@@ -19,13 +19,12 @@ import time
 
 from bench.common import (
     ROOT,
+    OperatorClient,
     Timer,
-    analyze,
-    copy_rows,
     ensure_accounts,
+    load_instances,
     parse_args,
     setup_django,
-    synthetic_rows,
     truncate_fleet,
     write_result,
 )
@@ -60,53 +59,38 @@ def main(argv=None):
     args = parse_args(__doc__, argv, options)
     setup_django()
     from django.conf import settings
-    from django.contrib.auth import get_user_model
     from django.db import connection
     from django.db.models import Max
-    from django.test import Client
-    from django.test.utils import CaptureQueriesContext
     from django.urls import reverse
     from django.utils import timezone
 
     from fleet.changes import expansion
     from fleet.choices import ItemState
-    from fleet.models import ChangeBatch, ChangeItem
+    from fleet.models import ChangeItem
 
     if args.quick:
         expansion.INLINE_MAX = 1_000  # the request process's threshold; the child uses its chunk size
         sizes, chunk = (3_000, 12_000), 2_000
     else:
         sizes, chunk = (50_000, args.size), settings.IMDSWEB_EXPANSION_CHUNK
-    user, _ = get_user_model().objects.get_or_create(username="bench-operator", defaults={"is_superuser": True})
-    user.is_superuser = True
-    user.save()
-    client = Client(HTTP_HOST="localhost")
-    client.force_login(user)
+    operator = OperatorClient()
     truncate_fleet()
     pairs = ensure_accounts(10, 3)
     loaded, runs = 0, []
     for size in sizes:
         with Timer() as loading:
-            copy_rows(synthetic_rows(pairs, loaded, size - loaded, timezone.now()))
+            load_instances(pairs, loaded, size - loaded, timezone.now())
             loaded = size
-            analyze()
         print(f"P4b: {size:,} instances loaded in {loading.seconds:.0f}s", flush=True)
-        with connection.cursor() as cursor:
-            cursor.execute("TRUNCATE fleet_changeitem, fleet_batchevent, fleet_changebatch")
-        client.get(reverse("fleet:overview"))  # warm: templates, URL resolver, session
-        clicked = time.monotonic()  # noqa: F841 - the poller's origin
-        with CaptureQueriesContext(connection) as queries, Timer() as timer:
-            response = client.post(reverse("fleet:change_new"), {"filter": "gone=present", "http_tokens": "required"})
-        assert response.status_code == 302, (response.status_code, response.content[:2000])
-        batch = ChangeBatch.objects.get()
+        batch, request_s, queries = operator.require_imdsv2()
+        clicked = time.monotonic() - request_s  # the poller's origin: the click
         assert batch.expanding and not batch.items.exists(), "the request must leave the items to a worker"
 
         progress, seen = reverse("fleet:change_progress", args=[batch.pk]), []
         stop = threading.Event()
 
         def poll(progress=progress, seen=seen, stop=stop, clicked=clicked):
-            poller = Client(HTTP_HOST="localhost")
-            poller.force_login(user)
+            poller = operator.new_client()
             while not stop.is_set():
                 began = time.monotonic()
                 html = poller.get(progress).content.decode()
@@ -138,15 +122,15 @@ def main(argv=None):
             "queued": counts[ItemState.QUEUED],
             "skipped": counts[ItemState.SKIPPED],
             "held": counts[ItemState.HELD],
-            "request_s": round(timer.seconds, 3),
-            "queries": len(queries),
+            "request_s": round(request_s, 3),
+            "queries": queries,
             "chunks": chunks,
             "chunk_size": chunk,
             "expand_s": round(expand_s, 2),
             "seconds_per_chunk": round(expand_s / chunks, 3) if chunks else None,
             "items_per_s": round(counts["total"] / expand_s) if expand_s else None,
             # A worker already running: the request, then the expansion itself.
-            "click_to_all_queued_s": round(timer.seconds + expand_s, 2),
+            "click_to_all_queued_s": round(request_s + expand_s, 2),
             "click_to_all_queued_with_child_startup_s": round(with_startup, 2),
             "expander_peak_rss_mb": rss,
             "progress_seen": seen[:3] + seen[-2:] if len(seen) > 5 else seen,

@@ -105,7 +105,9 @@ def main(argv=None):
             "Pages come from a fake paginator (boto3-shaped dicts, 1,000 per page, generated lazily) instead "
             "of botocore parsing XML from the wire, so the parser's transient buffers for one page "
             "(a few MB) are not in the figure; everything after the paginator is the product's code. "
-            "The sync streams: memory depends on the page size, not the fleet size."
+            "Every generated instance runs its own AMI (100,000 distinct images), the worst case for the "
+            "sources sync's image rows, which are written 1,000 at a time. The sync streams: memory depends "
+            "on the page size, not the fleet size."
         ),
     })
 

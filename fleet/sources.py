@@ -281,7 +281,19 @@ def _write(account, region, now, templates, versions, groups, configurations, im
             ))
         _upsert_changed(account, region, now, group_rows, group_fields, stored,
                         extra_update=("template", "launch_configuration"))
-        found = {image["ImageId"]: image for image in images}
+        _write_images(account, region, now, image_ids, {image["ImageId"]: image for image in images})
+
+
+# Images written per statement: a region whose instances run 100,000 distinct AMIs is written a
+# slice at a time, so the sync's memory does not grow with the number of images (P7).
+IMAGES_PER_WRITE = 1000
+
+
+def _write_images(account, region, now, image_ids, found):
+    """Upsert the Image rows of ``image_ids`` that are new or changed (``found``: what AWS
+    answered, by id; an id AWS did not answer is stored as not found); the others get synced_at."""
+    for start in range(0, len(image_ids), IMAGES_PER_WRITE):
+        ids = image_ids[start : start + IMAGES_PER_WRITE]
         image_rows = [
             Image(
                 account=account, region=region, image_id=image_id, found=image_id in found, synced_at=now,
@@ -291,15 +303,16 @@ def _write(account, region, now, templates, versions, groups, configurations, im
                 state=found.get(image_id, {}).get("State", "") or "",
                 imds_support=found.get(image_id, {}).get("ImdsSupport", "") or "",
             )
-            for image_id in image_ids
+            for image_id in ids
         ]
         stored_images = {
             row[0]: list(row[1:])
-            for row in Image.objects.filter(account=account, region=region).values_list("image_id", *IMAGE_FIELDS)
+            for row in Image.objects.filter(account=account, region=region, image_id__in=ids)
+            .values_list("image_id", *IMAGE_FIELDS)
         }
         image_rows = [row for row in image_rows
                       if stored_images.get(row.image_id) != [getattr(row, name) for name in IMAGE_FIELDS]]
-        Image.objects.filter(account=account, region=region, image_id__in=image_ids).update(synced_at=now)
+        Image.objects.filter(account=account, region=region, image_id__in=ids).update(synced_at=now)
         if image_rows:
             Image.objects.bulk_create(
                 image_rows, update_conflicts=True, unique_fields=["account", "region", "image_id"],
@@ -459,10 +472,17 @@ def refresh_verdicts(account, region, template=None):
         (v["template_id"], v["version_number"]): _Row(**v)
         for v in version_rows.values("template_id", "version_number", "http_tokens", "hop_limit", "image_id")
     }
+    # Only the images a source or a version launches: the region's other images (those of its
+    # instances, up to one per instance) are not resolved here, and reading them all made the
+    # sync's memory grow with the fleet (P7).
+    launched = {v.image_id for v in versions.values()} | {source.image_id for source in sources}
+    launched.discard("")
+    launched.discard(None)
     images = {
         i["image_id"]: _Row(**i)
-        for i in Image.objects.filter(account=account, region=region).values("image_id", "found", "imds_support")
-    }
+        for i in Image.objects.filter(account=account, region=region, image_id__in=sorted(launched))
+        .values("image_id", "found", "imds_support")
+    } if launched else {}
     defaults = account_defaults(account, region)
     changed = []
     for source in sources:

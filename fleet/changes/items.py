@@ -3,6 +3,8 @@ one rule in :mod:`fleet.changes.decision`. PostgreSQL inserts them with one INSE
 that rule's query (a 100,000-instance request builds no Python object per instance,
 docs/benchmarks.md P4); other databases bulk-create them from the same query's rows."""
 
+from typing import NamedTuple
+
 from django.db import connection
 from django.db.models import F
 
@@ -14,9 +16,18 @@ BULK_SIZE = 5000
 DECIDED = ("item_instance", "item_account", "item_region", "item_previous", "item_state", "item_reason", "outcome")
 
 
+class Created(NamedTuple):
+    """What :func:`create_items` wrote: how many items, and the (account pk, region) pairs that
+    got queued ones (they need a runner), read from the insert itself rather than by a second
+    query over the batch's items."""
+
+    count: int
+    queued_regions: list
+
+
 def create_items(batch, instances, desired, override_usage, now, override_owner=False, override_waivers=False,
                  pk_range=None):
-    """Insert the batch's items. Returns how many were created.
+    """Insert the batch's items. Returns :class:`Created`.
 
     ``pk_range`` (after, through): only instances with ``after < pk <= through`` (``through`` None:
     no upper bound), applied to the decision query itself so that a chunk of a large selection is
@@ -51,13 +62,15 @@ def create_items(batch, instances, desired, override_usage, now, override_owner=
         for row in decided.iterator(chunk_size=BULK_SIZE)
     ]
     ChangeItem.objects.bulk_create(items, batch_size=BULK_SIZE)
-    return len(items)
+    queued = {(item.account_id, item.region) for item in items if item.state == ItemState.QUEUED}
+    return Created(len(items), sorted(queued))
 
 
 def _insert_select(batch, decided, now):
     selected_sql, selected_params = decided.query.sql_with_params()
     item_table = connection.ops.quote_name(ChangeItem._meta.db_table)
     sql = f"""
+        WITH inserted AS (
         INSERT INTO {item_table} (batch_id, account_id, region, instance_id, desired, previous, state, reason,
                                   outcome, attempts, request_id, error_code, error_message, created_at,
                                   updated_at, finished_at, breakage_suspected)
@@ -66,8 +79,13 @@ def _insert_select(batch, decided, now):
                CASE WHEN d.item_state = %s THEN NULL ELSE %s::timestamptz END, false
         FROM ({selected_sql}) AS d
         ORDER BY d.item_instance
+        RETURNING account_id, region, state
+        )
+        SELECT account_id, region, count(*), count(*) FILTER (WHERE state = %s) FROM inserted
+        GROUP BY account_id, region
     """
-    params = [batch.pk, now, now, ItemState.QUEUED.value, now, *selected_params]
+    params = [batch.pk, now, now, ItemState.QUEUED.value, now, *selected_params, ItemState.QUEUED.value]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return cursor.rowcount
+        rows = cursor.fetchall()
+    return Created(sum(row[2] for row in rows), sorted((account, region) for account, region, _, queued in rows if queued))

@@ -129,7 +129,7 @@ def request_change(user, instances, desired, *, comment="", selection="", dry_ru
                 request_token=request_token or None,
             )
             count = create_items(batch, instances, desired, override_usage, timezone.now(), override_owner,
-                                 override_waivers=override_waivers)
+                                 override_waivers=override_waivers).count
             if not count:
                 raise ChangeRefused("No instances selected.")  # rolls the empty batch back
             if not batch.items.filter(state=ItemState.QUEUED).exists():

@@ -198,7 +198,7 @@ class ChangeItem(models.Model):
     # instance rows, and PostgreSQL would re-check that same batch row and those few account rows
     # once per item at COMMIT, a large share of a bulk request's time (benchmark P4 measures the
     # request). Batches and accounts with items are never deleted: PROTECT refuses it in Django, and
-    # the admin and commands delete through Django. The instance keeps its database constraint.
+    # the admin and commands delete through Django.
     # Nor an index of their own (one less per item to write): (batch, state) and (state, account,
     # region) below serve the engine's and the pages' lookups; only removing an account counts its
     # items by account alone, an admin command that may scan.
@@ -210,13 +210,21 @@ class ChangeItem(models.Model):
     )
     region = models.CharField(max_length=32)
     # Null for an account-defaults item. Instance rows are never deleted while they have history
-    # (gone instances are only marked), so the audit keeps its target.
+    # (gone instances are only marked), so the audit keeps its target. No database constraint
+    # either, for the same reason as the batch's: PostgreSQL checks it item by item at COMMIT and
+    # locks the instance row each time (a write per instance), a tenth of the time of every chunk
+    # of a million-instance expansion (docs/benchmarks.md P4b); Django's PROTECT refuses deleting
+    # an instance that has items, and every path writes an item from an instance row it has just
+    # read. Its index stays: an instance's history is read by it.
     instance = models.ForeignKey(
-        Instance, null=True, blank=True, on_delete=models.PROTECT, related_name="change_items"
+        Instance, null=True, blank=True, on_delete=models.PROTECT, related_name="change_items", db_constraint=False
     )
     # A launch template for "require IMDSv2 at the source" (fleet.source_changes); null otherwise.
+    # Its index is partial (below): an instance item, nearly every item, has no source and adds no
+    # entry to it.
     source = models.ForeignKey(
-        "fleet.LaunchSource", null=True, blank=True, on_delete=models.PROTECT, related_name="change_items"
+        "fleet.LaunchSource", null=True, blank=True, on_delete=models.PROTECT, related_name="change_items",
+        db_index=False,
     )
     # Values this item sets when they differ per item (a rollback); empty = the batch's desired.
     desired = models.JSONField(default=dict, blank=True)
@@ -277,6 +285,7 @@ class ChangeItem(models.Model):
         indexes = [
             models.Index(fields=["state", "account", "region"]),
             models.Index(fields=["batch", "state"]),
+            models.Index(fields=["source"], condition=Q(source__isnull=False), name="changeitem_source"),
         ]
 
     def __str__(self):

@@ -186,3 +186,23 @@ def test_the_api_answers_a_large_request_with_the_batch_still_expanding(client):
     tasks.expand_batch(body["id"])
     batch = ChangeBatch.objects.get(pk=body["id"])
     assert (batch.expanding, batch.expanded, batch.counts()["queued"]) == (False, 9, 9)
+
+
+def test_a_chunk_reads_exactly_its_id_range_of_the_selection():
+    account, instances = fleet(9, busy=0)
+    batch = request(account)
+    ids = sorted(instance.pk for instance in instances)
+    assert list(expansion.selected(batch, ids[2], ids[5]).values_list("pk", flat=True).order_by("pk")) == ids[3:6]
+    assert list(expansion.selected(batch, after=ids[6]).values_list("pk", flat=True).order_by("pk")) == ids[7:]
+    assert expansion.selected(batch).count() == 9
+
+
+def test_a_selection_stored_without_its_named_column_still_expands_by_range():
+    account, instances = fleet(9, busy=0)
+    batch = request(account)
+    query = dict(batch.selection_query, sql=batch.selection_query["sql"].replace('"selected_id"', '"pk"'))
+    ChangeBatch.objects.filter(pk=batch.pk).update(selection_query=query)
+    tasks.expand_batch(batch.pk)
+    batch.refresh_from_db()
+    assert not batch.expanding and batch.expanded == 9
+    assert sorted(batch.items.values_list("instance_id", flat=True)) == sorted(i.pk for i in instances)

@@ -95,9 +95,9 @@ def test_enforced_follows_prowler():
     assert required.enforced and disabled.enforced and not optional.enforced
 
 
-def test_a_batch_or_account_with_items_cannot_be_deleted():
-    # ChangeItem.batch and .account carry no database constraint (bulk inserts): Django's PROTECT
-    # is what keeps the audit whole.
+def test_a_batch_account_or_instance_with_items_cannot_be_deleted():
+    # ChangeItem.batch, .account and .instance carry no database constraint (bulk inserts):
+    # Django's PROTECT is what keeps the audit whole.
     from django.db.models import ProtectedError
 
     item = ChangeItemFactory()
@@ -105,4 +105,7 @@ def test_a_batch_or_account_with_items_cannot_be_deleted():
         item.batch.delete()
     with pytest.raises(ProtectedError), transaction.atomic():
         item.account.delete()
-    assert ChangeItem.objects.filter(pk=item.pk, batch=item.batch, account=item.account).exists()
+    with pytest.raises(ProtectedError), transaction.atomic():
+        item.instance.delete()
+    assert ChangeItem.objects.filter(pk=item.pk, batch=item.batch, account=item.account,
+                                     instance=item.instance).exists()
