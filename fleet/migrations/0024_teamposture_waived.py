@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('fleet', '0022_batch_expansion'),
+        ('fleet', '0023_changeitem_lighter_indexes'),
     ]
 
     operations = [
