@@ -70,7 +70,7 @@ class DateText(Func):
         )
 
     def as_sqlite(self, compiler, connection, **extra):
-        return self.as_sql(compiler, connection, template="strftime('%%Y-%%m-%%d %%H:%%M UTC', %(expressions)s)",
+        return self.as_sql(compiler, connection, template="strftime('%%%%Y-%%%%m-%%%%d %%%%H:%%%%M UTC', %(expressions)s)",
                            **extra)
 
 
