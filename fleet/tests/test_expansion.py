@@ -206,3 +206,20 @@ def test_a_selection_stored_without_its_named_column_still_expands_by_range():
     batch.refresh_from_db()
     assert not batch.expanding and batch.expanded == 9
     assert sorted(batch.items.values_list("instance_id", flat=True)) == sorted(i.pk for i in instances)
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's planner statistics")
+def test_the_first_chunk_refreshes_the_item_tables_statistics():
+    """The batch page's poll is planned from the item table's statistics: after the first chunk
+    they count the batch's items, not the table as it was before the batch."""
+    account, _ = fleet(13, busy=0)
+    batch = request(account)
+    table = ChangeItem._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {table}")  # the table as it was: no item of this batch
+        cursor.execute("SELECT reltuples FROM pg_class WHERE relname = %s", [table])
+        (before,) = cursor.fetchone()
+        expansion.expand(batch.pk, size=4, chunks=1)
+        cursor.execute("SELECT reltuples FROM pg_class WHERE relname = %s", [table])
+        (after,) = cursor.fetchone()
+    assert before <= 0 and after == 4
