@@ -47,7 +47,7 @@ SQLITE_TESTS=(fleet/tests/test_sync.py fleet/tests/test_models.py
     fleet/tests/test_sources_sync.py fleet/tests/test_source_changes.py fleet/tests/test_managed_owner.py
     fleet/tests/test_waivers.py
     fleet/tests/test_rollout.py
-    fleet/tests/test_expansion.py)
+    fleet/tests/test_expansion.py fleet/tests/test_schema.py)
 
 if [ $# -gt 0 ]; then
     echo "== test suite on PostgreSQL$LABEL: $*"

@@ -16,6 +16,12 @@ class Migration(migrations.Migration):
             name='instance',
             field=models.ForeignKey(blank=True, db_constraint=False, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='change_items', to='fleet.instance'),
         ),
+        # Dropping the source column's index drops every index Django finds on that column, the
+        # partial unique index of one active item per source included: take it off and put it back.
+        migrations.RemoveConstraint(
+            model_name='changeitem',
+            name='one_active_item_per_source',
+        ),
         migrations.AlterField(
             model_name='changeitem',
             name='source',
@@ -24,5 +30,9 @@ class Migration(migrations.Migration):
         migrations.AddIndex(
             model_name='changeitem',
             index=models.Index(condition=models.Q(('source__isnull', False)), fields=['source'], name='changeitem_source'),
+        ),
+        migrations.AddConstraint(
+            model_name='changeitem',
+            constraint=models.UniqueConstraint(condition=models.Q(('source__isnull', False), ('state__in', ['queued', 'submitting', 'pending'])), fields=('source',), name='one_active_item_per_source'),
         ),
     ]

@@ -259,8 +259,6 @@ class ChangeItem(models.Model):
 
     objects = ChangeItemQuerySet.as_manager()
 
-    objects = ChangeItemQuerySet.as_manager()
-
     class Meta:
         ordering = ["batch_id", "id"]
         constraints = [
