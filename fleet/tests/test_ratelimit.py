@@ -1,4 +1,6 @@
-"""The shared token buckets: burst, refill, "try" versus "reserve", and the in-process fallback."""
+"""The shared token buckets: burst, refill, "try" versus "reserve", and the in-process fallback.
+
+The waits are read on a fake clock (``clock``): exact, whatever else the machine is doing."""
 
 import uuid
 
@@ -26,7 +28,7 @@ def drained_bucket(account_id="123456789012"):
     return region
 
 
-def test_burst_then_try_take_waits_without_taking(buckets):
+def test_burst_then_try_take_waits_without_taking(buckets, clock):
     region = f"test-{uuid.uuid4().hex[:8]}"  # a bucket of this test's own
     assert [ratelimit.try_take("123456789012", region, "TestAction") for _ in range(3)] == [0, 0, 0]
     first = ratelimit.try_take("123456789012", region, "TestAction")
@@ -34,7 +36,7 @@ def test_burst_then_try_take_waits_without_taking(buckets):
     assert 0.4 < first <= 0.5 and 0.4 < second <= 0.5  # nothing was taken on credit
 
 
-def test_reserve_takes_on_credit_so_waiters_queue_up(buckets):
+def test_reserve_takes_on_credit_so_waiters_queue_up(buckets, clock):
     region = f"test-{uuid.uuid4().hex[:8]}"
     for _ in range(3):
         assert ratelimit.reserve("123456789012", region, "TestAction") == 0
@@ -50,13 +52,13 @@ def test_buckets_are_per_account_region_and_action(buckets):
     assert ratelimit.try_take("123456789012", region + "x", "TestAction") == 0
 
 
-def test_time_scale_speeds_up_refill(buckets, settings):
+def test_time_scale_speeds_up_refill(buckets, settings, clock):
     settings.IMDSWEB_RATE_TIME_SCALE = 10.0
     region = drained_bucket()
     assert ratelimit.try_take("123456789012", region, "TestAction") == pytest.approx(0.05, abs=0.01)
 
 
-def test_headroom_keeps_pacing_under_aws_rate(buckets, settings):
+def test_headroom_keeps_pacing_under_aws_rate(buckets, settings, clock):
     settings.IMDSWEB_RATE_HEADROOM = 0.5
     region = drained_bucket()
     assert ratelimit.try_take("123456789012", region, "TestAction") == pytest.approx(1.0, abs=0.05)
