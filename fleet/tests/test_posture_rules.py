@@ -206,6 +206,7 @@ def expected_links(rows):
     no_team = f"tag=!{settings.IMDSWEB_OWNER_TAG}"
     links[f"posture=counted&{no_team}"] = count(evaluated)
     links[f"posture=not_enforced&{no_team}"] = count(fail)
+    links[f"posture=waived&{no_team}"] = 0  # no waivers here
     links[f"posture=counted&v1_usage=yes&{no_team}"] = count(evaluated, lambda row: row["v1_calls"] > 0)
     links[f"posture=counted&risk=role_public&{no_team}"] = count(fail, lambda row: row["role_public"])
     for account_id in ACCOUNTS:
