@@ -22,11 +22,15 @@ from django.db.models import (
     CharField,
     Count,
     ExpressionWrapper,
+    F,
+    IntegerField,
     Q,
     Sum,
     Value,
     When,
 )
+from django.db.models.fields.json import KeyTextTransform, KeyTransform
+from django.db.models.functions import Cast, Coalesce
 from django.utils import timezone
 
 from .choices import (
@@ -288,17 +292,36 @@ def hop_limit_distribution():
 # Filter combinations besides account and region whose count is a headline counter: each tile of
 # the overview links to one of these (or to a single field value below), so the list it opens
 # shows the tile's exact number at any size.
+class Columns:
+    """A counter that is a sum of a summary row's columns (``-name`` subtracts): called on a row,
+    or summed by the database over many (``expression``)."""
+
+    def __init__(self, *names):
+        self.names = names
+
+    def __call__(self, row):
+        return sum(-getattr(row, n[1:]) if n.startswith("-") else getattr(row, n) for n in self.names)
+
+    @property
+    def expression(self):
+        terms = [F(n[1:]) * -1 if n.startswith("-") else F(n) for n in self.names]
+        total = terms[0]
+        for term in terms[1:]:
+            total = total + term
+        return total
+
+
 COMBINED_COUNTS = {
-    frozenset({("posture", "counted")}): lambda row: row.total,
-    frozenset({("posture", "not_counted")}): lambda row: row.terminated + row.shutting_down,
-    frozenset({("posture", "enforced")}): lambda row: row.enforced,
-    frozenset({("posture", "not_enforced")}): lambda row: row.total - row.enforced - row.waived,
-    frozenset({("posture", "waived")}): lambda row: row.waived,
-    frozenset({("posture", "enforced"), ("metadata_state", MetadataState.APPLIED)}): lambda row: row.enforced_applied,
-    frozenset({("posture", "not_enforced"), ("v1_usage", "no")}): lambda row: row.safe_to_enforce,
-    frozenset({("posture", "not_enforced"), ("v1_usage", "yes")}): lambda row: row.not_enforced_in_use,
-    frozenset({("posture", "not_enforced"), ("v1_usage", "unknown")}): lambda row: row.not_enforced_unmeasured,
-    frozenset({("posture", "counted"), ("hop_limit_min", "2")}): lambda row: row.hop_limit_over_1,
+    frozenset({("posture", "counted")}): Columns("total"),
+    frozenset({("posture", "not_counted")}): Columns("terminated", "shutting_down"),
+    frozenset({("posture", "enforced")}): Columns("enforced"),
+    frozenset({("posture", "not_enforced")}): Columns("total", "-enforced", "-waived"),
+    frozenset({("posture", "waived")}): Columns("waived"),
+    frozenset({("posture", "enforced"), ("metadata_state", MetadataState.APPLIED)}): Columns("enforced_applied"),
+    frozenset({("posture", "not_enforced"), ("v1_usage", "no")}): Columns("safe_to_enforce"),
+    frozenset({("posture", "not_enforced"), ("v1_usage", "yes")}): Columns("not_enforced_in_use"),
+    frozenset({("posture", "not_enforced"), ("v1_usage", "unknown")}): Columns("not_enforced_unmeasured"),
+    frozenset({("posture", "counted"), ("hop_limit_min", "2")}): Columns("hop_limit_over_1"),
 }
 # The groups of ``value_counts`` a ``posture`` scope (or none) covers.
 SCOPE_GROUPS = {None: ("counted", "not_counted"), "counted": ("counted",), "not_counted": ("not_counted",)}
@@ -316,19 +339,42 @@ def summary_counter(filters):
     if groups is None or len(filters) > 1:
         return None
     if not filters:
-        return lambda row: sum(row.total if g == "counted" else row.terminated + row.shutting_down for g in groups)
+        return Columns(*(("total",) if "counted" in groups else ()),
+                       *(("terminated", "shutting_down") if "not_counted" in groups else ()))
     ((name, value),) = filters.items()
     if name != "hop_limit" and value not in dict(_value_keys()).get(name, ()):
         return None
 
-    def count(row):
+    return FieldValue(groups, name, value)
+
+
+class FieldValue:
+    """A counter that is one field value's cell of ``value_counts`` in some groups: called on a
+    row, or summed by PostgreSQL over many (``aggregates``)."""
+
+    def __init__(self, groups, name, value):
+        self.groups, self.name, self.value = groups, name, value
+
+    def __call__(self, row):
         # A row from before value_counts (or this field) existed, until its next refresh: every
         # counted group adds a cell to every field, so a field missing there was never counted.
-        if row.total and name not in row.value_counts.get("counted", {}):
+        if row.total and self.name not in row.value_counts.get("counted", {}):
             raise NotSummarised
-        return sum(row.value_counts.get(group, {}).get(name, {}).get(value, 0) for group in groups)
+        return sum(row.value_counts.get(group, {}).get(self.name, {}).get(self.value, 0) for group in self.groups)
 
-    return count
+    def aggregates(self):
+        """{n: the sum, unsummarised: rows that cannot tell}, for ``aggregate``."""
+        cells = [
+            Coalesce(Cast(KeyTextTransform(self.value, KeyTransform(self.name, KeyTransform(group, "value_counts"))),
+                          IntegerField()), 0)
+            for group in self.groups
+        ]
+        total = cells[0]
+        for cell in cells[1:]:
+            total = total + cell
+        unsummarised = Q(total__gt=0) & (Q(value_counts__counted__isnull=True)
+                                         | ~Q(value_counts__counted__has_key=self.name))
+        return {"n": Coalesce(Sum(total), 0), "unsummarised": Count("pk", filter=unsummarised)}
 
 
 class NotSummarised(Exception):
@@ -355,6 +401,11 @@ def present_count(account_pks=None, regions=None, counter=None):
     if regions:
         rows = rows.filter(region__in=regions)
     counter = counter or summary_counter({})
+    if isinstance(counter, Columns):  # summed by the database: one row back, at any size
+        return rows.aggregate(n=Coalesce(Sum(counter.expression), 0))["n"]
+    if isinstance(counter, FieldValue) and connection.vendor == "postgresql":
+        sums = rows.aggregate(**counter.aggregates())
+        return None if sums["unsummarised"] else sums["n"]
     try:
         return sum(counter(row) for row in rows.only(*COUNTERS, "value_counts"))
     except NotSummarised:
