@@ -773,6 +773,11 @@ def render(report):
         f"{', '.join(str(x) for x in m['load_average_at_start'])}",
         f"- **Full run:** {report['total_seconds'] / 60:.1f} minutes"
         + (f"; **failed:** {', '.join(report['failed'])}" if report["failed"] else ""),
+        *(f"- **Re-run:** {', '.join(rerun['ids'])} on commit `{rerun['commit']}`, {rerun['date']} "
+          f"({rerun['total_seconds'] / 60:.1f} minutes, load average at start "
+          f"{', '.join(str(x) for x in rerun['load_average_at_start'])}): "
+          f"{'their' if len(rerun['ids']) > 1 else 'its'} figures below come from that run, the others' from "
+          "the full run" for rerun in report.get("reruns", ())),
         "",
         "The machine is shared with other work and noisy: absolute times move by tens of percent "
         "between runs. Ratios are always measured within one run, against a baseline taken in the "
@@ -794,6 +799,8 @@ def render(report):
         out += [f"**{'Met' if result['met'] else 'Missed'}** — {result['measured']}. Target: {result['target']}.", ""]
         if result.get("note"):
             out += [f"*Note:* {result['note']}", ""]
+        if result.get("rerun"):
+            out += [f"*Re-run* on commit `{result['rerun']['commit']}`, {result['rerun']['date']} (see the header).", ""]
         analysis = ANALYSIS.get(result["id"], ())
         for part in analysis if isinstance(analysis, tuple) else (analysis,):
             out += [part(result) if callable(part) else part, ""]

@@ -34,6 +34,9 @@ def parse_args(argv=None):
     parser.add_argument("--only", help="comma-separated benchmark ids, e.g. P1,P4")
     parser.add_argument("--database", help="database name (default imdsweb_bench; quick: a throwaway one)")
     parser.add_argument("--p4b-size", type=int, help="instances in P4b's big request (default 1,000,000)")
+    parser.add_argument("--merge", action="store_true",
+                        help="re-run only --only's benchmarks and replace them in the existing --out file, "
+                             "which then records the re-run (its commit, date and ids)")
     args = parser.parse_args(argv)
     if args.out is None:
         args.out = ROOT / ("var/bench-quick/results.json" if args.quick else "bench/results.json")
@@ -81,6 +84,19 @@ def machine():
         "os": platform.platform(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+def merged(earlier, rerun, modules):
+    """``earlier``'s results with ``rerun``'s benchmarks in place of theirs; the re-run (its ids,
+    commit, date, machine load, time) is recorded, and each re-run benchmark says which it was."""
+    ids = sorted(rerun["benchmarks"])
+    record = {key: rerun[key] for key in ("date", "commit", "total_seconds", "failed")}
+    record |= {"ids": ids, "load_average_at_start": rerun["machine"]["load_average_at_start"]}
+    for key, result in rerun["benchmarks"].items():
+        earlier["benchmarks"][key] = result | {"rerun": {"date": rerun["date"], "commit": rerun["commit"]}}
+    earlier["failed"] = sorted((set(earlier["failed"]) - set(modules)) | set(rerun["failed"]))
+    earlier.setdefault("reruns", []).append(record)
+    return earlier
 
 
 def main(argv=None):
@@ -148,6 +164,8 @@ def main(argv=None):
         "failed": failures,
         "benchmarks": results,
     }
+    if args.merge:
+        report = merged(json.loads(args.out.read_text()), report, wanted)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     print(f"results: {args.out}")

@@ -353,3 +353,20 @@ def test_the_intro_lists_every_issues_targets_from_the_run():
     assert "GitHub issue 15 (P8: not in this run)" in text and "GitHub issue 17 (P9: not in this run)" in text
     assert "P7b, measured in P7" in text and "P10)" in text and "P4b: not in this run" in text
     assert "no issue on record (P99)" in report._targets({"P99": bench("P99", {}, True)})
+
+
+def test_a_merged_rerun_replaces_only_its_benchmarks_and_says_so():
+    from bench.run import merged
+
+    earlier = {"date": "d1", "commit": "full", "total_seconds": 60, "failed": ["p3_views", "p9_flood"],
+               "machine": {"nproc": 2, "cpu": "x", "memory_gb": 1, "postgresql": "17", "python": "3", "os": "linux",
+                           "load_average_at_start": [1]},
+               "benchmarks": {"P10": result(), "P3": {"id": "P3", "old": True}}}
+    rerun = {"date": "d2", "commit": "fix", "total_seconds": 120, "failed": [], "machine": {"load_average_at_start": [2]},
+             "benchmarks": {"P3": {"id": "P3", "old": False}}}
+    report = merged(copy.deepcopy(earlier), rerun, ["p3_views"])
+    assert report["benchmarks"]["P3"] == {"id": "P3", "old": False, "rerun": {"date": "d2", "commit": "fix"}}
+    assert report["benchmarks"]["P10"] == earlier["benchmarks"]["P10"] and report["commit"] == "full"
+    assert report["failed"] == ["p9_flood"]
+    assert report["reruns"] == [{"date": "d2", "commit": "fix", "total_seconds": 120, "failed": [], "ids": ["P3"],
+                                 "load_average_at_start": [2]}]
