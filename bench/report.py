@@ -165,7 +165,10 @@ ANALYSIS = {
         "What was built to keep the overview flat at organization scale: the heat map shows one OU level at a time (a "
         "row per child OU summed by the database, a row per account directly in the OU, 50 a page, regions "
         "with instances as columns), so a page has at most 50 × 17 cells whatever the organization's size, "
-        "each row's cells formatted once in Python (`fleet/heatmap.py`); fleet totals are one SUM; the "
+        "each row's cells formatted once in Python (`fleet/heatmap.py`); fleet totals are one SUM, and so is "
+        "the instance list's exact count of a filter the summary knows (`fleet.posture.present_count`: a SUM "
+        "of the summary rows' columns, or of one cell of their `value_counts` on PostgreSQL, where it once "
+        "read every account/region's row and its JSON into Python, a cost that grew with the account/regions); the "
         "hop-limit distribution is one SUM ... GROUP BY over `HopLimitCount` rows (not jsonb_each over every "
         "summary row); the sync table's staleness is one SQL verdict over the configured "
         "account/regions joined to `RegionSync` (the latest run, its status and the last success per "
@@ -767,7 +770,10 @@ def render(report):
         "",
         f"- **Date:** {report['date']}",
         f"- **Commit:** `{report['commit']}` (the figures were measured on this commit, except where a "
-        "benchmark's note says it was re-measured later on its own)",
+        "benchmark's note says it was re-measured later on its own"
+        + (f"; HEAD moved to `{report['commit_at_end']}` during the run, and each benchmark ran on the code "
+           f"checked out when it started: {report['commit_note']}" if report.get("commit_at_end") else "")
+        + ")",
         f"- **Machine:** {m['nproc']} cores ({m['cpu']}), {m['memory_gb']} GB RAM, PostgreSQL "
         f"{m['postgresql']}, Python {m['python']}, {m['os']}; load average at start "
         f"{', '.join(str(x) for x in m['load_average_at_start'])}",

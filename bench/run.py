@@ -108,6 +108,7 @@ def main(argv=None):
     wanted = [name for name in BENCHMARKS
               if not args.only or name.split("_")[0].upper() in args.only.upper().split(",")]
     started = time.monotonic()
+    commit_at_start = sh("git", "rev-parse", "--short", "HEAD")
     pg_version = recreate_database(database)
     redis = RedisServer().start()
     env = {
@@ -157,13 +158,18 @@ def main(argv=None):
 
     report = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": sh("git", "rev-parse", "--short", "HEAD"),
+        "commit": commit_at_start,
         "quick": args.quick,
         "machine": {**machine(), "postgresql": pg_version},
         "total_seconds": round(time.monotonic() - started, 1),
         "failed": failures,
         "benchmarks": results,
     }
+    commit_at_end = sh("git", "rev-parse", "--short", "HEAD")
+    if commit_at_end != commit_at_start:  # each benchmark ran on the code checked out when it started
+        report["commit_at_end"] = commit_at_end
+        report["commit_note"] = "commits made during the run: " + ", ".join(
+            sh("git", "log", "--reverse", "--format=%h", f"{commit_at_start}..{commit_at_end}").split())
     if args.merge:
         report = merged(json.loads(args.out.read_text()), report, wanted)
     args.out.parent.mkdir(parents=True, exist_ok=True)
