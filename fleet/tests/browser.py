@@ -1,8 +1,13 @@
 """Helpers for the browser tests: Debian's Chromium through Playwright, the demo fleet registered
-from the simulator, a login through the real form, and the README's screenshots."""
+from the simulator, a login through the real form, and the README's screenshots.
+
+``browser`` (one Chromium for the module) and ``async_unsafe`` (autouse: the ORM may be called from
+Playwright's thread) are fixtures: a module imports them by name to use them."""
 
 from datetime import timedelta
 from pathlib import Path
+
+import pytest
 
 from fleet import history, sync, usage
 from fleet.models import Account, FleetSnapshot, PostureSnapshot
@@ -12,6 +17,24 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 VIEWPORT = {"width": 1400, "height": 1000}
 PASSWORD = "pw-imdsweb-test"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def async_unsafe():
+    """Playwright's sync API runs an event loop in this thread: let the ORM be called from it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        yield
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
 
 
 def register_demo_fleet(stack, instances=(), defaults=True):

@@ -9,10 +9,11 @@ import re
 
 import pytest
 
-from fleet.tests.browser import (
+from fleet.tests.browser import (  # noqa: F401 - async_unsafe and browser are fixtures
     CHROMIUM,
-    CHROMIUM_ARGS,
     VIEWPORT,
+    async_unsafe,
+    browser,
     every_region,
     login,
     register_demo_fleet,
@@ -37,31 +38,13 @@ XSS_NAME = "web-<script>alert(1)</script>"  # imdssim.seed.XSS_NAME, in prod/us-
 live_stack = module_stack(time_scale=50, apply_delay=0.5, seed_demo=True)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _async_unsafe():
-    """Playwright's sync API runs an event loop in this thread: let the ORM be called from it."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-        yield
-
-
 @pytest.fixture
 def stack(live_stack):
     return live_stack.fresh()
 
 
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
 @pytest.fixture
-def page(browser, live_server, stack):
+def page(browser, live_server, stack):  # noqa: F811 - the fixture imported above
     context = browser.new_context(viewport=VIEWPORT, base_url=live_server.url)
     context.set_default_timeout(20_000)
     page = context.new_page()

@@ -6,7 +6,7 @@ No AWS is needed: the rows come from the factories, as the pages read them."""
 
 import pytest
 
-from fleet.tests.browser import CHROMIUM, CHROMIUM_ARGS, login
+from fleet.tests.browser import CHROMIUM, async_unsafe, browser, login  # noqa: F401 - fixtures
 from fleet.tests.factories import (
     AccountFactory,
     ChangeBatchFactory,
@@ -41,24 +41,7 @@ MEASURE = """(selector) => {
 }"""
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _async_unsafe():
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-        yield
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-def page_at(browser, live_server, width):
+def page_at(browser, live_server, width):  # noqa: F811 - the fixture imported above
     context = browser.new_context(viewport={"width": width, "height": 900}, base_url=live_server.url)
     context.set_default_timeout(20_000)
     return context.new_page()
@@ -83,7 +66,7 @@ def batch():
     return batch
 
 
-def test_the_batch_items_table_fits_at_1440_and_scrolls_inside_its_card_at_1024(browser, live_server, batch):
+def test_the_batch_items_table_fits_at_1440_and_scrolls_inside_its_card_at_1024(browser, live_server, batch):  # noqa: F811 - the fixture imported above
     UserFactory(username="fit-viewer", role="viewer")
     for width in WIDTHS:
         page = page_at(browser, live_server, width)
@@ -101,7 +84,7 @@ def test_the_batch_items_table_fits_at_1440_and_scrolls_inside_its_card_at_1024(
         page.context.close()
 
 
-def test_the_instance_list_scrolls_inside_its_card_never_the_page(browser, live_server):
+def test_the_instance_list_scrolls_inside_its_card_never_the_page(browser, live_server):  # noqa: F811 - the fixture imported above
     account = AccountFactory(name="production-payments-eu")
     InstanceFactory.create_batch(5, account=account, vpc_id="vpc-0123456789abcdef0",
                                  subnet_id="subnet-0123456789abcdef0", private_ip="10.100.200.123",
@@ -118,7 +101,7 @@ def test_the_instance_list_scrolls_inside_its_card_never_the_page(browser, live_
         page.context.close()
 
 
-def test_an_unknown_address_gets_the_products_404_page(browser, live_server):
+def test_an_unknown_address_gets_the_products_404_page(browser, live_server):  # noqa: F811 - the fixture imported above
     UserFactory(username="lost", role="viewer")
     page = page_at(browser, live_server, 1024)
     login(page, live_server, "lost")

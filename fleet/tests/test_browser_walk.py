@@ -31,10 +31,11 @@ from fleet.models import (
     SyncRun,
     Waiver,
 )
-from fleet.tests.browser import (
+from fleet.tests.browser import (  # noqa: F401 - async_unsafe and browser are fixtures
     CHROMIUM,
-    CHROMIUM_ARGS,
     SCREENSHOTS,
+    async_unsafe,
+    browser,
     every_region,
     login,
     past_history,
@@ -124,14 +125,6 @@ FIT = r"""() => {
 }"""
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _async_unsafe():
-    """Playwright's sync API runs an event loop in this thread: let the ORM be called from it."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-        yield
-
-
 @pytest.fixture(scope="module")
 def simulator():
     """The simulator's demo fleet as AWS for this process (the syncs run here)."""
@@ -151,16 +144,6 @@ def simulator():
                 else:
                     os.environ[name] = value
             reset_caches()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def simulated_ec2(sim, account, region):
@@ -330,7 +313,7 @@ def pages(seeded):
     return walk
 
 
-def test_every_page_fits_at_1440_and_1024_px(browser, live_server, simulator):
+def test_every_page_fits_at_1440_and_1024_px(browser, live_server, simulator):  # noqa: F811 - the fixture imported above
     seeded = seed(simulator)
     problems = []
     for width in WIDTHS:
