@@ -216,8 +216,7 @@ def fleet_totals():
     page's budget)."""
     sums = RegionPosture.objects.aggregate(**{key: Sum(key) for key in COUNTERS})
     totals = {key: sums[key] or 0 for key in COUNTERS}
-    # Neither enforced nor waived: what still needs fixing (waived instances are counted apart).
-    totals["not_enforced"] = totals["total"] - totals["enforced"] - totals["waived"]
+    totals["not_enforced"] = NOT_ENFORCED.of(totals)
     totals["not_counted"] = totals["terminated"] + totals["shutting_down"]
     totals["config_compliant"] = totals["total"] - totals["tokens_optional"]
     totals["config_compliant_pct"] = percent(totals["config_compliant"], totals["total"])
@@ -300,7 +299,11 @@ class Columns:
         self.names = names
 
     def __call__(self, row):
-        return sum(-getattr(row, n[1:]) if n.startswith("-") else getattr(row, n) for n in self.names)
+        return self.of({n.lstrip("-"): getattr(row, n.lstrip("-")) for n in self.names})
+
+    def of(self, sums):
+        """The same sum over a mapping of the columns' totals (``{"total": 12, ...}``)."""
+        return sum(-sums[n[1:]] if n.startswith("-") else sums[n] for n in self.names)
 
     @property
     def expression(self):
@@ -311,11 +314,14 @@ class Columns:
         return total
 
 
+# Neither enforced nor waived: what still needs fixing (waived instances are counted apart).
+NOT_ENFORCED = Columns("total", "-enforced", "-waived")
+
 COMBINED_COUNTS = {
     frozenset({("posture", "counted")}): Columns("total"),
     frozenset({("posture", "not_counted")}): Columns("terminated", "shutting_down"),
     frozenset({("posture", "enforced")}): Columns("enforced"),
-    frozenset({("posture", "not_enforced")}): Columns("total", "-enforced", "-waived"),
+    frozenset({("posture", "not_enforced")}): NOT_ENFORCED,
     frozenset({("posture", "waived")}): Columns("waived"),
     frozenset({("posture", "enforced"), ("metadata_state", MetadataState.APPLIED)}): Columns("enforced_applied"),
     frozenset({("posture", "not_enforced"), ("v1_usage", "no")}): Columns("safe_to_enforce"),

@@ -14,7 +14,7 @@ from django.db.models.fields.json import KeyTextTransform
 from .choices import Risk
 from .models import Instance, TeamPosture
 from .models.inventory import ENFORCED, RISKS, V1_USAGE, WAIVED
-from .posture import percent, posture_level
+from .posture import NOT_ENFORCED, percent, posture_level
 
 
 def owner_tag():
@@ -63,7 +63,7 @@ def by_team():
     rows = []
     for row in sums:
         pct = percent(row["enforced"], row["total"])
-        rows.append(row | {"not_enforced": row["total"] - row["enforced"] - row["waived"], "enforced_pct": pct,
+        rows.append(row | {"not_enforced": NOT_ENFORCED.of(row), "enforced_pct": pct,
                            "level": posture_level(pct)})
     rows.sort(key=lambda row: (row["team"] is None, -row["not_enforced"], row["team"] or ""))
     return rows
@@ -107,5 +107,5 @@ def present_count(filters, account_pks=None, regions=None):
     sums = rows.aggregate(total=Sum("total"), enforced=Sum("enforced"), waived=Sum("waived"),
                           v1_in_use=Sum("v1_in_use"), risk_role_public=Sum("risk_role_public"))
     sums = {key: value or 0 for key, value in sums.items()}
-    sums["not_enforced"] = sums["total"] - sums["enforced"] - sums["waived"]
+    sums["not_enforced"] = NOT_ENFORCED.of(sums)
     return sums[column]
