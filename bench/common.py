@@ -630,11 +630,14 @@ class EngineCpu:
     def __init__(self, worker_pids, database):
         self.worker_pids, self.database = worker_pids, database
         self.first, self.last = {}, {}
+        self.workers_seen = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self):
-        pids = [pid for root in self.worker_pids for pid in _tree(root)] + _backends(self.database)
+        workers = [pid for root in self.worker_pids for pid in _tree(root)]
+        self.workers_seen.update(workers)
+        pids = workers + _backends(self.database)
         for pid in pids:
             cpu = _cpu_of(pid)
             self.first.setdefault(pid, cpu if not self._thread.is_alive() else 0.0)
@@ -657,3 +660,8 @@ class EngineCpu:
     @property
     def seconds(self):
         return sum(self.last[pid] - self.first.get(pid, 0.0) for pid in self.last)
+
+    @property
+    def worker_seconds(self):
+        """The workers' share of ``seconds`` (the rest is the database's backends)."""
+        return sum(self.last[pid] - self.first.get(pid, 0.0) for pid in self.last if pid in self.workers_seen)

@@ -86,7 +86,8 @@ def run_config(settings, scale, per_region, workers, accounts):
 
         wait_for(final, timeout=300, interval=0.5, message="batch final", stack=stack)
         counts = batch.counts()
-        stats = stack.sim.stats()["actions"].get("ModifyInstanceMetadataOptions", {})
+        all_stats = stack.sim.stats()["actions"]
+        stats = all_stats.get("ModifyInstanceMetadataOptions", {})
     finally:
         stack.stop()
     truncate_fleet()
@@ -115,9 +116,12 @@ def run_config(settings, scale, per_region, workers, accounts):
         "throttled_pct": round(throttled_pct, 2),
         "machine_cpu_busy_pct": round(100 * busy, 1),
         "engine_cpu_ms_per_item": round(1000 * engine_cpu.seconds / max(1, total), 2),
+        "worker_cpu_ms_per_item": round(1000 * engine_cpu.worker_seconds / max(1, total), 2),
         # the simulator's CPU over the submit window (its every call: modifies, tracking describes)
         "simulator_cpu_ms_per_item": round(1000 * simulator_cpu / max(1, total), 2),
         "load_average_1m_at_start": round(load, 2),
+        # every call the simulator answered from the click to the batch's end, by action
+        "simulator_calls": {action: counters.get("calls", 0) for action, counters in sorted(all_stats.items())},
     }
     print(f"P5: scale {scale:g}: {figures}", flush=True)
     met = efficiency >= 0.9 and counts[ItemState.FAILED] == 0 and throttled_pct <= 2

@@ -14,13 +14,20 @@ from bench.p5_apply import REGIONS, run_config
 POINTS = (4, 8, 16, 32)
 
 
+def _points(parser):
+    parser.add_argument("--points", help="comma-separated account/region counts to run (default: 4,8,16,32)")
+
+
 def main(argv=None):
-    args = parse_args(__doc__, argv)
+    args = parse_args(__doc__, argv, _points)
     setup_django()
     from django.conf import settings
 
+    points = tuple(int(n) for n in args.points.split(",")) if args.points else POINTS
+    if any(n % len(REGIONS) or n <= 0 for n in points):
+        raise SystemExit(f"--points: each count must be a positive multiple of {len(REGIONS)} (the regions per account)")
     # (account/regions, items per account/region, time scale). Quick: two small points, faster.
-    plan = [(4, 110, 20.0), (8, 110, 20.0)] if args.quick else [(n, 250, 1.0) for n in POINTS]
+    plan = [(4, 110, 20.0), (8, 110, 20.0)] if args.quick else [(n, 250, 1.0) for n in points]
     curve = []
     for index, (pairs, per_region, scale) in enumerate(plan):
         accounts = tuple(f"74{index:02d}{n:08d}" for n in range(pairs // len(REGIONS)))

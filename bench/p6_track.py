@@ -6,6 +6,8 @@ and submitted by ``fleet.runner.run_region`` in this process against the simulat
 and a long apply delay so AWS keeps reporting ``pending`` during the poll).
 """
 
+import time
+
 from bench.common import (
     Timer,
     ec2_client,
@@ -48,6 +50,7 @@ def main(argv=None):
                 pass
         counts = batch.counts()
         assert counts[ItemState.PENDING] == total, counts
+        time.sleep(settings.IMDSWEB_TRACK_FAST_SECONDS)  # a change is first checked a round after its submit
         sim.reset_stats()
         with Timer() as poll:
             tracked = tracking.track_region(account, REGION)

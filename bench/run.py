@@ -22,7 +22,7 @@ BENCHMARKS = ("p1_ingest", "p2_sync", "p3_views", "p4_bulk", "p4b_expand", "p5_a
               "p6_track", "p7_rss", "p8_sources", "p9_flood",
               "p10_compliant", "org_sync")
 # Options passed through to one benchmark: (runner option, benchmark module, its option).
-PASS_THROUGH = (("--p4b-size", "p4b_expand", "--size"),)
+PASS_THROUGH = (("--p4b-size", "p4b_expand", "--size"), ("--p5b-points", "p5b_curve", "--points"))
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 
 
@@ -34,6 +34,7 @@ def parse_args(argv=None):
     parser.add_argument("--only", help="comma-separated benchmark ids, e.g. P1,P4")
     parser.add_argument("--database", help="database name (default imdsweb_bench; quick: a throwaway one)")
     parser.add_argument("--p4b-size", type=int, help="instances in P4b's big request (default 1,000,000)")
+    parser.add_argument("--p5b-points", help="P5b's account/region counts, e.g. 16 (default 4,8,16,32)")
     parser.add_argument("--merge", action="store_true",
                         help="re-run only --only's benchmarks and replace them in the existing --out file, "
                              "which then records the re-run (its commit, date and ids)")

@@ -114,6 +114,19 @@ else
   if tokens < 0 then wait = -tokens / rate end
 end
 """ + _SAVE + "return tostring(wait)"
+# Up to ARGV[14] tokens at once, but only once at least ARGV[15] are there; else nothing is taken
+# and the caller learns when that many will be. Returns "taken wait".
+_TAKE_SOME = _LOAD + """
+local most, least = tonumber(ARGV[14]), tonumber(ARGV[15])
+local taken, wait = 0, 0
+if tokens < least then
+  wait = (least - tokens) / rate
+else
+  taken = math.min(most, math.floor(tokens))
+  tokens = tokens - taken
+  accepted = accepted + taken
+end
+""" + _SAVE + "return tostring(taken) .. ' ' .. tostring(wait)"
 # AWS answered RequestLimitExceeded: an empty moment of AWS's bucket (see the module docstring).
 # Returns the seconds until the next token.
 _THROTTLED = _LOAD + """
@@ -169,6 +182,14 @@ class _Bucket:
         self.accepted += 1
         return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
+    def take_some(self, most, least):
+        if self.tokens < least:
+            return 0, (least - self.tokens) / self.rate
+        taken = min(most, int(self.tokens))
+        self.tokens -= taken
+        self.accepted += taken
+        return taken, 0.0
+
     def throttled(self, capacity, ceiling, now):
         self.tokens = min(self.tokens, 0.0)
         self.accepted -= 1
@@ -204,6 +225,10 @@ class _LocalBuckets:
     def take(self, key, capacity, ceiling, now, only_if_available=False):
         with self._lock:
             return self._bucket(key, capacity, ceiling, now).take(only_if_available)
+
+    def take_some(self, key, capacity, ceiling, now, most, least):
+        with self._lock:
+            return self._bucket(key, capacity, ceiling, now).take_some(most, least)
 
     def throttled(self, key, capacity, ceiling, now):
         with self._lock:
@@ -250,14 +275,14 @@ def _key(account_id, region, action):
     return f"imdsweb:bucket:{account_id}:{region}:{action}"
 
 
-def _run(script, local, account_id, region, action, flag=0, local_args=()):
+def _run(script, local, account_id, region, action, flag=0, local_args=(), extra=(), parse=float):
     global _redis
     capacity, ceiling = limits_for(action)
     key = _key(account_id, region, action)
     conn = _client()
     if conn is not None:
         try:
-            return float(conn.eval(script, 1, key, capacity, ceiling, _now(), flag, *_constants()))
+            return parse(conn.eval(script, 1, key, capacity, ceiling, _now(), flag, *_constants(), *extra))
         except redis.RedisError as exc:
             log.warning("rate limiter: Redis error (%s); using in-process buckets", exc)
             _redis = None
@@ -276,6 +301,23 @@ def reserve(account_id, region, action):
 def try_take(account_id, region, action):
     """Take one token if one is there now (returns 0), else return the seconds until one is."""
     return _take(account_id, region, action, only_if_available=True)
+
+
+def _taken_and_wait(answer):
+    taken, wait = answer.split()
+    return int(float(taken)), float(wait)
+
+
+def take_some(account_id, region, action, most, least=1):
+    """Take up to ``most`` tokens, but only once at least ``least`` are there (``1 <= least <= most``).
+
+    Returns ``(taken, 0.0)``, or ``(0, seconds until least tokens will be there)`` with nothing
+    taken. The change engine takes a chunk's tokens in one round trip, and waits for a few to
+    gather instead of running again for every single one (fleet.engine.runner)."""
+    capacity, _ = limits_for(action)
+    least = max(1, min(least, most, capacity))
+    return _run(_TAKE_SOME, _local.take_some, account_id, region, action, 1, (most, least), (most, least),
+                _taken_and_wait)
 
 
 def throttled(account_id, region, action):

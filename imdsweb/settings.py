@@ -267,7 +267,14 @@ CACHES = {
     else {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache", "LOCATION": str(VAR_DIR / "cache")}
 }
 IMDSWEB_SUBMIT_TIMEOUT_SECONDS = env.int("IMDSWEB_SUBMIT_TIMEOUT_SECONDS", default=120)
-IMDSWEB_RUNNER_BUDGET_SECONDS = env.float("IMDSWEB_RUNNER_BUDGET_SECONDS", default=20.0)
+# The change engine's runner (fleet.engine.runner): a run of one account/region yields its worker
+# after this long and queues itself again behind the other regions' runners (a burst of one
+# region must not keep another's full bucket waiting); it sends chunks of up to this many items
+# (one token round trip, one claim, one commit each) and, once the burst is spent, waits for this
+# much refill before it runs again rather than running for every single token.
+IMDSWEB_RUNNER_BUDGET_SECONDS = env.float("IMDSWEB_RUNNER_BUDGET_SECONDS", default=0.2)
+IMDSWEB_RUNNER_CHUNK = env.int("IMDSWEB_RUNNER_CHUNK", default=20)
+IMDSWEB_RUNNER_GATHER_SECONDS = env.float("IMDSWEB_RUNNER_GATHER_SECONDS", default=2.0)
 IMDSWEB_MAX_ERROR_ATTEMPTS = env.int("IMDSWEB_MAX_ERROR_ATTEMPTS", default=25)
 IMDSWEB_SYNC_INTERVAL_MINUTES = env.int("IMDSWEB_SYNC_INTERVAL_MINUTES", default=15)
 IMDSWEB_USAGE_SYNC_INTERVAL_MINUTES = env.int("IMDSWEB_USAGE_SYNC_INTERVAL_MINUTES", default=360)

@@ -10,7 +10,10 @@ from django.core.cache import cache
 RUNNER_TTL = 60
 # A runner renews its lock at most this often (a Redis round trip per item is not needed).
 RUNNER_RENEW_SECONDS = 5
-POSTURE_REFRESH_SECONDS = 5
+# While changes run, a region's summary is refreshed at most this often (and at once when its
+# queue, or its last tracking round, is done): each refresh recounts the whole region, and at
+# AWS's rate a runner or tracking round ends every second or two in every region.
+POSTURE_REFRESH_SECONDS = 15
 
 
 class RegionLock:

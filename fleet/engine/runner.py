@@ -1,17 +1,32 @@
 """The runner: work through one account/region's queued items within AWS's rate limits.
 
-For each item: read it, take the token of its target's action without waiting for it (when none
-is there the runner yields the worker and is scheduled again for when one will be, so no worker
-sleeps in the rate limiter), claim it with a conditional UPDATE (queued -> submitting: no two
-workers ever send the same item and no lock is held across an AWS call), preflight the region
-with DryRun once per batch, call AWS through the item's target and record the answer.
+It works in chunks of up to ``IMDSWEB_RUNNER_CHUNK`` items that call one AWS action: read the
+chunk (running instances first), take its tokens in one round trip without waiting for them (when
+too few are there the runner yields the worker and is scheduled again for when they will be, so
+no worker sleeps in the rate limiter), claim the chunk with one conditional UPDATE (queued ->
+submitting: no two workers ever send the same item and no lock is held across an AWS call),
+preflight the region with DryRun once per batch, call AWS for each item in turn and record the
+chunk's answers in one commit.
+
+Two rules keep it at AWS's rate on few cores (benchmark P5b):
+
+- *gather*: once the burst is spent, a runner waits for two seconds' refill
+  (``IMDSWEB_RUNNER_GATHER_SECONDS``; ten ModifyInstanceMetadataOptions tokens) or for what its
+  queue still needs, whichever is fewer, before it runs again, instead of running once per token.
+  This never delays the region's last item: it goes when its own token is there either way, and
+  two seconds' refill is far less than the bucket;
+- *slice*: a run yields after ``IMDSWEB_RUNNER_BUDGET_SECONDS`` and queues itself again behind the
+  other regions' runners, so a burst of one region never keeps another's full bucket waiting (its
+  refill would be lost while it is full).
 """
 
+import itertools
 import logging
 import time
 
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
 from .. import aws, posture, ratelimit
 from ..choices import InstanceState, ItemState
@@ -34,8 +49,9 @@ MAX_SLEEP = 0.05
 WAITS_FOR_START = (InstanceState.STOPPED, InstanceState.STOPPING)
 
 
-def _next_queued(account, region):
-    """The next queued item of this account/region, read with what submitting it needs.
+def _next_chunk(account, region, size):
+    """Up to ``size`` queued items of this account/region, of one batch and one AWS action, read
+    with what submitting them needs; returns ``(items, action)``.
 
     Items AWS can apply now go first: a change to a stopped (or stopping) instance only takes
     effect at its next start, so its call waits behind every other item of the region. Each
@@ -45,11 +61,24 @@ def _next_queued(account, region):
     """
     queued = (
         ChangeItem.objects.claimable().filter(account=account, region=region)
-        .select_related("batch", "instance", "account")
+        .select_related("instance")
+        .defer("instance__tags")  # the one large column a submit never reads
         .order_by("id")
     )
     # Items without an instance (account defaults) apply at once: the exclusion keeps them.
-    return queued.exclude(instance__instance_state__in=WAITS_FOR_START).first() or queued.first()
+    items = list(queued.exclude(instance__instance_state__in=WAITS_FOR_START)[:size]) or list(queued[:size])
+    if not items:
+        return [], None
+    # The chunk's few batches once each, and the run's account, rather than a copy of each (and of
+    # its JSON) joined to every item.
+    batches = ChangeBatch.objects.in_bulk({item.batch_id for item in items})
+    for item in items:
+        item.batch, item.account = batches[item.batch_id], account
+    first = items[0]
+    action = target_of(first).action_for(first)
+    chunk = list(itertools.takewhile(
+        lambda item: item.batch_id == first.batch_id and target_of(item).action_for(item) == action, items))
+    return chunk, action
 
 
 def _preflight_key(item):
@@ -93,47 +122,74 @@ def _preflight(item):
     return True
 
 
-def submit(item):
-    """Send one claimed item to AWS (its token taken) and record what happened. Returns the
-    retryable error, if any."""
+def _call(item):
+    """Send one claimed item to AWS (its token taken). Returns ``(result, error)``: AWS's answer,
+    for the caller to record, or the retryable error the item went back to the queue with; both
+    None when the item is already finished (refused, failed, or a dry run)."""
     target = target_of(item)
     refused = target.refusal(item)
     if refused:
         item.finish(ItemState.FAILED, error_code=refused[0], error_message=refused[1])
-        return None
+        return None, None
     try:
         result = target.call(item, dry_run=item.batch.dry_run)
     except aws.DryRunSucceeded as ok:
         item.finish(ItemState.SKIPPED, reason="dry run: AWS would accept this change", request_id=ok.request_id)
-        return None
+        return None, None
     except aws.RetryableAwsError as exc:
         if exc.code not in THROTTLE_CODES and item.attempts >= settings.IMDSWEB_MAX_ERROR_ATTEMPTS:
             item.finish(ItemState.FAILED, error_code=exc.code,
                         error_message=f"gave up after {item.attempts} attempts: {exc.message}"[:2000])
-            return None
+            return None, None
         item.requeue(exc)
-        return exc
+        return None, exc
     except aws.PermanentAwsError as exc:
         item.finish(ItemState.FAILED, error_code=exc.code, error_message=exc.message[:2000], request_id=exc.request_id)
-        return None
+        return None, None
     if item.batch.dry_run:  # the endpoint did not model DryRun and made the change: say so
         log.warning("endpoint ignored DryRun for item %s", item.pk)
-    target.record(item, result)
-    return None
+    return result, None
 
 
-def _take_token(account, region, action):
-    """0 once this action's token is ours; else the seconds until one will be (nothing taken).
-    Waits of a few milliseconds are slept through, longer ones are the caller's to yield."""
+def _send(chunk):
+    """Send a claimed chunk (its tokens taken) item by item, then record AWS's answers in one
+    commit. A retryable error stops the chunk: the items after it go back to the queue unsent.
+    Returns ``(items sent, that error or None)``."""
+    answered, error, sent = [], None, 0
+    try:
+        for sent, item in enumerate(chunk, 1):  # noqa: B007 - sent is the count reached
+            result, error = _call(item)
+            if result is not None:
+                answered.append((item, result, timezone.now()))
+            if error is not None:
+                ChangeItem.objects.unclaim_all(chunk[sent:])
+                break
+    finally:  # what AWS answered is recorded even if a later item raised
+        if answered:
+            target_of(answered[0][0]).record_many(answered)
+    return sent, error
+
+
+def _take_tokens(account, region, action, most, least):
+    """``(taken, 0)`` once up to ``most`` tokens (at least ``least``) are ours; else ``(0, the
+    seconds until least will be there)``, nothing taken. Waits of a few milliseconds are slept
+    through, longer ones are the caller's to yield."""
     while True:
-        wait = ratelimit.try_take(account.account_id, region, action)
-        if wait == 0 or wait > MAX_SLEEP:
-            return wait
+        taken, wait = ratelimit.take_some(account.account_id, region, action, most, least)
+        if taken or wait > MAX_SLEEP:
+            return taken, wait
         time.sleep(wait)
 
 
+def _gather(action, queued):
+    """How many tokens a chunk of ``queued`` items waits for: a refill of
+    IMDSWEB_RUNNER_GATHER_SECONDS, or all it needs if that is fewer (at least one)."""
+    _, refill = ratelimit.limits_for(action)
+    return max(1, min(queued, int(refill * settings.IMDSWEB_RUNNER_GATHER_SECONDS)))
+
+
 def run_region(account_pk, region, budget=None):
-    """Work through the queued items of one account/region for up to ``budget`` seconds.
+    """Work through the queued items of one account/region for up to ``budget`` seconds (its slice).
 
     Returns the delay after which it should run again, or None when nothing is left (or another
     runner has the region).
@@ -151,38 +207,42 @@ def run_region(account_pk, region, budget=None):
             aws.prepare_modify(account, region)
         except aws.AwsError:
             pass  # the first call meets the same error and records it on its item
+        # A run ends after its slice and queues itself again behind the other regions' runners.
         deadline = time.monotonic() + budget
         while True:
             if time.monotonic() > deadline:
                 again = 0.0
                 break
             lock.refresh()
-            item = _next_queued(account, region)
-            if item is None:
+            chunk, action = _next_chunk(account, region, settings.IMDSWEB_RUNNER_CHUNK)
+            if not chunk:
                 break
-            # The token of this item's own action: account defaults never wait for (nor spend)
+            if _needs_preflight(chunk[0]):
+                chunk = chunk[:1]  # the DryRun spends one token; its item's own call takes the next one
+            # The tokens of the chunk's own action: account defaults never wait for (nor spend)
             # instance-options tokens, and the other way round.
-            wait = _take_token(account, region, target_of(item).action_for(item))
+            taken, wait = _take_tokens(account, region, action, len(chunk), _gather(action, len(chunk)))
             if wait:
                 again = wait
                 break
-            if not item.claim():
-                continue  # another worker took it between our read and our update
-            if _needs_preflight(item):
+            chunk = ChangeItem.objects.claim_all(chunk[:taken])
+            if not chunk:
+                continue  # another worker (or a cancel) took them between our read and our update
+            if _needs_preflight(chunk[0]):
                 try:
-                    go_on = _preflight(item)
+                    go_on = _preflight(chunk[0])
                 except aws.RetryableAwsError as exc:
-                    item.requeue(exc)
+                    chunk[0].requeue(exc)
                     again = backoff(account_pk, region)
                     break
                 if go_on:
-                    item.unclaim()  # its own call takes the next token
+                    chunk[0].unclaim()  # its own call takes the next token
                 continue
-            error = submit(item)
-            submitted += 1
+            sent, error = _send(chunk)
+            submitted += sent
             if error is not None:
                 # A throttle teaches the shared pacing controller; other errors back off.
-                again = (ratelimit.throttled(account.account_id, region, target_of(item).action_for(item))
+                again = (ratelimit.throttled(account.account_id, region, action)
                          if error.code in THROTTLE_CODES else backoff(account_pk, region))
                 log.info("%s/%s: %s, backing off %.1fs", account.account_id, region, error.code, again)
                 break

@@ -2,7 +2,8 @@
 DescribeInstances.
 
 A region's round runs about a second after a submit that AWS answered ``pending`` and again every
-second while changes are pending on running instances, one round per region at a time (a guard
+second while changes are pending on running instances (each round checks the changes sent at least
+a second before it), one round per region at a time (a guard
 in the cache); the beat's round every ``IMDSWEB_TRACK_PENDING_SECONDS`` is the safety net. Items
 on stopped instances (``ChangeItem.awaiting_start``) are checked only every
 ``IMDSWEB_TRACK_STOPPED_SECONDS``: nothing changes for them until someone starts the instance.
@@ -10,6 +11,7 @@ on stopped instances (``ChangeItem.awaiting_start``) are checked only every
 
 from django.conf import settings
 from django.core.cache import cache
+from django.db.models import Q
 from django.utils import timezone
 
 from .. import aws, posture, ratelimit
@@ -78,15 +80,20 @@ def track_region(account, region):
       ``IMDSWEB_TRACK_STOPPED_SECONDS``;
     - running and pending for longer than ``IMDSWEB_PENDING_TIMEOUT_MINUTES``: stuck.
     """
+    now = timezone.now()
+    # A change is first checked a round after AWS answered (AWS takes seconds to apply one): each
+    # is described about once, not in every round from its submit on, while a runner still sends
+    # the region's next ones (DescribeInstances answers cost AWS's bucket and our parsing alike).
+    young = now - timezone.timedelta(seconds=settings.IMDSWEB_TRACK_FAST_SECONDS)
     pending = ChangeItem.objects.filter(
-        account=account, region=region, state=ItemState.PENDING, instance__isnull=False
+        Q(submitted_at__isnull=True) | Q(submitted_at__lte=young) | Q(awaiting_start=True),
+        account=account, region=region, state=ItemState.PENDING, instance__isnull=False,
     ).select_related("instance", "batch")
     if not _stopped_check_due(account.pk, region):
         pending = pending.filter(awaiting_start=False)
     items = list(pending)
     if not items:
         return 0
-    now = timezone.now()
     seen = {
         data["InstanceId"]: data
         for data in aws.describe_instances_by_ids(account, region, {item.instance.instance_id for item in items})

@@ -121,7 +121,6 @@ class LiveStack:
             "IMDSWEB_TRACK_PENDING_SECONDS": "1",
             "IMDSWEB_SWEEP_SECONDS": "2",
             "IMDSWEB_SUBMIT_TIMEOUT_SECONDS": "5",
-            "IMDSWEB_RUNNER_BUDGET_SECONDS": "5",
             "PYTHONUNBUFFERED": "1",
             **self.extra_env,
         }

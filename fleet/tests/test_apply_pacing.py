@@ -62,7 +62,7 @@ def _fake_modify(events):
         events.append("dry run" if dry_run else "modify")
         if dry_run:
             raise aws.DryRunSucceeded("req-dry")
-        return {**values, "metadata_state": "pending", "request_id": "req"}
+        return {**values, "metadata_state": "pending", "request_id": f"req-{instance_id}"}
 
     return fake_modify
 
@@ -76,25 +76,27 @@ def test_runner_builds_its_aws_client_before_taking_a_token(settings, monkeypatc
     changes.request_change(None, Instance.objects.filter(account=account), changes.REQUIRE_IMDSV2)
     events = []
     monkeypatch.setattr(aws, "prepare_modify", lambda account, region: events.append("prepare"))
-    real_try_take = ratelimit.try_take
-    monkeypatch.setattr(ratelimit, "try_take", lambda *args: events.append("take") or real_try_take(*args))
+    real_take_some = ratelimit.take_some
+    monkeypatch.setattr(ratelimit, "take_some", lambda *args: events.append("take") or real_take_some(*args))
     monkeypatch.setattr(aws, "modify_instance_metadata_options", _fake_modify(events))
     assert runner.run_region(account.pk, "us-east-1", budget=5) is None
     assert events[:2] == ["prepare", "take"] and events.count("prepare") == 1
     assert events.count("modify") == 1
 
 
-def test_runner_db_statements_per_item(settings, monkeypatch, aws_env):
-    """Per item: read the next item with its batch, instance and account; claim it (conditional
-    UPDATE); record the outcome on the instance and the item (one transaction)."""
+def test_runner_db_statements_per_chunk(settings, monkeypatch, aws_env):
+    """Per chunk of IMDSWEB_RUNNER_CHUNK items: read them with their instances, then their batch;
+    claim them (one conditional UPDATE); record the answers on the instances and the items (one
+    UPDATE, and one statement executed for every item in one round trip). Not per item."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
     _local_buckets(settings, monkeypatch, 100, 5.0)
+    settings.IMDSWEB_RUNNER_CHUNK = 10
     monkeypatch.setattr(aws, "prepare_modify", lambda account, region: None)
     monkeypatch.setattr(aws, "modify_instance_metadata_options", _fake_modify([]))
     counts = {}
-    for size in (5, 15):
+    for size in (10, 30):
         account = AccountFactory()
         for _ in range(size):
             InstanceFactory(account=account)
@@ -103,10 +105,12 @@ def test_runner_db_statements_per_item(settings, monkeypatch, aws_env):
             assert runner.run_region(account.pk, "us-east-1", budget=5) is None
         assert batch.counts()[ItemState.PENDING] == size
         counts[size] = [q["sql"] for q in queries if not q["sql"].upper().startswith(("SAVEPOINT", "RELEASE"))]
-    per_item = (len(counts[15]) - len(counts[5])) / 10
-    assert per_item == 4
-    item = batch.items.first()
-    assert item.attempts == 1 and item.submitted_at and item.claimed_at
+    assert len(counts[30]) - len(counts[10]) == 2 * 5  # two more chunks, five statements each
+    items = list(batch.items.all())
+    assert all(item.attempts == 1 and item.submitted_at and item.claimed_at for item in items)
+    # Each item keeps its own answer: request id and time.
+    assert len({item.request_id for item in items}) == 30
+    assert len({item.submitted_at for item in items}) == 30
 
 
 def test_runner_sends_running_instances_before_those_that_wait_for_a_start(settings, monkeypatch, aws_env):
@@ -145,6 +149,6 @@ def test_an_account_defaults_item_is_not_held_behind_stopped_instances():
     account = AccountFactory()
     stopped = ChangeItemFactory(instance=InstanceFactory(account=account, instance_state="stopped"))
     defaults = ChangeItemFactory(batch=stopped.batch, instance=None, account=account, region="us-east-1")
-    assert runner._next_queued(account, "us-east-1") == defaults
+    assert runner._next_chunk(account, "us-east-1", 10)[0] == [defaults]
     defaults.delete()
-    assert runner._next_queued(account, "us-east-1") == stopped  # nothing else left: the stopped one goes
+    assert runner._next_chunk(account, "us-east-1", 10)[0] == [stopped]  # nothing else left: the stopped one goes

@@ -302,7 +302,15 @@ def tokens(monkeypatch):
             taken.append(action)
         return wait
 
+    real_take_some = ratelimit.take_some
+
+    def take_some(account_id, region, action, most, least=1):
+        got, wait = real_take_some(account_id, region, action, most, least)
+        taken.extend([action] * got)
+        return got, wait
+
     monkeypatch.setattr(ratelimit, "_take", take)
+    monkeypatch.setattr(ratelimit, "take_some", take_some)
     return taken
 
 

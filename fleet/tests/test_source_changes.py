@@ -125,20 +125,19 @@ def test_each_step_spends_the_token_of_the_action_it_calls(region, monkeypatch):
     runner takes."""
     a, account, _web, _eks = region
     spent = []
-    real_take, real_acquire = ratelimit.try_take, ratelimit.acquire
+    real_take, real_acquire = ratelimit.take_some, ratelimit.acquire
 
     def take(account_id, region_name, action, *args, **kwargs):
-        wait = real_take(account_id, region_name, action, *args, **kwargs)
-        if not wait:
-            spent.append(("runner", action))
-        return wait
+        taken, wait = real_take(account_id, region_name, action, *args, **kwargs)
+        spent.extend([("runner", action)] * taken)
+        return taken, wait
 
     def acquire(account_id, region_name, action, *args, already_taken=False, **kwargs):
         if not already_taken:
             spent.append(("call", action))
         return real_acquire(account_id, region_name, action, *args, already_taken=already_taken, **kwargs)
 
-    monkeypatch.setattr(ratelimit, "try_take", take)
+    monkeypatch.setattr(ratelimit, "take_some", take)
     monkeypatch.setattr(ratelimit, "acquire", acquire)
     batch = source_changes.request_source_fix(None, sources_named(account, "web"))
     assert run(batch, account)["web"].state == ItemState.APPLIED

@@ -1,12 +1,14 @@
 """The instance-options kind: ModifyInstanceMetadataOptions on one instance. AWS answers
 ``pending`` or ``applied``; pending items are followed by the tracker (fleet.engine.tracking)."""
 
+from collections import defaultdict
+
 from django.db import transaction
 from django.utils import timezone
 
 from ... import aws
 from ...choices import ChangeKind, InstanceState, ItemState, MetadataState
-from ...models import Instance
+from ...models import ChangeItem, Instance
 from ...models.inventory import INSTANCE_OPTION_FIELDS
 from .base import Target, Tracked
 
@@ -25,14 +27,23 @@ class InstanceOptionsTarget(Target):
         )
 
     def record(self, item, result):
-        state = ItemState.APPLIED if result["metadata_state"] == MetadataState.APPLIED else ItemState.PENDING
-        with transaction.atomic():  # one commit for the item and its instance
-            Instance.objects.filter(pk=item.instance_id).update(
-                metadata_state=result["metadata_state"] or MetadataState.PENDING,
-                **{name: result[name] for name in INSTANCE_OPTION_FIELDS if result.get(name) is not None},
-            )
-            item.finish(state, request_id=result["request_id"], submitted_at=timezone.now(), error_code="",
-                        error_message="")
+        self.record_many([(item, result, timezone.now())])
+
+    def record_many(self, answered):
+        """A chunk's answers in one commit: one UPDATE of the instances per distinct answer (AWS
+        answers a chunk of one request alike: pending, with the values asked for) and one of the
+        items per state, each item with its own request id and time of answer."""
+        instances, items = defaultdict(list), defaultdict(list)
+        for item, result, at in answered:
+            values = tuple((name, result[name]) for name in INSTANCE_OPTION_FIELDS if result.get(name) is not None)
+            instances[(result["metadata_state"] or MetadataState.PENDING, values)].append(item.instance_id)
+            state = ItemState.APPLIED if result["metadata_state"] == MetadataState.APPLIED else ItemState.PENDING
+            items[state].append((item, result["request_id"], at))
+        with transaction.atomic():
+            for (metadata_state, values), pks in instances.items():
+                Instance.objects.filter(pk__in=pks).update(metadata_state=metadata_state, **dict(values))
+            for state, rows in items.items():
+                ChangeItem.objects.finish_all(state, rows)
 
     def verify(self, item, data, now, timeout):
         """Applied with the values we set: applied; with others: failed (changed elsewhere); the
