@@ -152,3 +152,55 @@ def test_an_account_defaults_item_is_not_held_behind_stopped_instances():
     assert runner._next_chunk(account, "us-east-1", 10)[0] == [defaults]
     defaults.delete()
     assert runner._next_chunk(account, "us-east-1", 10)[0] == [stopped]  # nothing else left: the stopped one goes
+
+
+def test_a_throttle_mid_chunk_keeps_the_answers_before_it_and_returns_the_rest_unsent(settings, monkeypatch, aws_env):
+    """AWS answered the first two of a chunk and throttled the third: the two are recorded, the
+    third goes back to the queue with AWS's error (an attempt counted), the rest go back unsent
+    (no attempt counted), and the throttle teaches the pacing."""
+    _local_buckets(settings, monkeypatch, 100, 5.0)
+    settings.IMDSWEB_RUNNER_CHUNK = 10
+    monkeypatch.setattr(aws, "prepare_modify", lambda account, region: None)
+    account = AccountFactory()
+    for _ in range(6):
+        InstanceFactory(account=account)
+    batch = changes.request_change(None, Instance.objects.filter(account=account), changes.REQUIRE_IMDSV2)
+    calls = []
+
+    def fake_modify(account, region, instance_id, values, dry_run=False, token_taken=False):
+        if dry_run:
+            raise aws.DryRunSucceeded("req-dry")
+        calls.append(instance_id)
+        if len(calls) == 3:
+            raise aws.RetryableAwsError("RequestLimitExceeded", "Request limit exceeded.")
+        return {**values, "metadata_state": "pending", "request_id": f"req-{instance_id}"}
+
+    monkeypatch.setattr(aws, "modify_instance_metadata_options", fake_modify)
+    throttles = []
+    real_throttled = ratelimit.throttled
+    monkeypatch.setattr(ratelimit, "throttled", lambda *args: throttles.append(args) or real_throttled(*args))
+    again = runner.run_region(account.pk, "us-east-1", budget=5)
+    assert again and again > 0 and len(throttles) == 1
+    items = list(batch.items.order_by("id"))
+    assert [item.state for item in items] == [ItemState.PENDING] * 2 + [ItemState.QUEUED] * 4
+    assert [item.attempts for item in items] == [1, 1, 1, 0, 0, 0]
+    assert items[2].error_code == "RequestLimitExceeded" and not items[3].error_code
+    assert all(item.claimed_at is None for item in items[2:])
+    assert [item.request_id for item in items[:2]] == [f"req-{item.instance.instance_id}" for item in items[:2]]
+
+
+def test_a_chunk_claims_only_what_is_still_queued(aws_env):
+    """Between the runner's read and its claim, one item was cancelled: the claim takes the others."""
+    from fleet.models import ChangeItem
+
+    account = AccountFactory()
+    for _ in range(3):
+        InstanceFactory(account=account)
+    batch = changes.request_change(None, Instance.objects.filter(account=account), changes.REQUIRE_IMDSV2)
+    chunk, _action = runner._next_chunk(account, "us-east-1", 10)
+    assert len(chunk) == 3
+    ChangeItem.objects.filter(pk=chunk[1].pk).update(state=ItemState.CANCELLED)
+    claimed = ChangeItem.objects.claim_all(chunk)
+    assert [item.pk for item in claimed] == [chunk[0].pk, chunk[2].pk]
+    assert all(item.state == ItemState.SUBMITTING and item.attempts == 1 for item in claimed)
+    assert batch.items.get(pk=chunk[1].pk).state == ItemState.CANCELLED

@@ -82,6 +82,41 @@ def clock(monkeypatch):
     return fake
 
 
+def test_take_some_takes_what_is_there_up_to_most(buckets, clock):
+    region = f"test-{uuid.uuid4().hex[:8]}"
+    assert ratelimit.take_some("123456789012", region, "TestAction", most=2) == (2, 0.0)
+    assert ratelimit.take_some("123456789012", region, "TestAction", most=5) == (1, 0.0)  # the burst of 3 is spent
+    taken, wait = ratelimit.take_some("123456789012", region, "TestAction", most=5)
+    assert taken == 0 and wait == pytest.approx(0.5)  # one token at 2 per second, nothing taken
+
+
+def test_take_some_waits_until_at_least_least_are_there_taking_nothing_before(buckets, clock):
+    region = drained_bucket()
+    taken, wait = ratelimit.take_some("123456789012", region, "TestAction", most=3, least=2)
+    assert taken == 0 and wait == pytest.approx(1.0)  # two tokens at 2 per second
+    clock.now += 0.6  # one token and a bit: still fewer than two, and none was taken on credit
+    taken, wait = ratelimit.take_some("123456789012", region, "TestAction", most=3, least=2)
+    assert taken == 0 and wait == pytest.approx(0.4)
+    clock.now += 0.4
+    assert ratelimit.take_some("123456789012", region, "TestAction", most=3, least=2) == (2, 0.0)
+
+
+def test_take_some_never_waits_for_more_than_the_bucket_holds(buckets, clock):
+    region = drained_bucket()
+    # least above the bucket's size would never be there: it is cut to the size (3)
+    taken, wait = ratelimit.take_some("123456789012", region, "TestAction", most=10, least=10)
+    assert taken == 0 and wait == pytest.approx(1.5)
+    clock.now += 1.5
+    assert ratelimit.take_some("123456789012", region, "TestAction", most=10, least=10) == (3, 0.0)
+
+
+def test_take_some_and_try_take_share_one_bucket(buckets, clock):
+    region = f"test-{uuid.uuid4().hex[:8]}"
+    assert ratelimit.take_some("123456789012", region, "TestAction", most=2) == (2, 0.0)
+    assert ratelimit.try_take("123456789012", region, "TestAction") == 0
+    assert ratelimit.try_take("123456789012", region, "TestAction") == pytest.approx(0.5)
+
+
 @pytest.fixture(params=["redis", "local"])
 def modify_buckets(request, settings):
     """AWS's ModifyInstanceMetadataOptions bucket (100, 5 per second), at AWS's rate."""
