@@ -35,7 +35,7 @@ def cpu_sample():
 
 
 def run_config(settings, scale, per_region, workers, accounts):
-    from django.db.models import Max
+    from django.db.models import Max, Min
 
     from fleet import changes, sync
     from fleet.choices import ItemState
@@ -79,6 +79,12 @@ def run_config(settings, scale, per_region, workers, accounts):
         simulator_cpu = _cpu_of(stack.sim._process.pid) - simulator_cpu
         last = batch.items.aggregate(last=Max("submitted_at"))["last"]
         span = (last - batch.created_at).total_seconds()
+        # When each account/region's first and last change went out, from the click: a late first
+        # one is a start the cores delayed (the region's bucket sat full meanwhile).
+        region_times = list(batch.items.values("account_id", "region").annotate(
+            first=Min("submitted_at"), last=Max("submitted_at")).order_by())
+        firsts = sorted((row["first"] - batch.created_at).total_seconds() for row in region_times)
+        lasts = sorted((row["last"] - batch.created_at).total_seconds() for row in region_times)
 
         def final():
             counts = batch.counts()
@@ -120,6 +126,8 @@ def run_config(settings, scale, per_region, workers, accounts):
         # the simulator's CPU over the submit window (its every call: modifies, tracking describes)
         "simulator_cpu_ms_per_item": round(1000 * simulator_cpu / max(1, total), 2),
         "load_average_1m_at_start": round(load, 2),
+        "first_submit_s": {"earliest": round(firsts[0], 2), "latest": round(firsts[-1], 2)},
+        "last_submit_s": {"earliest": round(lasts[0], 2), "latest": round(lasts[-1], 2)},
         # every call the simulator answered from the click to the batch's end, by action
         "simulator_calls": {action: counters.get("calls", 0) for action, counters in sorted(all_stats.items())},
     }

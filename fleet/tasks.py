@@ -99,6 +99,8 @@ def track_pending_region(account_pk, region):
     try:
         if account is not None:
             checked = tracking.track_region(account, region)
+    except aws.RetryableAwsError as exc:  # throttled or unavailable: the next round tries again
+        log.info("tracking %s/%s: %s; the next round retries", account.account_id, region, exc)
     except aws.AwsError as exc:
         log.warning("tracking %s/%s failed, will retry at the beat's round: %s", account.account_id, region, exc)
         return

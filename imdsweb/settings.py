@@ -273,7 +273,7 @@ IMDSWEB_SUBMIT_TIMEOUT_SECONDS = env.int("IMDSWEB_SUBMIT_TIMEOUT_SECONDS", defau
 # (one token round trip, one claim, one commit each) and, once the burst is spent, waits for this
 # much refill before it runs again rather than running for every single token.
 IMDSWEB_RUNNER_BUDGET_SECONDS = env.float("IMDSWEB_RUNNER_BUDGET_SECONDS", default=0.2)
-IMDSWEB_RUNNER_CHUNK = env.int("IMDSWEB_RUNNER_CHUNK", default=20)
+IMDSWEB_RUNNER_CHUNK = env.int("IMDSWEB_RUNNER_CHUNK", default=50)
 IMDSWEB_RUNNER_GATHER_SECONDS = env.float("IMDSWEB_RUNNER_GATHER_SECONDS", default=2.0)
 IMDSWEB_MAX_ERROR_ATTEMPTS = env.int("IMDSWEB_MAX_ERROR_ATTEMPTS", default=25)
 IMDSWEB_SYNC_INTERVAL_MINUTES = env.int("IMDSWEB_SYNC_INTERVAL_MINUTES", default=15)

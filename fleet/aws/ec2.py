@@ -35,9 +35,9 @@ def options_from_aws(metadata_options):
     return options
 
 
-def describe_instance_pages(account, region, filters=None):
+def describe_instance_pages(account, region, filters=None, max_attempts=None):
     """Yield DescribeInstances pages (lists of instance dicts) of up to 1,000 instances."""
-    ec2 = call(client, account, region, "ec2")
+    ec2 = call(client, account, region, "ec2", max_attempts=max_attempts)
     paginator = ec2.get_paginator("describe_instances")
     kwargs = {"PaginationConfig": {"PageSize": PAGE_SIZE}}
     if filters:
@@ -51,12 +51,16 @@ def describe_instance_pages(account, region, filters=None):
         yield [instance for reservation in page.get("Reservations", []) for instance in reservation["Instances"]]
 
 
-def describe_instances_by_ids(account, region, instance_ids):
-    """Yield instance dicts for the given ids, ≤ 200 ids per call through the instance-id filter."""
+def describe_instances_by_ids(account, region, instance_ids, max_attempts=None):
+    """Yield instance dicts for the given ids, ≤ 200 ids per call through the instance-id filter.
+
+    ``max_attempts=1``: the change engine's client (the one its modify calls use, so a worker
+    builds one client per account/region for both), for a caller that retries by itself."""
     ids = list(instance_ids)
     for start in range(0, len(ids), IDS_PER_FILTER):
         chunk = ids[start : start + IDS_PER_FILTER]
-        for page in describe_instance_pages(account, region, [{"Name": "instance-id", "Values": chunk}]):
+        for page in describe_instance_pages(account, region, [{"Name": "instance-id", "Values": chunk}],
+                                            max_attempts=max_attempts):
             yield from page
 
 

@@ -1,6 +1,6 @@
 """The runner: work through one account/region's queued items within AWS's rate limits.
 
-It works in chunks of up to ``IMDSWEB_RUNNER_CHUNK`` items that call one AWS action: read the
+It works in chunks of up to ``IMDSWEB_RUNNER_CHUNK`` (50) items that call one AWS action: read the
 chunk (running instances first), take its tokens in one round trip without waiting for them (when
 too few are there the runner yields the worker and is scheduled again for when they will be, so
 no worker sleeps in the rate limiter), claim the chunk with one conditional UPDATE (queued ->

@@ -96,7 +96,9 @@ def track_region(account, region):
         return 0
     seen = {
         data["InstanceId"]: data
-        for data in aws.describe_instances_by_ids(account, region, {item.instance.instance_id for item in items})
+        # One attempt, on the runner's client: a refused round is retried by the next one.
+        for data in aws.describe_instances_by_ids(account, region, {item.instance.instance_id for item in items},
+                                                  max_attempts=1)
     }
     _new, changed = upsert_instances(account, region, list(seen.values()), now)
     timeout = now - timezone.timedelta(minutes=settings.IMDSWEB_PENDING_TIMEOUT_MINUTES)
@@ -127,8 +129,11 @@ def track_region(account, region):
             state=ItemState.FAILED, error_code=code, error_message=message, finished_at=now, awaiting_start=False)
     finished = len(applied) + len(stuck) + len(failed)
     # Rounds come every second while changes are pending: refresh the summary when the last of
-    # them finished, else at most every few seconds.
-    if (finished or changed) and (finished == len(items) or posture_refresh_due(account.pk, region)):
+    # the region's changes finished, else at most every few seconds (while a runner still sends
+    # the region's changes, nearly every round finishes all it checked).
+    if (finished or changed) and (
+            (finished == len(items) and not ChangeItem.objects.claimable().filter(account=account, region=region).exists())
+            or posture_refresh_due(account.pk, region)):
         posture.refresh_region(account.pk, region)
     return len(items)
 

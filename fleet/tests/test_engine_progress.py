@@ -98,7 +98,7 @@ def aws_answers(monkeypatch, locmem_cache):
     """DescribeInstances answers by instance id, as the test sets them; records each call's ids."""
     answers, calls = {}, []
 
-    def describe(account, region, ids):
+    def describe(account, region, ids, max_attempts=None):
         calls.append(set(ids))
         return [answers[i] for i in ids if i in answers]
 
@@ -238,6 +238,27 @@ def test_a_tracking_round_follows_itself_while_changes_move_then_stops(
     item.refresh_from_db()
     assert item.state == ItemState.APPLIED
     assert len(scheduled) == 1 and tracking.claim_tracking(account.pk, REGION)  # chain ended, guard free
+
+
+def test_a_throttled_round_is_retried_by_the_next_round_on_one_attempt(settings, monkeypatch, scheduled):
+    """Tracking calls DescribeInstances once (the runner's one-attempt client): AWS's throttle does
+    not end the chain of rounds, the next one a second later tries again."""
+    settings.IMDSWEB_TRACK_FAST_SECONDS = 1.0
+    attempts = []
+
+    def throttled(account, region, ids, max_attempts=None):
+        attempts.append(max_attempts)
+        raise aws.RetryableAwsError("RequestLimitExceeded", "Request limit exceeded.")
+
+    monkeypatch.setattr(aws, "describe_instances_by_ids", throttled)
+    account = AccountFactory()
+    item = pending_item(InstanceFactory(account=account))
+    assert tracking.claim_tracking(account.pk, REGION)
+    tasks.track_pending_region(account.pk, REGION)
+    assert attempts == [1]
+    assert scheduled == [((account.pk, REGION), 1.0)]  # the next round, not the beat's in 10 s
+    item.refresh_from_db()
+    assert item.state == ItemState.PENDING
 
 
 def test_rounds_keep_to_half_the_describe_rate_when_many_are_pending(settings):
