@@ -34,7 +34,8 @@ def cpu_sample():
     return sum(values) - idle, sum(values)
 
 
-def run_config(settings, scale, per_region, workers, accounts):
+def run_config(settings, scale, per_region, workers, accounts, env=None):
+    """One run: ``env`` overrides the workers' settings (P5b's one-item-at-a-time comparison)."""
     from django.db.models import Max, Min
 
     from fleet import changes, sync
@@ -44,7 +45,7 @@ def run_config(settings, scale, per_region, workers, accounts):
 
     truncate_fleet()
     Account.objects.filter(account_id__in=accounts).delete()
-    stack = LiveStack(settings, time_scale=scale, apply_delay=0.5)
+    stack = LiveStack(settings, time_scale=scale, apply_delay=0.5, env=env)
     try:
         stack.start(workers=workers, beat=True)
         pairs = []
@@ -66,9 +67,10 @@ def run_config(settings, scale, per_region, workers, accounts):
         simulator_cpu = _cpu_of(stack.sim._process.pid)
         engine_cpu = EngineCpu([worker.pid for worker in stack.workers],
                                settings.DATABASES["default"]["NAME"]).__enter__()
-        batch = changes.request_change(None, Instance.objects.filter(account__account_id__in=accounts),
-                                       changes.REQUIRE_IMDSV2,
-                                       override_usage=True)  # measures apply, not the readiness gate
+        with Timer() as request:
+            batch = changes.request_change(None, Instance.objects.filter(account__account_id__in=accounts),
+                                           changes.REQUIRE_IMDSV2,
+                                           override_usage=True)  # measures apply, not the readiness gate
 
         def all_sent():
             return not batch.items.filter(state__in=[ItemState.QUEUED, ItemState.SUBMITTING]).exists()
@@ -126,6 +128,7 @@ def run_config(settings, scale, per_region, workers, accounts):
         # the simulator's CPU over the submit window (its every call: modifies, tracking describes)
         "simulator_cpu_ms_per_item": round(1000 * simulator_cpu / max(1, total), 2),
         "load_average_1m_at_start": round(load, 2),
+        "request_s": round(request.seconds, 2),
         "first_submit_s": {"earliest": round(firsts[0], 2), "latest": round(firsts[-1], 2)},
         "last_submit_s": {"earliest": round(lasts[0], 2), "latest": round(lasts[-1], 2)},
         # every call the simulator answered from the click to the batch's end, by action

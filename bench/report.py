@@ -84,7 +84,20 @@ def _changes(benchmarks):
   the verdicts read only the images a source or version launches.
 - **`fleet/aws/session.py`, `fleet/engine/`, workers with `-O fair` (P5).** One botocore model
   loader per process, parsed when the worker starts; the runner builds its AWS client before its
-  first token; 4 statements and 2 commits per item instead of 5 and 3 (see P5).
+  first token (see P5).
+- **`fleet/engine/runner.py`, `fleet/engine/tracking.py` — the change engine's CPU per item (P5b).**
+  A profile of the workers (py-spy) at 16 account/regions showed the ORM, not AWS, in most of
+  the time: a read, a claim and a two-statement commit per item, a run of the Celery task for
+  nearly every item once the burst was spent, two AWS clients per account/region in every pool
+  process, and a posture recount after nearly every tracking round. The runner now works in
+  chunks of up to 50 items that call one action: one token round trip (`ratelimit.take_some`),
+  one read, one claim, one commit of all the answers (the items' own request ids and times in
+  one `executemany`); once the burst is spent it waits for two seconds' refill, or what its queue
+  still needs, before it runs again (the region's last item still goes when its own token is
+  there); a run yields after 0.2 s, so one region's burst never keeps another's full bucket
+  waiting. Tracking describes on the runner's one-attempt client and checks a change a round
+  after its submit; the posture summary is recounted at most every 15 s while changes run (at
+  once when the region's queue and tracking are done).
 """
 
 
@@ -231,9 +244,8 @@ ANALYSIS = {
         "other runners' budgets in a busy pool process's pipe while the other worker had an idle process.\n"
         "- *What changed:* the processes of a worker share one botocore model loader, parsed when the worker "
         "starts; the runner builds its AWS client before taking a token; workers run with `-O fair`; the "
-        "runner reads and claims an item in 2 statements and records the outcome in one transaction (4 "
-        "statements and 2 commits per item instead of 5 and 3); pacing is P5c's controller, at up to all of "
-        "AWS's refill. What is left at scale 1 is the request and dispatch, the runners' first AssumeRole and "
+        "runner reads, claims and records a chunk of items at a time (see P5b); pacing is P5c's controller, at "
+        "up to all of AWS's refill. What is left at scale 1 is the request and dispatch, the runners' first AssumeRole and "
         "client in their pool process and the last resumption: fixed costs that a longer run spreads thinner.\n"
         "- *Above scale 1* the machine, not AWS, sets the pace: the simulator answering every call, the "
         "workers and PostgreSQL share 2 cores. The cores it would need are the CPU per item times the rate "
@@ -397,7 +409,31 @@ def _p5b_analysis(result):
         _table(rows, header),
         "",
     ]
+    timed = [p for p in curve if p.get("first_submit_s") and p.get("worker_cpu_ms_per_item") is not None]
+    if timed:
+        lines += ["Where the time and the CPU went, per point: the engine's CPU split between the workers and "
+                  "PostgreSQL, and when the account/regions' first and last changes went out after the click "
+                  "(a late first change is a region whose full bucket waited for a core; its last change can "
+                  "then be no earlier than that plus the theoretical time).", ""]
+        lines += [_table([(p["account_regions"], p["worker_cpu_ms_per_item"],
+                           round(p["engine_cpu_ms_per_item"] - p["worker_cpu_ms_per_item"], 2), p.get("request_s", "-"),
+                           f"{p['first_submit_s']['earliest']:g}-{p['first_submit_s']['latest']:g}",
+                           f"{p['last_submit_s']['earliest']:g}-{p['last_submit_s']['latest']:g}",
+                           p["theoretical_s"])
+                          for p in timed],
+                         ("account/regions", "worker CPU-ms / item", "PostgreSQL CPU-ms / item", "request s",
+                          "first change out, s", "last change out, s", "theoretical s")), ""]
     sixteen = next((p for p in curve if p["account_regions"] == 16), None)
+    single = result["figures"].get("one_item_at_a_time")
+    if sixteen and single:
+        lines += [f"*Chunks against one item at a time, in this run:* the 16 point again with the runner one item "
+                  f"at a time, as before its chunks (`IMDSWEB_RUNNER_CHUNK` 1, no gathering: a read, a claim, "
+                  f"a commit and a token round trip per item, a Celery run per token once the burst is spent) "
+                  f"reached {single['efficiency_pct']:.1f} % of theoretical ({single['items_per_s']:g} items/s) "
+                  f"at {single['engine_cpu_ms_per_item']:g} engine CPU-ms per item "
+                  f"({single['worker_cpu_ms_per_item']:g} in the workers); in chunks "
+                  f"{sixteen['efficiency_pct']:.1f} % at {sixteen['engine_cpu_ms_per_item']:g} "
+                  f"({sixteen['engine_cpu_ms_per_item'] / single['engine_cpu_ms_per_item']:.2f}x the CPU per item).", ""]
     if sixteen:
         verdict = ("met" if sixteen["efficiency_pct"] >= 95 and sixteen["failed"] == 0
                    and sixteen["throttled_pct"] <= 1 else "missed")
