@@ -91,8 +91,9 @@ def _changes(benchmarks):
   nearly every item once the burst was spent, two AWS clients per account/region in every pool
   process, and a posture recount after nearly every tracking round. The runner now works in
   chunks of up to 50 items that call one action: one token round trip (`ratelimit.take_some`),
-  one read, one claim, one commit of all the answers (the items' own request ids and times in
-  one `executemany`); once the burst is spent it waits for two seconds' refill, or what its queue
+  one read and one claim per chunk, each answer recorded in plain SQL as it comes (one commit
+  each, so a worker that dies still leaves only the call under way to be re-sent; the ORM's
+  UPDATE cost more CPU than the AWS call it recorded); once the burst is spent it waits for two seconds' refill, or what its queue
   still needs, before it runs again (the region's last item still goes when its own token is
   there); a run yields after 0.2 s, so one region's burst never keeps another's full bucket
   waiting. Tracking describes on the runner's one-attempt client and checks a change a round

@@ -5,8 +5,9 @@ chunk (running instances first), take its tokens in one round trip without waiti
 too few are there the runner yields the worker and is scheduled again for when they will be, so
 no worker sleeps in the rate limiter), claim the chunk with one conditional UPDATE (queued ->
 submitting: no two workers ever send the same item and no lock is held across an AWS call),
-preflight the region with DryRun once per batch, call AWS for each item in turn and record the
-chunk's answers in one commit.
+preflight the region with DryRun once per batch, then call AWS for each item in turn and record
+each answer as it comes (one commit each: a worker that dies leaves only the call under way to be
+sent again).
 
 Two rules keep it at AWS's rate on few cores (benchmark P5b):
 
@@ -26,7 +27,6 @@ import time
 
 from django.conf import settings
 from django.db import transaction
-from django.utils import timezone
 
 from .. import aws, posture, ratelimit
 from ..choices import InstanceState, ItemState
@@ -152,21 +152,18 @@ def _call(item):
 
 
 def _send(chunk):
-    """Send a claimed chunk (its tokens taken) item by item, then record AWS's answers in one
-    commit. A retryable error stops the chunk: the items after it go back to the queue unsent.
+    """Send a claimed chunk (its tokens taken) item by item, recording each answer as it comes: one
+    commit per answer, so a worker that dies mid-chunk leaves only the call under way to be sent
+    again. A retryable error stops the chunk: the items after it go back to the queue unsent.
     Returns ``(items sent, that error or None)``."""
-    answered, error, sent = [], None, 0
-    try:
-        for sent, item in enumerate(chunk, 1):  # noqa: B007 - sent is the count reached
-            result, error = _call(item)
-            if result is not None:
-                answered.append((item, result, timezone.now()))
-            if error is not None:
-                ChangeItem.objects.unclaim_all(chunk[sent:])
-                break
-    finally:  # what AWS answered is recorded even if a later item raised
-        if answered:
-            target_of(answered[0][0]).record_many(answered)
+    error, sent = None, 0
+    for sent, item in enumerate(chunk, 1):  # noqa: B007 - sent is the count reached
+        result, error = _call(item)
+        if result is not None:
+            target_of(item).record(item, result)
+        if error is not None:
+            ChangeItem.objects.unclaim_all(chunk[sent:])
+            break
     return sent, error
 
 

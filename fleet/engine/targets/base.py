@@ -30,7 +30,7 @@ class Target:
     - ``call(item, dry_run)``: the AWS call(s) of one item, its token taken; raises the project's
       AWS errors (``DryRunSucceeded`` for an accepted DryRun) or returns the answer;
     - ``record(item, result)``: writes what AWS now has and finishes the item; ``record_many``
-      the same for a chunk of answers (by default one ``record`` each);
+      the same for several answers at once (by default one ``record`` each);
     - ``verify(item, data, now, timeout)``: for a kind AWS answers ``pending``, what the tracker's
       DescribeInstances ``data`` of the item's instance (None: not found) says: ``(Tracked, error)``
       or ``(None, None)`` while nothing changed;
@@ -68,8 +68,7 @@ class Target:
 
     def record_many(self, answered):
         """Record several answers: ``answered`` is ``[(item, result, answered at)]`` of this kind,
-        in the order AWS answered. A kind whose answers can be written together overrides it (the
-        runner records a chunk's answers at once)."""
+        in the order AWS answered. A kind whose answers can be written together overrides it."""
         for item, result, _ in answered:
             self.record(item, result)
 

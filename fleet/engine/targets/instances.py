@@ -30,9 +30,9 @@ class InstanceOptionsTarget(Target):
         self.record_many([(item, result, timezone.now())])
 
     def record_many(self, answered):
-        """A chunk's answers in one commit: one UPDATE of the instances per distinct answer (AWS
-        answers a chunk of one request alike: pending, with the values asked for) and one of the
-        items per state, each item with its own request id and time of answer."""
+        """Answers in one commit: one UPDATE of the instances per distinct answer (AWS answers the
+        items of one request alike: pending, with the values asked for) and one statement for the
+        items, each with its own request id and time of answer."""
         instances, items = defaultdict(list), defaultdict(list)
         for item, result, at in answered:
             values = tuple((name, result[name]) for name in INSTANCE_OPTION_FIELDS if result.get(name) is not None)
