@@ -148,6 +148,13 @@ elseif now - decided_at >= HOLD / rate then
 end
 throttled_at = now
 """ + _SAVE + "return tostring((1 - tokens) / rate)"
+# ARGV[14] tokens taken for calls that were never made: back into the bucket, and out of the
+# count of calls AWS accepted.
+_GIVE_BACK = _LOAD + """
+local n = tonumber(ARGV[14])
+tokens = math.min(capacity, tokens + n)
+accepted = accepted - n
+""" + _SAVE + "return tostring(tokens)"
 _PEEK = _LOAD + "return tostring(rate)"
 
 
@@ -181,6 +188,11 @@ class _Bucket:
         self.tokens -= 1
         self.accepted += 1
         return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+    def give_back(self, n, capacity):
+        self.tokens = min(capacity, self.tokens + n)
+        self.accepted -= n
+        return self.tokens
 
     def take_some(self, most, least):
         if self.tokens < least:
@@ -225,6 +237,10 @@ class _LocalBuckets:
     def take(self, key, capacity, ceiling, now, only_if_available=False):
         with self._lock:
             return self._bucket(key, capacity, ceiling, now).take(only_if_available)
+
+    def give_back(self, key, capacity, ceiling, now, n):
+        with self._lock:
+            return self._bucket(key, capacity, ceiling, now).give_back(n, capacity)
 
     def take_some(self, key, capacity, ceiling, now, most, least):
         with self._lock:
@@ -318,6 +334,13 @@ def take_some(account_id, region, action, most, least=1):
     least = max(1, min(least, most, capacity))
     return _run(_TAKE_SOME, _local.take_some, account_id, region, action, 1, (most, least), (most, least),
                 _taken_and_wait)
+
+
+def give_back(account_id, region, action, n):
+    """``n`` tokens this caller took were not spent on calls (a chunk cut short): they go back to
+    the bucket, and the pacing does not count them as calls AWS accepted."""
+    if n > 0:
+        _run(_GIVE_BACK, _local.give_back, account_id, region, action, 0, (n,), (n,))
 
 
 def throttled(account_id, region, action):

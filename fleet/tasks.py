@@ -6,7 +6,7 @@ from celery import shared_task
 from celery.signals import task_prerun, worker_init, worker_ready
 from django.conf import settings
 
-from . import aws, discovery, health, history, posture, sync, usage, waivers, workers
+from . import aws, discovery, health, history, posture, ratelimit, sync, usage, waivers, workers
 from . import notify as notify_service
 from .changes import expansion
 from .choices import SyncStatus
@@ -95,19 +95,22 @@ def track_pending_region(account_pk, region):
     """One tracking round (its region's guard taken by whoever scheduled it); the next follows in
     a second while changes are still pending on running instances there."""
     account = Account.objects.filter(pk=account_pk).first()
-    checked = 0
+    checked, throttled_wait = 0, 0.0
     try:
         if account is not None:
             checked = tracking.track_region(account, region)
     except aws.RetryableAwsError as exc:  # throttled or unavailable: the next round tries again
         log.info("tracking %s/%s: %s; the next round retries", account.account_id, region, exc)
+        if exc.code in runner.THROTTLE_CODES:  # AWS's DescribeInstances bucket is empty: learn from it
+            throttled_wait = ratelimit.throttled(account.account_id, region, "DescribeInstances")
     except aws.AwsError as exc:
         log.warning("tracking %s/%s failed, will retry at the beat's round: %s", account.account_id, region, exc)
         return
     finally:
         tracking.release_tracking(account_pk, region)
     if tracking.tracking_wanted(account_pk, region):
-        track_pending_region.apply_async((account_pk, region), countdown=tracking.next_round_in(checked))
+        track_pending_region.apply_async(
+            (account_pk, region), countdown=max(tracking.next_round_in(checked), throttled_wait))
 
 
 @shared_task(ignore_result=True)

@@ -269,9 +269,9 @@ CACHES = {
 IMDSWEB_SUBMIT_TIMEOUT_SECONDS = env.int("IMDSWEB_SUBMIT_TIMEOUT_SECONDS", default=120)
 # The change engine's runner (fleet.engine.runner): a run of one account/region yields its worker
 # after this long and queues itself again behind the other regions' runners (a burst of one
-# region must not keep another's full bucket waiting); it sends chunks of up to this many items
-# (one token round trip, one claim, one commit each) and, once the burst is spent, waits for this
-# much refill before it runs again rather than running for every single token.
+# region must not keep another's full bucket waiting); it reads, takes tokens for and claims up to
+# this many items at once (each answer still has its own commit) and, once the burst is spent,
+# waits for this much of AWS's refill before it runs again rather than running for every token.
 IMDSWEB_RUNNER_BUDGET_SECONDS = env.float("IMDSWEB_RUNNER_BUDGET_SECONDS", default=0.2)
 IMDSWEB_RUNNER_CHUNK = env.int("IMDSWEB_RUNNER_CHUNK", default=50)
 IMDSWEB_RUNNER_GATHER_SECONDS = env.float("IMDSWEB_RUNNER_GATHER_SECONDS", default=2.0)

@@ -11,13 +11,15 @@ sent again).
 
 Two rules keep it at AWS's rate on few cores (benchmark P5b):
 
-- *gather*: once the burst is spent, a runner waits for two seconds' refill
-  (``IMDSWEB_RUNNER_GATHER_SECONDS``; ten ModifyInstanceMetadataOptions tokens) or for what its
-  queue still needs, whichever is fewer, before it runs again, instead of running once per token.
+- *gather*: once the burst is spent, a runner waits for two seconds' worth of AWS's refill
+  (``IMDSWEB_RUNNER_GATHER_SECONDS``; ten ModifyInstanceMetadataOptions tokens, which take longer
+  to come when the learned rate is lower) or for what its queue still needs, whichever is fewer,
+  before it runs again, instead of running once per token.
   This never delays the region's last item: it goes when its own token is there either way, and
   two seconds' refill is far less than the bucket;
-- *slice*: a run yields after ``IMDSWEB_RUNNER_BUDGET_SECONDS`` and queues itself again behind the
-  other regions' runners, so a burst of one region never keeps another's full bucket waiting (its
+- *slice*: a run yields after ``IMDSWEB_RUNNER_BUDGET_SECONDS`` (checked before each call, a chunk
+  cut short gives its unsent items and tokens back) and queues itself again behind the other
+  regions' runners, so a burst of one region never keeps another's full bucket waiting (its
   refill would be lost while it is full).
 """
 
@@ -151,20 +153,42 @@ def _call(item):
     return result, None
 
 
-def _send(chunk):
+def _send(chunk, action, lock, deadline):
     """Send a claimed chunk (its tokens taken) item by item, recording each answer as it comes: one
     commit per answer, so a worker that dies mid-chunk leaves only the call under way to be sent
-    again. A retryable error stops the chunk: the items after it go back to the queue unsent.
-    Returns ``(items sent, that error or None)``."""
-    error, sent = None, 0
-    for sent, item in enumerate(chunk, 1):  # noqa: B007 - sent is the count reached
-        result, error = _call(item)
-        if result is not None:
-            target_of(item).record(item, result)
-        if error is not None:
-            ChangeItem.objects.unclaim_all(chunk[sent:])
-            break
+    again. The chunk stops early at a retryable error (that item goes back to the queue with AWS's
+    error), at the run's deadline, or when anything raises: the items after the stop go back to
+    the queue unsent, and their tokens to the bucket. Returns ``(items sent, that error or None)``."""
+    sent, error = 0, None
+    try:
+        for item in chunk:
+            if sent and time.monotonic() > deadline:
+                break  # the slice is over: the rest waits for the region's next turn
+            lock.refresh()
+            sent += 1
+            result, error = _call(item)
+            if result is not None:
+                target_of(item).record(item, result)
+            if error is not None:
+                break
+    finally:
+        _give_back(chunk[sent:], action)
     return sent, error
+
+
+def _give_back(items, action):
+    """Claimed items whose calls were not made go back to the queue, their tokens to the bucket
+    (so the pacing does not count them as calls AWS accepted). If that fails too, the sweeper
+    returns the items later."""
+    if not items:
+        return
+    first = items[0]
+    try:
+        ChangeItem.objects.unclaim_all(items)
+        ratelimit.give_back(first.account.account_id, first.region, action, len(items))
+    except Exception:  # noqa: BLE001 - the original error, if any, is what the caller must see
+        log.warning("could not return %d unsent item(s) of %s/%s; the sweeper will", len(items),
+                    first.account.account_id, first.region, exc_info=True)
 
 
 def _take_tokens(account, region, action, most, least):
@@ -179,7 +203,7 @@ def _take_tokens(account, region, action, most, least):
 
 
 def _gather(action, queued):
-    """How many tokens a chunk of ``queued`` items waits for: a refill of
+    """How many tokens a chunk of ``queued`` items waits for: AWS's refill over
     IMDSWEB_RUNNER_GATHER_SECONDS, or all it needs if that is fewer (at least one)."""
     _, refill = ratelimit.limits_for(action)
     return max(1, min(queued, int(refill * settings.IMDSWEB_RUNNER_GATHER_SECONDS)))
@@ -222,9 +246,12 @@ def run_region(account_pk, region, budget=None):
             if wait:
                 again = wait
                 break
-            chunk = ChangeItem.objects.claim_all(chunk[:taken])
+            claimed = ChangeItem.objects.claim_all(chunk[:taken])
+            if len(claimed) < taken:  # another worker (or a cancel) took some between our read and our update
+                ratelimit.give_back(account.account_id, region, action, taken - len(claimed))
+            chunk = claimed
             if not chunk:
-                continue  # another worker (or a cancel) took them between our read and our update
+                continue
             if _needs_preflight(chunk[0]):
                 try:
                     go_on = _preflight(chunk[0])
@@ -235,7 +262,7 @@ def run_region(account_pk, region, budget=None):
                 if go_on:
                     chunk[0].unclaim()  # its own call takes the next token
                 continue
-            sent, error = _send(chunk)
+            sent, error = _send(chunk, action, lock, deadline)
             submitted += sent
             if error is not None:
                 # A throttle teaches the shared pacing controller; other errors back off.

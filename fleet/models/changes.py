@@ -207,9 +207,10 @@ class ChangeItemQuerySet(models.QuerySet):
         """Move items we hold (submitting) to ``state``, each with its own AWS request id and time
         of answer: ``answered`` is ``[(item, request id, answered at)]``.
 
-        One parameterised UPDATE run for every item (psycopg pipelines ``executemany`` into one
-        round trip). The ORM's single UPDATE with a CASE per item and column cost more worker CPU
-        than the AWS calls it recorded (benchmark P5b's profile), hence plain SQL here."""
+        One parameterised UPDATE run for every item (``executemany``; the runner records one
+        answer at a time). It is plain SQL because the ORM's UPDATE, compiled again for every
+        answer (or with a CASE per item for several), cost more worker CPU than the AWS call it
+        recorded (benchmark P5b's profile)."""
         if not answered:
             return 0
         ops = connection.ops
