@@ -17,8 +17,9 @@ Two rules keep it at AWS's rate on few cores (benchmark P5b):
   before it runs again, instead of running once per token.
   This never delays the region's last item: it goes when its own token is there either way, and
   two seconds' refill is far less than the bucket;
-- *slice*: a run yields after ``IMDSWEB_RUNNER_BUDGET_SECONDS`` (checked before each call, a chunk
-  cut short gives its unsent items and tokens back) and queues itself again behind the other
+- *slice*: a run yields after ``IMDSWEB_RUNNER_BUDGET_SECONDS`` (a chunk is sized to what fits the
+  rest of it at this process's recent time per call; checked before each call, a chunk cut short
+  gives its unsent items and tokens back) and queues itself again behind the other
   regions' runners, so a burst of one region never keeps another's full bucket waiting (its
   refill would be lost while it is full).
 """
@@ -202,6 +203,22 @@ def _take_tokens(account, region, action, most, least):
         time.sleep(wait)
 
 
+# Seconds one call and its record take in this process, a moving average: a chunk is sized to
+# what fits the rest of the run's slice, so no read is spent on items the slice cannot send.
+_seconds_per_call = 0.01
+
+
+def _chunk_size(deadline):
+    left = deadline - time.monotonic()
+    return max(1, min(settings.IMDSWEB_RUNNER_CHUNK, int(left / _seconds_per_call) + 1))
+
+
+def _learn_call_time(seconds, sent):
+    global _seconds_per_call
+    if sent:
+        _seconds_per_call = 0.7 * _seconds_per_call + 0.3 * (seconds / sent)
+
+
 def _gather(action, queued):
     """How many tokens a chunk of ``queued`` items waits for: AWS's refill over
     IMDSWEB_RUNNER_GATHER_SECONDS, or all it needs if that is fewer (at least one)."""
@@ -235,7 +252,7 @@ def run_region(account_pk, region, budget=None):
                 again = 0.0
                 break
             lock.refresh()
-            chunk, action = _next_chunk(account, region, settings.IMDSWEB_RUNNER_CHUNK)
+            chunk, action = _next_chunk(account, region, _chunk_size(deadline))
             if not chunk:
                 break
             if _needs_preflight(chunk[0]):
@@ -262,7 +279,9 @@ def run_region(account_pk, region, budget=None):
                 if go_on:
                     chunk[0].unclaim()  # its own call takes the next token
                 continue
+            began = time.monotonic()
             sent, error = _send(chunk, action, lock, deadline)
+            _learn_call_time(time.monotonic() - began, sent)
             submitted += sent
             if error is not None:
                 # A throttle teaches the shared pacing controller; other errors back off.

@@ -110,6 +110,33 @@ def test_take_some_never_waits_for_more_than_the_bucket_holds(buckets, clock):
     assert ratelimit.take_some("123456789012", region, "TestAction", most=10, least=10) == (3, 0.0)
 
 
+def test_give_back_returns_tokens_up_to_the_bucket_size(buckets, clock):
+    region = f"test-{uuid.uuid4().hex[:8]}"
+    assert ratelimit.take_some("123456789012", region, "TestAction", most=3) == (3, 0.0)
+    ratelimit.give_back("123456789012", region, "TestAction", 2)
+    assert ratelimit.take_some("123456789012", region, "TestAction", most=3) == (2, 0.0)
+    ratelimit.give_back("123456789012", region, "TestAction", 10)  # never above the bucket's 3
+    assert ratelimit.take_some("123456789012", region, "TestAction", most=10) == (3, 0.0)
+
+
+def test_tokens_given_back_are_not_counted_as_accepted_calls(modify_buckets, clock):
+    """The estimator counts the calls AWS accepted between two throttles: tokens a chunk took but
+    gave back unsent must not inflate that count (the rate it learns would be too high)."""
+    region = f"test-{uuid.uuid4().hex[:8]}"
+    action = "ModifyInstanceMetadataOptions"
+    ratelimit.take_some("123456789012", region, action, most=100)
+    ratelimit.throttled("123456789012", region, action)  # the reference: an empty moment
+    for _ in range(31):  # every 0.4 s a chunk takes 2 tokens and sends 1: 31 calls in 12.4 s
+        clock.now += 0.4
+        assert ratelimit.take_some("123456789012", region, action, most=2)[0] == 2
+        ratelimit.give_back("123456789012", region, action, 1)
+    ratelimit.take_some("123456789012", region, action, most=1)  # the call AWS refused
+    ratelimit.throttled("123456789012", region, action)
+    # AWS accepted 31 calls of ours between two empty moments 12.4 s apart: 2.5/s are left for us,
+    # not the 5/s the 62 tokens taken would say.
+    assert ratelimit.learned_rate("123456789012", region, action) == pytest.approx(2.5 * 0.97, rel=0.01)
+
+
 def test_take_some_and_try_take_share_one_bucket(buckets, clock):
     region = f"test-{uuid.uuid4().hex[:8]}"
     assert ratelimit.take_some("123456789012", region, "TestAction", most=2) == (2, 0.0)
