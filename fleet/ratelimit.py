@@ -114,10 +114,12 @@ else
   if tokens < 0 then wait = -tokens / rate end
 end
 """ + _SAVE + "return tostring(wait)"
-# Up to ARGV[14] tokens at once, but only once at least ARGV[15] are there; else nothing is taken
-# and the caller learns when that many will be. Returns "taken wait".
+# Up to ARGV[14] tokens at once, but only once at least ARGV[15] are there (or, when ARGV[16] > 0,
+# what refills in ARGV[16] seconds at the learned rate, if fewer); else nothing is taken and the
+# caller learns when that many will be. Returns "taken wait".
 _TAKE_SOME = _LOAD + """
-local most, least = tonumber(ARGV[14]), tonumber(ARGV[15])
+local most, least, within = tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16])
+if within > 0 then least = math.max(1, math.min(least, math.floor(rate * within))) end
 local taken, wait = 0, 0
 if tokens < least then
   wait = (least - tokens) / rate
@@ -194,7 +196,9 @@ class _Bucket:
         self.accepted -= n
         return self.tokens
 
-    def take_some(self, most, least):
+    def take_some(self, most, least, within=0):
+        if within > 0:
+            least = max(1, min(least, int(self.rate * within)))
         if self.tokens < least:
             return 0, (least - self.tokens) / self.rate
         taken = min(most, int(self.tokens))
@@ -242,9 +246,9 @@ class _LocalBuckets:
         with self._lock:
             return self._bucket(key, capacity, ceiling, now).give_back(n, capacity)
 
-    def take_some(self, key, capacity, ceiling, now, most, least):
+    def take_some(self, key, capacity, ceiling, now, most, least, within=0):
         with self._lock:
-            return self._bucket(key, capacity, ceiling, now).take_some(most, least)
+            return self._bucket(key, capacity, ceiling, now).take_some(most, least, within)
 
     def throttled(self, key, capacity, ceiling, now):
         with self._lock:
@@ -324,16 +328,18 @@ def _taken_and_wait(answer):
     return int(float(taken)), float(wait)
 
 
-def take_some(account_id, region, action, most, least=1):
-    """Take up to ``most`` tokens, but only once at least ``least`` are there (``1 <= least <= most``).
+def take_some(account_id, region, action, most, least=1, within=0.0):
+    """Take up to ``most`` tokens, but only once at least ``least`` are there (``1 <= least <= most``),
+    or, with ``within`` seconds, what refills in that time at the learned rate if that is fewer.
 
-    Returns ``(taken, 0.0)``, or ``(0, seconds until least tokens will be there)`` with nothing
-    taken. The change engine takes a chunk's tokens in one round trip, and waits for a few to
-    gather instead of running again for every single one (fleet.engine.runner)."""
+    Returns ``(taken, 0.0)``, or ``(0, seconds until that many will be there)`` with nothing
+    taken. The change engine takes a chunk's tokens in one round trip, and waits for a few
+    seconds' refill to gather instead of running again for every single token (fleet.engine.runner);
+    when AWS leaves us a lower rate, it gathers fewer, never waiting longer."""
     capacity, _ = limits_for(action)
     least = max(1, min(least, most, capacity))
-    return _run(_TAKE_SOME, _local.take_some, account_id, region, action, 1, (most, least), (most, least),
-                _taken_and_wait)
+    return _run(_TAKE_SOME, _local.take_some, account_id, region, action, 1, (most, least, within),
+                (most, least, within), _taken_and_wait)
 
 
 def give_back(account_id, region, action, n):

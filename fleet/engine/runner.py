@@ -11,10 +11,10 @@ sent again).
 
 Two rules keep it at AWS's rate on few cores (benchmark P5b):
 
-- *gather*: once the burst is spent, a runner waits for two seconds' worth of AWS's refill
-  (``IMDSWEB_RUNNER_GATHER_SECONDS``; ten ModifyInstanceMetadataOptions tokens, which take longer
-  to come when the learned rate is lower) or for what its queue still needs, whichever is fewer,
-  before it runs again, instead of running once per token.
+- *gather*: once the burst is spent, a runner waits for two seconds' refill at the learned rate
+  (``IMDSWEB_RUNNER_GATHER_SECONDS``; ten ModifyInstanceMetadataOptions tokens at AWS's full rate,
+  fewer when AWS leaves us less) or for what its queue still needs, whichever is fewer, before it
+  runs again, instead of running once per token.
   This never delays the region's last item: it goes when its own token is there either way, and
   two seconds' refill is far less than the bucket;
 - *slice*: a run yields after ``IMDSWEB_RUNNER_BUDGET_SECONDS`` (a chunk is sized to what fits the
@@ -192,12 +192,14 @@ def _give_back(items, action):
                     first.account.account_id, first.region, exc_info=True)
 
 
-def _take_tokens(account, region, action, most, least):
-    """``(taken, 0)`` once up to ``most`` tokens (at least ``least``) are ours; else ``(0, the
-    seconds until least will be there)``, nothing taken. Waits of a few milliseconds are slept
+def _take_tokens(account, region, action, most):
+    """``(taken, 0)`` once up to ``most`` tokens are ours, at least all ``most`` or the refill of
+    IMDSWEB_RUNNER_GATHER_SECONDS at the learned rate if that is fewer (the gather); else ``(0, the
+    seconds until they will be there)``, nothing taken. Waits of a few milliseconds are slept
     through, longer ones are the caller's to yield."""
     while True:
-        taken, wait = ratelimit.take_some(account.account_id, region, action, most, least)
+        taken, wait = ratelimit.take_some(account.account_id, region, action, most, least=most,
+                                          within=settings.IMDSWEB_RUNNER_GATHER_SECONDS)
         if taken or wait > MAX_SLEEP:
             return taken, wait
         time.sleep(wait)
@@ -217,13 +219,6 @@ def _learn_call_time(seconds, sent):
     global _seconds_per_call
     if sent:
         _seconds_per_call = 0.7 * _seconds_per_call + 0.3 * (seconds / sent)
-
-
-def _gather(action, queued):
-    """How many tokens a chunk of ``queued`` items waits for: AWS's refill over
-    IMDSWEB_RUNNER_GATHER_SECONDS, or all it needs if that is fewer (at least one)."""
-    _, refill = ratelimit.limits_for(action)
-    return max(1, min(queued, int(refill * settings.IMDSWEB_RUNNER_GATHER_SECONDS)))
 
 
 def run_region(account_pk, region, budget=None):
@@ -259,7 +254,7 @@ def run_region(account_pk, region, budget=None):
                 chunk = chunk[:1]  # the DryRun spends one token; its item's own call takes the next one
             # The tokens of the chunk's own action: account defaults never wait for (nor spend)
             # instance-options tokens, and the other way round.
-            taken, wait = _take_tokens(account, region, action, len(chunk), _gather(action, len(chunk)))
+            taken, wait = _take_tokens(account, region, action, len(chunk))
             if wait:
                 again = wait
                 break

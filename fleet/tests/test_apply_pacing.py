@@ -77,7 +77,8 @@ def test_runner_builds_its_aws_client_before_taking_a_token(settings, monkeypatc
     events = []
     monkeypatch.setattr(aws, "prepare_modify", lambda account, region: events.append("prepare"))
     real_take_some = ratelimit.take_some
-    monkeypatch.setattr(ratelimit, "take_some", lambda *args: events.append("take") or real_take_some(*args))
+    monkeypatch.setattr(ratelimit, "take_some",
+                        lambda *args, **kwargs: events.append("take") or real_take_some(*args, **kwargs))
     monkeypatch.setattr(aws, "modify_instance_metadata_options", _fake_modify(events))
     assert runner.run_region(account.pk, "us-east-1", budget=5) is None
     assert events[:2] == ["prepare", "take"] and events.count("prepare") == 1

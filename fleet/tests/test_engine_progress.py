@@ -325,8 +325,8 @@ def tokens(monkeypatch):
 
     real_take_some = ratelimit.take_some
 
-    def take_some(account_id, region, action, most, least=1):
-        got, wait = real_take_some(account_id, region, action, most, least)
+    def take_some(account_id, region, action, most, least=1, within=0.0):
+        got, wait = real_take_some(account_id, region, action, most, least, within)
         taken.extend([action] * got)
         return got, wait
 

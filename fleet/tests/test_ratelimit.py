@@ -137,6 +137,16 @@ def test_tokens_given_back_are_not_counted_as_accepted_calls(modify_buckets, clo
     assert ratelimit.learned_rate("123456789012", region, action) == pytest.approx(2.5 * 0.97, rel=0.01)
 
 
+def test_take_some_within_gathers_only_what_refills_in_that_time(buckets, clock):
+    """The runner's gather: wait for all it asks, or for what refills in ``within`` seconds at the
+    rate paced now if that is fewer, so a lower learned rate means fewer tokens, not a longer wait."""
+    region = drained_bucket()
+    clock.now += 0.5  # one token at 2 per second
+    taken, wait = ratelimit.take_some("123456789012", region, "TestAction", most=3, least=3)
+    assert taken == 0 and wait == pytest.approx(1.0)
+    assert ratelimit.take_some("123456789012", region, "TestAction", most=3, least=3, within=0.5) == (1, 0.0)
+
+
 def test_take_some_and_try_take_share_one_bucket(buckets, clock):
     region = f"test-{uuid.uuid4().hex[:8]}"
     assert ratelimit.take_some("123456789012", region, "TestAction", most=2) == (2, 0.0)
