@@ -159,13 +159,7 @@ def test_a_throttle_mid_chunk_keeps_the_answers_before_it_and_returns_the_rest_u
     """AWS answered the first two of a chunk and throttled the third: the two are recorded, the
     third goes back to the queue with AWS's error (an attempt counted), the rest go back unsent
     (no attempt counted), and the throttle teaches the pacing."""
-    _local_buckets(settings, monkeypatch, 100, 5.0)
-    settings.IMDSWEB_RUNNER_CHUNK = 10
-    monkeypatch.setattr(aws, "prepare_modify", lambda account, region: None)
-    account = AccountFactory()
-    for _ in range(6):
-        InstanceFactory(account=account)
-    batch = changes.request_change(None, Instance.objects.filter(account=account), changes.REQUIRE_IMDSV2)
+    account, batch = _chunk_setup(settings, monkeypatch, 6)
     calls = []
 
     def fake_modify(account, region, instance_id, values, dry_run=False, token_taken=False):

@@ -29,8 +29,7 @@ class Target:
     - ``refusal(item)``: ``(code, message)`` to fail the item without calling AWS, or None;
     - ``call(item, dry_run)``: the AWS call(s) of one item, its token taken; raises the project's
       AWS errors (``DryRunSucceeded`` for an accepted DryRun) or returns the answer;
-    - ``record(item, result)``: writes what AWS now has and finishes the item; ``record_many``
-      the same for several answers at once (by default one ``record`` each);
+    - ``record(item, result)``: writes what AWS now has and finishes the item;
     - ``verify(item, data, now, timeout)``: for a kind AWS answers ``pending``, what the tracker's
       DescribeInstances ``data`` of the item's instance (None: not found) says: ``(Tracked, error)``
       or ``(None, None)`` while nothing changed;
@@ -65,12 +64,6 @@ class Target:
         """AWS applied it at once: the item is applied."""
         item.finish(ItemState.APPLIED, request_id=result["request_id"], submitted_at=timezone.now(),
                     error_code="", error_message="")
-
-    def record_many(self, answered):
-        """Record several answers: ``answered`` is ``[(item, result, answered at)]`` of this kind,
-        in the order AWS answered. A kind whose answers can be written together overrides it."""
-        for item, result, _ in answered:
-            self.record(item, result)
 
     def verify(self, item, data, now, timeout):
         raise NotImplementedError(f"{self.kind} items are never pending")

@@ -1,8 +1,6 @@
 """The instance-options kind: ModifyInstanceMetadataOptions on one instance. AWS answers
 ``pending`` or ``applied``; pending items are followed by the tracker (fleet.engine.tracking)."""
 
-from collections import defaultdict
-
 from django.db import transaction
 from django.utils import timezone
 
@@ -27,23 +25,14 @@ class InstanceOptionsTarget(Target):
         )
 
     def record(self, item, result):
-        self.record_many([(item, result, timezone.now())])
-
-    def record_many(self, answered):
-        """Answers in one commit: one UPDATE of the instances per distinct answer (AWS answers the
-        items of one request alike: pending, with the values asked for) and one statement for the
-        items, each with its own request id and time of answer."""
-        instances, items = defaultdict(list), defaultdict(list)
-        for item, result, at in answered:
-            values = tuple((name, result[name]) for name in INSTANCE_OPTION_FIELDS if result.get(name) is not None)
-            instances[(result["metadata_state"] or MetadataState.PENDING, values)].append(item.instance_id)
-            state = ItemState.APPLIED if result["metadata_state"] == MetadataState.APPLIED else ItemState.PENDING
-            items[state].append((item, result["request_id"], at))
+        """The answer on the instance and the item, in one commit; the item keeps its own request id
+        and time of answer."""
+        values = {name: result[name] for name in INSTANCE_OPTION_FIELDS if result.get(name) is not None}
+        state = ItemState.APPLIED if result["metadata_state"] == MetadataState.APPLIED else ItemState.PENDING
         with transaction.atomic():
-            for (metadata_state, values), pks in instances.items():
-                Instance.objects.filter(pk__in=pks).update(metadata_state=metadata_state, **dict(values))
-            for state, rows in items.items():
-                ChangeItem.objects.finish_all(state, rows)
+            Instance.objects.filter(pk=item.instance_id).update(
+                metadata_state=result["metadata_state"] or MetadataState.PENDING, **values)
+            ChangeItem.objects.finish_all(state, [(item, result["request_id"], timezone.now())])
 
     def verify(self, item, data, now, timeout):
         """Applied with the values we set: applied; with others: failed (changed elsewhere); the
