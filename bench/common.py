@@ -25,6 +25,12 @@ TEAMS = ("payments", "search", "platform", "data", "identity")
 TYPES = ("t3.medium", "m5.large", "c6i.xlarge", "r6g.large", "m7g.2xlarge")
 
 
+# The workers' and beat's settings as deployed (DJANGO_DEBUG off): under Django's debug setting
+# every SQL statement is also timed and kept in a list of the last 9,000, which is the development
+# server's help, not the product's cost.
+PRODUCTION_WORKERS = {"DJANGO_DEBUG": "false", "DJANGO_SECRET_KEY": "bench-workers-" + "0123456789abcdef" * 4}
+
+
 def setup_django():
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "imdsweb.settings")
     # Run on its own, a benchmark must never hand tasks to a shared broker: bench.run gives it a

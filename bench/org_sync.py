@@ -19,7 +19,7 @@ reported as measured.
 import time
 from pathlib import Path
 
-from bench.common import Timer, parse_args, setup_django, truncate_fleet, write_result
+from bench.common import PRODUCTION_WORKERS, Timer, parse_args, setup_django, truncate_fleet, write_result
 
 MANAGEMENT_ROLE = "arn:aws:iam::900000000000:role/imdsweb-org-reader"
 
@@ -58,7 +58,7 @@ def main(argv=None):
     truncate_fleet()
     Account.objects.all().delete()
     OrganizationSource.objects.all().delete()
-    stack = LiveStack(settings, apply_delay=0.5, sim_args=("--seed-org", str(accounts), "--org-instances", "2"))
+    stack = LiveStack(settings, apply_delay=0.5, env=PRODUCTION_WORKERS, sim_args=("--seed-org", str(accounts), "--org-instances", "2"))
     # The simulator seeds the organization before it answers: 200 accounts' instances take more
     # than the default minute on a loaded machine.
     stack.sim.startup_timeout = 600

@@ -28,7 +28,7 @@ first); it is recorded beside the target, not instead of it.
 
 import time
 
-from bench.common import parse_args, setup_django, truncate_fleet, write_result
+from bench.common import PRODUCTION_WORKERS, parse_args, setup_django, truncate_fleet, write_result
 from imdssim.testing import launch
 
 BURST, REFILL = 100, 5.0  # AWS's ModifyInstanceMetadataOptions bucket (AWS-FACTS.md)
@@ -142,9 +142,9 @@ def main(argv=None):
     user.is_superuser = True
     user.save()
     # The product's own cadences, not the live tests' faster beat, sweep and budgets.
-    production = {name: str(getattr(settings, name)) for name in (
+    production = {**PRODUCTION_WORKERS, **{name: str(getattr(settings, name)) for name in (
         "IMDSWEB_TRACK_PENDING_SECONDS", "IMDSWEB_SWEEP_SECONDS", "IMDSWEB_SUBMIT_TIMEOUT_SECONDS",
-        "IMDSWEB_RUNNER_BUDGET_SECONDS")}
+        "IMDSWEB_RUNNER_BUDGET_SECONDS")}}
     headroom = settings.IMDSWEB_RATE_HEADROOM if args.rate_headroom is None else args.rate_headroom
     production["IMDSWEB_RATE_HEADROOM"] = str(headroom)
     stack = LiveStack(settings, time_scale=1.0, apply_delay=delay, env=production)

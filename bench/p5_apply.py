@@ -14,7 +14,16 @@ so 480 calls/s need more than the 2 cores before any worker runs.
 
 import os
 
-from bench.common import EngineCpu, Timer, _cpu_of, parse_args, setup_django, truncate_fleet, write_result
+from bench.common import (
+    PRODUCTION_WORKERS,
+    EngineCpu,
+    Timer,
+    _cpu_of,
+    parse_args,
+    setup_django,
+    truncate_fleet,
+    write_result,
+)
 from imdssim.testing import launch
 
 ACCOUNTS = ("720000000001", "720000000002")
@@ -45,7 +54,7 @@ def run_config(settings, scale, per_region, workers, accounts, env=None):
 
     truncate_fleet()
     Account.objects.filter(account_id__in=accounts).delete()
-    stack = LiveStack(settings, time_scale=scale, apply_delay=0.5, env=env)
+    stack = LiveStack(settings, time_scale=scale, apply_delay=0.5, env={**PRODUCTION_WORKERS, **(env or {})})
     try:
         stack.start(workers=workers, beat=True)
         pairs = []

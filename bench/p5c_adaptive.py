@@ -17,7 +17,7 @@ import os
 import threading
 import time
 
-from bench.common import parse_args, setup_django, truncate_fleet, write_result
+from bench.common import PRODUCTION_WORKERS, parse_args, setup_django, truncate_fleet, write_result
 from imdssim.testing import launch
 
 REGION = "us-east-1"
@@ -62,7 +62,7 @@ def run_scenario(settings, scale, items, account_id, other):
 
     truncate_fleet()
     Account.objects.filter(account_id=account_id).delete()
-    stack = LiveStack(settings, time_scale=scale, apply_delay=0.5)
+    stack = LiveStack(settings, time_scale=scale, apply_delay=0.5, env=PRODUCTION_WORKERS)
     second = None
     try:
         stack.start(workers=2, beat=True)

@@ -3,8 +3,9 @@
 import logging
 
 from celery import shared_task
-from celery.signals import task_prerun, worker_init, worker_ready
+from celery.signals import task_postrun, task_prerun, worker_init, worker_ready
 from django.conf import settings
+from django.db import close_old_connections
 
 from . import aws, discovery, health, history, posture, ratelimit, sync, usage, waivers, workers
 from . import notify as notify_service
@@ -32,6 +33,16 @@ def worker_started(sender=None, **kwargs):
 def worker_took_work(task=None, **kwargs):
     """The heartbeat the pages read: this worker is taking work (see ``fleet.workers``)."""
     workers.heartbeat(task.request.hostname or "unknown worker")
+
+
+@task_prerun.connect
+@task_postrun.connect
+def reuse_database_connections(task=None, **kwargs):
+    """A task's database connections are kept for the next one unless unusable or older than
+    CONN_MAX_AGE, as around a web request (settings.CELERY_DB_REUSE_MAX stops Celery's fix-up from
+    closing them after every task). Not for a task run eagerly inside the caller's transaction."""
+    if not getattr(task.request, "is_eager", False):
+        close_old_connections()
 
 
 @shared_task(ignore_result=True)

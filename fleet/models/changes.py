@@ -4,7 +4,7 @@ Rows are the source of truth for work: the broker only carries hints. Rows are n
 """
 
 from django.conf import settings
-from django.db import connection, models
+from django.db import connection, models, transaction
 from django.db.models import Count, F, Q
 from django.urls import reverse
 from django.utils import timezone
@@ -203,27 +203,54 @@ class ChangeItemQuerySet(models.QuerySet):
                 state=ItemState.QUEUED, claimed_at=None, attempts=F("attempts") - 1
             )
 
-    def finish_all(self, state, answered):
-        """Move items we hold (submitting) to ``state``, each with its own AWS request id and time
-        of answer: ``answered`` is ``[(item, request id, answered at)]``.
-
-        One parameterised UPDATE run for every item (``executemany``; the runner records one
-        answer at a time). It is plain SQL because the ORM's UPDATE, compiled again for every
-        answer (or with a CASE per item for several), cost more worker CPU than the AWS call it
-        recorded (benchmark P5b's profile)."""
-        if not answered:
-            return 0
+    def _finish_sql(self, state, answered):
         ops = connection.ops
         finished_at = ops.adapt_datetimefield_value(timezone.now()) if state in ItemState.final() else None
         table = ops.quote_name(self.model._meta.db_table)
         sql = (f"UPDATE {table} SET state = %s, finished_at = %s, request_id = %s, submitted_at = %s, "
                f"error_code = '', error_message = '' WHERE id = %s AND state = %s")
+        return sql, [
+            (state, finished_at, request_id, ops.adapt_datetimefield_value(at), item.pk, ItemState.SUBMITTING)
+            for item, request_id, at in answered
+        ]
+
+    def finish_all(self, state, answered):
+        """Move items we hold (submitting) to ``state``, each with its own AWS request id and time
+        of answer: ``answered`` is ``[(item, request id, answered at)]``.
+
+        One parameterised UPDATE run for every item (``executemany``). It is plain SQL because the
+        ORM's UPDATE, compiled again for every answer (or with a CASE per item for several), cost
+        more worker CPU than the AWS call it recorded (benchmark P5b's profile)."""
+        if not answered:
+            return 0
+        sql, rows = self._finish_sql(state, answered)
         with connection.cursor() as cursor:
-            cursor.executemany(sql, [
-                (state, finished_at, request_id, ops.adapt_datetimefield_value(at), item.pk, ItemState.SUBMITTING)
-                for item, request_id, at in answered
-            ])
+            cursor.executemany(sql, rows)
         return len(answered)
+
+    def finish_with_instance(self, state, item, request_id, at, values):
+        """``finish_all`` for one item and, in the same commit, ``values`` (field: value) on its
+        instance row: AWS's answer to one ModifyInstanceMetadataOptions, as the runner records it.
+
+        On PostgreSQL this is one statement (a data-modifying WITH) in autocommit: one round trip
+        to the database instead of four (BEGIN, two UPDATEs, COMMIT) for every call AWS answered,
+        a large share of the engine's time per item at AWS's rate on few cores (benchmark P5b).
+        Elsewhere, the two UPDATEs in one transaction."""
+        if connection.vendor != "postgresql":
+            with transaction.atomic():
+                Instance.objects.filter(pk=item.instance_id).update(**values)
+                return self.finish_all(state, [(item, request_id, at)])
+        ops = connection.ops
+        fields = [(Instance._meta.get_field(name), value) for name, value in values.items()]
+        assignments = ", ".join(f"{ops.quote_name(field.column)} = %s" for field, _ in fields)
+        sql, rows = self._finish_sql(state, [(item, request_id, at)])
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"WITH instance AS (UPDATE {ops.quote_name(Instance._meta.db_table)} SET {assignments} "
+                f"WHERE id = %s) {sql}",
+                [*(field.get_db_prep_save(value, connection) for field, value in fields), item.instance_id, *rows[0]],
+            )
+        return 1
 
     def claimable(self, now=None):
         """Queued items the runner may send now: their wave is released, their batch is not

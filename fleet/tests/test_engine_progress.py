@@ -442,3 +442,42 @@ def test_celery_signal_writes_the_heartbeat(locmem_cache, monkeypatch):
 
     tasks.worker_took_work(task=Task())
     assert workers.last_heartbeat()["hostname"] == "celery@box-7"
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif("'postgresql' not in __import__('django.conf').conf.settings.DATABASES['default']['ENGINE']",
+                    reason="SQLite connections are closed after every task (CONN_MAX_AGE 0)")
+def test_a_worker_keeps_its_database_connection_between_tasks(monkeypatch):
+    """Celery's Django fix-up, as the worker runs it around each task, keeps the connection
+    (settings.CELERY_DB_REUSE_MAX) and so does ours until the connection is older than
+    CONN_MAX_AGE: a task does not pay for a new PostgreSQL backend."""
+    from celery.fixups.django import DjangoWorkerFixup
+    from django.db import connection
+
+    from imdsweb.celery import app
+
+    class Request:
+        is_eager = False
+        hostname = "celery@box-7"
+
+    class Task:
+        request = Request()
+
+    def backend():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            return cursor.fetchone()[0]
+
+    monkeypatch.setitem(connection.settings_dict, "CONN_MAX_AGE", 60)
+    connection.close()
+    fixup = DjangoWorkerFixup(app)
+    first = backend()
+    for _ in range(3):  # as the worker runs three tasks
+        fixup.on_task_prerun(sender=Task())
+        tasks.reuse_database_connections(task=Task())
+        assert backend() == first
+        tasks.reuse_database_connections(task=Task())
+        fixup.on_task_postrun(sender=Task())
+    connection.close_at = time.monotonic() - 1  # older than CONN_MAX_AGE
+    tasks.reuse_database_connections(task=Task())
+    assert backend() != first

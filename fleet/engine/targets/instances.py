@@ -1,7 +1,6 @@
 """The instance-options kind: ModifyInstanceMetadataOptions on one instance. AWS answers
 ``pending`` or ``applied``; pending items are followed by the tracker (fleet.engine.tracking)."""
 
-from django.db import transaction
 from django.utils import timezone
 
 from ... import aws
@@ -25,14 +24,13 @@ class InstanceOptionsTarget(Target):
         )
 
     def record(self, item, result):
-        """The answer on the instance and the item, in one commit; the item keeps its own request id
-        and time of answer."""
+        """The answer on the instance and the item, in one commit (one statement on PostgreSQL); the
+        item keeps its own request id and time of answer."""
         values = {name: result[name] for name in INSTANCE_OPTION_FIELDS if result.get(name) is not None}
         state = ItemState.APPLIED if result["metadata_state"] == MetadataState.APPLIED else ItemState.PENDING
-        with transaction.atomic():
-            Instance.objects.filter(pk=item.instance_id).update(
-                metadata_state=result["metadata_state"] or MetadataState.PENDING, **values)
-            ChangeItem.objects.finish_all(state, [(item, result["request_id"], timezone.now())])
+        ChangeItem.objects.finish_with_instance(
+            state, item, result["request_id"], timezone.now(),
+            {"metadata_state": result["metadata_state"] or MetadataState.PENDING, **values})
 
     def verify(self, item, data, now, timeout):
         """Applied with the values we set: applied; with others: failed (changed elsewhere); the
