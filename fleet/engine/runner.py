@@ -205,6 +205,19 @@ def _take_tokens(account, region, action, most):
         time.sleep(wait)
 
 
+def _gather_wait(account, region, action, queued):
+    """The seconds until the next gather for ``queued`` more items (those a chunk read but found
+    no tokens for), asked of the bucket without reading the queue again: at AWS's rate almost
+    every run ends so, and a read of a chunk's items for no tokens cost more than the run's token
+    round trips. Tokens refilled meanwhile (a slow chunk) go back: no items hold them."""
+    taken, wait = ratelimit.take_some(account.account_id, region, action, queued, least=queued,
+                                      within=settings.IMDSWEB_RUNNER_GATHER_SECONDS)
+    if taken:
+        ratelimit.give_back(account.account_id, region, action, taken)
+        return 0.0
+    return wait
+
+
 # Seconds one call and its record take in this process, a moving average: a chunk is sized to
 # what fits the rest of the run's slice, so no read is spent on items the slice cannot send.
 _seconds_per_call = 0.01
@@ -250,6 +263,7 @@ def run_region(account_pk, region, budget=None):
             chunk, action = _next_chunk(account, region, _chunk_size(deadline))
             if not chunk:
                 break
+            read = len(chunk)
             if _needs_preflight(chunk[0]):
                 chunk = chunk[:1]  # the DryRun spends one token; its item's own call takes the next one
             # The tokens of the chunk's own action: account defaults never wait for (nor spend)
@@ -287,6 +301,10 @@ def run_region(account_pk, region, budget=None):
             if not streak_cleared:  # AWS took a call: the backoff streak starts over
                 clear_backoff(account_pk, region)
                 streak_cleared = True
+            if taken < read and time.monotonic() <= deadline:
+                # This take emptied the bucket: another read now would find no tokens for its items.
+                again = _gather_wait(account, region, action, read - taken)
+                break
     finally:
         lock.release()
     if again is None and ChangeItem.objects.claimable().filter(account_id=account_pk, region=region).exists():

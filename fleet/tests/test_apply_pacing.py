@@ -274,3 +274,23 @@ def test_an_unexpected_error_mid_chunk_gives_the_unsent_items_back(settings, mon
     states = [item.state for item in batch.items.order_by("id")]
     assert states == [ItemState.PENDING, ItemState.SUBMITTING] + [ItemState.QUEUED] * 4
     assert _tokens_left(account) == 100 - 1 - 6 + 4
+
+
+def test_a_run_whose_take_empties_the_bucket_ends_without_reading_the_queue_again(settings, monkeypatch, aws_env):
+    """At AWS's rate almost every run gets fewer tokens than the items it read: it sends those,
+    then asks the bucket (not the queue) when the next gather will be there, and ends."""
+    account, batch = _chunk_setup(settings, monkeypatch, 30)
+    settings.IMDSWEB_RUNNER_CHUNK = 20
+    monkeypatch.setattr(ratelimit, "_now", lambda: 5000.0)  # no refill during the test
+    monkeypatch.setattr(aws, "modify_instance_metadata_options", _fake_modify([]))
+    assert ratelimit.take_some(account.account_id, "us-east-1", "ModifyInstanceMetadataOptions", most=87)[0] == 87
+    reads = []
+    real_next_chunk = runner._next_chunk
+    monkeypatch.setattr(runner, "_next_chunk", lambda *args: reads.append(args) or real_next_chunk(*args))
+    again = runner.run_region(account.pk, "us-east-1", budget=5)
+    # The DryRun preflight's read and token, then one read of 20 that got the 12 tokens left.
+    assert len(reads) == 2
+    assert batch.counts()[ItemState.PENDING] == 12 and batch.counts()[ItemState.QUEUED] == 18
+    # The next gather: the 8 items read without a token, at 5 a second, the bucket empty.
+    assert again == pytest.approx(8 / 5.0)
+    assert _tokens_left(account) == 0
