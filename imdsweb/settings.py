@@ -268,7 +268,7 @@ IMDSWEB_REDIS_URL = env.str("IMDSWEB_REDIS_URL", default="redis://127.0.0.1:6379
 # Shared state between workers: the runner lock per account/region. Redis when configured,
 # else a file cache (the embedded demo runs a single worker).
 CACHES = {
-    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": IMDSWEB_REDIS_URL,
+    "default": {"BACKEND": "imdsweb.cache.RedisCache", "LOCATION": IMDSWEB_REDIS_URL,
                 "KEY_PREFIX": "imdsweb"}
     if IMDSWEB_REDIS_URL
     else {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache", "LOCATION": str(VAR_DIR / "cache")}

@@ -5,7 +5,8 @@ chunk (running instances first), take its tokens in one round trip without waiti
 too few are there the runner yields the worker and is scheduled again for when they will be, so
 no worker sleeps in the rate limiter), claim the chunk with one conditional UPDATE (queued ->
 submitting: no two workers ever send the same item and no lock is held across an AWS call),
-preflight the region with DryRun once per batch, then call AWS for each item in turn and record
+preflight the region with DryRun once per batch (then yield, so that every region of a batch makes its
+first call before any region's burst), then call AWS for each item in turn and record
 each answer as it comes (one commit each: a worker that dies leaves only the call under way to be
 sent again).
 
@@ -287,6 +288,12 @@ def run_region(account_pk, region, budget=None):
                     break
                 if go_on:
                     chunk[0].unclaim()  # its own call takes the next token
+                    # Yield: the other regions' first runs (a batch starts them all at once) each
+                    # make their first call before any region's burst. AWS's bucket of a region
+                    # only refills once a call took from it, so a region whose first call waited
+                    # for the others' bursts would end that much later.
+                    again = 0.0
+                    break
                 continue
             began = time.monotonic()
             sent, error = _send(chunk, action, lock, deadline)

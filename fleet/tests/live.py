@@ -137,7 +137,7 @@ class LiveStack:
         for name in ("CELERY_BROKER_URL", "IMDSWEB_REDIS_URL", "IMDSWEB_RATE_TIME_SCALE"):
             setattr(self.settings, name, env[name] if name != "IMDSWEB_RATE_TIME_SCALE" else self.time_scale)
         self.settings.CACHES = {
-            "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": env["IMDSWEB_REDIS_URL"],
+            "default": {"BACKEND": "imdsweb.cache.RedisCache", "LOCATION": env["IMDSWEB_REDIS_URL"],
                         "KEY_PREFIX": "imdsweb"}
         }
         app.conf.broker_url = django_settings.CELERY_BROKER_URL

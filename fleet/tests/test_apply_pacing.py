@@ -48,6 +48,12 @@ def test_runner_paces_modify_calls_to_the_bucket(settings, monkeypatch):
     assert calls[-1] - start >= (len(calls) - 3 - 1) / 40
 
 
+def run_preflight(account, region="us-east-1"):
+    """A batch's first run in a region makes its DryRun preflight and yields at once, so that every
+    region's first call goes out before any region's burst; the items go in the next runs."""
+    assert runner.run_region(account.pk, region, budget=5) == 0.0
+
+
 def _local_buckets(settings, monkeypatch, capacity, refill):
     settings.IMDSWEB_RATE_LIMITS = {**settings.IMDSWEB_RATE_LIMITS, "ModifyInstanceMetadataOptions": (capacity, refill)}
     settings.IMDSWEB_RATE_HEADROOM = 1.0
@@ -80,9 +86,10 @@ def test_runner_builds_its_aws_client_before_taking_a_token(settings, monkeypatc
     monkeypatch.setattr(ratelimit, "take_some",
                         lambda *args, **kwargs: events.append("take") or real_take_some(*args, **kwargs))
     monkeypatch.setattr(aws, "modify_instance_metadata_options", _fake_modify(events))
+    run_preflight(account)
     assert runner.run_region(account.pk, "us-east-1", budget=5) is None
-    assert events[:2] == ["prepare", "take"] and events.count("prepare") == 1
-    assert events.count("modify") == 1
+    # Each run builds the client before it takes a token: the preflight's run, then the item's.
+    assert events == ["prepare", "take", "dry run", "prepare", "take", "modify"]
 
 
 def test_runner_db_statements_per_chunk(settings, monkeypatch, aws_env):
@@ -103,6 +110,7 @@ def test_runner_db_statements_per_chunk(settings, monkeypatch, aws_env):
         for _ in range(size):
             InstanceFactory(account=account)
         batch = changes.request_change(None, Instance.objects.filter(account=account), changes.REQUIRE_IMDSV2)
+        run_preflight(account)
         with CaptureQueriesContext(connection) as queries:
             assert runner.run_region(account.pk, "us-east-1", budget=5) is None
         assert batch.counts()[ItemState.PENDING] == size
@@ -139,6 +147,7 @@ def test_runner_sends_running_instances_before_those_that_wait_for_a_start(setti
         return {**values, "metadata_state": "pending", "request_id": "req"}
 
     monkeypatch.setattr(aws, "modify_instance_metadata_options", fake_modify)
+    run_preflight(account)
     assert runner.run_region(account.pk, "us-east-1", budget=5) is None
     assert sent == ["running", "running", "pending", "running", "stopped", "stopping", "stopped"]
     # Within each group the items keep their order.
@@ -179,6 +188,7 @@ def test_a_throttle_mid_chunk_keeps_the_answers_before_it_and_returns_the_rest_u
     throttles = []
     real_throttled = ratelimit.throttled
     monkeypatch.setattr(ratelimit, "throttled", lambda *args: throttles.append(args) or real_throttled(*args))
+    run_preflight(account)
     again = runner.run_region(account.pk, "us-east-1", budget=5)
     assert again and again > 0 and len(throttles) == 1
     items = list(batch.items.order_by("id"))
@@ -244,14 +254,15 @@ def test_a_chunk_stops_at_the_runs_deadline_and_gives_the_rest_back(settings, mo
         return {**values, "metadata_state": "pending", "request_id": f"req-{instance_id}"}
 
     monkeypatch.setattr(aws, "modify_instance_metadata_options", slow_modify)
-    # The preflight at 0.1 s, then calls at 0.2 and 0.3 s: the third would start past 0.25 s.
+    run_preflight(account)
+    # Calls start at 0, 0.1 and 0.2 s into the run: the fourth would start at 0.3 s, past 0.25 s.
     assert runner.run_region(account.pk, "us-east-1", budget=0.25) == 0.0
     items = list(batch.items.order_by("id"))
-    assert [item.state for item in items].count(ItemState.PENDING) == 2
+    assert [item.state for item in items].count(ItemState.PENDING) == 3
     waiting = [item for item in items if item.state == ItemState.QUEUED]
-    assert len(waiting) == 8 and all(item.attempts == 0 and item.claimed_at is None for item in waiting)
-    # 100 - 1 (the DryRun) - 10 (the chunk) + 8 given back
-    assert _tokens_left(account) == 97
+    assert len(waiting) == 7 and all(item.attempts == 0 and item.claimed_at is None for item in waiting)
+    # 100 - 1 (the DryRun) - 10 (the chunk) + 7 given back
+    assert _tokens_left(account) == 96
 
 
 def test_an_unexpected_error_mid_chunk_gives_the_unsent_items_back(settings, monkeypatch, aws_env):
@@ -269,6 +280,7 @@ def test_an_unexpected_error_mid_chunk_gives_the_unsent_items_back(settings, mon
         return {**values, "metadata_state": "pending", "request_id": f"req-{instance_id}"}
 
     monkeypatch.setattr(aws, "modify_instance_metadata_options", broken_modify)
+    run_preflight(account)
     with pytest.raises(RuntimeError):
         runner.run_region(account.pk, "us-east-1", budget=5)
     states = [item.state for item in batch.items.order_by("id")]
@@ -284,12 +296,13 @@ def test_a_run_whose_take_empties_the_bucket_ends_without_reading_the_queue_agai
     monkeypatch.setattr(ratelimit, "_now", lambda: 5000.0)  # no refill during the test
     monkeypatch.setattr(aws, "modify_instance_metadata_options", _fake_modify([]))
     assert ratelimit.take_some(account.account_id, "us-east-1", "ModifyInstanceMetadataOptions", most=87)[0] == 87
+    run_preflight(account)  # its DryRun takes one token: 12 left
     reads = []
     real_next_chunk = runner._next_chunk
     monkeypatch.setattr(runner, "_next_chunk", lambda *args: reads.append(args) or real_next_chunk(*args))
     again = runner.run_region(account.pk, "us-east-1", budget=5)
-    # The DryRun preflight's read and token, then one read of 20 that got the 12 tokens left.
-    assert len(reads) == 2
+    # One read of 20 that got the 12 tokens left.
+    assert len(reads) == 1
     assert batch.counts()[ItemState.PENDING] == 12 and batch.counts()[ItemState.QUEUED] == 18
     # The next gather: the 8 items read without a token, at 5 a second, the bucket empty.
     assert again == pytest.approx(8 / 5.0)

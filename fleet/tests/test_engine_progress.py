@@ -212,6 +212,8 @@ def test_a_pending_submit_is_tracked_a_second_later_not_at_the_beats_round(
     changes.request_change(None, Instance.objects.filter(account=account), changes.REQUIRE_IMDSV2,
                            override_usage=True)
 
+    tasks.apply_region(account.pk, REGION)  # the DryRun preflight: the run yields after it
+    assert scheduled == []
     tasks.apply_region(account.pk, REGION)
     assert scheduled == [((account.pk, REGION), 1.0)]
     # One round per region in flight: another runner's turn schedules nothing more, nor the beat.
@@ -353,6 +355,7 @@ def test_account_defaults_take_their_own_tokens_not_instance_options(
     batch = changes.request_defaults_change(None, [(account, REGION)], {"http_tokens": "required"})
     tokens.clear()
 
+    assert runner.run_region(account.pk, REGION, budget=5) == 0.0  # the preflight, then a yield
     assert runner.run_region(account.pk, REGION, budget=5) is None
     assert batch.counts()[ItemState.APPLIED] == 1
     assert fake_ec2 == [("modify", True), ("modify", False), ("get", False)]  # preflight, change, read back
@@ -376,9 +379,11 @@ def test_no_worker_sleeps_waiting_for_a_defaults_token(local_buckets, locmem_cac
     item = batch.items.get()
     assert item.attempts == 0 and item.claimed_at is None
 
-    # The preflight spends the token it found; the change waits for the next one, again yielding.
+    # The preflight spends the token it found (and yields); the change waits for the next one, again
+    # yielding.
     ratelimit._local = ratelimit._LocalBuckets()
     ratelimit.try_take(account.account_id, REGION, MODIFY_DEFAULTS)  # one left
+    assert runner.run_region(account.pk, REGION, budget=5) == 0.0 and fake_ec2 == [("modify", True)]
     again = runner.run_region(account.pk, REGION, budget=5)
     assert 0.2 < again <= 0.5 and fake_ec2 == [("modify", True)]
     item.refresh_from_db()
