@@ -99,6 +99,18 @@ def _changes(benchmarks):
   waiting. Tracking describes on the runner's one-attempt client and checks a change a round
   after its submit; the posture summary is recounted at most every 15 s while changes run (at
   once when the region's queue and tracking are done).
+  A second profile (cProfile on process CPU time in the pool processes, and every process's CPU
+  over the window) found what the first missed: Celery's Django fix-up closed the database
+  connection before and after every task, so each run paid for a new PostgreSQL backend, unseen by
+  the half-second sampler (`CELERY_DB_REUSE_MAX`; connections now close as around a web request,
+  when unusable or older than `CONN_MAX_AGE`); Django's Redis cache built a `redis.Redis` object for
+  every operation (about 6 % of a worker's CPU; `imdsweb.cache.RedisCache` keeps one per pool); the
+  benchmark's workers ran under `DJANGO_DEBUG`, timing and keeping every statement (they now run
+  with production settings); an answer was four round trips to PostgreSQL (now one statement on
+  PostgreSQL, a data-modifying `WITH`); and a run whose take emptied the bucket read the queue
+  again for no tokens (it now asks the bucket when the next gather will be there). A batch's first
+  run in each region yields after its DryRun preflight, so that every region's first call, which
+  starts AWS's refill there, goes out before any region's burst.
 """
 
 
