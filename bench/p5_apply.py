@@ -43,7 +43,7 @@ def cpu_sample():
     return sum(values) - idle, sum(values)
 
 
-def run_config(settings, scale, per_region, workers, accounts, env=None, concurrency=2):
+def run_config(settings, scale, per_region, workers, accounts, env=None):
     """One run: ``env`` overrides the workers' settings (P5b's one-item-at-a-time comparison)."""
     from django.db.models import Max, Min
 
@@ -56,7 +56,7 @@ def run_config(settings, scale, per_region, workers, accounts, env=None, concurr
     Account.objects.filter(account_id__in=accounts).delete()
     stack = LiveStack(settings, time_scale=scale, apply_delay=0.5, env={**PRODUCTION_WORKERS, **(env or {})})
     try:
-        stack.start(workers=workers, beat=True, concurrency=concurrency)
+        stack.start(workers=workers, beat=True)
         pairs = []
         with Timer() as seeding:
             for account_id in accounts:
@@ -119,7 +119,7 @@ def run_config(settings, scale, per_region, workers, accounts, env=None, concurr
         "items": total,
         "account_regions": len(pairs),
         "workers": workers,
-        "worker_concurrency": concurrency,
+        "worker_concurrency": 2,
         "submit_span_s": round(span, 2),
         "theoretical_s": round(best, 2),
         "items_per_s": round(total / span, 1),

@@ -199,11 +199,17 @@ def _take_tokens(account, region, action, most):
     seconds until they will be there)``, nothing taken. Waits of a few milliseconds are slept
     through, longer ones are the caller's to yield."""
     while True:
-        taken, wait = ratelimit.take_some(account.account_id, region, action, most, least=most,
-                                          within=settings.IMDSWEB_RUNNER_GATHER_SECONDS)
+        taken, wait = _take_gathered(account, region, action, most)
         if taken or wait > MAX_SLEEP:
             return taken, wait
         time.sleep(wait)
+
+
+def _take_gathered(account, region, action, most):
+    """One try at the gather: up to ``most`` tokens, once all ``most`` or the refill of
+    IMDSWEB_RUNNER_GATHER_SECONDS at the learned rate (if fewer) are there."""
+    return ratelimit.take_some(account.account_id, region, action, most, least=most,
+                               within=settings.IMDSWEB_RUNNER_GATHER_SECONDS)
 
 
 def _gather_wait(account, region, action, queued):
@@ -211,8 +217,7 @@ def _gather_wait(account, region, action, queued):
     no tokens for), asked of the bucket without reading the queue again: at AWS's rate almost
     every run ends so, and a read of a chunk's items for no tokens cost more than the run's token
     round trips. Tokens refilled meanwhile (a slow chunk) go back: no items hold them."""
-    taken, wait = ratelimit.take_some(account.account_id, region, action, queued, least=queued,
-                                      within=settings.IMDSWEB_RUNNER_GATHER_SECONDS)
+    taken, wait = _take_gathered(account, region, action, queued)
     if taken:
         ratelimit.give_back(account.account_id, region, action, taken)
         return 0.0

@@ -95,13 +95,13 @@ class LiveStack:
 
     # ------------------------------------------------------------ lifecycle
 
-    def start(self, workers=1, beat=True, concurrency=2):
+    def start(self, workers=1, beat=True):
         self.worker_count = workers
         self.redis.start()
         self.sim.start()
         self._configure_this_process()
         for _ in range(workers):
-            self.start_worker(concurrency)
+            self.start_worker()
         if beat:
             self.start_beat()
         return self

@@ -54,6 +54,22 @@ def run_preflight(account, region="us-east-1"):
     assert runner.run_region(account.pk, region, budget=5) == 0.0
 
 
+def _modify_failing_at(n, error):
+    """A ModifyInstanceMetadataOptions that accepts the DryRun and answers pending, except that its
+    ``n``-th real call raises ``error``."""
+    calls = []
+
+    def modify(account, region, instance_id, values, dry_run=False, token_taken=False):
+        if dry_run:
+            raise aws.DryRunSucceeded("req-dry")
+        calls.append(instance_id)
+        if len(calls) == n:
+            raise error
+        return {**values, "metadata_state": "pending", "request_id": f"req-{instance_id}"}
+
+    return modify
+
+
 def _local_buckets(settings, monkeypatch, capacity, refill):
     settings.IMDSWEB_RATE_LIMITS = {**settings.IMDSWEB_RATE_LIMITS, "ModifyInstanceMetadataOptions": (capacity, refill)}
     settings.IMDSWEB_RATE_HEADROOM = 1.0
@@ -174,17 +190,8 @@ def test_a_throttle_mid_chunk_keeps_the_answers_before_it_and_returns_the_rest_u
     third goes back to the queue with AWS's error (an attempt counted), the rest go back unsent
     (no attempt counted), and the throttle teaches the pacing."""
     account, batch = _chunk_setup(settings, monkeypatch, 6)
-    calls = []
-
-    def fake_modify(account, region, instance_id, values, dry_run=False, token_taken=False):
-        if dry_run:
-            raise aws.DryRunSucceeded("req-dry")
-        calls.append(instance_id)
-        if len(calls) == 3:
-            raise aws.RetryableAwsError("RequestLimitExceeded", "Request limit exceeded.")
-        return {**values, "metadata_state": "pending", "request_id": f"req-{instance_id}"}
-
-    monkeypatch.setattr(aws, "modify_instance_metadata_options", fake_modify)
+    monkeypatch.setattr(aws, "modify_instance_metadata_options", _modify_failing_at(
+        3, aws.RetryableAwsError("RequestLimitExceeded", "Request limit exceeded.")))
     throttles = []
     real_throttled = ratelimit.throttled
     monkeypatch.setattr(ratelimit, "throttled", lambda *args: throttles.append(args) or real_throttled(*args))
@@ -269,17 +276,7 @@ def test_an_unexpected_error_mid_chunk_gives_the_unsent_items_back(settings, mon
     """Not an AWS answer (a bug, a lost database): the item under way stays claimed for the
     sweeper, as a dead worker's would; the items after it go back to the queue with their tokens."""
     account, batch = _chunk_setup(settings, monkeypatch, 6)
-    calls = []
-
-    def broken_modify(account, region, instance_id, values, dry_run=False, token_taken=False):
-        if dry_run:
-            raise aws.DryRunSucceeded("req-dry")
-        calls.append(instance_id)
-        if len(calls) == 2:
-            raise RuntimeError("something broke")
-        return {**values, "metadata_state": "pending", "request_id": f"req-{instance_id}"}
-
-    monkeypatch.setattr(aws, "modify_instance_metadata_options", broken_modify)
+    monkeypatch.setattr(aws, "modify_instance_metadata_options", _modify_failing_at(2, RuntimeError("something broke")))
     run_preflight(account)
     with pytest.raises(RuntimeError):
         runner.run_region(account.pk, "us-east-1", budget=5)
