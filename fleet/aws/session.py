@@ -6,16 +6,36 @@ expensive to build). Every session of the process shares one botocore data loade
 models (EC2's is megabytes of JSON) are parsed once per process, not once per account; a worker
 parses them when it starts (``warm_up``), not when the first batch is waiting. The endpoint comes
 from boto3's own ``AWS_ENDPOINT_URL`` handling.
+
+Clients of those sessions also share their class, one per service and API version
+(``_shared_client_class``). botocore builds a new class for every client it creates, one method
+per API operation (about 750 for EC2, with a docstring object each): three quarters of the CPU of
+building an EC2 client (52 ms of CPU on the benchmark machine, 14 ms with the class shared). A
+worker process builds a client per account/region it works on, and a batch that starts in 16
+account/regions at once builds them all in its first second, when every region's bucket is
+waiting for its first call (P5b in docs/benchmarks.md). The class depends only on the service
+model and on the handlers of botocore's ``creating-client-class`` event, which are the same for
+every session built here; neither boto3 nor botocore offers such a cache (boto/boto3#3197), and
+clients of any other session (another loader) are built as botocore builds them.
+
+Their answers' timestamps are parsed by ``parse_timestamp``: botocore hands every timestamp to
+dateutil's general parser (116 µs each on the benchmark machine, a third of the CPU of parsing a
+DescribeInstances page, whose instances carry four or more each); AWS's query APIs send ISO
+8601, which ``datetime.fromisoformat`` reads in 2.5 µs. Anything else goes to botocore's parser.
 """
 
+import datetime
 import os
 import threading
 from collections import OrderedDict
 
 import boto3
+import botocore.client
 import botocore.session
 from botocore.config import Config
 from botocore.credentials import RefreshableCredentials
+from botocore.utils import parse_timestamp as botocore_parse_timestamp
+from dateutil.tz import tzutc
 from django.conf import settings
 
 from . import counters
@@ -50,19 +70,56 @@ def _sts_region():
     return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
+_client_classes = {}
+_build_client_class = botocore.client.ClientCreator._create_client_class
+
+
+def _shared_client_class(creator, service_name, service_model):
+    """botocore's ``ClientCreator._create_client_class``, built once per service and API version
+    for the clients of this module's sessions (they use the shared loader)."""
+    if _loader is None or creator._loader is not _loader:
+        return _build_client_class(creator, service_name, service_model)
+    key = (service_name, service_model.api_version)
+    with _lock:
+        cls = _client_classes.get(key)
+    if cls is None:
+        cls = _build_client_class(creator, service_name, service_model)
+        with _lock:
+            cls = _client_classes.setdefault(key, cls)
+    return cls
+
+
 def _shared_loader():
     global _loader
     with _lock:
         if _loader is None:
             _loader = botocore.session.get_session().get_component("data_loader")
+            botocore.client.ClientCreator._create_client_class = _shared_client_class
         return _loader
 
 
+_UTC = datetime.timedelta(0)
+
+
+def parse_timestamp(value):
+    """botocore's ``parse_timestamp`` (the same datetimes, UTC as dateutil's ``tzutc``), with
+    ISO 8601 (``2026-12-02T01:50:24.000Z``, what EC2 sends) read by ``datetime.fromisoformat``."""
+    if isinstance(value, str) and len(value) >= 19 and value[4] == "-" and value[10] == "T":
+        try:
+            parsed = datetime.datetime.fromisoformat(value)
+        except ValueError:
+            return botocore_parse_timestamp(value)
+        return parsed.replace(tzinfo=tzutc()) if parsed.utcoffset() == _UTC else parsed
+    return botocore_parse_timestamp(value)
+
+
 def _boto3_session(core=None):
-    """A boto3 session whose botocore session uses the process's one data loader."""
+    """A boto3 session whose botocore session uses the process's one data loader (and
+    ``parse_timestamp``)."""
     core = core or botocore.session.get_session()
     loader = _shared_loader()
     core.register_component("data_loader", loader)
+    core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=parse_timestamp)
     session = boto3.Session(botocore_session=core)
     with _lock:  # boto3 appends its data path to the loader on every new session: keep it once
         loader.search_paths[:] = list(dict.fromkeys(loader.search_paths))

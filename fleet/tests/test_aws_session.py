@@ -1,5 +1,7 @@
 """AWS sessions: the service models are parsed once per process, whatever the number of accounts."""
 
+import pytest
+
 from fleet.aws import session
 from fleet.tests.factories import AccountFactory
 
@@ -36,4 +38,65 @@ def test_client_cache_keeps_only_the_most_recently_used(aws_env, settings, db):
     assert len(session._clients) == 2
     assert session.client(account, "us-east-1", "ec2") is first
     assert {key[3] for key in session._clients} == {"us-east-1", "ap-southeast-2"}
+    session.reset_caches()
+
+
+def test_clients_of_every_account_and_region_share_one_class_per_service(aws_env, monkeypatch, db):
+    import botocore.session
+    from botocore.stub import Stubber
+
+    session.reset_caches()
+    monkeypatch.setattr(session, "_assumed_session", lambda role_arn, external_id: session._boto3_session())
+    east = session.client(AccountFactory(role_arn="arn:aws:iam::111111111111:role/r"), "us-east-1", "ec2")
+    west = session.client(AccountFactory(role_arn="arn:aws:iam::222222222222:role/r"), "eu-west-1", "ec2")
+    sts = session.client(AccountFactory(role_arn=""), "us-east-1", "sts")
+    assert type(east) is type(west)
+    assert type(sts) is not type(east)
+    assert (east.meta.region_name, west.meta.region_name) == ("us-east-1", "eu-west-1")
+    # The shared class's methods call through the client they are called on.
+    for client, region in ((east, "us-east-1"), (west, "eu-west-1")):
+        with Stubber(client) as stub:
+            stub.add_response("describe_regions", {"Regions": [{"RegionName": region}]})
+            assert client.describe_regions()["Regions"] == [{"RegionName": region}]
+            stub.assert_no_pending_responses()
+    # A session that is not ours (another loader) builds its clients as botocore does.
+    foreign = botocore.session.get_session().create_client("ec2", region_name="us-east-1")
+    assert type(foreign) is not type(east)
+    session.reset_caches()
+
+
+def test_timestamps_parse_as_botocore_parses_them():
+    import datetime
+
+    from botocore.utils import parse_timestamp
+
+    for value in ("2026-12-02T01:50:24.000Z", "2026-12-02T01:50:24Z", "2026-12-02T01:50:24.123456+02:00",
+                  "2026-12-02T01:50:24", "Wed, 02 Dec 2026 01:50:24 GMT", "1764640224", 1764640224,
+                  "2026-12-02T01:50:24.5-07:30"):
+        ours, botocores = session.parse_timestamp(value), parse_timestamp(value)
+        assert ours == botocores, value
+        assert (ours.utcoffset(), ours.tzinfo is None) == (botocores.utcoffset(), botocores.tzinfo is None), value
+    utc = session.parse_timestamp("2026-12-02T01:50:24.000Z")
+    assert utc == datetime.datetime(2026, 12, 2, 1, 50, 24, tzinfo=datetime.UTC)
+    assert utc.tzinfo.tzname(utc) == "UTC"
+    # Not a timestamp: the same error as botocore's.
+    with pytest.raises(ValueError):
+        session.parse_timestamp("2026-13-45T99:99:99Z")
+
+
+def test_clients_parse_answers_timestamps_with_parse_timestamp(moto_endpoint, db):
+    from fleet.aws import ec2 as aws_ec2
+    from fleet.tests.conftest import AMBIENT_ACCOUNT, ec2_in
+
+    plain = ec2_in(moto_endpoint, AMBIENT_ACCOUNT, "us-east-1")
+    plain.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1)
+    expected = plain.describe_instances()["Reservations"][0]["Instances"][0]
+    session.reset_caches()
+    account = AccountFactory(account_id=AMBIENT_ACCOUNT, role_arn="")
+    ours = session.client(account, "us-east-1", "ec2")
+    assert ours._endpoint._response_parser_factory._defaults["timestamp_parser"] is session.parse_timestamp
+    [instance] = next(aws_ec2.describe_instance_pages(account, "us-east-1"))
+    assert instance["LaunchTime"] == expected["LaunchTime"]
+    assert instance["LaunchTime"].utcoffset() == expected["LaunchTime"].utcoffset()
+    assert instance == expected
     session.reset_caches()
