@@ -9,6 +9,7 @@ from django.db import close_old_connections
 
 from . import aws, discovery, health, history, posture, ratelimit, sync, usage, waivers, workers
 from . import notify as notify_service
+from .aws import counters as aws_counters
 from .changes import expansion
 from .choices import SyncStatus
 from .engine import runner, tracking
@@ -43,6 +44,17 @@ def reuse_database_connections(task=None, **kwargs):
     closing them after every task). Not for a task run eagerly inside the caller's transaction."""
     if not getattr(task.request, "is_eager", False):
         close_old_connections()
+
+
+@task_prerun.connect
+def hold_aws_call_counts(**kwargs):
+    """A task's AWS call counts (/metrics) go to Redis once, when it ends (``fleet.aws.counters``)."""
+    aws_counters.hold()
+
+
+@task_postrun.connect
+def send_aws_call_counts(**kwargs):
+    aws_counters.flush()
 
 
 @shared_task(ignore_result=True)

@@ -4,6 +4,7 @@ import json
 import re
 import shutil
 import subprocess
+import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import yaml
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from fleet import aws, posture, sync
+from fleet import aws, posture, sync, tasks
 from fleet.aws import counters
 from fleet.choices import SyncStatus
 from fleet.models import DriftEvent, SyncRun
@@ -146,3 +147,40 @@ def test_alert_rules_pass_promtool():
     result = subprocess.run(["promtool", "check", "rules", str(MONITORING / "prometheus-alerts.yml")],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_task_sends_its_call_counts_in_one_round_trip_when_it_ends(settings, monkeypatch):
+    """Inside a worker's task (task_prerun/postrun) the counts wait for its end; an eager task in
+    it (a nested hold) does not send the outer one's counts early; snapshot sees held counts."""
+    import redis as redis_lib
+
+    monkeypatch.setattr(counters, "KEY", f"imdsweb:test-aws-calls:{uuid.uuid4().hex}")
+    monkeypatch.setattr(counters, "_redis", None)
+    shared = redis_lib.Redis.from_url(settings.IMDSWEB_REDIS_URL)
+    sent = []
+    real_send = counters._send
+    monkeypatch.setattr(counters, "_send", lambda counts: (sent.append(dict(counts)), real_send(counts)))
+    try:
+        tasks.hold_aws_call_counts()
+        counters.record("ec2", "ModifyInstanceMetadataOptions")
+        counters.record("ec2", "ModifyInstanceMetadataOptions", "RequestLimitExceeded")
+        counters.hold()  # an eager task inside this one
+        counters.record("ec2", "DescribeInstances")
+        counters.flush()
+        assert sent == [] and not shared.exists(counters.KEY)
+        seen = counters.snapshot()
+        assert seen[("calls", "ec2", "ModifyInstanceMetadataOptions", "")] == 2
+        tasks.send_aws_call_counts()
+        calls, modify = counters.field("calls", "ec2", "ModifyInstanceMetadataOptions"), "ModifyInstanceMetadataOptions"
+        assert sent == [{calls: 2, counters.field("errors", "ec2", modify, "RequestLimitExceeded"): 1,
+                         counters.field("throttled", "ec2", modify): 1,
+                         counters.field("calls", "ec2", "DescribeInstances"): 1}]
+        assert int(shared.hget(counters.KEY, calls)) == 2
+        assert counters.snapshot()[("calls", "ec2", modify, "")] == 2  # sent, not counted twice
+        counters.record("ec2", "DescribeInstances")  # outside a task: sent at once
+        assert len(sent) == 2 and int(shared.hget(counters.KEY, counters.field("calls", "ec2", "DescribeInstances"))) == 2
+    finally:
+        shared.delete(counters.KEY)
+        counters._held.clear()
+        counters._holds = 0
+        monkeypatch.setattr(counters, "_redis", None)
