@@ -1,6 +1,7 @@
 """Celery tasks: thin wrappers that take primary keys and call one service function."""
 
 import logging
+import time
 
 from celery import shared_task
 from celery.signals import task_postrun, task_prerun, worker_init, worker_ready
@@ -95,10 +96,13 @@ def expand_batch(batch_pk):
 
 
 @shared_task(ignore_result=True)
-def apply_region(account_pk, region):
-    again = runner.run_region(account_pk, region)
+def apply_region(account_pk, region, due=None):
+    """One run of a region's runner; ``due`` (epoch seconds) is when the previous run asked for
+    this one: the run sends at least what AWS refilled while it waited in the queue beyond that."""
+    waited = max(0.0, time.time() - due) if due else 0.0
+    again = runner.run_region(account_pk, region, waited=waited)
     if again is not None:
-        apply_region.apply_async((account_pk, region), countdown=again)
+        apply_region.apply_async((account_pk, region), {"due": time.time() + again}, countdown=again)
     # AWS answered pending: the region's first tracking round a second from now (unless one is
     # already on its way), not at the beat's next round.
     if tracking.tracking_wanted(account_pk, region):

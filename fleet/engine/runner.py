@@ -22,11 +22,17 @@ Two rules keep it at AWS's rate on few cores (benchmark P5b):
   rest of it at this process's recent time per call; checked before each call, a chunk cut short
   gives its unsent items and tokens back) and queues itself again behind the other
   regions' runners, so a burst of one region never keeps another's full bucket waiting (its
-  refill would be lost while it is full).
+  refill would be lost while it is full). But not before it has sent what AWS refilled while this
+  run waited in the queue beyond the time it asked for (``waited`` × AWS's refill rate, at most a
+  chunk): on cores that every region's runner shares, a slice of wall time sends fewer items the
+  busier they are while the wait for the next turn grows, so the bucket would refill to full (and
+  stop refilling) between two turns; sending what the last wait refilled keeps it below full, and
+  spreads a run's fixed cost over more items when the cores are short.
 """
 
 import itertools
 import logging
+import math
 import time
 
 from django.conf import settings
@@ -48,6 +54,7 @@ PERMISSION_CODES = frozenset(
 THROTTLE_CODES = frozenset({"RequestLimitExceeded", "Throttling", "ThrottlingException"})
 # Yield the worker instead of sleeping when the next token is further away than this.
 MAX_SLEEP = 0.05
+INSTANCE_OPTIONS = "ModifyInstanceMetadataOptions"
 # Instances whose change AWS holds until they next start (the synced state; a guess that a later
 # sync corrects, which only moves an item in the queue).
 WAITS_FOR_START = (InstanceState.STOPPED, InstanceState.STOPPING)
@@ -155,16 +162,17 @@ def _call(item):
     return result, None
 
 
-def _send(chunk, action, lock, deadline):
+def _send(chunk, action, lock, deadline, least=1):
     """Send a claimed chunk (its tokens taken) item by item, recording each answer as it comes: one
     commit per answer, so a worker that dies mid-chunk leaves only the call under way to be sent
     again. The chunk stops early at a retryable error (that item goes back to the queue with AWS's
-    error), at the run's deadline, or when anything raises: the items after the stop go back to
-    the queue unsent, and their tokens to the bucket. Returns ``(items sent, that error or None)``."""
+    error), at the run's deadline once ``least`` items are sent, or when anything raises: the items
+    after the stop go back to the queue unsent, and their tokens to the bucket. Returns ``(items
+    sent, that error or None)``."""
     sent, error = 0, None
     try:
         for item in chunk:
-            if sent and time.monotonic() > deadline:
+            if sent >= least and time.monotonic() > deadline:
                 break  # the slice is over: the rest waits for the region's next turn
             lock.refresh()
             sent += 1
@@ -229,9 +237,17 @@ def _gather_wait(account, region, action, queued):
 _seconds_per_call = 0.01
 
 
-def _chunk_size(deadline):
+def _chunk_size(deadline, least=1):
     left = deadline - time.monotonic()
-    return max(1, min(settings.IMDSWEB_RUNNER_CHUNK, int(left / _seconds_per_call) + 1))
+    return max(1, least, min(settings.IMDSWEB_RUNNER_CHUNK, int(left / _seconds_per_call) + 1))
+
+
+def _least_to_send(waited, action):
+    """What AWS refilled while the run waited ``waited`` seconds beyond its time, at most a chunk."""
+    if waited <= 0:
+        return 0
+    _capacity, rate = ratelimit.limits_for(action)
+    return min(settings.IMDSWEB_RUNNER_CHUNK, math.ceil(waited * rate))
 
 
 def _learn_call_time(seconds, sent):
@@ -240,8 +256,10 @@ def _learn_call_time(seconds, sent):
         _seconds_per_call = 0.7 * _seconds_per_call + 0.3 * (seconds / sent)
 
 
-def run_region(account_pk, region, budget=None):
-    """Work through the queued items of one account/region for up to ``budget`` seconds (its slice).
+def run_region(account_pk, region, budget=None, waited=0.0):
+    """Work through the queued items of one account/region for up to ``budget`` seconds (its slice),
+    and until it has sent what AWS refilled in the ``waited`` seconds the run waited beyond the
+    time it was queued for.
 
     Returns the delay after which it should run again, or None when nothing is left (or another
     runner has the region).
@@ -261,14 +279,20 @@ def run_region(account_pk, region, budget=None):
             pass  # the first call meets the same error and records it on its item
         # A run ends after its slice and queues itself again behind the other regions' runners.
         deadline = time.monotonic() + budget
+        # To send before the slice may end: known once the first chunk names its action; the
+        # first read is sized for instance options, nearly every item's action.
+        least = 0
+        first_read = _least_to_send(waited, INSTANCE_OPTIONS)
         while True:
-            if time.monotonic() > deadline:
+            if submitted >= least and time.monotonic() > deadline:
                 again = 0.0
                 break
             lock.refresh()
-            chunk, action = _next_chunk(account, region, _chunk_size(deadline))
+            chunk, action = _next_chunk(account, region, _chunk_size(deadline, max(first_read, least) - submitted))
+            first_read = 0
             if not chunk:
                 break
+            least = max(least, _least_to_send(waited, action))
             read = len(chunk)
             if _needs_preflight(chunk[0]):
                 chunk = chunk[:1]  # the DryRun spends one token; its item's own call takes the next one
@@ -301,7 +325,7 @@ def run_region(account_pk, region, budget=None):
                     break
                 continue
             began = time.monotonic()
-            sent, error = _send(chunk, action, lock, deadline)
+            sent, error = _send(chunk, action, lock, deadline, max(1, least - submitted))
             _learn_call_time(time.monotonic() - began, sent)
             submitted += sent
             if error is not None:

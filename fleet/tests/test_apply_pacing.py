@@ -272,6 +272,63 @@ def test_a_chunk_stops_at_the_runs_deadline_and_gives_the_rest_back(settings, mo
     assert _tokens_left(account) == 96
 
 
+def test_a_run_that_waited_sends_what_aws_refilled_meanwhile_before_its_slice_ends(settings, monkeypatch, aws_env):
+    """On busy cores a slice of wall time sends few items while the wait for the next turn grows:
+    a run that waited 1.2 s beyond its time sends the 6 tokens AWS refilled meanwhile (5/s) even
+    past its deadline, so the region's bucket does not sit full until its next turn; then the slice
+    ends as before. A run that did not wait stops at its deadline."""
+    account, batch = _chunk_setup(settings, monkeypatch, 30)
+    clock = _FakeClock()
+    monkeypatch.setattr(time, "monotonic", clock)
+
+    def slow_modify(account, region, instance_id, values, dry_run=False, token_taken=False):
+        clock.now += 0.1  # every call takes 0.1 s: the cores are busy
+        if dry_run:
+            raise aws.DryRunSucceeded("req-dry")
+        return {**values, "metadata_state": "pending", "request_id": f"req-{instance_id}"}
+
+    monkeypatch.setattr(aws, "modify_instance_metadata_options", slow_modify)
+    run_preflight(account)
+
+    def pending():
+        return batch.items.filter(state=ItemState.PENDING).count()
+
+    assert runner.run_region(account.pk, "us-east-1", budget=0.25) == 0.0
+    assert pending() == 3  # calls at 0, 0.1 and 0.2 s: the fourth would start past 0.25 s
+    assert runner.run_region(account.pk, "us-east-1", budget=0.25, waited=1.2) == 0.0
+    assert pending() == 3 + 6  # 1.2 s x 5/s, past the deadline
+    # At most a chunk (IMDSWEB_RUNNER_CHUNK 10), however long the wait.
+    assert runner.run_region(account.pk, "us-east-1", budget=0.25, waited=60) == 0.0
+    assert pending() == 3 + 6 + 10
+    # A slice too short for more than two calls still reads all six in one chunk.
+    reads = []
+    real_next_chunk = runner._next_chunk
+    monkeypatch.setattr(runner, "_next_chunk", lambda *args: reads.append(args[2]) or real_next_chunk(*args))
+    assert runner.run_region(account.pk, "us-east-1", budget=0.01, waited=1.2) == 0.0
+    assert pending() == 3 + 6 + 10 + 6 and reads == [6]
+    unsent = batch.items.filter(state=ItemState.QUEUED)
+    assert unsent.count() == 5 and all(item.attempts == 0 for item in unsent)
+
+
+def test_the_runner_task_tells_its_next_run_when_it_is_due(monkeypatch, db):
+    """apply_region queues the next run with the time it asked for; that run learns how long it
+    waited beyond it."""
+    from fleet import tasks
+
+    queued, runs = [], []
+    monkeypatch.setattr(tasks.tracking, "tracking_wanted", lambda account_pk, region: False)
+    monkeypatch.setattr(tasks.apply_region, "apply_async",
+                        lambda args, kwargs, countdown: queued.append((args, kwargs, countdown)))
+    monkeypatch.setattr(runner, "run_region", lambda account_pk, region, waited: runs.append(waited) or 2.0)
+    before = time.time()
+    tasks.apply_region(7, "us-east-1")
+    [(args, kwargs, countdown)] = queued
+    assert args == (7, "us-east-1") and countdown == 2.0
+    assert before + 2.0 <= kwargs["due"] <= time.time() + 2.0
+    tasks.apply_region(7, "us-east-1", due=time.time() - 1.5)  # ran 1.5 s after its time
+    assert runs[0] == 0.0 and 1.5 <= runs[1] < 3.0
+
+
 def test_an_unexpected_error_mid_chunk_gives_the_unsent_items_back(settings, monkeypatch, aws_env):
     """Not an AWS answer (a bug, a lost database): the item under way stays claimed for the
     sweeper, as a dead worker's would; the items after it go back to the queue with their tokens."""
