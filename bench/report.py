@@ -125,6 +125,16 @@ def _changes(benchmarks):
   run twice on each side, alternating (commit 38fd141 against 60387cf): the workers' CPU per
   item went from 16.5 and 16.8 ms to 15.2 and 15.9 ms; the points were CPU-bound there (46-50 %
   of theoretical on both sides, the machine 93 % busy), so the rate moved within the noise.
+  A timeline of that run (each call as the simulator saw it, each run of the runner) showed why
+  the rate there was so far below what the cores could do: a run's slice is 0.2 s of wall time,
+  and on busy cores it sent 2 to 6 items while the wait for the region's next turn grew to seconds,
+  so its bucket refilled to full (and stopped refilling) between two turns, and each run's fixed
+  cost (about 20 ms of CPU: the lock, the read, the claim, the task) was spread over a few items.
+  A run now sends what AWS refilled while it waited in the queue beyond its time (at most a chunk)
+  before its slice may end (`fleet/engine/runner.py`). Measured on 2026-12-02 on that machine, the
+  16 point twice on each side, alternating (bc08a8f's rule, before its first read was sized for it,
+  against d2be466): 53.0 and 46.8 % of theoretical before, 66.2 and 65.0 % after, the workers' CPU
+  per item from 14.0 and 15.1 ms to 10.1 and 10.4 ms.
 """
 
 
