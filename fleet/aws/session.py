@@ -77,7 +77,7 @@ _build_client_class = botocore.client.ClientCreator._create_client_class
 def _shared_client_class(creator, service_name, service_model):
     """botocore's ``ClientCreator._create_client_class``, built once per service and API version
     for the clients of this module's sessions (they use the shared loader)."""
-    if _loader is None or creator._loader is not _loader:
+    if creator._loader is not _loader:
         return _build_client_class(creator, service_name, service_model)
     key = (service_name, service_model.api_version)
     with _lock:

@@ -43,6 +43,7 @@ from ..choices import InstanceState, ItemState
 from ..models import Account, ChangeBatch, ChangeItem
 from .locks import RegionLock, backoff, clear_backoff, posture_refresh_due
 from .targets import target_of
+from .targets.instances import InstanceOptionsTarget
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,6 @@ PERMISSION_CODES = frozenset(
 THROTTLE_CODES = frozenset({"RequestLimitExceeded", "Throttling", "ThrottlingException"})
 # Yield the worker instead of sleeping when the next token is further away than this.
 MAX_SLEEP = 0.05
-INSTANCE_OPTIONS = "ModifyInstanceMetadataOptions"
 # Instances whose change AWS holds until they next start (the synced state; a guess that a later
 # sync corrects, which only moves an item in the queue).
 WAITS_FOR_START = (InstanceState.STOPPED, InstanceState.STOPPING)
@@ -282,7 +282,7 @@ def run_region(account_pk, region, budget=None, waited=0.0):
         # To send before the slice may end: known once the first chunk names its action; the
         # first read is sized for instance options, nearly every item's action.
         least = 0
-        first_read = _least_to_send(waited, INSTANCE_OPTIONS)
+        first_read = _least_to_send(waited, InstanceOptionsTarget.action)
         while True:
             if submitted >= least and time.monotonic() > deadline:
                 again = 0.0

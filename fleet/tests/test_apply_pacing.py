@@ -231,6 +231,18 @@ class _FakeClock:
         return self.now
 
 
+def _slow_modify(clock):
+    """A ModifyInstanceMetadataOptions whose every call takes 0.1 s of ``clock``, answering pending."""
+
+    def modify(account, region, instance_id, values, dry_run=False, token_taken=False):
+        clock.now += 0.1
+        if dry_run:
+            raise aws.DryRunSucceeded("req-dry")
+        return {**values, "metadata_state": "pending", "request_id": f"req-{instance_id}"}
+
+    return modify
+
+
 def _chunk_setup(settings, monkeypatch, count):
     _local_buckets(settings, monkeypatch, 100, 5.0)
     settings.IMDSWEB_RUNNER_CHUNK = 10
@@ -254,13 +266,7 @@ def test_a_chunk_stops_at_the_runs_deadline_and_gives_the_rest_back(settings, mo
     clock = _FakeClock()
     monkeypatch.setattr(time, "monotonic", clock)
 
-    def slow_modify(account, region, instance_id, values, dry_run=False, token_taken=False):
-        clock.now += 0.1  # every call takes 0.1 s
-        if dry_run:
-            raise aws.DryRunSucceeded("req-dry")
-        return {**values, "metadata_state": "pending", "request_id": f"req-{instance_id}"}
-
-    monkeypatch.setattr(aws, "modify_instance_metadata_options", slow_modify)
+    monkeypatch.setattr(aws, "modify_instance_metadata_options", _slow_modify(clock))
     run_preflight(account)
     # Calls start at 0, 0.1 and 0.2 s into the run: the fourth would start at 0.3 s, past 0.25 s.
     assert runner.run_region(account.pk, "us-east-1", budget=0.25) == 0.0
@@ -281,13 +287,7 @@ def test_a_run_that_waited_sends_what_aws_refilled_meanwhile_before_its_slice_en
     clock = _FakeClock()
     monkeypatch.setattr(time, "monotonic", clock)
 
-    def slow_modify(account, region, instance_id, values, dry_run=False, token_taken=False):
-        clock.now += 0.1  # every call takes 0.1 s: the cores are busy
-        if dry_run:
-            raise aws.DryRunSucceeded("req-dry")
-        return {**values, "metadata_state": "pending", "request_id": f"req-{instance_id}"}
-
-    monkeypatch.setattr(aws, "modify_instance_metadata_options", slow_modify)
+    monkeypatch.setattr(aws, "modify_instance_metadata_options", _slow_modify(clock))  # the cores are busy
     run_preflight(account)
 
     def pending():
