@@ -16,7 +16,13 @@ account/regions at once builds them all in its first second, when every region's
 waiting for its first call (P5b in docs/benchmarks.md). The class depends only on the service
 model and on the handlers of botocore's ``creating-client-class`` event, which are the same for
 every session built here; neither boto3 nor botocore offers such a cache (boto/boto3#3197), and
-clients of any other session (another loader) are built as botocore builds them.
+clients of any other session (another loader) are built as botocore builds them. They share their
+``ServiceModel`` too (``_shared_service_model``): botocore wraps the loader's (shared) model in a
+new one per client, which resolves each operation's shapes again and, on the client's first
+error answer, builds a table of every error shape of the service (tens of ms for EC2) — and a
+batch's first call in every account/region is a DryRun, which AWS answers with an error code.
+The worker's main process builds both before it forks (``warm_up``), and every account's role is
+assumed through one STS client of the process's own credentials.
 
 Their answers' timestamps are parsed by ``parse_timestamp``: botocore hands every timestamp to
 dateutil's general parser (116 µs each on the benchmark machine, a third of the CPU of parsing a
@@ -47,6 +53,7 @@ _sessions = {}
 # account/region/service for its whole life (docs/benchmarks.md, organization scale).
 _clients = OrderedDict()
 _loader = None
+_sts = None
 
 # The services the workers call; their models are parsed by warm_up().
 SERVICES = ("ec2", "sts", "cloudwatch", "autoscaling")
@@ -89,12 +96,33 @@ def _shared_client_class(creator, service_name, service_model):
     return cls
 
 
+_service_models = {}
+_build_service_model = botocore.client.ClientCreator._load_service_model
+
+
+def _shared_service_model(creator, service_name, api_version=None):
+    """botocore's ``ClientCreator._load_service_model``, one ``ServiceModel`` per service and API
+    version for the clients of this module's sessions (the model it wraps is the shared loader's
+    anyway): what it resolves once (operations, shapes, its error-code table) serves every client."""
+    if creator._loader is not _loader:
+        return _build_service_model(creator, service_name, api_version)
+    key = (service_name, api_version)
+    with _lock:
+        model = _service_models.get(key)
+    if model is None:
+        model = _build_service_model(creator, service_name, api_version)
+        with _lock:
+            model = _service_models.setdefault(key, model)
+    return model
+
+
 def _shared_loader():
     global _loader
     with _lock:
         if _loader is None:
             _loader = botocore.session.get_session().get_component("data_loader")
             botocore.client.ClientCreator._create_client_class = _shared_client_class
+            botocore.client.ClientCreator._load_service_model = _shared_service_model
         return _loader
 
 
@@ -127,10 +155,12 @@ def _boto3_session(core=None):
 
 
 def warm_up():
-    """Parse the models of the services the workers call (a worker process calls this at start).
+    """Parse the models of the services the workers call and build their client classes (a
+    worker's main process calls this before it forks its pool, whose processes inherit both).
 
     Building the first EC2 client otherwise parses them while a runner holds a fresh token and
-    the whole batch waits (seconds with several cold worker processes).
+    the whole batch waits (seconds with several cold worker processes); and every pool process
+    would build each class on its first task, when a batch's first runs are waiting (P5b).
     """
     loader = _shared_loader()
     loader.load_data("endpoints")
@@ -138,11 +168,34 @@ def warm_up():
     for service in SERVICES:
         for type_name in ("service-2", "endpoint-rule-set-1"):
             loader.load_service_model(service, type_name)
+    # A client of each service, thrown away: what stays is its class (_shared_client_class) and
+    # service model (_shared_service_model), and the ambient session that assumes accounts' roles.
+    # The placeholder keys make no call and keep the credential chain from being searched here.
+    warm = _ambient_session()
+    for service in SERVICES:
+        client = warm.client(service, region_name=_sts_region(), aws_access_key_id="warm-up",
+                             aws_secret_access_key="warm-up")
+        # and its service model's error-code table, which botocore builds on a client's first error
+        # answer (every region's first call is a DryRun, which AWS answers with an error code)
+        client.meta.service_model.shape_for_error_code("DryRunOperation")
+
+
+def _sts_client():
+    """The STS client that assumes every account's role: the ambient credentials', one per
+    process, rather than a botocore session and a client built per account."""
+    global _sts
+    with _lock:
+        if _sts is not None:
+            return _sts
+    new = _ambient_session().client("sts", region_name=_sts_region(), config=_config(settings.IMDSWEB_AWS_MAX_ATTEMPTS))
+    with _lock:
+        if _sts is None:
+            _sts = new
+        return _sts
 
 
 def _assumed_session(role_arn, external_id):
-    base = _boto3_session()
-    sts = base.client("sts", region_name=_sts_region(), config=_config(settings.IMDSWEB_AWS_MAX_ATTEMPTS))
+    sts = _sts_client()
 
     def fetch():
         kwargs = {"RoleArn": role_arn, "RoleSessionName": ROLE_SESSION_NAME, "DurationSeconds": ASSUME_ROLE_SECONDS}
@@ -171,7 +224,18 @@ def session_for(account):
     if session is None:
         session = _assumed_session(*key) if account.role_arn else _boto3_session()
         with _lock:
-            _sessions[key] = session
+            session = _sessions.setdefault(key, session)
+    return session
+
+
+def _ambient_session():
+    """The session of the process's own credentials (the standard chain)."""
+    with _lock:
+        session = _sessions.get(("", ""))
+    if session is None:
+        session = _boto3_session()
+        with _lock:
+            session = _sessions.setdefault(("", ""), session)
     return session
 
 
@@ -194,9 +258,11 @@ def client(account, region, service, max_attempts=None):
 
 def reset_caches():
     """Forget sessions and clients (tests, and after an account's role changes)."""
+    global _sts
     with _lock:
         _sessions.clear()
         _clients.clear()
+        _sts = None
 
 
 def ec2_regions():

@@ -20,11 +20,14 @@ def test_sessions_of_all_accounts_share_one_model_loader(aws_env, monkeypatch, d
     session.reset_caches()
 
 
-def test_warm_up_parses_the_models_a_worker_needs(aws_env):
+def test_warm_up_parses_the_models_a_worker_needs(aws_env, monkeypatch):
+    monkeypatch.setattr(session, "_client_classes", {})
     session.warm_up()
     loader = session._shared_loader()
     cached = {key[1:3] for key in loader._cache if key[0] == "load_service_model"}
     assert {(service, "service-2") for service in session.SERVICES} <= cached
+    # and built their client classes, which the clients of every account then share
+    assert {name for name, _version in session._client_classes} >= set(session.SERVICES)
 
 
 def test_client_cache_keeps_only_the_most_recently_used(aws_env, settings, db):
@@ -52,6 +55,9 @@ def test_clients_of_every_account_and_region_share_one_class_per_service(aws_env
     sts = session.client(AccountFactory(role_arn=""), "us-east-1", "sts")
     assert type(east) is type(west)
     assert type(sts) is not type(east)
+    # and one service model, whose resolved operations, shapes and error codes serve them all
+    assert east.meta.service_model is west.meta.service_model
+    assert sts.meta.service_model is not east.meta.service_model
     assert (east.meta.region_name, west.meta.region_name) == ("us-east-1", "eu-west-1")
     # The shared class's methods call through the client they are called on.
     for client, region in ((east, "us-east-1"), (west, "eu-west-1")):
@@ -62,6 +68,7 @@ def test_clients_of_every_account_and_region_share_one_class_per_service(aws_env
     # A session that is not ours (another loader) builds its clients as botocore does.
     foreign = botocore.session.get_session().create_client("ec2", region_name="us-east-1")
     assert type(foreign) is not type(east)
+    assert foreign.meta.service_model is not east.meta.service_model
     session.reset_caches()
 
 
@@ -100,3 +107,23 @@ def test_clients_parse_answers_timestamps_with_parse_timestamp(moto_endpoint, db
     assert instance["LaunchTime"].utcoffset() == expected["LaunchTime"].utcoffset()
     assert instance == expected
     session.reset_caches()
+
+
+def test_every_accounts_role_is_assumed_through_one_sts_client(moto_endpoint, db):
+    """One STS client of the process's own credentials assumes every account's role (a botocore
+    session and a client per account cost a worker's first run in each account tens of ms)."""
+    from fleet.aws import ec2 as aws_ec2
+
+    session.reset_caches()
+    first = AccountFactory(account_id="111111111111", role_arn="arn:aws:iam::111111111111:role/imdsweb-reader")
+    second = AccountFactory(account_id="222222222222", role_arn="arn:aws:iam::222222222222:role/imdsweb-reader")
+    sts = session._sts_client()
+    calls = []
+    sts.meta.events.register("before-call.sts.AssumeRole", lambda params, **kwargs: calls.append(params["body"]))
+    for account in (first, second):
+        list(aws_ec2.describe_instance_pages(account, "us-east-1"))  # works inside the assumed role
+    assert session._sts_client() is sts and len(calls) == 2
+    assert [call["RoleArn"] for call in calls] == [first.role_arn, second.role_arn]
+    assert session.session_for(first) is not session.session_for(second)
+    session.reset_caches()
+    assert session._sts_client() is not sts
