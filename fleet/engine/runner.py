@@ -5,8 +5,10 @@ chunk (running instances first), take its tokens in one round trip without waiti
 too few are there the runner yields the worker and is scheduled again for when they will be, so
 no worker sleeps in the rate limiter), claim the chunk with one conditional UPDATE (queued ->
 submitting: no two workers ever send the same item and no lock is held across an AWS call),
-preflight the region with DryRun once per batch (then yield, so that every region of a batch makes its
-first call before any region's burst), then call AWS for each item in turn and record
+preflight the region with DryRun once per batch (then send two seconds' refill, the *cover*,
+``IMDSWEB_RUNNER_PREFLIGHT_COVER_SECONDS``, and yield, so that every region of a batch makes its
+first call before any region's burst while the bucket of each that did keeps refilling until
+its next turn), then call AWS for each item in turn and record
 each answer as it comes (one commit each: a worker that dies leaves only the call under way to be
 sent again).
 
@@ -238,12 +240,12 @@ _seconds_per_call = 0.01
 
 
 def _chunk_size(deadline, least=1):
-    left = deadline - time.monotonic()
+    left = max(0.0, deadline - time.monotonic())
     return max(1, least, min(settings.IMDSWEB_RUNNER_CHUNK, int(left / _seconds_per_call) + 1))
 
 
 def _least_to_send(waited, action):
-    """What AWS refilled while the run waited ``waited`` seconds beyond its time, at most a chunk."""
+    """What AWS refilled in ``waited`` seconds, at most a chunk."""
     if waited <= 0:
         return 0
     _capacity, rate = ratelimit.limits_for(action)
@@ -259,7 +261,8 @@ def _learn_call_time(seconds, sent):
 def run_region(account_pk, region, budget=None, waited=0.0):
     """Work through the queued items of one account/region for up to ``budget`` seconds (its slice),
     and until it has sent what AWS refilled in the ``waited`` seconds the run waited beyond the
-    time it was queued for.
+    time it was queued for. A run that makes a batch's preflight in the region then sends the
+    cover (IMDSWEB_RUNNER_PREFLIGHT_COVER_SECONDS of AWS's refill) and yields, whatever its slice.
 
     Returns the delay after which it should run again, or None when nothing is left (or another
     runner has the region).
@@ -271,6 +274,7 @@ def run_region(account_pk, region, budget=None, waited=0.0):
     again = None
     submitted = 0
     streak_cleared = False
+    preflighted = False
     try:
         account = Account.objects.get(pk=account_pk)
         try:
@@ -317,12 +321,19 @@ def run_region(account_pk, region, budget=None, waited=0.0):
                     break
                 if go_on:
                     chunk[0].unclaim()  # its own call takes the next token
-                    # Yield: the other regions' first runs (a batch starts them all at once) each
-                    # make their first call before any region's burst. AWS's bucket of a region
-                    # only refills once a call took from it, so a region whose first call waited
-                    # for the others' bursts would end that much later.
-                    again = 0.0
-                    break
+                    preflighted = True
+                    # Then the cover, and yield: the other regions' first runs (a batch starts
+                    # them all at once) each make their first call before any region's burst,
+                    # since AWS's bucket of a region only refills once a call took from it; and
+                    # the cover keeps this region's bucket below full (refilling) until its next
+                    # turn, which comes after every other region's first run. (Measured: a
+                    # DryRun-only first run and the cover in the region's next run end later,
+                    # as the later regions' buckets sit full while the earlier ones' covers go.)
+                    cover = _least_to_send(settings.IMDSWEB_RUNNER_PREFLIGHT_COVER_SECONDS, action)
+                    if not cover:
+                        again = 0.0
+                        break
+                    least, deadline = submitted + cover, -math.inf  # the slice ends with the cover
                 continue
             began = time.monotonic()
             sent, error = _send(chunk, action, lock, deadline, max(1, least - submitted))
@@ -346,8 +357,10 @@ def run_region(account_pk, region, budget=None, waited=0.0):
     if again is None and ChangeItem.objects.claimable().filter(account_id=account_pk, region=region).exists():
         again = 0.0  # items arrived while we were finishing
     # At AWS's rate a runner yields after almost every item: refresh the region's posture summary
-    # when its queue is done, and otherwise at most every few seconds, not once per item.
-    if submitted and (again is None or posture_refresh_due(account_pk, region)):
+    # when its queue is done, and otherwise at most every few seconds, not once per item. A
+    # batch's first run there (its preflight's) only starts that period: the batch's other
+    # regions are waiting for their own first runs, and their buckets sit full meanwhile.
+    if submitted and (again is None or (posture_refresh_due(account_pk, region) and not preflighted)):
         posture.refresh_region(account_pk, region)
     return again
 

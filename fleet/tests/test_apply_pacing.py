@@ -49,8 +49,9 @@ def test_runner_paces_modify_calls_to_the_bucket(settings, monkeypatch):
 
 
 def run_preflight(account, region="us-east-1"):
-    """A batch's first run in a region makes its DryRun preflight and yields at once, so that every
-    region's first call goes out before any region's burst; the items go in the next runs."""
+    """A batch's first run in a region makes its DryRun preflight and yields, so that every
+    region's first call goes out before any region's burst; with no cover
+    (``_local_buckets``) it sends nothing more, and the items go in the next runs."""
     assert runner.run_region(account.pk, region, budget=5) == 0.0
 
 
@@ -71,6 +72,9 @@ def _modify_failing_at(n, error):
 
 
 def _local_buckets(settings, monkeypatch, capacity, refill):
+    # These tests look at the runs after the preflight's: it sends nothing after its DryRun (its
+    # cover has tests of its own).
+    settings.IMDSWEB_RUNNER_PREFLIGHT_COVER_SECONDS = 0
     settings.IMDSWEB_RATE_LIMITS = {**settings.IMDSWEB_RATE_LIMITS, "ModifyInstanceMetadataOptions": (capacity, refill)}
     settings.IMDSWEB_RATE_HEADROOM = 1.0
     settings.IMDSWEB_REDIS_URL = ""
@@ -308,6 +312,51 @@ def test_a_run_that_waited_sends_what_aws_refilled_meanwhile_before_its_slice_en
     assert pending() == 3 + 6 + 10 + 6 and reads == [6]
     unsent = batch.items.filter(state=ItemState.QUEUED)
     assert unsent.count() == 5 and all(item.attempts == 0 for item in unsent)
+
+
+def test_the_preflights_run_sends_its_cover_then_yields(settings, monkeypatch, aws_env):
+    """A batch's first run in a region: the DryRun, then two seconds of AWS's refill (10 items at
+    5/s) however much is queued and however long its slice, then a yield behind the other regions'
+    first runs. AWS's bucket only refills once a call took from it: the cover keeps the region's
+    below full until its next turn, where a DryRun alone would leave it full again in 0.2 s."""
+    account, batch = _chunk_setup(settings, monkeypatch, 30)
+    settings.IMDSWEB_RUNNER_PREFLIGHT_COVER_SECONDS = 2.0
+    events = []
+    monkeypatch.setattr(aws, "modify_instance_metadata_options", _fake_modify(events))
+    assert runner.run_region(account.pk, "us-east-1", budget=5) == 0.0
+    assert events == ["dry run"] + ["modify"] * 10
+    assert batch.counts()[ItemState.PENDING] == 10 and batch.counts()[ItemState.QUEUED] == 20
+    batch.refresh_from_db()
+    assert batch.preflight_report == {f"{account.account_id}/us-east-1": {"ok": True, "request_id": "req-dry"}}
+    # The next run is an ordinary one: its slice, the burst's tokens there.
+    assert runner.run_region(account.pk, "us-east-1", budget=5) is None
+    assert events.count("dry run") == 1 and batch.counts()[ItemState.PENDING] == 30
+
+
+def test_a_preflight_run_with_less_queued_than_its_cover_finishes_the_region(settings, monkeypatch, aws_env):
+    account, batch = _chunk_setup(settings, monkeypatch, 3)
+    settings.IMDSWEB_RUNNER_PREFLIGHT_COVER_SECONDS = 2.0
+    events = []
+    monkeypatch.setattr(aws, "modify_instance_metadata_options", _fake_modify(events))
+    assert runner.run_region(account.pk, "us-east-1", budget=5) is None
+    assert events == ["dry run", "modify", "modify", "modify"] and batch.counts()[ItemState.PENDING] == 3
+
+
+def test_the_preflights_run_leaves_the_posture_refresh_to_later_runs(settings, monkeypatch, aws_env):
+    """The batch's other regions wait for their first runs meanwhile (their buckets full): the
+    preflight's run only starts the region's refresh period; the run that ends its queue refreshes."""
+    from fleet import posture
+
+    account, batch = _chunk_setup(settings, monkeypatch, 30)
+    settings.IMDSWEB_RUNNER_PREFLIGHT_COVER_SECONDS = 2.0
+    monkeypatch.setattr(aws, "modify_instance_metadata_options", _fake_modify([]))
+    periods, refreshes = [], []  # the first period is due, later ones not yet
+    monkeypatch.setattr(runner, "posture_refresh_due", lambda *args: periods.append(args) or len(periods) == 1)
+    monkeypatch.setattr(posture, "refresh_region", lambda *args: refreshes.append(args))
+    assert runner.run_region(account.pk, "us-east-1", budget=5) == 0.0
+    assert batch.counts()[ItemState.PENDING] == 10 and len(periods) == 1 and refreshes == []
+    assert runner.run_region(account.pk, "us-east-1", budget=5) is None
+    assert refreshes == [(account.pk, "us-east-1")]
 
 
 def test_the_runner_task_tells_its_next_run_when_it_is_due(monkeypatch, db):

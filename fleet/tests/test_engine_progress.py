@@ -212,7 +212,8 @@ def test_a_pending_submit_is_tracked_a_second_later_not_at_the_beats_round(
     changes.request_change(None, Instance.objects.filter(account=account), changes.REQUIRE_IMDSV2,
                            override_usage=True)
 
-    tasks.apply_region(account.pk, REGION)  # the DryRun preflight: the run yields after it
+    settings.IMDSWEB_RUNNER_PREFLIGHT_COVER_SECONDS = 0
+    tasks.apply_region(account.pk, REGION)  # the DryRun preflight alone: nothing pending yet
     assert scheduled == []
     tasks.apply_region(account.pk, REGION)
     assert scheduled == [((account.pk, REGION), 1.0)]
@@ -355,7 +356,7 @@ def test_account_defaults_take_their_own_tokens_not_instance_options(
     batch = changes.request_defaults_change(None, [(account, REGION)], {"http_tokens": "required"})
     tokens.clear()
 
-    assert runner.run_region(account.pk, REGION, budget=5) == 0.0  # the preflight, then a yield
+    # The preflight, then (its cover) the change and its read-back: the region's queue is done.
     assert runner.run_region(account.pk, REGION, budget=5) is None
     assert batch.counts()[ItemState.APPLIED] == 1
     assert fake_ec2 == [("modify", True), ("modify", False), ("get", False)]  # preflight, change, read back
@@ -379,11 +380,12 @@ def test_no_worker_sleeps_waiting_for_a_defaults_token(local_buckets, locmem_cac
     item = batch.items.get()
     assert item.attempts == 0 and item.claimed_at is None
 
-    # The preflight spends the token it found (and yields); the change waits for the next one, again
-    # yielding.
+    # The preflight spends the token it found; the change (its cover) waits for the next one: the
+    # run yields until then.
     ratelimit._local = ratelimit._LocalBuckets()
     ratelimit.try_take(account.account_id, REGION, MODIFY_DEFAULTS)  # one left
-    assert runner.run_region(account.pk, REGION, budget=5) == 0.0 and fake_ec2 == [("modify", True)]
+    again = runner.run_region(account.pk, REGION, budget=5)
+    assert 0.2 < again <= 0.5 and fake_ec2 == [("modify", True)]
     again = runner.run_region(account.pk, REGION, budget=5)
     assert 0.2 < again <= 0.5 and fake_ec2 == [("modify", True)]
     item.refresh_from_db()
@@ -486,3 +488,52 @@ def test_a_worker_keeps_its_database_connection_between_tasks(monkeypatch):
     connection.close_at = time.monotonic() - 1  # older than CONN_MAX_AGE
     tasks.reuse_database_connections(task=Task())
     assert backend() != first
+
+
+# ---------------------------------------------------------------- the sweeper and a waiting runner
+
+
+def test_the_sweeper_starts_no_second_runner_where_one_waits_for_its_next_run(settings, monkeypatch, locmem_cache):
+    """At AWS's rate a region's runner spends nearly all its time queued for its next run, holding
+    no lock: the mark of that run keeps the sweeper from starting a second runner there (which
+    the lock would stop, but only after it had cost a run) until the run is a submit timeout late,
+    when it is presumed lost with its worker."""
+    from fleet.engine import sweep
+    from fleet.engine.locks import RegionLock
+
+    settings.IMDSWEB_SUBMIT_TIMEOUT_SECONDS = 5
+    account = AccountFactory()
+    InstanceFactory(account=account)
+    changes.request_change(None, Instance.objects.filter(account=account), changes.REQUIRE_IMDSV2,
+                           override_usage=True)
+    assert sweep.sweep() == [(account.pk, REGION)]  # queued and no runner: it gets one
+
+    queued = []
+    monkeypatch.setattr(tasks.tracking, "tracking_wanted", lambda account_pk, region: False)
+    monkeypatch.setattr(tasks.apply_region, "apply_async",
+                        lambda args, kwargs, countdown: queued.append(countdown))
+    monkeypatch.setattr(runner, "run_region", lambda *args, **kwargs: 2.0)  # AWS's refill is 2 s away
+    tasks.apply_region(account.pk, REGION)
+    assert queued == [2.0]
+    mark = cache.make_key(f"imdsweb:runner-queued:{account.pk}:{REGION}")
+    assert cache._expire_info[mark] - time.time() == pytest.approx(7, abs=0.5)  # its wait and the submit timeout
+    assert RegionLock.attended(account.pk, REGION) and not RegionLock.held(account.pk, REGION)
+    assert sweep.sweep() == []
+    cache.delete(f"imdsweb:runner-queued:{account.pk}:{REGION}")  # the mark expired: that run is lost
+    assert sweep.sweep() == [(account.pk, REGION)]
+
+
+def test_a_runner_whose_mark_cannot_be_written_still_queues_its_next_run(settings, monkeypatch, locmem_cache):
+    from fleet.engine.locks import RegionLock
+
+    queued = []
+    monkeypatch.setattr(tasks.tracking, "tracking_wanted", lambda account_pk, region: False)
+    monkeypatch.setattr(tasks.apply_region, "apply_async", lambda args, kwargs, countdown: queued.append(args))
+    monkeypatch.setattr(runner, "run_region", lambda *args, **kwargs: 1.0)
+
+    def down(*args, **kwargs):
+        raise ConnectionError("Redis is down")
+
+    monkeypatch.setattr(RegionLock, "queued_again", staticmethod(down))
+    tasks.apply_region(7, REGION)
+    assert queued == [(7, REGION)]
