@@ -1,12 +1,10 @@
-"""What the engine's workers coordinate through the cache: the one runner per account/region
-(and the mark of its next run while it waits for it), the backoff streak after AWS throttled us, and the at-most-every-few-seconds posture refresh."""
+"""What the engine's workers coordinate through the cache: the one runner per account/region,
+the backoff streak after AWS throttled us, and the at-most-every-few-seconds posture refresh."""
 
-import math
 import random
 import time
 import uuid
 
-from django.conf import settings
 from django.core.cache import cache
 
 RUNNER_TTL = 60
@@ -41,23 +39,6 @@ class RegionLock:
     @staticmethod
     def held(account_pk, region):
         return cache.get(f"imdsweb:runner:{account_pk}:{region}") is not None
-
-    @staticmethod
-    def queued_again(account_pk, region, delay):
-        """The region's runner queued its next run for ``delay`` seconds from now. Between two runs
-        no lock is held (at AWS's rate a region's runner waits in its countdown nearly all the
-        time): this mark tells the sweeper the region has a runner until that run is
-        IMDSWEB_SUBMIT_TIMEOUT_SECONDS late, when it is presumed lost with its worker."""
-        cache.set(_queued_key(account_pk, region), 1, math.ceil(delay + settings.IMDSWEB_SUBMIT_TIMEOUT_SECONDS))
-
-    @staticmethod
-    def attended(account_pk, region):
-        """A runner has the region now, or has queued its next run there."""
-        return bool(cache.get_many([f"imdsweb:runner:{account_pk}:{region}", _queued_key(account_pk, region)]))
-
-
-def _queued_key(account_pk, region):
-    return f"imdsweb:runner-queued:{account_pk}:{region}"
 
 
 def posture_refresh_due(account_pk, region):
