@@ -53,7 +53,7 @@ _sessions = {}
 # account/region/service for its whole life (docs/benchmarks.md, organization scale).
 _clients = OrderedDict()
 _loader = None
-_sts = None
+_sts = {}  # the one STS client (_sts_client)
 
 # The services the workers call; their models are parsed by warm_up().
 SERVICES = ("ec2", "sts", "cloudwatch", "autoscaling")
@@ -77,6 +77,18 @@ def _sts_region():
     return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
+def _cached(store, key, build):
+    """``store[key]``, built by ``build()`` outside the lock the first time (the first build to
+    finish is the one every caller gets)."""
+    with _lock:
+        value = store.get(key)
+    if value is None:
+        value = build()
+        with _lock:
+            value = store.setdefault(key, value)
+    return value
+
+
 _client_classes = {}
 _build_client_class = botocore.client.ClientCreator._create_client_class
 
@@ -86,14 +98,8 @@ def _shared_client_class(creator, service_name, service_model):
     for the clients of this module's sessions (they use the shared loader)."""
     if creator._loader is not _loader:
         return _build_client_class(creator, service_name, service_model)
-    key = (service_name, service_model.api_version)
-    with _lock:
-        cls = _client_classes.get(key)
-    if cls is None:
-        cls = _build_client_class(creator, service_name, service_model)
-        with _lock:
-            cls = _client_classes.setdefault(key, cls)
-    return cls
+    return _cached(_client_classes, (service_name, service_model.api_version),
+                   lambda: _build_client_class(creator, service_name, service_model))
 
 
 _service_models = {}
@@ -106,14 +112,8 @@ def _shared_service_model(creator, service_name, api_version=None):
     anyway): what it resolves once (operations, shapes, its error-code table) serves every client."""
     if creator._loader is not _loader:
         return _build_service_model(creator, service_name, api_version)
-    key = (service_name, api_version)
-    with _lock:
-        model = _service_models.get(key)
-    if model is None:
-        model = _build_service_model(creator, service_name, api_version)
-        with _lock:
-            model = _service_models.setdefault(key, model)
-    return model
+    return _cached(_service_models, (service_name, api_version),
+                   lambda: _build_service_model(creator, service_name, api_version))
 
 
 def _shared_loader():
@@ -183,15 +183,8 @@ def warm_up():
 def _sts_client():
     """The STS client that assumes every account's role: the ambient credentials', one per
     process, rather than a botocore session and a client built per account."""
-    global _sts
-    with _lock:
-        if _sts is not None:
-            return _sts
-    new = _ambient_session().client("sts", region_name=_sts_region(), config=_config(settings.IMDSWEB_AWS_MAX_ATTEMPTS))
-    with _lock:
-        if _sts is None:
-            _sts = new
-        return _sts
+    return _cached(_sts, "sts", lambda: _ambient_session().client(
+        "sts", region_name=_sts_region(), config=_config(settings.IMDSWEB_AWS_MAX_ATTEMPTS)))
 
 
 def _assumed_session(role_arn, external_id):
@@ -219,24 +212,12 @@ def _assumed_session(role_arn, external_id):
 
 def session_for(account):
     key = (account.role_arn, account.external_id)
-    with _lock:
-        session = _sessions.get(key)
-    if session is None:
-        session = _assumed_session(*key) if account.role_arn else _boto3_session()
-        with _lock:
-            session = _sessions.setdefault(key, session)
-    return session
+    return _cached(_sessions, key, lambda: _assumed_session(*key) if account.role_arn else _boto3_session())
 
 
 def _ambient_session():
     """The session of the process's own credentials (the standard chain)."""
-    with _lock:
-        session = _sessions.get(("", ""))
-    if session is None:
-        session = _boto3_session()
-        with _lock:
-            session = _sessions.setdefault(("", ""), session)
-    return session
+    return _cached(_sessions, ("", ""), _boto3_session)
 
 
 def client(account, region, service, max_attempts=None):
@@ -258,11 +239,10 @@ def client(account, region, service, max_attempts=None):
 
 def reset_caches():
     """Forget sessions and clients (tests, and after an account's role changes)."""
-    global _sts
     with _lock:
         _sessions.clear()
         _clients.clear()
-        _sts = None
+        _sts.clear()
 
 
 def ec2_regions():
