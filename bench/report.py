@@ -109,11 +109,10 @@ def _changes(benchmarks):
   with production settings); an answer was four round trips to PostgreSQL (now one statement on
   PostgreSQL, a data-modifying `WITH`); and a run whose take emptied the bucket read the queue
   again for no tokens (it now asks the bucket when the next gather will be there). A batch's first
-  run in each region yields after its DryRun preflight and two seconds' refill (see below), so
-  that every region's first call, which starts AWS's refill there, goes out before any region's
-  burst.
+  run in each region yields after its DryRun preflight (see below), so that every region's first
+  call, which starts AWS's refill there, goes out before any region's burst.
   A third profile (py-spy over the pool processes and the simulator, 16 account/regions, on a
-  machine about half as fast as the one of the figures above) found three costs in the libraries
+  machine about half as fast as the one of commit e7e3c8e's figures) found three costs in the libraries
   under the engine rather than in it. botocore built a new class for every client, one method per
   API operation (about 750 for EC2: 38 of the 52 ms of CPU of building an EC2 client there), and
   a batch's first seconds build a client per account/region in every pool process, when every
@@ -138,24 +137,40 @@ def _changes(benchmarks):
   per item from 14.0 and 15.1 ms to 10.1 and 10.4 ms. Where the cores are not short the rule
   changes nothing: the 4 point on the same machine (52-58 % busy), twice on each side, reached
   95.3 and 95.6 % before, 95.7 and 95.4 % after.
-  On the machine of the figures above the 16 point was no longer short of cores (65-75 % busy)
-  and reached 93.4 % of theoretical (twice, commit 60a83e0). A timeline of each run of the runner
-  showed that a point's span is its last region's first call plus AWS's 30 s: a region whose DryRun
-  went out and which then waited for its next turn behind the other regions' first runs had a full
-  bucket again 0.2 s later (the DryRun takes one token). The preflight's run now also sends two
-  seconds' refill, the cover (`IMDSWEB_RUNNER_PREFLIGHT_COVER_SECONDS`), before it yields, and
-  leaves the region's posture recount to a later run; a worker's main process builds the AWS
-  client classes and service models before it forks its pool, the clients share their service
-  model (botocore builds a table of every error shape of the service on each client's first
-  error answer, and every region's first answer is the DryRun's error code), and one STS client
-  assumes every account's role. The same timeline showed the sweeper (every 2 s in the
+  On the machine of commit e7e3c8e's figures the 16 point was no longer short of cores (65-75 %
+  busy) and reached 93.4 % of theoretical (twice, commit 60a83e0). A timeline of each run of the
+  runner showed that a point's span is its last region's first call plus AWS's 30 s: a region
+  whose DryRun went out and which then waited for its next turn behind the other regions' first
+  runs had a full bucket again 0.2 s later (the DryRun takes one token). The preflight's run was
+  made to send two seconds' refill, the cover (`IMDSWEB_RUNNER_PREFLIGHT_COVER_SECONDS`; off by
+  default since, see below), before it yields, and it leaves the region's posture recount to a
+  later run; a worker's main process builds the AWS client classes and service models before it
+  forks its pool, the clients share their service model (botocore builds a table of every error
+  shape of the service on each client's first error answer, and every region's first answer is
+  the DryRun's error code), and one STS client assumes every account's role. The same timeline showed the sweeper (every 2 s in the
   benchmark's stacks) starting a second runner for every region whose runner waited in its
   countdown (862 runs for the 16 point's batch, 340 without them); a mark that kept the sweeper
   away made the 16 point 95.0-95.8 %, but under 50 % throttling and 10 % 5xx those duplicates had
   been what cut the runner's long backoffs short, and the reliability suite's storm timed out
   without them, so that change was not kept: the backoff has to be reworked first. Measured on
-  2026-12-02 with the cover and the sweeper's mark together: 94.8-95.2 % (four runs); the
-  cover alone is not yet measured on its own; the figures of this report are still commit e7e3c8e's.
+  2026-12-02 with the cover and the sweeper's mark together: 94.8-95.2 % (four runs).
+  A fourth profile (py-spy over the pool processes, 16 account/regions, on a machine slower than the
+  one of commit e7e3c8e's figures, where the 16 point with the cover alone reached 52.8-55.6 % in
+  three runs and commit 60a83e0 60.7 % in one, the machine 88 % busy: short of cores) found a new
+  TCP connection for every AWS call: werkzeug's server answers every request with `Connection:
+  close`, so each call also cost the simulator a new thread. AWS keeps connections open and botocore
+  pools them, so that cost was the test bench's, not the engine's: the simulator now keeps a
+  connection open between calls (`imdssim/server.py`). Measured there on 2026-12-02 (one run): the
+  16 point 61.9 %, the workers' CPU per item from 10.9-11.7 ms to 10.1 ms, the simulator's from
+  7.2-8.0 ms to 6.5 ms. Then the cover against none (`IMDSWEB_RUNNER_PREFLIGHT_COVER_SECONDS` 2 and
+  0), the 16 point four times on each side, alternating, the same machine growing quieter from run
+  to run: 67.5, 77.1, 71.2 and 83.4 % with the cover, 80.1, 90.1, 81.4 and 87.2 % without (each
+  ahead of the run it was paired with, whichever went first), the workers' CPU per item 8.0-9.7 ms
+  with it and 7.6-8.4 ms without: on busy cores the covers, ten items each sent before a run may
+  yield, hold the pool processes while later regions wait for their first call. The cover is now off
+  by default. What is left per item is the engine's own: the ModifyInstanceMetadataOptions call
+  through botocore (about half of a pool process's CPU), one commit per answer, and parsing the
+  tracker's DescribeInstances pages.
 """
 
 

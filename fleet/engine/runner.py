@@ -5,10 +5,11 @@ chunk (running instances first), take its tokens in one round trip without waiti
 too few are there the runner yields the worker and is scheduled again for when they will be, so
 no worker sleeps in the rate limiter), claim the chunk with one conditional UPDATE (queued ->
 submitting: no two workers ever send the same item and no lock is held across an AWS call),
-preflight the region with DryRun once per batch (then send two seconds' refill, the *cover*,
-``IMDSWEB_RUNNER_PREFLIGHT_COVER_SECONDS``, and yield, so that every region of a batch makes its
-first call before any region's burst while the bucket of each that did keeps refilling until
-its next turn), then call AWS for each item in turn and record
+preflight the region with DryRun once per batch (and yield, so that every region of a batch
+makes its first call before any region's burst; with ``IMDSWEB_RUNNER_PREFLIGHT_COVER_SECONDS``
+set, off by default, that run first sends that much refill, the *cover*, so the bucket of each
+region that made its call keeps refilling until its next turn), then call AWS for each item in
+turn and record
 each answer as it comes (one commit each: a worker that dies leaves only the call under way to be
 sent again).
 
@@ -262,7 +263,8 @@ def run_region(account_pk, region, budget=None, waited=0.0):
     """Work through the queued items of one account/region for up to ``budget`` seconds (its slice),
     and until it has sent what AWS refilled in the ``waited`` seconds the run waited beyond the
     time it was queued for. A run that makes a batch's preflight in the region then sends the
-    cover (IMDSWEB_RUNNER_PREFLIGHT_COVER_SECONDS of AWS's refill) and yields, whatever its slice.
+    cover (IMDSWEB_RUNNER_PREFLIGHT_COVER_SECONDS of AWS's refill, none by default) and yields,
+    whatever its slice.
 
     Returns the delay after which it should run again, or None when nothing is left (or another
     runner has the region).
@@ -328,7 +330,9 @@ def run_region(account_pk, region, budget=None, waited=0.0):
                     # the cover keeps this region's bucket below full (refilling) until its next
                     # turn, which comes after every other region's first run. (Measured: a
                     # DryRun-only first run and the cover in the region's next run end later,
-                    # as the later regions' buckets sit full while the earlier ones' covers go.)
+                    # as the later regions' buckets sit full while the earlier ones' covers go;
+                    # and on 2 busy cores the cover itself ended the 16 point later: off by
+                    # default.)
                     cover = _least_to_send(settings.IMDSWEB_RUNNER_PREFLIGHT_COVER_SECONDS, action)
                     if not cover:
                         again = 0.0

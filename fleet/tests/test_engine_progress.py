@@ -356,7 +356,7 @@ def test_account_defaults_take_their_own_tokens_not_instance_options(
     batch = changes.request_defaults_change(None, [(account, REGION)], {"http_tokens": "required"})
     tokens.clear()
 
-    # The preflight, then (its cover) the change and its read-back: the region's queue is done.
+    assert runner.run_region(account.pk, REGION, budget=5) == 0.0  # the preflight, then a yield
     assert runner.run_region(account.pk, REGION, budget=5) is None
     assert batch.counts()[ItemState.APPLIED] == 1
     assert fake_ec2 == [("modify", True), ("modify", False), ("get", False)]  # preflight, change, read back
@@ -380,12 +380,11 @@ def test_no_worker_sleeps_waiting_for_a_defaults_token(local_buckets, locmem_cac
     item = batch.items.get()
     assert item.attempts == 0 and item.claimed_at is None
 
-    # The preflight spends the token it found; the change (its cover) waits for the next one: the
-    # run yields until then.
+    # The preflight spends the token it found (and yields); the change waits for the next one, again
+    # yielding.
     ratelimit._local = ratelimit._LocalBuckets()
     ratelimit.try_take(account.account_id, REGION, MODIFY_DEFAULTS)  # one left
-    again = runner.run_region(account.pk, REGION, budget=5)
-    assert 0.2 < again <= 0.5 and fake_ec2 == [("modify", True)]
+    assert runner.run_region(account.pk, REGION, budget=5) == 0.0 and fake_ec2 == [("modify", True)]
     again = runner.run_region(account.pk, REGION, budget=5)
     assert 0.2 < again <= 0.5 and fake_ec2 == [("modify", True)]
     item.refresh_from_db()
@@ -488,4 +487,3 @@ def test_a_worker_keeps_its_database_connection_between_tasks(monkeypatch):
     connection.close_at = time.monotonic() - 1  # older than CONN_MAX_AGE
     tasks.reuse_database_connections(task=Task())
     assert backend() != first
-
