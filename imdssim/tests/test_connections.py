@@ -23,21 +23,23 @@ def _connection(sim) -> http.client.HTTPConnection:
     return http.client.HTTPConnection(url.hostname, url.port, timeout=10)
 
 
+def opened(monkeypatch) -> list:
+    """Every TCP connection urllib3 (so botocore) opens from here on."""
+    connections = []
+    new_conn = urllib3.connection.HTTPConnection._new_conn
+    monkeypatch.setattr(urllib3.connection.HTTPConnection, "_new_conn",
+                        lambda self: connections.append(self) or new_conn(self))
+    return connections
+
+
 def test_a_botocore_client_makes_all_its_calls_over_one_connection(account, sim, monkeypatch):
     _, client = account
     ec2 = client("ec2")
     ec2.describe_instances()  # the client's connection is open from here on
-    opened = []
-    new_conn = urllib3.connection.HTTPConnection._new_conn
-
-    def counting(self):
-        opened.append(self)
-        return new_conn(self)
-
-    monkeypatch.setattr(urllib3.connection.HTTPConnection, "_new_conn", counting)
+    connections = opened(monkeypatch)
     for _ in range(20):
         ec2.describe_instances()
-    assert opened == []
+    assert connections == []
 
 
 def test_pipelined_requests_on_one_socket_each_get_their_own_answer(sim):
@@ -84,10 +86,12 @@ def test_a_body_the_app_does_not_read_is_skipped_before_the_next_request(sim):
     first = conn.getresponse()
     assert first.status == 200
     first.read()
+    kept = conn.sock
     conn.request("GET", "/_imdssim/stats")
     second = conn.getresponse()
     assert second.status == 200
     assert b"actions" in second.read()
+    assert conn.sock is kept  # the same connection, not a new one
     conn.close()
 
 
@@ -120,11 +124,9 @@ def test_failed_answers_keep_the_connection(account, sim, monkeypatch):
     ec2 = client("ec2")
     ec2.describe_instances()
     sim.configure(error_rate=1.0)
-    opened = []
-    new_conn = urllib3.connection.HTTPConnection._new_conn
-    monkeypatch.setattr(urllib3.connection.HTTPConnection, "_new_conn", lambda self: opened.append(self) or new_conn(self))
+    connections = opened(monkeypatch)
     for _ in range(3):
         with pytest.raises(ClientError) as excinfo:
             ec2.describe_instances()
         assert error_of(excinfo)[:2] == ("InternalError", 500)
-    assert opened == []
+    assert connections == []
