@@ -15,6 +15,7 @@ from .changes import expansion
 from .choices import SyncStatus
 from .engine import runner, tracking
 from .engine import sweep as sweeper
+from .engine.locks import RegionLock
 from .models import Account
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,10 @@ def apply_region(account_pk, region, due=None):
     again = runner.run_region(account_pk, region, waited=waited)
     if again is not None:
         apply_region.apply_async((account_pk, region), {"due": time.time() + again}, countdown=again)
+        try:
+            RegionLock.queued_again(account_pk, region, again)
+        except Exception:  # noqa: BLE001 - without the mark the sweeper starts a second runner, which the lock stops
+            log.warning("could not mark the next run of %s/%s for the sweeper", account_pk, region, exc_info=True)
     # AWS answered pending: the region's first tracking round a second from now (unless one is
     # already on its way), not at the beat's next round.
     if tracking.tracking_wanted(account_pk, region):

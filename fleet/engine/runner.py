@@ -343,15 +343,18 @@ def run_region(account_pk, region, budget=None, waited=0.0):
             sent, error = _send(chunk, action, lock, deadline, max(1, least - submitted))
             _learn_call_time(time.monotonic() - began, sent)
             submitted += sent
+            if sent > (error is not None) and not streak_cleared:
+                # AWS took a call: the backoff streak starts over, also when a later call of the
+                # chunk erred (else under sporadic errors a streak that no clean run ends grows
+                # to the cap, and the region waits that long after each error).
+                clear_backoff(account_pk, region)
+                streak_cleared = True
             if error is not None:
                 # A throttle teaches the shared pacing controller; other errors back off.
                 again = (ratelimit.throttled(account.account_id, region, action)
                          if error.code in THROTTLE_CODES else backoff(account_pk, region))
                 log.info("%s/%s: %s, backing off %.1fs", account.account_id, region, error.code, again)
                 break
-            if not streak_cleared:  # AWS took a call: the backoff streak starts over
-                clear_backoff(account_pk, region)
-                streak_cleared = True
             if taken < read and time.monotonic() <= deadline:
                 # This take emptied the bucket: another read now would find no tokens for its items.
                 again = _gather_wait(account, region, action, read - taken)

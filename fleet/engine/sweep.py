@@ -1,5 +1,7 @@
 """The sweeper: the rows, not the broker, are the truth. Items a dead worker left in submitting
-go back to the queue, and every account/region with queued items and no runner gets one."""
+go back to the queue, and every account/region with queued items and no runner gets one: none
+running there and none queued for it (``RegionLock.attended``), so that a runner waiting for
+AWS's refill does not get a second one every round."""
 
 import logging
 
@@ -24,4 +26,4 @@ def sweep():
     queued = (
         ChangeItem.objects.claimable().values_list("account_id", "region").distinct().order_by()
     )
-    return [(account_pk, region) for account_pk, region in queued if not RegionLock.held(account_pk, region)]
+    return [(account_pk, region) for account_pk, region in queued if not RegionLock.attended(account_pk, region)]

@@ -1,10 +1,12 @@
 """Fixtures for the fleet tests: a moto server over HTTP, AWS environment, users per role."""
 
 import socket
+import time
 
 import boto3
 import pytest
 import requests
+from django.core.cache import cache
 
 AMBIENT_ACCOUNT = "123456789012"  # moto's default account: what ambient credentials reach
 
@@ -84,3 +86,13 @@ def viewer(client):
 
     client.force_login(UserFactory(role="viewer"))
     return client
+
+
+@pytest.fixture
+def locmem_cache(settings):
+    """A cache of this test's own for the engine's guards, marks and heartbeat."""
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+                                   "LOCATION": f"engine-{time.monotonic_ns()}"}}
+    cache.clear()
+    yield
+    cache.clear()

@@ -3,6 +3,7 @@
 import time
 
 import pytest
+from django.core.cache import cache
 
 from fleet import aws, changes, ratelimit
 from fleet.choices import ItemState
@@ -410,3 +411,28 @@ def test_a_run_whose_take_empties_the_bucket_ends_without_reading_the_queue_agai
     # The next gather: the 8 items read without a token, at 5 a second, the bucket empty.
     assert again == pytest.approx(8 / 5.0)
     assert _tokens_left(account) == 0
+
+
+def test_a_5xx_after_calls_aws_took_backs_off_from_a_fresh_streak(settings, monkeypatch, aws_env, locmem_cache):
+    """Under sporadic errors a run rarely ends without one: the streak is the region's errors
+    since AWS last took a call, so an error after two accepted calls backs off at most 1 s (a
+    streak of one), not the cap a streak no clean run ended would reach."""
+    from fleet.engine import locks
+
+    account, batch = _chunk_setup(settings, monkeypatch, 6)
+    monkeypatch.setattr(locks.random, "uniform", lambda low, high: high)  # the jitter's worst case
+    cache.set(f"imdsweb:backoff:{account.pk}:us-east-1", 9)  # nine errors in a row before
+    monkeypatch.setattr(aws, "modify_instance_metadata_options", _modify_failing_at(
+        3, aws.RetryableAwsError("InternalError", "An internal error has occurred.")))
+    run_preflight(account)
+    assert runner.run_region(account.pk, "us-east-1", budget=5) == 1.0
+    assert [item.state for item in batch.items.order_by("id")][:3] == [ItemState.PENDING] * 2 + [ItemState.QUEUED]
+
+
+def test_errors_in_a_row_back_off_up_to_botocores_cap(monkeypatch, locmem_cache):
+    from fleet.engine import locks
+
+    monkeypatch.setattr(locks.random, "uniform", lambda low, high: high)
+    assert [locks.backoff(7, "us-east-1") for _ in range(8)] == [1.0, 2.0, 4.0, 8.0, 16.0, 20.0, 20.0, 20.0]
+    locks.clear_backoff(7, "us-east-1")
+    assert locks.backoff(7, "us-east-1") == 1.0

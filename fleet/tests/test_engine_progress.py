@@ -42,16 +42,6 @@ def local_buckets(settings, monkeypatch):
     monkeypatch.setattr(ratelimit, "_local", ratelimit._LocalBuckets())
 
 
-@pytest.fixture
-def locmem_cache(settings):
-    """A cache of this test's own for the guards and the heartbeat."""
-    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache",
-                                   "LOCATION": f"engine-{time.monotonic_ns()}"}}
-    cache.clear()
-    yield
-    cache.clear()
-
-
 # ---------------------------------------------------------------- batch status
 
 
@@ -487,3 +477,52 @@ def test_a_worker_keeps_its_database_connection_between_tasks(monkeypatch):
     connection.close_at = time.monotonic() - 1  # older than CONN_MAX_AGE
     tasks.reuse_database_connections(task=Task())
     assert backend() != first
+
+
+# ---------------------------------------------------------------- the sweeper and a waiting runner
+
+
+def test_the_sweeper_starts_no_second_runner_where_one_waits_for_its_next_run(settings, monkeypatch, locmem_cache):
+    """At AWS's rate a region's runner spends nearly all its time queued for its next run, holding
+    no lock: the mark of that run keeps the sweeper from starting a second runner there (which
+    the lock would stop, but only after it had cost a run) until the run is a submit timeout late,
+    when it is presumed lost with its worker."""
+    from fleet.engine import sweep
+    from fleet.engine.locks import RegionLock
+
+    settings.IMDSWEB_SUBMIT_TIMEOUT_SECONDS = 5
+    account = AccountFactory()
+    InstanceFactory(account=account)
+    changes.request_change(None, Instance.objects.filter(account=account), changes.REQUIRE_IMDSV2,
+                           override_usage=True)
+    assert sweep.sweep() == [(account.pk, REGION)]  # queued and no runner: it gets one
+
+    queued = []
+    monkeypatch.setattr(tasks.tracking, "tracking_wanted", lambda account_pk, region: False)
+    monkeypatch.setattr(tasks.apply_region, "apply_async",
+                        lambda args, kwargs, countdown: queued.append(countdown))
+    monkeypatch.setattr(runner, "run_region", lambda *args, **kwargs: 2.0)  # AWS's refill is 2 s away
+    tasks.apply_region(account.pk, REGION)
+    assert queued == [2.0]
+    mark = cache.make_key(f"imdsweb:runner-queued:{account.pk}:{REGION}")
+    assert cache._expire_info[mark] - time.time() == pytest.approx(7, abs=0.5)  # its wait and the submit timeout
+    assert RegionLock.attended(account.pk, REGION) and not RegionLock.held(account.pk, REGION)
+    assert sweep.sweep() == []
+    cache.delete(f"imdsweb:runner-queued:{account.pk}:{REGION}")  # the mark expired: that run is lost
+    assert sweep.sweep() == [(account.pk, REGION)]
+
+
+def test_a_runner_whose_mark_cannot_be_written_still_queues_its_next_run(settings, monkeypatch, locmem_cache):
+    from fleet.engine.locks import RegionLock
+
+    queued = []
+    monkeypatch.setattr(tasks.tracking, "tracking_wanted", lambda account_pk, region: False)
+    monkeypatch.setattr(tasks.apply_region, "apply_async", lambda args, kwargs, countdown: queued.append(args))
+    monkeypatch.setattr(runner, "run_region", lambda *args, **kwargs: 1.0)
+
+    def down(*args, **kwargs):
+        raise ConnectionError("Redis is down")
+
+    monkeypatch.setattr(RegionLock, "queued_again", staticmethod(down))
+    tasks.apply_region(7, REGION)
+    assert queued == [(7, REGION)]
