@@ -4,8 +4,10 @@ Django's test client (the whole middleware stack, no network). The service behin
 ``fleet.changes.request_change``. Measured at two sizes to show the query count does not grow.
 
 Above ``fleet.changes.expansion.INLINE_MAX`` (10,000) a request leaves its items to a worker
-(P4b); this benchmark raises that threshold past its sizes so that it measures the inline path,
-the one INSERT ... SELECT inside the web request, at 100,000 instances.
+(P4b). The pass/fail is the request as the product makes it at 100,000 instances (the batch row,
+its items written by a worker afterwards, not timed here); the inline path, the one INSERT ...
+SELECT inside the web request, is then measured at both sizes with the threshold raised past
+them, to show its query count does not grow and what it would cost at 100,000.
 """
 
 from bench.common import (
@@ -29,14 +31,21 @@ def main(argv=None):
     from fleet.models import ChangeItem
 
     sizes = (500, 2_000) if args.quick else (10_000, 100_000)
-    expansion.INLINE_MAX = max(sizes)
+    shipped_inline_max = expansion.INLINE_MAX
     operator = OperatorClient()
     truncate_fleet()
     pairs = ensure_accounts(10, 3)
-    loaded, runs = 0, []
+    loaded, runs, shipped = 0, [], None
     for size in sizes:
         load_instances(pairs, loaded, size - loaded, timezone.now())
         loaded = size
+        if size == max(sizes):
+            expansion.INLINE_MAX = min(shipped_inline_max, size // 2)  # quick: its sizes are below the threshold
+            batch, seconds, queries = operator.require_imdsv2()
+            shipped = {"instances": size, "request_s": round(seconds, 3), "queries": queries,
+                       "expanding": batch.expanding, "inline_max": expansion.INLINE_MAX}
+            print(f"P4: as shipped: {shipped}", flush=True)
+        expansion.INLINE_MAX = max(sizes)
         batch, seconds, queries = operator.require_imdsv2()
         counts = batch.counts()
         runs.append({
@@ -56,13 +65,14 @@ def main(argv=None):
     write_result(args.out, {
         "id": "P4",
         "title": f"bulk 'Require IMDSv2' web request on {big['instances']:,} instances",
-        "figures": {"runs": runs, "query_count_constant": constant},
-        "measured": f"{big['request_s']:.2f} s, {big['queries']} queries "
-                    f"({'same' if constant else 'NOT the same'} at {runs[0]['instances']:,}: "
+        "figures": {"shipped": shipped, "runs": runs, "query_count_constant": constant},
+        "measured": f"{shipped['request_s']:.2f} s, {shipped['queries']} queries as shipped (items left to a "
+                    f"worker above {shipped['inline_max']:,}); inline {big['request_s']:.2f} s, {big['queries']} "
+                    f"queries ({'same' if constant else 'NOT the same'} at {runs[0]['instances']:,}: "
                     f"{runs[0]['queries']} queries, {runs[0]['request_s']:.2f} s)",
-        "compare": "—",
-        "target": "≤ 3 s, query count constant",
-        "met": big["request_s"] <= 3 and constant,
+        "compare": f"the inline path (INSERT ... SELECT in the request) at {big['instances']:,}: {big['request_s']:.2f} s",
+        "target": "≤ 3 s as shipped, query count constant",
+        "met": shipped["request_s"] <= 3 and shipped["expanding"] and constant,
         "limits": (
             "Through the view's POST with Django's test client: URL routing, middleware, session, the form and "
             "its filter, the service, the redirect; no HTTP parsing or network. The broker publish after "
