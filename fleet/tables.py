@@ -387,3 +387,75 @@ class WaiverTable(BaseTable):
     def render_instances(self, value, record):
         url = reverse("fleet:instance_list") + f"?waiver={record.pk}"
         return format_html('<a href="{}">{}</a>', url, value)
+
+
+# ---- the instance list's rows, written in Python
+
+
+def instance_rows(instances, owner_tag):
+    """Every ``<tr>`` of an instance list page, as one safe string: InstanceTable's columns in its
+    order. django-tables2's cell-by-cell renderer cost ~1 ms a row, Django's template language
+    ~0.4 ms and ``format_html`` (which checks every argument for lazy text) as much again; f-strings
+    over ``html.escape`` take ~0.05 ms. ``fleet/tests/test_instance_rows.py`` holds the template
+    these rows were written from and checks the two agree for every kind of value."""
+    from html import escape
+
+    from django.contrib.humanize.templatetags.humanize import intcomma
+    from django.utils import dateformat, formats, timezone
+
+    from .templatetags.fleet_tags import profile_name, risk_label
+
+    short = formats.get_format("SHORT_DATETIME_FORMAT")
+
+    def e(value):
+        return escape(str(value))
+
+    def absent(value, text="absent"):
+        return text if value is None else e(value)
+
+    def when(value):
+        return e(dateformat.format(timezone.localtime(value), short)) if value else ""
+
+    rows = []
+    for index, i in enumerate(instances):
+        account = i.account
+        ou = f' <small class="muted">{e(account.ou_path)}</small>' if account.ou_path else ""
+        platform = f'<br><small class="muted">{e(i.platform_details)}</small>' if i.platform_details else ""
+        tokens = "good" if i.http_tokens == "required" else "neutral" if i.http_endpoint == "disabled" else "bad"
+        endpoint = "good" if i.http_endpoint == "disabled" else "neutral"
+        hops = "—" if i.hop_limit is None else (
+            f'<span class="badge badge-{"neutral" if i.hop_limit == 1 else "warn"}">{e(i.hop_limit)}</span>')
+        state = "warn" if i.metadata_state == "pending" else "neutral"
+        v1 = ("not measured" if i.v1_calls is None else
+              f'<span class="badge badge-bad">{e(intcomma(i.v1_calls))}</span>' if i.v1_calls else
+              '<span class="badge badge-good">0</span>')
+        risk = (f'<span class="badge badge-{"warn" if i.risk == "no_role" else "bad"}" data-risk="{e(i.risk)}">'
+                f'{e(risk_label(i.risk))}</span>' if i.risk else "—")
+        arn = i.iam_instance_profile_arn
+        profile = f'<span title="{e(arn)}">{e(profile_name(arn))}</span>' if arn else "none"
+        rows.append(
+            f'<tr class="{"gone " if i.gone_at else ""}{"odd" if index % 2 else "even"}">'
+            f'<td><input type="checkbox" name="ids" value="{e(i.instance_id)}" aria-label="select" /></td>'
+            f'<td class="mono nowrap"><a href="{e(reverse("fleet:instance_detail", args=[i.instance_id]))}">'
+            f'{e(i.instance_id)}</a></td>'
+            f"<td>{e(i.name)}</td>"
+            f"<td>{e(account)}{ou}</td>"
+            f'<td class="nowrap">{e(i.region)}</td>'
+            f'<td>{e((i.tags or {}).get(owner_tag, "") or "—")}</td>'
+            f'<td class="nowrap">{e(i.instance_type or "—")}{platform}</td>'
+            f"<td>{e(i.instance_state)}</td>"
+            f'<td><span class="badge badge-{tokens}">{absent(i.http_tokens)}</span></td>'
+            f'<td><span class="badge badge-{endpoint}">{absent(i.http_endpoint)}</span></td>'
+            f"<td>{hops}</td>"
+            f'<td><span class="badge badge-{state}">{absent(i.metadata_state)}</span></td>'
+            f"<td>{absent(i.instance_metadata_tags)}</td>"
+            f"<td>{v1}</td>"
+            f"<td>{risk}</td>"
+            f'<td class="small">{profile}</td>'
+            f'<td class="mono small nowrap">{absent(i.vpc_id, "—")}<br>{absent(i.subnet_id, "—")}</td>'
+            f'<td class="mono small nowrap">{absent(i.private_ip, "—")}<br>{absent(i.public_ip, "no public IP")}</td>'
+            f'<td class="nowrap">{when(i.launch_time) or "—"}</td>'
+            f'<td class="nowrap">{when(i.last_seen)}</td>'
+            "</tr>"
+        )
+    return mark_safe("\n".join(rows))  # noqa: S308 - every value above is escaped

@@ -129,3 +129,11 @@ def burndown_line(points, markers, start, series, label):
         "total_width": LINE_LEFT + LINE_WIDTH + 8, "total_height": LINE_HEIGHT + LINE_BOTTOM,
         "start": start, "end": end, "series": series,
     }
+
+
+@register.simple_tag
+def instance_rows(rows, owner_tag):
+    """The instance list's rows (fleet.tables.instance_rows)."""
+    from ..tables import instance_rows as write
+
+    return write(rows, owner_tag)
