@@ -157,8 +157,8 @@ def _changes(benchmarks):
   an error, which under a storm almost none does, so it grew to its 60 s cap. It now counts the
   errors since AWS last took a call of the region, capped at 20 s as botocore's standard retries
   are (`fleet/engine/locks.py`), and the mark is back (`fleet/engine/sweep.py`): the storm test
-  took 81.5 s against 91.6 s without the mark, and the 16 point on the machine of the figures
-  below, one run each side, 92.2 and 91.1 % with the mark, 92.5 % without, the workers' CPU per
+  took 81.5 s against 91.6 s without the mark, and the 16 point on a machine slower than the one
+  of commit e7e3c8e's P5b figures (2026-12-02, one run each side), 92.2 and 91.1 % with the mark, 92.5 % without, the workers' CPU per
   item 7.6 and 7.2 ms against 8.2 ms (the machine 85-92 % busy: short of cores).
   A fourth profile (py-spy over the pool processes, 16 account/regions, on a machine slower than the
   one of commit e7e3c8e's figures, where the 16 point with the cover alone reached 52.8-55.6 % in
@@ -246,10 +246,15 @@ ANALYSIS = {
         "- *Search indexes* (PostgreSQL; migration 0003 creates `pg_trgm`): a trigram GIN index on "
         "`UPPER(name)` and a pattern B-tree on `UPPER(instance_id)`, so a rare term is an index lookup "
         "whatever the fleet's size.\n"
-        "- *The rows written out in the template*: django-tables2's generic cell rendering (a signature "
-        "inspection and several template lookups per cell) was most of a page's time; "
-        "`fleet/partials/keyset_table.html` writes the same cells (a test checks they match the table's "
-        "columns). Headers, sort links and the column set stay django-tables2's.\n\n"
+        "- *The rows and the filter form written in Python*: django-tables2's generic cell rendering (a "
+        "signature inspection and several template lookups per cell) was most of a page's time, and the "
+        "template the rows were then written in, with its filters, still about a quarter (profiled on "
+        "2026-12-02); `fleet.tables.instance_rows` writes the same cells with f-strings over `html.escape` "
+        "(~0.05 ms a row; `format_html` checks each argument for lazy text and cost as much as the template), "
+        "and a test keeps the template they replaced and checks both write the same HTML. The 33 filter "
+        "fields went through Django's widget templates, one more per `<option>`: `fleet/widgets.py` writes "
+        "the same inputs and selects (a test compares them with Django's for bound, unbound and invalid "
+        "forms). Headers, sort links and the column set stay django-tables2's.\n\n"
         "A page after a cursor makes one query more than a first page (the cursor row's keys), at every size. "
         "A page is one request on one core; more cores serve more viewers at once, not a faster page."
     ),
@@ -686,11 +691,14 @@ def _p4_analysis(result):
     constant = ("the same query count at every size" if f["query_count_constant"]
                 else "a query count that grows with the selection")
     per_million = big["request_s"] / big["instances"] * 1_000_000 if big["instances"] else 0
-    shipped = f.get("shipped") or {}
+    shipped = f.get("shipped")
+    if not shipped:  # a run from before the request as shipped was measured: the inline path only
+        return (f"**{_verdict(result['met'])}: {big['request_s']:g} s at {big['instances']:,} instances inline "
+                f"(target ≤ 3 s), with {constant}.** {sizes}.")
     return (
-        f"**{_verdict(result['met'])}: {shipped.get('request_s', 0):g} s at {shipped.get('instances', 0):,} "
-        f"instances as shipped (target ≤ 3 s; {shipped.get('queries', 0)} queries, the items left to a worker above "
-        f"{shipped.get('inline_max', 0):,}), and the inline path with {constant}.** Inline: {sizes}. At the "
+        f"**{_verdict(result['met'])}: {shipped['request_s']:g} s at {shipped['instances']:,} "
+        f"instances as shipped (target ≤ 3 s; {shipped['queries']} queries, the items left to a worker above "
+        f"{shipped['inline_max']:,}), and the inline path with {constant}.** Inline: {sizes}. At the "
         "largest size's cost per instance, a million instances inline would take "
         f"about {per_million:.0f} s{', over gunicorn' + chr(39) + 's default 30 s timeout' if per_million > 30 else ''}: "
         "that is what P4b's "
