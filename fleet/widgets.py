@@ -5,7 +5,7 @@ option (an ``{% include %}`` each); profiled on 2026-12-02 that was a quarter of
 list's time (33 filter fields) and, with an organization's 200 accounts in a select, a third of the
 overview's. These subclasses write the same HTML as Django's templates (``input.html``,
 ``select.html``, ``select_option.html`` and ``attrs.html``: the same attributes, values formatted
-by the widget's own ``format_value``, everything escaped) with ``format_html``; nothing else of the
+by the widget's own ``format_value``, everything escaped: :func:`escape_text`); nothing else of the
 widget changes (its value parsing, its choices, ``build_attrs``). :func:`plain_widgets` gives a
 form's fields these widgets; a widget of any other class keeps Django's rendering. No maintained
 library offers this (the alternatives are other template engines for the whole form renderer).
@@ -29,7 +29,7 @@ class PlainInputMixin:
                            flatatt(self.build_attrs(self.attrs, attrs)))
 
 
-def _escape(value):
+def escape_text(value):
     """Django's ``conditional_escape`` without its check of every argument for lazy text."""
     return value.__html__() if hasattr(value, "__html__") else escape(str(value))
 
@@ -51,15 +51,15 @@ class PlainSelect(forms.Select):
                 option_value = "" if option_value is None else str(option_value)
                 selected = option_value in values and (self.allow_multiple_selected or not chosen)
                 chosen = chosen or selected
-                yield f'<option value="{_escape(option_value)}"{" selected" if selected else ""}>{_escape(label)}</option>'
+                yield f'<option value="{escape_text(option_value)}"{" selected" if selected else ""}>{escape_text(label)}</option>'
 
         parts = []
         for group_value, group_label in self.choices:
             if isinstance(group_label, (list, tuple)):  # an optgroup: (its label, its choices)
-                parts.append(f'<optgroup label="{_escape(group_value)}">{"".join(options(group_label))}</optgroup>')
+                parts.append(f'<optgroup label="{escape_text(group_value)}">{"".join(options(group_label))}</optgroup>')
             else:
                 parts.extend(options([(group_value, group_label)]))
-        return mark_safe(f'<select name="{_escape(name)}"{flatatt(final)}>{"".join(parts)}</select>')  # noqa: S308 - escaped
+        return mark_safe(f'<select name="{escape_text(name)}"{flatatt(final)}>{"".join(parts)}</select>')  # noqa: S308 - escaped
 
 
 class PlainTextInput(PlainInputMixin, forms.TextInput):

@@ -1,5 +1,6 @@
 """What the engine's workers coordinate through the cache: the one runner per account/region
-(and the mark of its next run while it waits for it), the backoff streak after AWS throttled us, and the at-most-every-few-seconds posture refresh."""
+(and the mark of its next run while it waits for it), the backoff streak after AWS failed us,
+and the at-most-every-few-seconds posture refresh."""
 
 import math
 import random
@@ -23,7 +24,7 @@ class RegionLock:
     """At most one runner per account/region; expires by itself if its worker dies."""
 
     def __init__(self, account_pk, region):
-        self.key = f"imdsweb:runner:{account_pk}:{region}"
+        self.key = _runner_key(account_pk, region)
         self.token = uuid.uuid4().hex
 
     def acquire(self):
@@ -41,7 +42,7 @@ class RegionLock:
 
     @staticmethod
     def held(account_pk, region):
-        return cache.get(f"imdsweb:runner:{account_pk}:{region}") is not None
+        return cache.get(_runner_key(account_pk, region)) is not None
 
     @staticmethod
     def queued_again(account_pk, region, delay):
@@ -54,7 +55,11 @@ class RegionLock:
     @staticmethod
     def attended(account_pk, region):
         """A runner has the region now, or has queued its next run there."""
-        return bool(cache.get_many([f"imdsweb:runner:{account_pk}:{region}", _queued_key(account_pk, region)]))
+        return bool(cache.get_many([_runner_key(account_pk, region), _queued_key(account_pk, region)]))
+
+
+def _runner_key(account_pk, region):
+    return f"imdsweb:runner:{account_pk}:{region}"
 
 
 def _queued_key(account_pk, region):

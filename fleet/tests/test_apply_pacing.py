@@ -421,7 +421,7 @@ def test_a_5xx_after_calls_aws_took_backs_off_from_a_fresh_streak(settings, monk
 
     account, batch = _chunk_setup(settings, monkeypatch, 6)
     monkeypatch.setattr(locks.random, "uniform", lambda low, high: high)  # the jitter's worst case
-    cache.set(f"imdsweb:backoff:{account.pk}:us-east-1", 9)  # nine errors in a row before
+    cache.set(locks._backoff_key(account.pk, "us-east-1"), 9)  # nine errors in a row before
     monkeypatch.setattr(aws, "modify_instance_metadata_options", _modify_failing_at(
         3, aws.RetryableAwsError("InternalError", "An internal error has occurred.")))
     run_preflight(account)

@@ -487,7 +487,7 @@ def test_the_sweeper_starts_no_second_runner_where_one_waits_for_its_next_run(se
     no lock: the mark of that run keeps the sweeper from starting a second runner there (which
     the lock would stop, but only after it had cost a run) until the run is a submit timeout late,
     when it is presumed lost with its worker."""
-    from fleet.engine import sweep
+    from fleet.engine import locks, sweep
     from fleet.engine.locks import RegionLock
 
     settings.IMDSWEB_SUBMIT_TIMEOUT_SECONDS = 5
@@ -504,11 +504,11 @@ def test_the_sweeper_starts_no_second_runner_where_one_waits_for_its_next_run(se
     monkeypatch.setattr(runner, "run_region", lambda *args, **kwargs: 2.0)  # AWS's refill is 2 s away
     tasks.apply_region(account.pk, REGION)
     assert queued == [2.0]
-    mark = cache.make_key(f"imdsweb:runner-queued:{account.pk}:{REGION}")
+    mark = cache.make_key(locks._queued_key(account.pk, REGION))
     assert cache._expire_info[mark] - time.time() == pytest.approx(7, abs=0.5)  # its wait and the submit timeout
     assert RegionLock.attended(account.pk, REGION) and not RegionLock.held(account.pk, REGION)
     assert sweep.sweep() == []
-    cache.delete(f"imdsweb:runner-queued:{account.pk}:{REGION}")  # the mark expired: that run is lost
+    cache.delete(locks._queued_key(account.pk, REGION))  # the mark expired: that run is lost
     assert sweep.sweep() == [(account.pk, REGION)]
 
 
