@@ -19,7 +19,7 @@ from xml.sax.saxutils import escape
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from . import launches
+from . import launches, serialize
 from .admin import PREFIX, AdminEndpoint
 from .awsquery import Ec2Error, QueryRequest, new_request_id, read_query_request
 from .ec2_imds import ImdsModel
@@ -47,6 +47,7 @@ class SimulatorApp:
         self.throttler = Throttler(self.knobs)
         self.imds = ImdsModel(self.knobs, on_modify=self.stats.record_modify)
         launches.install(self.imds)
+        serialize.install()
         self.workloads = WorkloadModel(self.knobs)
         self.moto = DomainDispatcherApplication(create_backend_app)
         self.admin = AdminEndpoint(self)

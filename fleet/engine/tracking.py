@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from .. import aws, posture, ratelimit
 from ..choices import ItemState
-from ..models import ChangeItem
+from ..models import ChangeBatch, ChangeItem
 from ..sync import upsert_instances
 from .locks import posture_refresh_due
 from .targets import target_of
@@ -88,12 +88,16 @@ def track_region(account, region):
     pending = ChangeItem.objects.filter(
         Q(submitted_at__isnull=True) | Q(submitted_at__lte=young) | Q(awaiting_start=True),
         account=account, region=region, state=ItemState.PENDING, instance__isnull=False,
-    ).select_related("instance", "batch")
+    ).select_related("instance").defer("instance__tags")  # a round reads the instance's id only
     if not _stopped_check_due(account.pk, region):
         pending = pending.filter(awaiting_start=False)
     items = list(pending)
     if not items:
         return 0
+    # The round's few batches once each (as the runner reads them), not a copy joined to every item.
+    batches = ChangeBatch.objects.in_bulk({item.batch_id for item in items})
+    for item in items:
+        item.batch = batches[item.batch_id]
     seen = {
         data["InstanceId"]: data
         # One attempt, on the runner's client: a refused round is retried by the next one.
