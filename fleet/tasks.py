@@ -125,7 +125,8 @@ def track_pending():
 @shared_task(ignore_result=True)
 def track_pending_region(account_pk, region):
     """One tracking round (its region's guard taken by whoever scheduled it); the next follows in
-    a second while changes are still pending on running instances there."""
+    a second while changes are still pending on running instances there (in up to
+    IMDSWEB_TRACK_SENDING_SECONDS while its runner still has many to send)."""
     account = Account.objects.filter(pk=account_pk).first()
     checked, throttled_wait = 0, 0.0
     try:
@@ -141,8 +142,8 @@ def track_pending_region(account_pk, region):
     finally:
         tracking.release_tracking(account_pk, region)
     if tracking.tracking_wanted(account_pk, region):
-        track_pending_region.apply_async(
-            (account_pk, region), countdown=max(tracking.next_round_in(checked), throttled_wait))
+        track_pending_region.apply_async((account_pk, region), countdown=max(
+            tracking.next_round_in(checked), throttled_wait, tracking.while_sending(account_pk, region)))
 
 
 @shared_task(ignore_result=True)

@@ -3,11 +3,13 @@ DescribeInstances.
 
 A region's round runs about a second after a submit that AWS answered ``pending`` and again every
 second while changes are pending on running instances (each round checks the changes sent at least
-a second before it), one round per region at a time (a guard
-in the cache); the beat's round every ``IMDSWEB_TRACK_PENDING_SECONDS`` is the safety net. Items
+a second before it; while the region's runner still has many to send, every few seconds:
+``while_sending``), one round per region at a time (a guard in the cache); the beat's round every ``IMDSWEB_TRACK_PENDING_SECONDS`` is the safety net. Items
 on stopped instances (``ChangeItem.awaiting_start``) are checked only every
 ``IMDSWEB_TRACK_STOPPED_SECONDS``: nothing changes for them until someone starts the instance.
 """
+
+import math
 
 from django.conf import settings
 from django.core.cache import cache
@@ -60,6 +62,24 @@ def next_round_in(checked):
     calls = -(-checked // aws.ec2.IDS_PER_FILTER)
     _capacity, rate = ratelimit.limits_for("DescribeInstances")
     return max(settings.IMDSWEB_TRACK_FAST_SECONDS, calls / (rate / 2))
+
+
+def while_sending(account_pk, region):
+    """Seconds to hold a region's next round while its runner still has changes to send: about as
+    long as AWS's refill takes to let the runner send them, at most IMDSWEB_TRACK_SENDING_SECONDS.
+
+    A round checks the changes sent at least a second before it, so rounds every second while a
+    runner sends at AWS's 5 a second would each describe about five instances, and most of a
+    round's cost (its task, its reads, its DescribeInstances call and the writes that follow) is
+    per round, not per instance. Held like this, one round describes the changes of several
+    seconds in one call, and once the last few changes are queued the rounds come every second
+    again, so the batch's end is seen as soon as before."""
+    cap = settings.IMDSWEB_TRACK_SENDING_SECONDS
+    if cap <= settings.IMDSWEB_TRACK_FAST_SECONDS:
+        return 0.0
+    _capacity, rate = ratelimit.limits_for("ModifyInstanceMetadataOptions")
+    queued = ChangeItem.objects.claimable().filter(account_id=account_pk, region=region)[:math.ceil(cap * rate)].count()
+    return min(cap, queued / rate)
 
 
 def _stopped_check_due(account_pk, region):
