@@ -112,7 +112,7 @@ def _changes(benchmarks):
   run in each region yields after its DryRun preflight (see below), so that every region's first
   call, which starts AWS's refill there, goes out before any region's burst.
   A third profile (py-spy over the pool processes and the simulator, 16 account/regions, on a
-  machine about half as fast as the one of commit e7e3c8e's figures) found three costs in the libraries
+  machine about half as fast as the one of the full run of commit e7e3c8e, 2026-12-02) found three costs in the libraries
   under the engine rather than in it. botocore built a new class for every client, one method per
   API operation (about 750 for EC2: 38 of the 52 ms of CPU of building an EC2 client there), and
   a batch's first seconds build a client per account/region in every pool process, when every
@@ -137,7 +137,7 @@ def _changes(benchmarks):
   per item from 14.0 and 15.1 ms to 10.1 and 10.4 ms. Where the cores are not short the rule
   changes nothing: the 4 point on the same machine (52-58 % busy), twice on each side, reached
   95.3 and 95.6 % before, 95.7 and 95.4 % after.
-  On the machine of commit e7e3c8e's figures the 16 point was no longer short of cores (65-75 %
+  On the machine of the full run of commit e7e3c8e the 16 point was no longer short of cores (65-75 %
   busy) and reached 93.4 % of theoretical (twice, commit 60a83e0). A timeline of each run of the
   runner showed that a point's span is its last region's first call plus AWS's 30 s: a region
   whose DryRun went out and which then waited for its next turn behind the other regions' first
@@ -158,10 +158,10 @@ def _changes(benchmarks):
   errors since AWS last took a call of the region, capped at 20 s as botocore's standard retries
   are (`fleet/engine/locks.py`), and the mark is back (`fleet/engine/sweep.py`): the storm test
   took 81.5 s against 91.6 s without the mark, and the 16 point on a machine slower than the one
-  of commit e7e3c8e's P5b figures (2026-12-02, one run each side), 92.2 and 91.1 % with the mark, 92.5 % without, the workers' CPU per
+  of that full run (2026-12-02, one run each side), 92.2 and 91.1 % with the mark, 92.5 % without, the workers' CPU per
   item 7.6 and 7.2 ms against 8.2 ms (the machine 85-92 % busy: short of cores).
   A fourth profile (py-spy over the pool processes, 16 account/regions, on a machine slower than the
-  one of commit e7e3c8e's figures, where the 16 point with the cover alone reached 52.8-55.6 % in
+  one of that full run, where the 16 point with the cover alone reached 52.8-55.6 % in
   three runs and commit 60a83e0 60.7 % in one, the machine 88 % busy: short of cores) found a new
   TCP connection for every AWS call: werkzeug's server answers every request with `Connection:
   close`, so each call also cost the simulator a new thread. AWS keeps connections open and botocore
@@ -177,6 +177,23 @@ def _changes(benchmarks):
   by default. What is left per item is the engine's own: the ModifyInstanceMetadataOptions call
   through botocore (about half of a pool process's CPU), one commit per answer, and parsing the
   tracker's DescribeInstances pages.
+  A fifth profile (py-spy over the pool processes and the simulator, 16 account/regions, 2026-12-03,
+  on a machine as slow as the fourth's: the 16 point 60-73 % of theoretical in three runs of the
+  same code, the machine 89-97 % busy) found the tracker behind a third of the workers' busy time
+  and moto's writing of DescribeInstances answers behind 70 % of the simulator's: 4.3 ms of the
+  simulator's CPU per instance described, more than the engine spends on a change. moto 5 looks up
+  every field of every instance through a chain of alias providers and writes the XML through
+  xmltodict's SAX generator; the simulator now remembers the lookups and writes the XML directly,
+  byte for byte the same (`imdssim/serialize.py`): 1.75 ms per instance. And a region's tracking
+  rounds came every second while its runner sent at AWS's 5 a second, so each described about five
+  instances and paid a round's whole fixed cost (its task, its reads, a call, its writes) for them:
+  while the region's runner still has changes queued, the next round now waits as long as AWS's
+  refill takes to let it send them, at most `IMDSWEB_TRACK_SENDING_SECONDS` (off by default: it breaks the
+  2 s promise of test_engine_live; 5 s in this measurement), and once the
+  last few are queued the rounds come every second again. Measured there, the 16 point once on
+  each side (commit 7604f02 with the wait and without it): 88.2 % of theoretical against 74.5 %,
+  126 DescribeInstances against 368, the workers' CPU per item 8.9 ms against 10.7 ms and the
+  simulator's 3.9 ms against 4.4 ms.
 """
 
 

@@ -312,7 +312,8 @@ IMDSWEB_TRACK_FAST_SECONDS = env.float("IMDSWEB_TRACK_FAST_SECONDS", default=1.0
 IMDSWEB_TRACK_STOPPED_SECONDS = env.float("IMDSWEB_TRACK_STOPPED_SECONDS", default=60.0)
 # While a region's runner still has changes queued, its rounds come up to this many seconds apart
 # (as long as AWS's refill takes to let it send them): fewer rounds, each describing more changes.
-IMDSWEB_TRACK_SENDING_SECONDS = env.float("IMDSWEB_TRACK_SENDING_SECONDS", default=5.0)
+# Off (0) by default: it breaks the promise that a change is seen applied within about 2 s.
+IMDSWEB_TRACK_SENDING_SECONDS = env.float("IMDSWEB_TRACK_SENDING_SECONDS", default=0.0)
 # What the confirmation page's time estimate assumes (fleet.changes.planning.estimate_seconds):
 # one ModifyInstanceMetadataOptions round trip, and AWS's pending -> applied on a running instance.
 IMDSWEB_ESTIMATE_CALL_SECONDS = env.float("IMDSWEB_ESTIMATE_CALL_SECONDS", default=0.15)
