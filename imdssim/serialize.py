@@ -146,13 +146,13 @@ def unparse(body) -> str:
     return "".join(out)
 
 
+_original_body = serialize.EC2Serializer._serialize_body
+
+
 def _serialize_body(self, body):
     if self.pretty_print:
         return _original_body(self, body)
     return unparse(body)
-
-
-_original_body = serialize.EC2Serializer._serialize_body
 
 
 def install() -> None:

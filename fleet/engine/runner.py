@@ -45,7 +45,7 @@ from .. import aws, posture, ratelimit
 from ..choices import InstanceState, ItemState
 from ..models import Account, ChangeBatch, ChangeItem
 from .locks import RegionLock, backoff, clear_backoff, posture_refresh_due
-from .targets import target_of
+from .targets import target_of, with_batches
 from .targets.instances import InstanceOptionsTarget
 
 log = logging.getLogger(__name__)
@@ -83,11 +83,8 @@ def _next_chunk(account, region, size):
     items = list(queued.exclude(instance__instance_state__in=WAITS_FOR_START)[:size]) or list(queued[:size])
     if not items:
         return [], None
-    # The chunk's few batches once each, and the run's account, rather than a copy of each (and of
-    # its JSON) joined to every item.
-    batches = ChangeBatch.objects.in_bulk({item.batch_id for item in items})
-    for item in items:
-        item.batch, item.account = batches[item.batch_id], account
+    for item in with_batches(items):
+        item.account = account  # the run's own, not a copy joined to every item
     first = items[0]
     action = target_of(first).action_for(first)
     chunk = list(itertools.takewhile(

@@ -4,8 +4,8 @@ DescribeInstances.
 A region's round runs about a second after a submit that AWS answered ``pending`` and again every
 second while changes are pending on running instances (each round checks the changes sent at least
 a second before it; while the region's runner still has many to send, every few seconds:
-``while_sending``), one round per region at a time (a guard in the cache); the beat's round every ``IMDSWEB_TRACK_PENDING_SECONDS`` is the safety net. Items
-on stopped instances (``ChangeItem.awaiting_start``) are checked only every
+``while_sending``), one round per region at a time (a guard in the cache); the beat's round every
+``IMDSWEB_TRACK_PENDING_SECONDS`` is the safety net. Items on stopped instances (``ChangeItem.awaiting_start``) are checked only every
 ``IMDSWEB_TRACK_STOPPED_SECONDS``: nothing changes for them until someone starts the instance.
 """
 
@@ -18,10 +18,10 @@ from django.utils import timezone
 
 from .. import aws, posture, ratelimit
 from ..choices import ItemState
-from ..models import ChangeBatch, ChangeItem
+from ..models import ChangeItem
 from ..sync import upsert_instances
 from .locks import posture_refresh_due
-from .targets import target_of
+from .targets import target_of, with_batches
 from .targets.base import Tracked
 
 # A region's tracking guard outlives a round and the countdown to the next; if the worker that
@@ -78,7 +78,8 @@ def while_sending(account_pk, region):
     if cap <= settings.IMDSWEB_TRACK_FAST_SECONDS:
         return 0.0
     _capacity, rate = ratelimit.limits_for("ModifyInstanceMetadataOptions")
-    queued = ChangeItem.objects.claimable().filter(account_id=account_pk, region=region)[:math.ceil(cap * rate)].count()
+    queued = ChangeItem.objects.claimable().filter(account_id=account_pk, region=region)
+    queued = queued[:math.ceil(cap * rate)].count()
     return min(cap, queued / rate)
 
 
@@ -114,10 +115,7 @@ def track_region(account, region):
     items = list(pending)
     if not items:
         return 0
-    # The round's few batches once each (as the runner reads them), not a copy joined to every item.
-    batches = ChangeBatch.objects.in_bulk({item.batch_id for item in items})
-    for item in items:
-        item.batch = batches[item.batch_id]
+    with_batches(items)
     seen = {
         data["InstanceId"]: data
         # One attempt, on the runner's client: a refused round is retried by the next one.

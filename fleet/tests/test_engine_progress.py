@@ -233,6 +233,21 @@ def test_a_tracking_round_follows_itself_while_changes_move_then_stops(
     assert len(scheduled) == 1 and tracking.claim_tracking(account.pk, REGION)  # chain ended, guard free
 
 
+def _pending_one_queued(answers, queued):
+    """An account whose one running instance has a pending change (AWS still says pending) and
+    ``queued`` more instances with changes queued for the runner."""
+    account = AccountFactory()
+    running = InstanceFactory(account=account)
+    pending_item(running)
+    answers[running.instance_id] = described(running)
+    InstanceFactory.create_batch(queued, account=account, http_tokens="optional")
+    if queued:
+        changes.request_change(None, Instance.objects.filter(account=account).exclude(pk=running.pk),
+                               changes.REQUIRE_IMDSV2, override_usage=True)
+    assert ChangeItem.objects.claimable().filter(account=account).count() == queued
+    return account, running
+
+
 @pytest.mark.parametrize(("queued", "countdown"), [(0, 1.0), (3, 1.0), (10, 2.0), (24, 4.8), (100, 5.0)])
 def test_rounds_wait_while_the_runner_still_has_many_to_send(settings, aws_answers, scheduled, queued, countdown):
     """While the region's runner has ``queued`` changes to send at AWS's 5 a second, the next round
@@ -243,15 +258,7 @@ def test_rounds_wait_while_the_runner_still_has_many_to_send(settings, aws_answe
     settings.IMDSWEB_TRACK_SENDING_SECONDS = 5.0
     settings.IMDSWEB_RATE_HEADROOM = 1.0
     settings.IMDSWEB_RATE_TIME_SCALE = 1.0
-    account = AccountFactory()
-    running = InstanceFactory(account=account)
-    pending_item(running)
-    answers[running.instance_id] = described(running)
-    InstanceFactory.create_batch(queued, account=account, http_tokens="optional")
-    if queued:
-        changes.request_change(None, Instance.objects.filter(account=account).exclude(pk=running.pk),
-                               changes.REQUIRE_IMDSV2, override_usage=True)
-    assert ChangeItem.objects.claimable().filter(account=account).count() == queued
+    account, running = _pending_one_queued(answers, queued)
     assert tracking.claim_tracking(account.pk, REGION)
 
     tasks.track_pending_region(account.pk, REGION)
@@ -263,13 +270,7 @@ def test_rounds_do_not_wait_for_the_runner_when_told_not_to(settings, aws_answer
     answers, _calls = aws_answers
     settings.IMDSWEB_TRACK_FAST_SECONDS = 1.0
     settings.IMDSWEB_TRACK_SENDING_SECONDS = 0
-    account = AccountFactory()
-    running = InstanceFactory(account=account)
-    pending_item(running)
-    answers[running.instance_id] = described(running)
-    InstanceFactory.create_batch(30, account=account, http_tokens="optional")
-    changes.request_change(None, Instance.objects.filter(account=account).exclude(pk=running.pk),
-                           changes.REQUIRE_IMDSV2, override_usage=True)
+    account, _running = _pending_one_queued(answers, 30)
     assert tracking.claim_tracking(account.pk, REGION)
     tasks.track_pending_region(account.pk, REGION)
     assert scheduled == [((account.pk, REGION), 1.0)]
