@@ -281,12 +281,13 @@ IMDSWEB_SUBMIT_TIMEOUT_SECONDS = env.int("IMDSWEB_SUBMIT_TIMEOUT_SECONDS", defau
 # waits for this much of AWS's refill before it runs again rather than running for every token.
 # A batch's first run in a region may send this much of AWS's refill after its DryRun preflight
 # (the cover), so the region's bucket keeps refilling while every other region's first run makes
-# its preflight. Off by default: on 2 busy cores P5b's 16 point was slower with it (see
-# docs/benchmarks.md).
+# its preflight. One second by default (five items at AWS's rate): without it the batch's later
+# regions wait with a full bucket; on 2 cores short of CPU two seconds' cover made P5b's 16 point
+# slower (see docs/benchmarks.md).
 IMDSWEB_RUNNER_BUDGET_SECONDS = env.float("IMDSWEB_RUNNER_BUDGET_SECONDS", default=0.2)
 IMDSWEB_RUNNER_CHUNK = env.int("IMDSWEB_RUNNER_CHUNK", default=50)
 IMDSWEB_RUNNER_GATHER_SECONDS = env.float("IMDSWEB_RUNNER_GATHER_SECONDS", default=2.0)
-IMDSWEB_RUNNER_PREFLIGHT_COVER_SECONDS = env.float("IMDSWEB_RUNNER_PREFLIGHT_COVER_SECONDS", default=0.0)
+IMDSWEB_RUNNER_PREFLIGHT_COVER_SECONDS = env.float("IMDSWEB_RUNNER_PREFLIGHT_COVER_SECONDS", default=1.0)
 IMDSWEB_MAX_ERROR_ATTEMPTS = env.int("IMDSWEB_MAX_ERROR_ATTEMPTS", default=25)
 IMDSWEB_SYNC_INTERVAL_MINUTES = env.int("IMDSWEB_SYNC_INTERVAL_MINUTES", default=15)
 IMDSWEB_USAGE_SYNC_INTERVAL_MINUTES = env.int("IMDSWEB_USAGE_SYNC_INTERVAL_MINUTES", default=360)

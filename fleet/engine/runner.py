@@ -6,12 +6,11 @@ too few are there the runner yields the worker and is scheduled again for when t
 no worker sleeps in the rate limiter), claim the chunk with one conditional UPDATE (queued ->
 submitting: no two workers ever send the same item and no lock is held across an AWS call),
 preflight the region with DryRun once per batch (and yield, so that every region of a batch
-makes its first call before any region's burst; with ``IMDSWEB_RUNNER_PREFLIGHT_COVER_SECONDS``
-set, off by default, that run first sends that much refill, the *cover*, so the bucket of each
-region that made its call keeps refilling until its next turn), then call AWS for each item in
-turn and record
-each answer as it comes (one commit each: a worker that dies leaves only the call under way to be
-sent again).
+makes its first call before any region's burst; that run first sends
+``IMDSWEB_RUNNER_PREFLIGHT_COVER_SECONDS`` (1 s) of AWS's refill, the *cover*, so the bucket of
+each region that made its call keeps refilling until its next turn), then call AWS for each item
+in turn and record each answer as it comes (one commit each: a worker that dies leaves only the
+call under way to be sent again).
 
 Two rules keep it at AWS's rate on few cores (benchmark P5b):
 
@@ -260,7 +259,7 @@ def run_region(account_pk, region, budget=None, waited=0.0):
     """Work through the queued items of one account/region for up to ``budget`` seconds (its slice),
     and until it has sent what AWS refilled in the ``waited`` seconds the run waited beyond the
     time it was queued for. A run that makes a batch's preflight in the region then sends the
-    cover (IMDSWEB_RUNNER_PREFLIGHT_COVER_SECONDS of AWS's refill, none by default) and yields,
+    cover (IMDSWEB_RUNNER_PREFLIGHT_COVER_SECONDS of AWS's refill, 1 s by default) and yields,
     whatever its slice.
 
     Returns the delay after which it should run again, or None when nothing is left (or another
@@ -328,8 +327,8 @@ def run_region(account_pk, region, budget=None, waited=0.0):
                     # turn, which comes after every other region's first run. (Measured: a
                     # DryRun-only first run and the cover in the region's next run end later,
                     # as the later regions' buckets sit full while the earlier ones' covers go;
-                    # and on 2 busy cores the cover itself ended the 16 point later: off by
-                    # default.)
+                    # on 2 cores short of CPU a two-second cover ended the 16 point later, so
+                    # the default is one second.)
                     cover = _least_to_send(settings.IMDSWEB_RUNNER_PREFLIGHT_COVER_SECONDS, action)
                     if not cover:
                         again = 0.0

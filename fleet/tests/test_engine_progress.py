@@ -380,7 +380,8 @@ def sleeps(monkeypatch):
 
 
 def test_account_defaults_take_their_own_tokens_not_instance_options(
-        local_buckets, locmem_cache, fake_ec2, tokens):
+        settings, local_buckets, locmem_cache, fake_ec2, tokens):
+    settings.IMDSWEB_RUNNER_PREFLIGHT_COVER_SECONDS = 0  # the preflight's run alone, then the change's
     account = AccountFactory()
     MetadataDefaultsFactory(account=account, region=REGION)
     # Another batch has spent this region's whole instance-options bucket.
@@ -398,7 +399,8 @@ def test_account_defaults_take_their_own_tokens_not_instance_options(
     assert batch.items.get().request_id == "req-defaults"
 
 
-def test_no_worker_sleeps_waiting_for_a_defaults_token(local_buckets, locmem_cache, fake_ec2, sleeps):
+def test_no_worker_sleeps_waiting_for_a_defaults_token(settings, local_buckets, locmem_cache, fake_ec2, sleeps):
+    settings.IMDSWEB_RUNNER_PREFLIGHT_COVER_SECONDS = 0  # the preflight's run alone, then the change's
     account = AccountFactory()
     MetadataDefaultsFactory(account=account, region=REGION)
     batch = changes.request_defaults_change(None, [(account, REGION)], {"http_tokens": "required"})
