@@ -15,7 +15,7 @@ still short of compliance for running instances with tokens optional and then fo
 instances still ``pending``, through the ``metadata-options.*`` filters with the smallest page (the
 answer only needs to be empty or not); compliance is the first poll at which both are empty,
 confirmed by one full DescribeInstances afterwards. The observer must not load the 2 cores it
-measures (the simulator is one process; a page costs it ~2 ms per instance), so a region that still
+measures (the simulator is one process; a page costs it a millisecond or two per instance), so a region that still
 has instances with tokens optional is asked again only after min(1 s, the apply delay): none of them
 can be applied sooner than the apply delay after its call. Once none is optional it is asked every
 ``POLL_SECONDS``.
@@ -276,8 +276,9 @@ def main(argv=None):
                   "account/regions, click to DescribeInstances all applied"),
         "figures": figures,
         "measured": (
-            f"compliant {compliant_s:.1f} s after the click (last submit {last_submit:.1f} s); imdsweb's batch "
-            f"done at {done_at:.1f} s; {figures['items_failed']} failed, {figures['modify_throttled']} throttled"
+            f"compliant {figures['compliant_s']:.1f} s after the click (last submit {figures['last_submit_s']:.1f} s); "
+            f"imdsweb's batch done at {figures['batch_done_s']:.1f} s; {figures['items_failed']} failed, "
+            f"{figures['modify_throttled']} throttled"
         ),
         "compare": (f"bound {bound:.1f} s = bucket {bucket:.1f} s ({largest['items_submitted']} items in "
                     f"{largest['account_region']}) + apply delay {delay:g} s + {SLACK:g} s"),

@@ -7,8 +7,8 @@ the workers' buckets scaled the same way (``IMDSWEB_RATE_TIME_SCALE``). 4 accoun
 ModifyInstanceMetadataOptions: 100 at once, then 5 per second × the time scale.
 
 The pass/fail is the run at AWS's real rate (time scale 1). The run at time scale 20 is a capacity
-figure of this machine, not of the engine: there the simulator alone needs ~4 ms of CPU per call,
-so 480 calls/s need more than the 2 cores before any worker runs.
+figure of this machine, not of the engine: there the simulator, the workers and PostgreSQL together
+need more CPU for 480 calls/s than the 2 cores have (each one's CPU per item is in the figures).
 """
 
 
@@ -189,7 +189,8 @@ def main(argv=None):
             "beat, PostgreSQL and Redis share the machine's 2 cores, and the machine may be shared with other "
             "work: 'machine CPU' is how busy the whole machine was during the run, with the load average at its "
             "start. The run at time scale 20 (refill x 20 in the simulator and the workers) measures this "
-            "machine's capacity, not the engine's pacing: the simulator alone needs ~4 ms of CPU per call."
+            "machine's capacity, not the engine's pacing: the engine's and the simulator's CPU per item times the "
+            "rate asked for is more than the machine's 2 cores."
         ),
     })
 

@@ -54,7 +54,7 @@ def _changes(benchmarks):
 - **`fleet/pagination.py`, `fleet/views/instances.py`, migration 0003 — keyset pages, a bounded
   count, sort and search indexes (P3).** See P3 below: any page of any sort of the instance list is
   an index seek, the count stops at 1,000 rows (the summary answers beyond), and the rows are
-  written out in the template instead of cell by cell through django-tables2.
+  written in Python (`fleet.tables.instance_rows`) instead of cell by cell through django-tables2.
 - **`fleet/models/changes.py`, migration 0005 — item inserts (P4).** `ChangeItem.batch` and
   `.account` carry no database constraint and no index of their own: at COMMIT PostgreSQL
   re-checked the same batch row and account rows once per item (see P4).
