@@ -15,10 +15,10 @@ still short of compliance for running instances with tokens optional and then fo
 instances still ``pending``, through the ``metadata-options.*`` filters with the smallest page (the
 answer only needs to be empty or not); compliance is the first poll at which both are empty,
 confirmed by one full DescribeInstances afterwards. The observer must not load the 2 cores it
-measures (the simulator is one process; a page costs it a millisecond or two per instance), so a region that still
-has instances with tokens optional is asked again only after min(1 s, the apply delay): none of them
-can be applied sooner than the apply delay after its call. Once none is optional it is asked every
-``POLL_SECONDS``.
+measures (the simulator is one process; a page costs it a millisecond or two per instance), so a
+region that still has instances with tokens optional is asked again only after min(1 s, the apply
+delay): none of them can be applied sooner than the apply delay after its call. Once none is
+optional it is asked every ``POLL_SECONDS``.
 
 The target is the bucket-limited submit time (the largest account/region's items beyond the burst,
 at the refill rate: account/regions have their own buckets and run in parallel) plus the apply

@@ -174,9 +174,9 @@ def _changes(benchmarks):
   ahead of the run it was paired with, whichever went first), the workers' CPU per item 8.0-9.7 ms
   with it and 7.6-8.4 ms without: on busy cores the covers, ten items each sent before a run may
   yield, hold the pool processes while later regions wait for their first call. The cover was then
-  turned off by default (see below for today's default). What is left per item is the engine's own: the ModifyInstanceMetadataOptions call
-  through botocore (about half of a pool process's CPU), one commit per answer, and parsing the
-  tracker's DescribeInstances pages.
+  turned off by default (see below for today's default). What is left per item is the engine's
+  own: the ModifyInstanceMetadataOptions call through botocore (about half of a pool process's
+  CPU), one commit per answer, and parsing the tracker's DescribeInstances pages.
   A fifth profile (py-spy over the pool processes and the simulator, 16 account/regions, 2026-12-03,
   on a machine as slow as the fourth's: the 16 point 60-73 % of theoretical in three runs of the
   same code, the machine 89-97 % busy) found the tracker behind a third of the workers' busy time
@@ -195,12 +195,12 @@ def _changes(benchmarks):
   126 DescribeInstances against 368, the workers' CPU per item 8.9 ms against 10.7 ms and the
   simulator's 3.9 ms against 4.4 ms.
   On the machine of this report's run (2026-12-03, about nine times as fast on one core as the
-  fifth profile's, the 16 point 46-52 % busy: not short of cores) the same timeline showed the
+  fifth profile's, the 16 point 45-52 % busy: not short of cores) the same timeline showed the
   span as the last region's first change plus AWS's 30 s again, the last region's first change
   1.5 s after the click: with no cover, each region's bucket sat full from its DryRun until its
   burst, which came after the other regions' preflights and bursts. The 16 point, one run each,
   commit e2c4870: 95.0 and 95.0 % of theoretical without the cover, 96.0, 96.5 and 96.6 % with
-  0.5, 1 and 2 s of it (the last region's first change 0.7-0.8 s after the click), and 95.1 % with
+  0.5, 1 and 2 s of it (the last region's first change 0.68-0.84 s after the click), and 95.1 % with
   the tracking wait of 5 s (217 DescribeInstances against 301: the rounds' cost no longer mattered
   with cores to spare). The cover is now one second by default (five items at AWS's rate, half
   the cost that hurt on cores short of CPU); the tracking wait stays off.

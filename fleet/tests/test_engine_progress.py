@@ -34,7 +34,10 @@ REGION = "us-east-1"
 
 @pytest.fixture
 def local_buckets(settings, monkeypatch):
-    """In-process buckets of this test's own, at AWS's exact rates."""
+    """In-process buckets of this test's own, at AWS's exact rates. These tests step through a
+    batch's preflight run alone, then the runs after it: the preflight sends nothing after its
+    DryRun (its cover has tests of its own, in test_apply_pacing)."""
+    settings.IMDSWEB_RUNNER_PREFLIGHT_COVER_SECONDS = 0
     settings.IMDSWEB_RATE_HEADROOM = 1.0
     settings.IMDSWEB_RATE_TIME_SCALE = 1.0
     settings.IMDSWEB_REDIS_URL = ""
@@ -202,7 +205,6 @@ def test_a_pending_submit_is_tracked_a_second_later_not_at_the_beats_round(
     changes.request_change(None, Instance.objects.filter(account=account), changes.REQUIRE_IMDSV2,
                            override_usage=True)
 
-    settings.IMDSWEB_RUNNER_PREFLIGHT_COVER_SECONDS = 0
     tasks.apply_region(account.pk, REGION)  # the DryRun preflight alone: nothing pending yet
     assert scheduled == []
     tasks.apply_region(account.pk, REGION)
@@ -380,8 +382,7 @@ def sleeps(monkeypatch):
 
 
 def test_account_defaults_take_their_own_tokens_not_instance_options(
-        settings, local_buckets, locmem_cache, fake_ec2, tokens):
-    settings.IMDSWEB_RUNNER_PREFLIGHT_COVER_SECONDS = 0  # the preflight's run alone, then the change's
+        local_buckets, locmem_cache, fake_ec2, tokens):
     account = AccountFactory()
     MetadataDefaultsFactory(account=account, region=REGION)
     # Another batch has spent this region's whole instance-options bucket.
@@ -399,8 +400,7 @@ def test_account_defaults_take_their_own_tokens_not_instance_options(
     assert batch.items.get().request_id == "req-defaults"
 
 
-def test_no_worker_sleeps_waiting_for_a_defaults_token(settings, local_buckets, locmem_cache, fake_ec2, sleeps):
-    settings.IMDSWEB_RUNNER_PREFLIGHT_COVER_SECONDS = 0  # the preflight's run alone, then the change's
+def test_no_worker_sleeps_waiting_for_a_defaults_token(local_buckets, locmem_cache, fake_ec2, sleeps):
     account = AccountFactory()
     MetadataDefaultsFactory(account=account, region=REGION)
     batch = changes.request_defaults_change(None, [(account, REGION)], {"http_tokens": "required"})
